@@ -1,0 +1,310 @@
+/*
+ * orthoserve/engine.h - the inference engine's one public header.
+ *
+ * The engine loads Llama-family GGUF models, tokenizes, runs batched forward
+ * passes on the CPU and samples. It depends on libc, pthreads and OpenBLAS
+ * only. Every call that can fail returns an eng_status (negative on error)
+ * and writes results through out-parameters; eng_strerror() names a status.
+ * The engine never prints and never exits: install a log callback with
+ * eng_log_set() to see its messages.
+ *
+ * Thread-safety: a model (eng_model) and its vocabulary are immutable after
+ * loading and may be shared by any number of threads. A context (eng_context)
+ * and a sampler are owned by one thread at a time.
+ */
+#ifndef ORTHOSERVE_ENGINE_H
+#define ORTHOSERVE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status, logging, memory                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    ENG_OK = 0,
+    ENG_EINVAL = -1,      /* bad argument */
+    ENG_ENOMEM = -2,      /* allocation failed */
+    ENG_EIO = -3,         /* file could not be opened / read / mapped */
+    ENG_EFORMAT = -4,     /* malformed or unsupported file contents */
+    ENG_ECTXFULL = -5,    /* no room left in the context / KV cache */
+    ENG_ECANCELED = -6,   /* request cancelled */
+    ENG_ERANGE = -7,      /* output buffer too small; the needed size is reported */
+    ENG_EUNSUPPORTED = -8 /* valid but not supported (architecture, type, feature) */
+} eng_status;
+
+/* Static string naming a status ("invalid argument", ...). Never NULL. */
+const char *eng_strerror(eng_status st);
+
+typedef enum { ENG_LOG_ERROR = 0, ENG_LOG_WARN = 1, ENG_LOG_INFO = 2, ENG_LOG_DEBUG = 3 } eng_log_level;
+typedef void (*eng_log_fn)(eng_log_level lvl, const char *msg, void *user);
+/* Install the process-wide log callback (NULL: messages are dropped) and the
+ * most verbose level delivered. Not thread-safe: call before using the engine. */
+void eng_log_set(eng_log_fn fn, void *user, eng_log_level max_level);
+
+/* Free memory the engine returned with "free with eng_free()". NULL is fine. */
+void eng_free(void *p);
+
+/* ------------------------------------------------------------------------ */
+/* Vocabulary and tokenizer                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct eng_vocab eng_vocab;
+
+typedef enum {
+    ENG_VOCAB_SPM = 1, /* tokenizer.ggml.model = "llama": SentencePiece-style BPE over scores */
+    ENG_VOCAB_BPE = 2  /* tokenizer.ggml.model = "gpt2": byte-level BPE with merges */
+} eng_vocab_kind;
+
+/* Token attributes (bit set), from tokenizer.ggml.token_type. */
+enum {
+    ENG_TOKEN_NORMAL = 1 << 0,
+    ENG_TOKEN_UNKNOWN = 1 << 1,
+    ENG_TOKEN_CONTROL = 1 << 2,
+    ENG_TOKEN_USER_DEFINED = 1 << 3,
+    ENG_TOKEN_UNUSED = 1 << 4,
+    ENG_TOKEN_BYTE = 1 << 5
+};
+
+/* Load only the tokenizer of a GGUF file (a vocab-only file or a full model).
+ * err receives a message on failure. Free with eng_vocab_free(). */
+eng_status eng_vocab_load(const char *path, eng_vocab **out, char *err, size_t errlen);
+void eng_vocab_free(eng_vocab *v);
+
+eng_vocab_kind eng_vocab_type(const eng_vocab *v);
+int32_t eng_vocab_n_tokens(const eng_vocab *v);
+int32_t eng_vocab_bos(const eng_vocab *v); /* -1 when the vocab has none */
+int32_t eng_vocab_eos(const eng_vocab *v);
+int32_t eng_vocab_eot(const eng_vocab *v);
+bool eng_vocab_add_bos(const eng_vocab *v);
+bool eng_vocab_add_eos(const eng_vocab *v);
+/* True for tokens that end generation (EOS, EOT, and other end-of-generation ids). */
+bool eng_vocab_is_eog(const eng_vocab *v, int32_t id);
+uint32_t eng_vocab_attr(const eng_vocab *v, int32_t id); /* ENG_TOKEN_* bits, 0 if out of range */
+/* The token's vocabulary string (NUL-terminated, lives as long as v), or NULL. */
+const char *eng_vocab_text(const eng_vocab *v, int32_t id);
+/* Pre-tokenizer name in use ("default", "llama3", "qwen2", ...). */
+const char *eng_vocab_pre(const eng_vocab *v);
+
+/*
+ * Tokenize len bytes of text (need not be NUL-terminated or valid UTF-8).
+ * add_special adds BOS/EOS as the vocab's flags say; parse_special turns the
+ * text of control/user-defined tokens into those tokens (otherwise it is
+ * plain text). Writes at most n_max ids to out and the full count to *n_out;
+ * returns ENG_ERANGE when n_max is too small (nothing useful in out then).
+ */
+eng_status eng_tokenize(const eng_vocab *v, const char *text, size_t len, bool add_special,
+                        bool parse_special, int32_t *out, size_t n_max, size_t *n_out);
+
+/* The bytes one token renders to (what a streaming printer shows). special:
+ * render control tokens as their text (otherwise they render as nothing).
+ * Writes at most cap bytes; *n_out = bytes needed; ENG_ERANGE if cap too small. */
+eng_status eng_token_to_piece(const eng_vocab *v, int32_t id, bool special, char *buf,
+                              size_t cap, size_t *n_out);
+
+/* Ids back to text, with llama.cpp's rules (leading-space removal for SPM,
+ * byte tokens as raw bytes). remove_special drops BOS/EOS; unparse_special
+ * renders control tokens as their text. Same buffer rules as above. The
+ * output is bytes: it may end inside a UTF-8 sequence. */
+eng_status eng_detokenize(const eng_vocab *v, const int32_t *ids, size_t n, bool remove_special,
+                          bool unparse_special, char *buf, size_t cap, size_t *n_out);
+
+/* ------------------------------------------------------------------------ */
+/* Chat templates                                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    ENG_CHAT_UNKNOWN = 0,
+    ENG_CHAT_CHATML,   /* <|im_start|>role\n...<|im_end|>\n  (Qwen, SmolLM, Hermes) */
+    ENG_CHAT_LLAMA2,   /* <s>[INST] <<SYS>>...<</SYS>> ... [/INST] */
+    ENG_CHAT_LLAMA3,   /* <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> */
+    ENG_CHAT_MISTRAL,  /* [INST] ... [/INST] (v1/v3, system folded into first user turn) */
+    ENG_CHAT_ZEPHYR,   /* <|user|>\n...</s>\n */
+    ENG_CHAT_PHI3,     /* <|user|>\n...<|end|>\n */
+    ENG_CHAT_GEMMA,    /* <start_of_turn>user\n...<end_of_turn>\n */
+    ENG_CHAT_PLAIN     /* documented fallback: "role: content" lines, then "assistant:" */
+} eng_chat_format;
+/*
+ * Renderings (engine/src/chat.c has the exact rules). CHATML, LLAMA3,
+ * MISTRAL (llama.cpp's "mistral-v3": "[INST] sys\n\nuser[/INST] reply</s>"),
+ * ZEPHYR, PHI3 and GEMMA (assistant -> "model", system folded into the first
+ * user turn as "sys\n\n") give llama.cpp's llama_chat_apply_template text.
+ * LLAMA2 follows Meta's own template: "[INST] <<SYS>>\nsys\n<</SYS>>\n\nuser
+ * [/INST] reply </s><s>[INST] ..." (inner "<s>" kept, leading BOS left out).
+ * PLAIN: each message as role ": " content "\n"; the opener is "assistant:"
+ * (no space or newline after the colon). For LLAMA2 and MISTRAL the opener
+ * is empty ("[/INST]" ends every user turn). Render special tokens in the
+ * text with eng_tokenize(..., parse_special = true).
+ */
+
+typedef struct {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* UTF-8 text */
+} eng_chat_msg;
+
+/* Detect the family of a Jinja chat template (tokenizer.chat_template). NULL
+ * or an unrecognised template gives ENG_CHAT_UNKNOWN. */
+eng_chat_format eng_chat_detect(const char *tmpl);
+const char *eng_chat_format_name(eng_chat_format f); /* "chatml", "llama2", ... */
+eng_chat_format eng_chat_format_from_name(const char *name); /* ENG_CHAT_UNKNOWN if none */
+
+/* Render messages to prompt text (BOS not included: the tokenizer adds it as
+ * the vocab says). add_assistant appends the assistant turn opener.
+ * *out is NUL-terminated; free with eng_free(). ENG_EINVAL for an unknown role
+ * (roles are exactly "system", "user", "assistant") or format; a NULL
+ * content renders as "". */
+eng_status eng_chat_apply(eng_chat_format f, const eng_chat_msg *msgs, size_t n,
+                          bool add_assistant, char **out, size_t *out_len);
+
+/* ------------------------------------------------------------------------ */
+/* Sampling                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int32_t token;
+    float bias; /* added to the logit; -INFINITY bans the token */
+} eng_logit_bias;
+
+typedef struct {
+    float temperature;       /* <= 0: greedy (argmax, ties to the lowest id) */
+    int32_t top_k;           /* <= 0: off */
+    float top_p;             /* >= 1: off */
+    float min_p;             /* <= 0: off */
+    float repeat_penalty;    /* 1: off (llama.cpp semantics: divide positive logits) */
+    int32_t repeat_last_n;   /* window for all penalties; -1: whole history */
+    float presence_penalty;  /* 0: off (OpenAI semantics) */
+    float frequency_penalty; /* 0: off */
+    uint64_t seed;           /* same seed and inputs => same tokens */
+    const eng_logit_bias *logit_bias; /* copied by eng_sampler_new */
+    size_t n_logit_bias;
+} eng_sampler_params;
+
+typedef struct eng_sampler eng_sampler;
+
+/* llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
+ * repeat_penalty 1 (off), repeat_last_n 64, no presence/frequency penalty,
+ * seed 0, no biases. Order of application: biases, penalties, temperature,
+ * top-k, top-p, min-p, then one draw from the softmax. */
+eng_sampler_params eng_sampler_default_params(void);
+/* Free with eng_sampler_free(). ENG_EINVAL for out-of-range params or bias
+ * ids. Accepted: temperature finite (<= 0 greedy); top_p in (0, 1]; min_p in
+ * [0, 1]; repeat_penalty finite > 0; repeat_last_n >= -1 (0: no penalties);
+ * presence/frequency in [-2, 2]; bias tokens in [0, n_vocab), bias not NaN
+ * or +INFINITY. */
+eng_status eng_sampler_new(const eng_sampler_params *p, int32_t n_vocab, eng_sampler **out);
+void eng_sampler_free(eng_sampler *s);
+/* Record a token as part of the history penalties look at (prompt or output). */
+void eng_sampler_accept(eng_sampler *s, int32_t token);
+/* Choose the next token from raw logits (n_vocab floats, not modified).
+ * NaN logits count as -INFINITY. ENG_EINVAL when no token is left (all banned).
+ * Allocates nothing. */
+eng_status eng_sampler_sample(eng_sampler *s, const float *logits, int32_t *token);
+
+/*
+ * Log-probabilities from raw logits (log-softmax, before any sampling
+ * transform, as the OpenAI API reports them): *lp = log p(token); the n_top
+ * most likely ids (ties: lower id first) go to top_ids/top_lps when n_top > 0.
+ * lp may be NULL (token is then not checked); n_top <= n_vocab. -INFINITY
+ * (and NaN) logits get -INFINITY; ENG_EINVAL if every logit is -INFINITY.
+ */
+eng_status eng_logprobs(const float *logits, int32_t n_vocab, int32_t token, float *lp,
+                        int32_t n_top, int32_t *top_ids, float *top_lps);
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct eng_model eng_model;
+
+typedef struct {
+    int32_t n_threads; /* compute threads for contexts made from this model (>= 1) */
+} eng_model_params;
+
+eng_model_params eng_model_default_params(void);
+
+/* Map and validate a GGUF model. Unsupported architectures or weight types are
+ * refused with ENG_EUNSUPPORTED and a message naming them and what is
+ * supported. Free with eng_model_free(). */
+eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model **out,
+                          char *err, size_t errlen);
+void eng_model_free(eng_model *m);
+
+typedef struct {
+    const char *arch;         /* "llama", "qwen2" */
+    const char *name;         /* general.name or "" */
+    const char *file_type;    /* dominant weight type: "Q8_0", "F16", ... */
+    const char *chat_template;/* tokenizer.chat_template or NULL */
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff, n_rot;
+    float rope_freq_base, rope_freq_scale, rms_eps;
+    bool rope_neox, tied_output;
+    uint64_t n_params;        /* weight elements */
+    uint64_t n_bytes;         /* bytes of weight data */
+} eng_model_info;
+
+void eng_model_get_info(const eng_model *m, eng_model_info *out);
+const eng_vocab *eng_model_vocab(const eng_model *m); /* lives as long as m */
+/* Type name of a ggml type id ("Q4_K"), or NULL. */
+const char *eng_type_name(int type);
+
+/* ------------------------------------------------------------------------ */
+/* Contexts: KV cache + batched forward pass                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct eng_context eng_context;
+
+typedef struct {
+    int32_t n_ctx;       /* max positions per sequence; 0: the model's n_ctx_train */
+    int32_t n_seq_max;   /* sequences that can be live at once (>= 1) */
+    int32_t n_batch_max; /* max tokens per eng_decode call (>= 1) */
+    int32_t n_kv_tokens; /* KV budget in tokens over all sequences; 0: n_ctx * n_seq_max */
+    int32_t n_threads;   /* 0: the model's n_threads */
+} eng_context_params;
+
+eng_context_params eng_context_default_params(void);
+/* All buffers are allocated here; eng_decode allocates nothing. Free with
+ * eng_context_free(). The model must outlive the context. */
+eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_context **out);
+void eng_context_free(eng_context *c);
+int32_t eng_context_n_ctx(const eng_context *c);
+
+/*
+ * A ragged batch: token i belongs to sequence seq[i] at position pos[i].
+ * Within one sequence, positions must continue that sequence's cache (the
+ * first new position equals the number of positions cached) and ascend by 1.
+ * logits[i] != 0 asks for token i's logits.
+ */
+typedef struct {
+    int32_t n_tokens;
+    const int32_t *token;
+    const int32_t *pos;
+    const int32_t *seq;
+    const int8_t *logits;
+} eng_batch;
+
+/* Run the model over the batch, writing K/V into the cache. ENG_ECTXFULL
+ * when a position exceeds n_ctx or the KV budget is exhausted (the cache is
+ * unchanged then); ENG_EINVAL for bad ids, sequences or positions. */
+eng_status eng_decode(eng_context *c, const eng_batch *b);
+/* Logits (n_vocab floats) of batch token i, which must have asked for them;
+ * NULL otherwise. Valid until the next eng_decode on this context. */
+const float *eng_get_logits(const eng_context *c, int32_t i);
+/* Number of positions cached for a sequence (0 if none). */
+int32_t eng_seq_len(const eng_context *c, int32_t seq);
+/* Drop positions >= p0 of a sequence (p0 = 0 frees it entirely). */
+void eng_seq_truncate(eng_context *c, int32_t seq, int32_t p0);
+/* Tokens of KV in use / budget, over all sequences. */
+void eng_kv_usage(const eng_context *c, int32_t *used, int32_t *total);
+
+/* Kernel level in use: "scalar", "avx2" or "avx512". */
+const char *eng_kernel_name(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ORTHOSERVE_ENGINE_H */

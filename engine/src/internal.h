@@ -1,0 +1,216 @@
+/*
+ * internal.h - declarations shared by the engine's source files (never
+ * installed, never included by server/). Everything here carries the
+ * eng__ prefix; file-local helpers are static and unprefixed.
+ *
+ * Modules: gguf (file reader), quant (block formats and kernels), pool
+ * (compute threads), tokenizer, sampler, chat, model, forward.
+ */
+#ifndef ORTHOSERVE_INTERNAL_H
+#define ORTHOSERVE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "orthoserve/engine.h"
+
+#define ENG_ASSERT(c)                                                        \
+    do {                                                                     \
+        if (!(c)) eng__assert_fail(#c, __FILE__, __LINE__);                  \
+    } while (0)
+_Noreturn void eng__assert_fail(const char *expr, const char *file, int line);
+
+/* printf-style message into a fixed buffer; never overflows, always NUL-terminated. */
+void eng__errf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Log through the callback installed with eng_log_set(); the engine never prints. */
+void eng__log(eng_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Allocation wrappers: every engine allocation goes through these so a fault
+ * injection knob (ORTHOSERVE_FAIL_ALLOC_AT) can make the N-th call fail. */
+void *eng__malloc(size_t n);
+void *eng__calloc(size_t n, size_t sz);
+void *eng__realloc(void *p, size_t n);
+void *eng__aligned_alloc(size_t align, size_t n); /* free with eng__aligned_free */
+void eng__aligned_free(void *p);
+char *eng__strndup(const char *s, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* GGUF reader (gguf.c)                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* A byte string inside the mapping: not NUL-terminated. */
+typedef struct {
+    const char *ptr;
+    uint64_t len;
+} eng__str;
+
+enum {
+    GGUF_VT_UINT8 = 0, GGUF_VT_INT8 = 1, GGUF_VT_UINT16 = 2, GGUF_VT_INT16 = 3,
+    GGUF_VT_UINT32 = 4, GGUF_VT_INT32 = 5, GGUF_VT_FLOAT32 = 6, GGUF_VT_BOOL = 7,
+    GGUF_VT_STRING = 8, GGUF_VT_ARRAY = 9, GGUF_VT_UINT64 = 10, GGUF_VT_INT64 = 11,
+    GGUF_VT_FLOAT64 = 12, GGUF_VT_COUNT
+};
+
+typedef struct {
+    eng__str key;
+    uint32_t type;       /* GGUF_VT_* */
+    uint32_t arr_type;   /* element type when type == GGUF_VT_ARRAY */
+    uint64_t n;          /* element count for arrays, 1 otherwise */
+    const uint8_t *data; /* value bytes (scalar), or first element (array) */
+    uint64_t nbytes;     /* bytes the value occupies in the file */
+} eng__gguf_kv;
+
+typedef struct {
+    eng__str name;
+    uint32_t n_dims;
+    int64_t ne[4];       /* ne[0] is the fastest-varying (row length) */
+    uint32_t type;       /* ENG_TYPE_* (ggml type id) */
+    uint64_t offset;     /* relative to the data section */
+    const void *data;    /* inside the mapping */
+    uint64_t nbytes;
+} eng__gguf_tensor;
+
+typedef struct eng__gguf {
+    const uint8_t *base; /* mapping (or caller's buffer) */
+    size_t size;
+    bool mapped;         /* munmap on close */
+    uint32_t version;
+    uint64_t n_kv;
+    eng__gguf_kv *kv;
+    uint64_t n_tensors;
+    eng__gguf_tensor *tensors;
+    uint64_t alignment;
+    uint64_t data_offset;
+} eng__gguf;
+
+/* Open and validate. On failure returns ENG_EIO / ENG_EFORMAT / ENG_ENOMEM and
+ * writes a message naming the problem into err. Free with eng__gguf_close(). */
+eng_status eng__gguf_open(const char *path, eng__gguf **out, char *err, size_t errlen);
+/* Same over a caller-owned buffer that must outlive the handle (fuzzing, tests). */
+eng_status eng__gguf_open_mem(const void *buf, size_t size, eng__gguf **out, char *err,
+                              size_t errlen);
+void eng__gguf_close(eng__gguf *g);
+
+const eng__gguf_kv *eng__gguf_find(const eng__gguf *g, const char *key);
+const eng__gguf_tensor *eng__gguf_tensor_find(const eng__gguf *g, const char *name);
+/* Typed getters: true when the key exists and converts losslessly to the type
+ * (any integer type that fits; FLOAT32/FLOAT64 for floats). */
+bool eng__gguf_get_u64(const eng__gguf *g, const char *key, uint64_t *v);
+bool eng__gguf_get_i64(const eng__gguf *g, const char *key, int64_t *v);
+bool eng__gguf_get_f32(const eng__gguf *g, const char *key, float *v);
+bool eng__gguf_get_bool(const eng__gguf *g, const char *key, bool *v);
+bool eng__gguf_get_str(const eng__gguf *g, const char *key, eng__str *v);
+/* String array: fills out[0..kv->n) with views into the mapping. */
+eng_status eng__gguf_arr_strings(const eng__gguf_kv *kv, eng__str *out);
+/* Numeric array element i as double / int64 (bounds are the caller's job: i < kv->n). */
+double eng__gguf_arr_f64(const eng__gguf_kv *kv, uint64_t i);
+int64_t eng__gguf_arr_i64(const eng__gguf_kv *kv, uint64_t i);
+const char *eng__gguf_vtype_name(uint32_t t);
+/* Name of any ggml type id the reader knows ("Q2_K", "IQ4_XS", ...), or NULL. */
+const char *eng__ggml_type_name(uint32_t t);
+
+/* ------------------------------------------------------------------------ */
+/* Weight types and kernels (quant.c, quant_avx2.c, quant_avx512.c)         */
+/* ------------------------------------------------------------------------ */
+
+/* ggml type ids as stored in GGUF files. */
+enum {
+    ENG_TYPE_F32 = 0, ENG_TYPE_F16 = 1, ENG_TYPE_Q4_0 = 2, ENG_TYPE_Q4_1 = 3,
+    ENG_TYPE_Q5_0 = 6, ENG_TYPE_Q5_1 = 7, ENG_TYPE_Q8_0 = 8, ENG_TYPE_Q8_1 = 9,
+    ENG_TYPE_Q2_K = 10, ENG_TYPE_Q3_K = 11, ENG_TYPE_Q4_K = 12, ENG_TYPE_Q5_K = 13,
+    ENG_TYPE_Q6_K = 14, ENG_TYPE_Q8_K = 15, ENG_TYPE_BF16 = 30, ENG_TYPE_COUNT = 64
+};
+
+/* CPU features, detected once (cpuid + xgetbv). */
+typedef struct {
+    bool avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16, avxvnni;
+} eng__cpu;
+const eng__cpu *eng__cpu_get(void);
+
+/* Kernel levels; eng__kernels(level) returns that level's table, and
+ * eng__kernels_best() the best the CPU supports (or ORTHOSERVE_KERNELS=scalar|avx2|avx512). */
+typedef enum { ENG_KL_SCALAR = 0, ENG_KL_AVX2 = 1, ENG_KL_AVX512 = 2 } eng__kernel_level;
+
+/*
+ * One weight type. A matrix row of n elements (n % blck == 0) takes
+ * n / blck * type_size bytes. Products W·x quantize the activation row x
+ * once into vec_type (Q8_0, Q8_1, Q8_K, BF16 or F32, as ggml does) and then
+ * take the dot product of each weight row with it.
+ */
+typedef struct {
+    const char *name;
+    int blck;                /* elements per block */
+    size_t type_size;        /* bytes per block */
+    int vec_type;            /* ENG_TYPE_* the activations are converted to */
+    /* Dequantize n elements (n % blck == 0). */
+    void (*to_float)(const void *src, float *dst, int64_t n);
+    /* Quantize / convert n floats into this type (n % blck == 0); only
+     * required for activation types (F32, F16, BF16, Q8_0, Q8_1, Q8_K) and the
+     * types the model writer emits (F16, BF16, Q8_0, Q4_0). NULL otherwise. */
+    void (*from_float)(const float *src, void *dst, int64_t n);
+} eng__type_info;
+
+const eng__type_info *eng__type(int type); /* NULL for unknown/unsupported ids */
+size_t eng__row_size(int type, int64_t n); /* bytes for one row of n elements */
+
+/*
+ * Kernel table for one ISA level. All pointers non-NULL for supported types.
+ *
+ * vec_dot[t](n, w, x) = sum_i W[i] * X[i] where W is one row of type t and
+ *   X is the same-length activation row already converted to eng__type(t)->vec_type.
+ *
+ * gemm[t](n, W, w_stride, nr, X, x_stride, nx, Y, y_stride):
+ *   for r < nr, j < nx: Y[j * y_stride + r] = vec_dot(n, W + r*w_stride, X + j*x_stride)
+ *   strides in bytes for W and X, in floats for Y. Must give bit-identical
+ *   results to calling vec_dot for each pair (so batch composition never
+ *   changes a sequence's arithmetic).
+ *
+ * quantize_act[t] converts n floats into type t's vec_type (same as
+ *   eng__type(vec_type)->from_float but possibly SIMD; bit-identical to it).
+ */
+typedef float (*eng__vec_dot_fn)(int64_t n, const void *w, const void *x);
+typedef void (*eng__gemm_fn)(int64_t n, const void *w, size_t w_stride, int64_t nr,
+                             const void *x, size_t x_stride, int64_t nx, float *y,
+                             size_t y_stride);
+typedef void (*eng__quant_fn)(const float *src, void *dst, int64_t n);
+
+typedef struct {
+    const char *name; /* "scalar", "avx2", "avx512" */
+    eng__vec_dot_fn vec_dot[ENG_TYPE_COUNT];
+    eng__gemm_fn gemm[ENG_TYPE_COUNT];
+    eng__quant_fn quantize_act[ENG_TYPE_COUNT];
+} eng__kernels;
+
+const eng__kernels *eng__kernels_get(eng__kernel_level lvl); /* NULL if CPU lacks it */
+const eng__kernels *eng__kernels_best(void);
+
+float eng__fp16_to_fp32(uint16_t h);
+uint16_t eng__fp32_to_fp16(float f);   /* round to nearest even, like F16C */
+float eng__bf16_to_fp32(uint16_t h);
+uint16_t eng__fp32_to_bf16(float f);   /* round to nearest even, NaN kept quiet */
+
+/* ------------------------------------------------------------------------ */
+/* Compute pool (pool.c)                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct eng__pool eng__pool;
+/* fn(ith, nth, arg) runs on nth threads (the caller is thread 0). */
+typedef void (*eng__pool_fn)(int ith, int nth, void *arg);
+eng_status eng__pool_new(int n_threads, eng__pool **out);
+void eng__pool_free(eng__pool *p);
+int eng__pool_size(const eng__pool *p);
+/* Runs fn on every thread and returns when all are done. Not reentrant:
+ * one caller at a time. */
+void eng__pool_run(eng__pool *p, eng__pool_fn fn, void *arg);
+/* The same on the caller alone when n <= 1 (work too small to share), else
+ * on all threads. */
+void eng__pool_run_n(eng__pool *p, int n, eng__pool_fn fn, void *arg);
+/* Inside a job: wait until every thread of the pool has reached the barrier. */
+void eng__pool_barrier(eng__pool *p);
+/* Rows [*r0, *r1) of n for thread ith of nth, in chunks that are multiples of align. */
+void eng__split(int64_t n, int ith, int nth, int64_t align, int64_t *r0, int64_t *r1);
+
+#endif /* ORTHOSERVE_INTERNAL_H */

@@ -1,0 +1,50 @@
+/*
+ * model.h - the loaded model as the forward pass sees it (engine-internal).
+ */
+#ifndef ORTHOSERVE_MODEL_H
+#define ORTHOSERVE_MODEL_H
+
+#include "internal.h"
+
+/* A weight matrix: n_out rows of n_in elements of one ggml type, row-major in
+ * the mapping (GGUF ne[0] = n_in, ne[1] = n_out). */
+typedef struct {
+    const uint8_t *data;
+    int type;
+    int64_t n_in, n_out;
+    size_t row_bytes;
+} eng__mat;
+
+typedef struct {
+    const float *attn_norm; /* (n_embd) */
+    const float *ffn_norm;  /* (n_embd) */
+    eng__mat wq, wk, wv, wo; /* q: n_embd -> n_head*head_dim, k/v: -> n_head_kv*head_dim */
+    const float *bq, *bk, *bv; /* qwen2 biases, or NULL */
+    eng__mat w_gate, w_up, w_down;
+} eng__layer;
+
+typedef enum { ENG_ROPE_NORM = 0, ENG_ROPE_NEOX = 1 } eng__rope_kind;
+
+struct eng_model {
+    eng__gguf *gguf;
+    eng_vocab *vocab;
+    char arch[16];
+    char name[128];
+    char file_type[16];
+    char *chat_template; /* copy, or NULL */
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    float rope_base, rope_scale, rms_eps;
+    eng__rope_kind rope;
+    bool tied;
+    eng__mat tok_embd, output;
+    const float *output_norm;
+    const float *rope_freqs; /* (n_rot/2) divisors of theta (llama 3.1), or NULL */
+    eng__layer *layers;
+    int32_t n_threads;
+    uint64_t n_params, n_bytes;
+};
+
+/* Dequantize row `row` of m into out (m->n_in floats). */
+void eng__mat_row(const eng__mat *m, int64_t row, float *out);
+
+#endif

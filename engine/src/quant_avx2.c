@@ -1,0 +1,555 @@
+/*
+ * quant_avx2.c - AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c).
+ *
+ * Every product is computed by a register-tile routine TILE(MR, NX) over MR
+ * weight rows and NX activation rows; MR and NX are compile-time constants in
+ * each instantiation. The arithmetic done for one (row, x) pair never depends
+ * on MR / NX (each pair has its own accumulator, updated in the same order),
+ * so gemm results are bit-identical to vec_dot, which is TILE(1, 1).
+ *
+ * K-quant weights are unpacked per superblock into a small scratch (bytes of
+ * 0..63 plus int16 scale vectors) shared by all activation rows of the tile.
+ */
+#include "internal.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+void eng__quant_avx2_init(eng__kernels *k);
+
+#define AI static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+#define MRMAX 4
+#define NXMAX 2
+#define XCHUNK 64
+
+AI float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AI float ldh(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+AI __m256i lu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+/* gemm driver + vec_dot around a tile routine NAME##_tile(MR, NX, ...). */
+#define TILE_CALL(NAME, A, B) NAME##_tile(A, B, n, w, ws, x, xs, y, ys)
+#define DEFINE_GEMM(NAME)                                                                    \
+    static void NAME##_disp(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,          \
+                            const uint8_t *x, size_t xs, float *y, size_t ys)                \
+    {                                                                                        \
+        switch (mr * 8 + nj) {                                                               \
+        case 9: TILE_CALL(NAME, 1, 1); break;                                                \
+        case 10: TILE_CALL(NAME, 1, 2); break;                                               \
+        case 17: TILE_CALL(NAME, 2, 1); break;                                               \
+        case 18: TILE_CALL(NAME, 2, 2); break;                                               \
+        case 25: TILE_CALL(NAME, 3, 1); break;                                               \
+        case 26: TILE_CALL(NAME, 3, 2); break;                                               \
+        case 33: TILE_CALL(NAME, 4, 1); break;                                               \
+        default: TILE_CALL(NAME, 4, 2); break;                                               \
+        }                                                                                    \
+    }                                                                                        \
+    static void NAME##_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,  \
+                            size_t xs, int64_t nx, float *y, size_t ys)                      \
+    {                                                                                        \
+        for (int64_t jc = 0; jc < nx; jc += XCHUNK) {                                        \
+            int64_t je = jc + XCHUNK < nx ? jc + XCHUNK : nx;                                \
+            for (int64_t r = 0; r < nr; r += MRMAX) {                                        \
+                int mr = nr - r < MRMAX ? (int)(nr - r) : MRMAX;                             \
+                for (int64_t j = jc; j < je; j += NXMAX) {                                   \
+                    int nj = je - j < NXMAX ? (int)(je - j) : NXMAX;                         \
+                    NAME##_disp(mr, nj, n, (const uint8_t *)w + (size_t)r * ws, ws,          \
+                                (const uint8_t *)x + (size_t)j * xs, xs,                     \
+                                y + (size_t)j * ys + (size_t)r, ys);                         \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static float NAME##_dot(int64_t n, const void *w, const void *x)                         \
+    {                                                                                        \
+        float r;                                                                             \
+        NAME##_tile(1, 1, n, w, 0, x, 0, &r, 1);                                             \
+        return r;                                                                            \
+    }
+
+#define TILE_ARGS                                                                            \
+    const int MR, const int NX, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,    \
+        size_t xs, float *y, size_t ys
+
+#define ZERO_ACC(acc)                                                                        \
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) acc[r][j] =      \
+        _mm256_setzero_ps()
+
+/* ------------------------------------------------------------------------ */
+/* F32 / F16 / BF16                                                         */
+/* ------------------------------------------------------------------------ */
+
+AI void f32_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv[NXMAX];
+        UNROLL for (int j = 0; j < NX; j++) xv[j] = _mm256_loadu_ps((const float *)(x + j * xs) + i);
+        UNROLL for (int r = 0; r < MR; r++) {
+            __m256 wv = _mm256_loadu_ps((const float *)(w + r * ws) + i);
+            UNROLL for (int j = 0; j < NX; j++) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
+        float s = hsum8(acc[r][j]);
+        const float *wr = (const float *)(w + r * ws), *xr = (const float *)(x + j * xs);
+        for (int64_t k = i; k < n; k++) s += wr[k] * xr[k];
+        y[j * ys + r] = s;
+    }
+}
+DEFINE_GEMM(f32)
+
+AI void f16_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv[NXMAX];
+        UNROLL for (int j = 0; j < NX; j++) xv[j] = _mm256_loadu_ps((const float *)(x + j * xs) + i);
+        UNROLL for (int r = 0; r < MR; r++) {
+            __m256 wv = _mm256_cvtph_ps(lu128(w + r * ws + 2 * i));
+            UNROLL for (int j = 0; j < NX; j++) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
+        float s = hsum8(acc[r][j]);
+        const float *xr = (const float *)(x + j * xs);
+        for (int64_t k = i; k < n; k++) s += ldh(w + r * ws + 2 * k) * xr[k];
+        y[j * ys + r] = s;
+    }
+}
+DEFINE_GEMM(f16)
+
+AI __m256 bf16x8(const uint8_t *p)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lu128(p)), 16));
+}
+
+AI float bf16_1(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+AI void bf16_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv[NXMAX];
+        UNROLL for (int j = 0; j < NX; j++) xv[j] = bf16x8(x + j * xs + 2 * i);
+        UNROLL for (int r = 0; r < MR; r++) {
+            __m256 wv = bf16x8(w + r * ws + 2 * i);
+            UNROLL for (int j = 0; j < NX; j++) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
+        float s = hsum8(acc[r][j]);
+        for (int64_t k = i; k < n; k++) s += bf16_1(w + r * ws + 2 * k) * bf16_1(x + j * xs + 2 * k);
+        y[j * ys + r] = s;
+    }
+}
+DEFINE_GEMM(bf16)
+
+/* ------------------------------------------------------------------------ */
+/* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
+/* ------------------------------------------------------------------------ */
+
+AI void q8_0_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i wq[MRMAX], aw[MRMAX], xq[NXMAX];
+        __m256 dw[MRMAX], dx[NXMAX];
+        UNROLL for (int r = 0; r < MR; r++) {
+            const uint8_t *p = w + r * ws + 34 * b;
+            wq[r] = lu(p + 2);
+            aw[r] = _mm256_abs_epi8(wq[r]);
+            dw[r] = _mm256_set1_ps(ldh(p));
+        }
+        UNROLL for (int j = 0; j < NX; j++) {
+            const uint8_t *p = x + j * xs + 34 * b;
+            xq[j] = lu(p + 2);
+            dx[j] = _mm256_set1_ps(ldh(p));
+        }
+        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
+            __m256i p16 = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xq[j], wq[r]));
+            __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+            acc[r][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[r], dx[j]), acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
+        hsum8(acc[r][j]);
+}
+DEFINE_GEMM(q8_0)
+
+AI void q4_0_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xf),
+                  eights = _mm256_set1_epi8(8);
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i wq[MRMAX], xq[NXMAX], cx[NXMAX];
+        __m256 dw[MRMAX], dx[NXMAX];
+        UNROLL for (int r = 0; r < MR; r++) {
+            const uint8_t *p = w + r * ws + 18 * b;
+            __m128i t = lu128(p + 2);
+            wq[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);
+            dw[r] = _mm256_set1_ps(ldh(p));
+        }
+        UNROLL for (int j = 0; j < NX; j++) {
+            const uint8_t *p = x + j * xs + 34 * b;
+            xq[j] = lu(p + 2);
+            cx[j] = _mm256_maddubs_epi16(eights, xq[j]);
+            dx[j] = _mm256_set1_ps(ldh(p));
+        }
+        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
+            __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], xq[j]), cx[j]);
+            __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+            acc[r][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[r], dx[j]), acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
+        hsum8(acc[r][j]);
+}
+DEFINE_GEMM(q4_0)
+
+/* ------------------------------------------------------------------------ */
+/* K-quants x Q8_K                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* One unpacked K-quant superblock. */
+typedef struct {
+    uint8_t q[256] __attribute__((aligned(32))); /* quants, 0..63 */
+    __m256i sc[8];  /* per 32-element chunk: int16 multipliers for madd */
+    __m256i mins;   /* int16 x16 multiplying Q8_K bsums */
+    float d, dmin;
+} kunp;
+
+AI void k4_scales(const uint8_t *s, int *sc, int *m)
+{
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0xf) | ((s[j] >> 6) << 4);
+        m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+AI void kunp_scales_q45(kunp *u, const uint8_t *a)
+{
+    int sc[8], m[8];
+    k4_scales(a + 4, sc, m);
+    for (int s = 0; s < 8; s++) u->sc[s] = _mm256_set1_epi16((short)sc[s]);
+    u->mins = _mm256_setr_epi16((short)m[0], (short)m[0], (short)m[1], (short)m[1], (short)m[2],
+                                (short)m[2], (short)m[3], (short)m[3], (short)m[4], (short)m[4],
+                                (short)m[5], (short)m[5], (short)m[6], (short)m[6], (short)m[7],
+                                (short)m[7]);
+    u->d = ldh(a);
+    u->dmin = ldh(a + 2);
+}
+
+AI void unpack_q4_k(kunp *u, const uint8_t *a)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xf);
+    for (int g = 0; g < 4; g++) {
+        __m256i v = lu(a + 16 + 32 * g);
+        _mm256_store_si256((__m256i *)(u->q + 64 * g), _mm256_and_si256(v, m4));
+        _mm256_store_si256((__m256i *)(u->q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    }
+    kunp_scales_q45(u, a);
+}
+
+AI void unpack_q5_k(kunp *u, const uint8_t *a)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xf), one = _mm256_set1_epi8(1);
+    __m256i qh = lu(a + 16);
+    for (int g = 0; g < 4; g++) {
+        __m256i v = lu(a + 48 + 32 * g);
+        __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), one);
+        __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), one);
+        __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_slli_epi16(h0, 4));
+        __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_slli_epi16(h1, 4));
+        _mm256_store_si256((__m256i *)(u->q + 64 * g), lo);
+        _mm256_store_si256((__m256i *)(u->q + 64 * g + 32), hi);
+    }
+    kunp_scales_q45(u, a);
+}
+
+AI void unpack_q6_k(kunp *u, const uint8_t *a)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xf), m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        __m256i l0 = lu(a + 64 * h), l1 = lu(a + 64 * h + 32), qh = lu(a + 128 + 32 * h);
+        __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+        __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+        __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+        __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+        _mm256_store_si256((__m256i *)(u->q + 128 * h), q0);
+        _mm256_store_si256((__m256i *)(u->q + 128 * h + 32), q1);
+        _mm256_store_si256((__m256i *)(u->q + 128 * h + 64), q2);
+        _mm256_store_si256((__m256i *)(u->q + 128 * h + 96), q3);
+    }
+    const int8_t *sc = (const int8_t *)(a + 192);
+    for (int s = 0; s < 8; s++)
+        u->sc[s] = _mm256_setr_m128i(_mm_set1_epi16(sc[2 * s]), _mm_set1_epi16(sc[2 * s + 1]));
+    u->mins = _mm256_cvtepi8_epi16(lu128(a + 192));
+    u->d = ldh(a + 208);
+    u->dmin = 0.0f;
+}
+
+/* Integer part of one superblock for one (row, x) pair: sum over chunks of
+ * madd(maddubs(q, x), scale). */
+AI __m256i kdot(const kunp *u, const uint8_t *xb)
+{
+    __m256i isum = _mm256_setzero_si256();
+    UNROLL for (int s = 0; s < 8; s++) {
+        __m256i p = _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)(u->q + 32 * s)),
+                                         lu(xb + 4 + 32 * s));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, u->sc[s]));
+    }
+    return isum;
+}
+
+#define KQ_TILE(NAME, BSZ, UNPACK, IS_Q6)                                                    \
+    AI void NAME##_tile(TILE_ARGS)                                                           \
+    {                                                                                        \
+        __m256 acc[MRMAX][NXMAX];                                                            \
+        ZERO_ACC(acc);                                                                       \
+        kunp u[MRMAX];                                                                       \
+        for (int64_t b = 0; b < n / 256; b++) {                                              \
+            UNROLL for (int r = 0; r < MR; r++) UNPACK(&u[r], w + r * ws + BSZ * b);         \
+            UNROLL for (int j = 0; j < NX; j++) {                                            \
+                const uint8_t *xb = x + j * xs + 292 * b;                                    \
+                float dxs;                                                                   \
+                memcpy(&dxs, xb, 4);                                                         \
+                __m256 dx = _mm256_set1_ps(dxs);                                             \
+                __m256i bs = lu(xb + 260);                                                   \
+                UNROLL for (int r = 0; r < MR; r++) {                                        \
+                    __m256i isum = kdot(&u[r], xb);                                          \
+                    __m256i ms = _mm256_madd_epi16(bs, u[r].mins);                           \
+                    if (IS_Q6) {                                                             \
+                        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(ms, 5));             \
+                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),                \
+                                                    _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx), \
+                                                    acc[r][j]);                              \
+                    } else {                                                                 \
+                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),                \
+                                                    _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx), \
+                                                    acc[r][j]);                              \
+                        acc[r][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms),                 \
+                                                     _mm256_mul_ps(_mm256_set1_ps(u[r].dmin), dx), \
+                                                     acc[r][j]);                             \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++)              \
+            y[j * ys + r] = hsum8(acc[r][j]);                                                \
+    }                                                                                        \
+    DEFINE_GEMM(NAME)
+
+KQ_TILE(q4_k, 144, unpack_q4_k, 0)
+KQ_TILE(q5_k, 176, unpack_q5_k, 0)
+KQ_TILE(q6_k, 210, unpack_q6_k, 1)
+
+/* ------------------------------------------------------------------------ */
+/* Activation quantizers (bit-identical to the scalar from_float)           */
+/* ------------------------------------------------------------------------ */
+
+AI float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+AI void st_h(uint8_t *p, float f)
+{
+    uint16_t h = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+    memcpy(p, &h, 2);
+}
+
+/* 32 floats -> 32 int8 (x * id, round half even); returns the int32 sum. */
+AI int q8_32(const float *src, float id, uint8_t *dst)
+{
+    const __m256 mul = _mm256_set1_ps(id);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src), mul));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + 8), mul));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + 16), mul));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + 24), mul));
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    __m256i p01 = _mm256_packs_epi32(i0, i1), p23 = _mm256_packs_epi32(i2, i3);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)dst, p);
+    return _mm_cvtsi128_si32(s4);
+}
+
+AI float amax32(const float *src)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(src));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + 8)));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + 16)));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + 24)));
+    return hmax8(m);
+}
+
+static void q8_0_act(const float *src, void *dst, int64_t n)
+{
+    uint8_t *b = dst;
+    for (int64_t i = 0; i < n / 32; i++, b += 34, src += 32) {
+        float amax = amax32(src);
+        float d = amax / 127.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        st_h(b, d);
+        q8_32(src, id, b + 2);
+    }
+}
+
+static void q8_1_act(const float *src, void *dst, int64_t n)
+{
+    uint8_t *b = dst;
+    for (int64_t i = 0; i < n / 32; i++, b += 36, src += 32) {
+        float amax = amax32(src);
+        float d = amax / 127.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int sum = q8_32(src, id, b + 4);
+        st_h(b, d);
+        st_h(b + 2, d * (float)sum);
+    }
+}
+
+static void q8_k_act(const float *src, void *dst, int64_t n)
+{
+    uint8_t *b = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / 256; i++, b += 292, src += 256) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(src + 8 * k)));
+        float amax = hmax8(m);
+        if (amax == 0.0f) {
+            memset(b, 0, 292);
+            continue;
+        }
+        /* first element whose |x| is the maximum */
+        float max = 0.0f;
+        __m256 am = _mm256_set1_ps(amax);
+        for (int k = 0; k < 32; k++) {
+            __m256 v = _mm256_andnot_ps(sign, _mm256_loadu_ps(src + 8 * k));
+            int msk = _mm256_movemask_ps(_mm256_cmp_ps(v, am, _CMP_EQ_OQ));
+            if (msk) {
+                max = src[8 * k + __builtin_ctz((unsigned)msk)];
+                break;
+            }
+        }
+        float iscale = -127.0f / max;
+        const __m256 mul = _mm256_set1_ps(iscale);
+        const __m256i c127 = _mm256_set1_epi32(127);
+        for (int k = 0; k < 8; k++) {
+            const float *s = src + 32 * k;
+            __m256i i0 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s), mul)), c127);
+            __m256i i1 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s + 8), mul)), c127);
+            __m256i i2 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s + 16), mul)), c127);
+            __m256i i3 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s + 24), mul)), c127);
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(b + 4 + 32 * k), p);
+        }
+        const int8_t *qs = (const int8_t *)(b + 4);
+        for (int j = 0; j < 16; j++) {
+            __m128i v = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(qs + 16 * j)));
+            __m128i v2 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(qs + 16 * j + 8)));
+            __m128i s = _mm_madd_epi16(_mm_add_epi16(v, v2), _mm_set1_epi16(1));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+            int16_t s16 = (int16_t)_mm_cvtsi128_si32(s);
+            memcpy(b + 260 + 2 * j, &s16, 2);
+        }
+        float d = 1.0f / iscale;
+        memcpy(b, &d, 4);
+    }
+}
+
+static void bf16_act(const float *src, void *dst, int64_t n)
+{
+    uint16_t *o = dst;
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
+                  r7 = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1),
+                  q = _mm256_set1_epi32(0x40);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);
+        __m256i rnd = _mm256_add_epi32(u, _mm256_add_epi32(r7, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        rnd = _mm256_srli_epi32(rnd, 16);
+        __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), q);
+        __m256i v = _mm256_blendv_epi8(rnd, qn, nan);
+        __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storeu_si128((__m128i *)(o + i), p);
+    }
+    for (; i < n; i++) o[i] = eng__fp32_to_bf16(src[i]);
+}
+
+void eng__quant_avx2_init(eng__kernels *k)
+{
+#define SETK(T, t)                                                                           \
+    do {                                                                                     \
+        k->vec_dot[ENG_TYPE_##T] = t##_dot;                                                  \
+        k->gemm[ENG_TYPE_##T] = t##_gemm;                                                    \
+    } while (0)
+    SETK(F32, f32);
+    SETK(F16, f16);
+    SETK(BF16, bf16);
+    SETK(Q8_0, q8_0);
+    SETK(Q4_0, q4_0);
+    SETK(Q4_K, q4_k);
+    SETK(Q5_K, q5_k);
+    SETK(Q6_K, q6_k);
+#undef SETK
+    for (int t = 0; t < ENG_TYPE_COUNT; t++) {
+        const eng__type_info *ti = eng__type(t);
+        if (!ti || !k->vec_dot[t]) continue;
+        switch (ti->vec_type) {
+        case ENG_TYPE_Q8_0: k->quantize_act[t] = q8_0_act; break;
+        case ENG_TYPE_Q8_1: k->quantize_act[t] = q8_1_act; break;
+        case ENG_TYPE_Q8_K: k->quantize_act[t] = q8_k_act; break;
+        case ENG_TYPE_BF16: k->quantize_act[t] = bf16_act; break;
+        default: break;
+        }
+    }
+}

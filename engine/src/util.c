@@ -1,0 +1,108 @@
+/*
+ * util.c - status names, logging, allocation wrappers (with a fault-injection
+ * knob for tests) and assertion failure.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *eng_strerror(eng_status st)
+{
+    switch (st) {
+    case ENG_OK: return "success";
+    case ENG_EINVAL: return "invalid argument";
+    case ENG_ENOMEM: return "out of memory";
+    case ENG_EIO: return "i/o error";
+    case ENG_EFORMAT: return "malformed file";
+    case ENG_ECTXFULL: return "context full";
+    case ENG_ECANCELED: return "cancelled";
+    case ENG_ERANGE: return "buffer too small";
+    case ENG_EUNSUPPORTED: return "not supported";
+    }
+    return "unknown status";
+}
+
+void eng__errf(char *buf, size_t len, const char *fmt, ...)
+{
+    if (!buf || len == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+static eng_log_fn log_fn;
+static void *log_user;
+static eng_log_level log_max = ENG_LOG_INFO;
+
+void eng_log_set(eng_log_fn fn, void *user, eng_log_level max_level)
+{
+    log_fn = fn;
+    log_user = user;
+    log_max = max_level;
+}
+
+void eng__log(eng_log_level lvl, const char *fmt, ...)
+{
+    if (!log_fn || lvl > log_max) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_fn(lvl, msg, log_user);
+}
+
+_Noreturn void eng__assert_fail(const char *expr, const char *file, int line)
+{
+    /* Our own bug, never bad input: there is nothing sane left to do. */
+    fprintf(stderr, "orthoserve: assertion failed: %s (%s:%d)\n", expr, file, line);
+    abort();
+}
+
+/*
+ * Fault injection: ORTHOSERVE_FAIL_ALLOC_AT=N makes the N-th allocation
+ * through these wrappers (counted from process start, 1-based) fail, so
+ * tests can walk every error path. Read once.
+ */
+static atomic_long alloc_count;
+static long fail_at = -1;
+
+static bool alloc_should_fail(void)
+{
+    if (fail_at < 0) {
+        const char *s = getenv("ORTHOSERVE_FAIL_ALLOC_AT");
+        long v = s ? strtol(s, NULL, 10) : 0;
+        fail_at = v > 0 ? v : 0;
+    }
+    if (fail_at == 0) return false;
+    return atomic_fetch_add(&alloc_count, 1) + 1 == fail_at;
+}
+
+void *eng__malloc(size_t n) { return alloc_should_fail() ? NULL : malloc(n ? n : 1); }
+void *eng__calloc(size_t n, size_t sz) { return alloc_should_fail() ? NULL : calloc(n ? n : 1, sz ? sz : 1); }
+void *eng__realloc(void *p, size_t n) { return alloc_should_fail() ? NULL : realloc(p, n ? n : 1); }
+
+void *eng__aligned_alloc(size_t align, size_t n)
+{
+    if (alloc_should_fail()) return NULL;
+    void *p = NULL;
+    if (posix_memalign(&p, align, n ? n : align) != 0) return NULL;
+    return p;
+}
+
+void eng__aligned_free(void *p) { free(p); }
+void eng_free(void *p) { free(p); }
+
+char *eng__strndup(const char *s, size_t n)
+{
+    char *d = eng__malloc(n + 1);
+    if (!d) return NULL;
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}

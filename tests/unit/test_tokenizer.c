@@ -1,0 +1,562 @@
+/*
+ * test_tokenizer.c - tokenizer conformance against llama.cpp's goldens
+ * (vocab/ suites, detok goldens, golden prompts) plus edge cases.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "orthoserve/engine.h"
+#include "testutil.h"
+#include "tokenizer.h"
+
+static eng_vocab *load_vocab(const char *rel)
+{
+    char err[512] = "";
+    eng_vocab *v = NULL;
+    eng_status st = eng_vocab_load(td_path(rel), &v, err, sizeof err);
+    cr_assert_eq(st, ENG_OK, "loading %s: %s (%s)", rel, eng_strerror(st), err);
+    return v;
+}
+
+/* tokenize into a malloc'd array */
+static int32_t *tok(const eng_vocab *v, const char *s, size_t n, bool add_special, bool parse_special,
+                    size_t *nt)
+{
+    size_t need = 0;
+    eng_status st = eng_tokenize(v, s, n, add_special, parse_special, NULL, 0, &need);
+    cr_assert(st == ENG_OK || st == ENG_ERANGE, "tokenize: %s", eng_strerror(st));
+    int32_t *ids = malloc((need ? need : 1) * sizeof *ids);
+    size_t got = 0;
+    st = eng_tokenize(v, s, n, add_special, parse_special, ids, need, &got);
+    cr_assert_eq(st, ENG_OK, "tokenize: %s", eng_strerror(st));
+    cr_assert_eq(got, need);
+    *nt = got;
+    return ids;
+}
+
+static char *detok(const eng_vocab *v, const int32_t *ids, size_t n, bool rm, bool unparse, size_t *len)
+{
+    size_t need = 0;
+    eng_status st = eng_detokenize(v, ids, n, rm, unparse, NULL, 0, &need);
+    cr_assert(st == ENG_OK || st == ENG_ERANGE, "detokenize: %s", eng_strerror(st));
+    char *b = malloc(need + 1);
+    size_t got = 0;
+    st = eng_detokenize(v, ids, n, rm, unparse, b, need, &got);
+    cr_assert_eq(st, ENG_OK);
+    cr_assert_eq(got, need);
+    b[got] = 0;
+    *len = got;
+    return b;
+}
+
+/* ---- .inp / .out suites ---- */
+
+static const char SEP[] = "\n__ggml_vocab_test__\n";
+
+/* Returns the number of mismatching cases; *ncases receives the case count. */
+static int run_suite(const eng_vocab *v, const char *inp_rel, const char *out_rel, int *ncases)
+{
+    size_t ilen, olen;
+    char *inp = td_read(td_path(inp_rel), &ilen);
+    cr_assert(inp, "cannot read %s", inp_rel);
+    char *outp = td_read(td_path(out_rel), &olen);
+    cr_assert(outp, "cannot read %s", out_rel);
+    int bad = 0, k = 0;
+    char *ip = inp, *op = outp;
+    size_t sl = strlen(SEP);
+    for (;;) {
+        char *e = memmem(ip, ilen - (size_t)(ip - inp), SEP, sl);
+        if (!e) break;
+        char *oe = strchr(op, '\n');
+        cr_assert(oe, "%s: missing expected line for case %d", out_rel, k);
+        /* expected ids */
+        int32_t exp[4096];
+        size_t ne = 0;
+        for (char *p = op; p < oe;) {
+            char *q;
+            long x = strtol(p, &q, 10);
+            if (q == p) break;
+            cr_assert(ne < 4096);
+            exp[ne++] = (int32_t)x;
+            p = q;
+        }
+        size_t nt;
+        int32_t *ids = tok(v, ip, (size_t)(e - ip), false, false, &nt);
+        bool ok = nt == ne && (ne == 0 || memcmp(ids, exp, ne * sizeof *ids) == 0);
+        if (!ok) {
+            bad++;
+            if (bad <= 3) {
+                fprintf(stderr, "%s case %d mismatch: input '%.*s'\n  got:", inp_rel, k, (int)(e - ip > 200 ? 200 : e - ip), ip);
+                for (size_t i = 0; i < nt && i < 60; i++) fprintf(stderr, " %d", ids[i]);
+                fprintf(stderr, "\n  exp:");
+                for (size_t i = 0; i < ne && i < 60; i++) fprintf(stderr, " %d", exp[i]);
+                fprintf(stderr, "\n");
+            }
+        }
+        free(ids);
+        ip = e + sl;
+        op = oe + 1;
+        k++;
+    }
+    free(inp);
+    free(outp);
+    *ncases = k;
+    return bad;
+}
+
+static void suite(const char *name)
+{
+    char g[256], i1[256], o1[256], i2[256], o2[256];
+    snprintf(g, sizeof g, "vocab/ggml-vocab-%s.gguf", name);
+    snprintf(i1, sizeof i1, "vocab/ggml-vocab-%s.gguf.inp", name);
+    snprintf(o1, sizeof o1, "vocab/ggml-vocab-%s.gguf.out", name);
+    snprintf(i2, sizeof i2, "vocab/extra-%s.inp", name);
+    snprintf(o2, sizeof o2, "vocab/extra-%s.out", name);
+    eng_vocab *v = load_vocab(g);
+    int n1, n2;
+    int b1 = run_suite(v, i1, o1, &n1);
+    int b2 = run_suite(v, i2, o2, &n2);
+    eng_vocab_free(v);
+    cr_assert(n1 > 0 && n2 > 0);
+    cr_expect_eq(b1, 0, "%s: %d of %d base cases differ", name, b1, n1);
+    cr_expect_eq(b2, 0, "%s: %d of %d extra cases differ", name, b2, n2);
+}
+
+#define SUITE(id, name) \
+    Test(vocab, id, .timeout = 120) { suite(name); }
+SUITE(deepseek_coder, "deepseek-coder")
+SUITE(deepseek_llm, "deepseek-llm")
+SUITE(falcon, "falcon")
+SUITE(gpt_2, "gpt-2")
+SUITE(llama_spm, "llama-spm")
+SUITE(mpt, "mpt")
+SUITE(phi_3, "phi-3")
+SUITE(refact, "refact")
+SUITE(starcoder, "starcoder")
+
+Test(vocab, stories260K, .timeout = 120)
+{
+    eng_vocab *v = load_vocab("models/stories260K.gguf");
+    int n1, n2;
+    int b1 = run_suite(v, "vocab/stories260K-base.inp", "vocab/stories260K-base.out", &n1);
+    int b2 = run_suite(v, "vocab/extra-stories260K.inp", "vocab/extra-stories260K.out", &n2);
+    eng_vocab_free(v);
+    cr_expect_eq(b1, 0, "%d of %d base cases differ", b1, n1);
+    cr_expect_eq(b2, 0, "%d of %d extra cases differ", b2, n2);
+}
+
+/* ---- detokenization goldens ---- */
+
+static char *hexs(const char *p, size_t n)
+{
+    char *h = malloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) sprintf(h + 2 * i, "%02x", (unsigned char)p[i]);
+    h[2 * n] = 0;
+    return h;
+}
+
+static void detok_suite(const char *name, const char *gguf)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "vocab/detok-%s.json", name);
+    json_error_t je;
+    json_t *j = json_load_file(td_path(rel), JSON_ALLOW_NUL, &je);
+    cr_assert(j, "cannot load %s: %s", rel, je.text);
+    eng_vocab *v = load_vocab(gguf);
+    json_t *cases = json_object_get(j, "cases");
+    size_t ci;
+    json_t *c;
+    int bad = 0, total = 0;
+    json_array_foreach(cases, ci, c) {
+        json_t *jids = json_object_get(c, "ids");
+        size_t n = json_array_size(jids);
+        int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
+        for (size_t i = 0; i < n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(jids, i));
+        static const struct {
+            const char *key;
+            bool rm, unparse;
+        } combos[] = {{"hex", false, false}, {"hex_remove_special", true, false}, {"hex_unparse_special", false, true}};
+        for (int k = 0; k < 3; k++) {
+            size_t len;
+            char *s = detok(v, ids, n, combos[k].rm, combos[k].unparse, &len);
+            char *h = hexs(s, len);
+            const char *want = json_string_value(json_object_get(c, combos[k].key));
+            cr_assert(want, "%s: case %zu lacks %s", rel, ci, combos[k].key);
+            total++;
+            if (strcmp(h, want) != 0) {
+                bad++;
+                fprintf(stderr, "%s case %zu (%s) %s:\n  got %s\n  exp %s\n", rel, ci,
+                        json_string_value(json_object_get(c, "desc")), combos[k].key, h, want);
+            }
+            free(h);
+            free(s);
+        }
+        for (int sp = 0; sp < 2; sp++) {
+            json_t *ph = json_object_get(c, sp ? "pieces_special_hex" : "pieces_hex");
+            for (size_t i = 0; i < n && ph; i++) {
+                char buf[1024];
+                size_t len = 0;
+                eng_status st = eng_token_to_piece(v, ids[i], sp != 0, buf, sizeof buf, &len);
+                cr_assert_eq(st, ENG_OK);
+                char *h = hexs(buf, len);
+                const char *want = json_string_value(json_array_get(ph, i));
+                total++;
+                if (!want || strcmp(h, want) != 0) {
+                    bad++;
+                    fprintf(stderr, "%s case %zu piece %zu (special=%d): got %s exp %s\n", rel, ci, i, sp, h,
+                            want ? want : "?");
+                }
+                free(h);
+            }
+        }
+        free(ids);
+    }
+    eng_vocab_free(v);
+    json_decref(j);
+    cr_expect_eq(bad, 0, "%s: %d of %d checks differ", rel, bad, total);
+}
+
+#define DETOK(id, name) \
+    Test(detok, id, .timeout = 120) { detok_suite(name, "vocab/ggml-vocab-" name ".gguf"); }
+DETOK(deepseek_coder, "deepseek-coder")
+DETOK(deepseek_llm, "deepseek-llm")
+DETOK(falcon, "falcon")
+DETOK(gpt_2, "gpt-2")
+DETOK(llama_spm, "llama-spm")
+DETOK(mpt, "mpt")
+DETOK(phi_3, "phi-3")
+DETOK(refact, "refact")
+DETOK(starcoder, "starcoder")
+Test(detok, stories260K, .timeout = 120) { detok_suite("stories260K", "models/stories260K.gguf"); }
+
+/* ---- golden prompts of every model ---- */
+
+static void golden_prompts(const char *model)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "golden/%s.json", model);
+    json_t *j = td_json(rel);
+    char mrel[256];
+    snprintf(mrel, sizeof mrel, "models/%s.gguf", model);
+    eng_vocab *v = load_vocab(mrel);
+    json_t *pr = json_object_get(j, "prompts");
+    cr_assert(json_array_size(pr) > 0);
+    size_t pi;
+    json_t *p;
+    json_array_foreach(pr, pi, p) {
+        const char *text = json_string_value(json_object_get(p, "text"));
+        size_t tl = json_string_length(json_object_get(p, "text"));
+        for (int sp = 0; sp < 2; sp++) {
+            json_t *want = json_object_get(p, sp ? "tokens" : "tokens_no_special");
+            if (!want) continue;
+            size_t n;
+            int32_t *ids = tok(v, text, tl, sp != 0, false, &n);
+            cr_expect_eq(n, json_array_size(want), "%s prompt %zu (add_special=%d): %zu tokens, expected %zu",
+                         model, pi, sp, n, json_array_size(want));
+            for (size_t i = 0; i < n && i < json_array_size(want); i++)
+                cr_expect_eq(ids[i], json_integer_value(json_array_get(want, i)),
+                             "%s prompt %zu token %zu", model, pi, i);
+            free(ids);
+        }
+    }
+    eng_vocab_free(v);
+    json_decref(j);
+}
+
+#define GOLD(id, name) \
+    Test(golden, id, .timeout = 120) { golden_prompts(name); }
+GOLD(stories260K, "stories260K")
+GOLD(qwen2tiny_F32, "qwen2tiny-F32")
+GOLD(qwen2tiny_Q8_0, "qwen2tiny-Q8_0")
+GOLD(tiny256_BF16, "tiny256-BF16")
+GOLD(tiny256_F16, "tiny256-F16")
+GOLD(tiny256_F32, "tiny256-F32")
+GOLD(tiny256_Q4_0, "tiny256-Q4_0")
+GOLD(tiny256_Q4_K_M, "tiny256-Q4_K_M")
+GOLD(tiny256_Q5_K_M, "tiny256-Q5_K_M")
+GOLD(tiny256_Q6_K, "tiny256-Q6_K")
+GOLD(tiny256_Q8_0, "tiny256-Q8_0")
+GOLD(tiny256_tied_F32, "tiny256-tied-F32")
+GOLD(tiny256_tied_Q8_0, "tiny256-tied-Q8_0")
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The perplexity corpus: 393019 tokens with BOS, first 12800 recorded. */
+Test(golden, corpus_tokens, .timeout = 300)
+{
+    json_t *j = td_json("golden/stories260K.perplexity.json");
+    json_t *head = json_object_get(json_object_get(j, "corpus_tokens_head"), "tokens");
+    cr_assert(json_array_size(head) > 0);
+    size_t len;
+    char *txt = td_read(td_path("corpus/tinystories_val.txt"), &len);
+    cr_assert(txt);
+    eng_vocab *v = load_vocab("models/stories260K.gguf");
+    double t0 = now();
+    size_t n;
+    int32_t *ids = tok(v, txt, len, true, false, &n);
+    double dt = now() - t0;
+    fprintf(stderr, "corpus: %zu bytes -> %zu tokens in %.3f s\n", len, n, dt);
+    cr_expect_eq(n, 393019);
+    size_t bad = 0;
+    for (size_t i = 0; i < json_array_size(head) && i < n; i++)
+        if (ids[i] != json_integer_value(json_array_get(head, i))) bad++;
+    cr_expect_eq(bad, 0, "%zu of the first %zu corpus tokens differ", bad, json_array_size(head));
+    free(ids);
+    free(txt);
+    eng_vocab_free(v);
+    json_decref(j);
+}
+
+/* ---- edge cases ---- */
+
+static const char *const ALL[] = {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-gpt-2.gguf",
+                                  "vocab/ggml-vocab-deepseek-llm.gguf", "vocab/ggml-vocab-deepseek-coder.gguf",
+                                  "vocab/ggml-vocab-falcon.gguf", "vocab/ggml-vocab-starcoder.gguf",
+                                  "vocab/ggml-vocab-phi-3.gguf", "vocab/ggml-vocab-mpt.gguf",
+                                  "vocab/ggml-vocab-refact.gguf", "models/stories260K.gguf", NULL};
+
+Test(edge, invalid_utf8_never_crashes, .timeout = 300)
+{
+    uint64_t rs = 42;
+    for (int k = 0; ALL[k]; k++) {
+        eng_vocab *v = load_vocab(ALL[k]);
+        for (int it = 0; it < 200; it++) {
+            size_t n = (size_t)(td_rand(&rs) % 64);
+            char buf[64];
+            for (size_t i = 0; i < n; i++) {
+                uint64_t r = td_rand(&rs);
+                /* bias towards UTF-8 lead/continuation bytes and spaces */
+                buf[i] = (char)((r & 3) == 0 ? 0x80 | (r >> 8 & 0x3F) : (r & 3) == 1 ? 0xC0 | (r >> 8 & 0x3F) : (r & 3) == 2 ? ' ' : (r >> 8));
+            }
+            for (int ps = 0; ps < 2; ps++) {
+                size_t nt;
+                int32_t *ids = tok(v, buf, n, ps != 0, ps != 0, &nt);
+                for (size_t i = 0; i < nt; i++) cr_assert(ids[i] >= 0 && ids[i] < eng_vocab_n_tokens(v));
+                size_t dl;
+                free(detok(v, ids, nt, false, true, &dl));
+                /* (no exact round trip here: like llama.cpp, an invalid lead byte
+                 * swallows the next bytes, e.g. part of an escaped space) */
+                free(ids);
+            }
+        }
+        /* specific nasty sequences */
+        static const char *const nasty[] = {"\xFF", "\xC3", "\xE2\x82", "\xF0\x9F\x98", "\xF7\xBF\xBF\xBF",
+                                            "\xED\xA0\x80", "\xC0\x80", "a\x80 b\xFE\xFF c", "\xF4\x90\x80\x80"};
+        for (size_t i = 0; i < sizeof nasty / sizeof nasty[0]; i++) {
+            size_t nt;
+            free(tok(v, nasty[i], strlen(nasty[i]), true, true, &nt));
+        }
+        eng_vocab_free(v);
+    }
+}
+
+Test(edge, empty_string)
+{
+    eng_vocab *spm = load_vocab("vocab/ggml-vocab-llama-spm.gguf");
+    eng_vocab *bpe = load_vocab("vocab/ggml-vocab-gpt-2.gguf");
+    size_t n = 99;
+    cr_assert_eq(eng_tokenize(spm, "", 0, false, false, NULL, 0, &n), ENG_OK);
+    cr_assert_eq(n, 0);
+    int32_t ids[4];
+    cr_assert_eq(eng_tokenize(spm, NULL, 0, true, false, ids, 4, &n), ENG_OK);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ids[0], 1);
+    cr_assert_eq(eng_tokenize(bpe, "", 0, true, false, ids, 4, &n), ENG_OK);
+    cr_assert_eq(n, 0, "gpt-2 adds no BOS");
+    char b[4];
+    cr_assert_eq(eng_detokenize(spm, NULL, 0, false, false, b, 4, &n), ENG_OK);
+    cr_assert_eq(n, 0);
+    eng_vocab_free(spm);
+    eng_vocab_free(bpe);
+}
+
+Test(edge, erange_protocol)
+{
+    eng_vocab *v = load_vocab("vocab/ggml-vocab-llama-spm.gguf");
+    const char *s = "Hello world, this is a test";
+    size_t need = 0;
+    int32_t ids[64];
+    cr_assert_eq(eng_tokenize(v, s, strlen(s), true, false, ids, 2, &need), ENG_ERANGE);
+    cr_assert(need > 2);
+    size_t got;
+    cr_assert_eq(eng_tokenize(v, s, strlen(s), true, false, ids, need, &got), ENG_OK);
+    cr_assert_eq(got, need);
+    char buf[128];
+    size_t dn;
+    /* llama.cpp keeps the leading space when BOS comes first, even when removed */
+    cr_assert_eq(eng_detokenize(v, ids, got, true, false, buf, 3, &dn), ENG_ERANGE);
+    cr_assert_eq(dn, strlen(s) + 1);
+    cr_assert_eq(eng_detokenize(v, ids, got, true, false, buf, dn, &dn), ENG_OK);
+    cr_assert(buf[0] == ' ' && memcmp(buf + 1, s, dn - 1) == 0);
+    cr_assert_eq(eng_detokenize(v, ids + 1, got - 1, false, false, buf, sizeof buf, &dn), ENG_OK);
+    cr_assert(dn == strlen(s) && memcmp(buf, s, dn) == 0);
+    /* a piece */
+    size_t pn;
+    cr_assert_eq(eng_token_to_piece(v, ids[1], false, buf, 0, &pn), ENG_ERANGE);
+    cr_assert(pn > 0);
+    cr_assert_eq(eng_token_to_piece(v, ids[1], false, buf, pn, &pn), ENG_OK);
+    /* bad arguments */
+    cr_assert_eq(eng_token_to_piece(v, -1, false, buf, sizeof buf, &pn), ENG_EINVAL);
+    cr_assert_eq(eng_token_to_piece(v, 32000, false, buf, sizeof buf, &pn), ENG_EINVAL);
+    int32_t badid = 1 << 30;
+    cr_assert_eq(eng_detokenize(v, &badid, 1, false, false, buf, sizeof buf, &dn), ENG_EINVAL);
+    eng_vocab_free(v);
+}
+
+static bool contains(const int32_t *ids, size_t n, int32_t x)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] == x) return true;
+    return false;
+}
+
+Test(edge, parse_special)
+{
+    eng_vocab *v = load_vocab("vocab/ggml-vocab-llama-spm.gguf");
+    const char *s = "<s>Hello</s> world";
+    size_t n;
+    int32_t *a = tok(v, s, strlen(s), false, true, &n);
+    cr_assert(n >= 3);
+    cr_assert_eq(a[0], 1);
+    cr_assert(contains(a, n, 2));
+    free(a);
+    a = tok(v, s, strlen(s), false, false, &n);
+    cr_assert(!contains(a, n, 1) && !contains(a, n, 2));
+    size_t dl;
+    char *d = detok(v, a, n, false, false, &dl);
+    cr_assert_str_eq(d, s);
+    free(d);
+    free(a);
+    eng_vocab_free(v);
+
+    /* phi-3: <|end|> is an end-of-generation control token */
+    v = load_vocab("vocab/ggml-vocab-phi-3.gguf");
+    const char *t = "Hi<|end|>\n<|assistant|>";
+    a = tok(v, t, strlen(t), true, true, &n);
+    int32_t end = -1;
+    for (int32_t i = 0; i < eng_vocab_n_tokens(v); i++)
+        if (eng_vocab_text(v, i) && strcmp(eng_vocab_text(v, i), "<|end|>") == 0) end = i;
+    cr_assert(end >= 0);
+    cr_assert(contains(a, n, end));
+    cr_assert(eng_vocab_is_eog(v, end));
+    cr_assert(eng_vocab_is_eog(v, eng_vocab_eos(v)));
+    cr_assert(!eng_vocab_is_eog(v, eng_vocab_bos(v)));
+    free(a);
+    a = tok(v, t, strlen(t), true, false, &n);
+    cr_assert(!contains(a, n, end));
+    free(a);
+    eng_vocab_free(v);
+}
+
+Test(edge, metadata)
+{
+    eng_vocab *v = load_vocab("models/stories260K.gguf");
+    cr_assert_eq(eng_vocab_type(v), ENG_VOCAB_SPM);
+    cr_assert_eq(eng_vocab_n_tokens(v), 512);
+    cr_assert_eq(eng_vocab_bos(v), 1);
+    cr_assert_eq(eng_vocab_eos(v), 2);
+    cr_assert(eng_vocab_add_bos(v));
+    cr_assert(!eng_vocab_add_eos(v));
+    cr_assert_str_eq(eng_vocab_pre(v), "default");
+    cr_assert_eq(eng_vocab_attr(v, 1), ENG_TOKEN_CONTROL);
+    cr_assert_eq(eng_vocab_attr(v, 0), ENG_TOKEN_UNKNOWN);
+    cr_assert_eq(eng_vocab_attr(v, 3), ENG_TOKEN_BYTE);
+    cr_assert_eq(eng_vocab_attr(v, 512), 0);
+    cr_assert_str_eq(eng_vocab_text(v, 1), "<s>");
+    cr_assert_null(eng_vocab_text(v, -1));
+    eng_vocab_free(v);
+
+    v = load_vocab("vocab/ggml-vocab-gpt-2.gguf");
+    cr_assert_eq(eng_vocab_type(v), ENG_VOCAB_BPE);
+    cr_assert(!eng_vocab_add_bos(v));
+    cr_assert_str_eq(eng_vocab_pre(v), "gpt2");
+    cr_assert(eng_vocab_is_eog(v, 50256));
+    eng_vocab_free(v);
+
+    v = load_vocab("vocab/ggml-vocab-deepseek-coder.gguf");
+    cr_assert(eng_vocab_add_bos(v));
+    cr_assert_eq(eng_vocab_bos(v), 32013);
+    cr_assert_str_eq(eng_vocab_pre(v), "deepseek-coder");
+    eng_vocab_free(v);
+
+    char err[256];
+    eng_vocab *x = NULL;
+    cr_assert_neq(eng_vocab_load(td_path("vocab/ggml-vocab-bert-bge.gguf"), &x, err, sizeof err), ENG_OK);
+    cr_assert_null(x);
+    cr_assert(strstr(err, "bert") != NULL, "message: %s", err);
+    cr_assert_neq(eng_vocab_load("/nonexistent.gguf", &x, err, sizeof err), ENG_OK);
+}
+
+/* random valid UTF-8 survives tokenize -> detokenize for vocabs without
+ * detokenizer clean-up (SPM, deepseek: clean_spaces off) */
+Test(edge, roundtrip_random_utf8, .timeout = 300)
+{
+    static const char *const vs[] = {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-deepseek-llm.gguf",
+                                     "vocab/ggml-vocab-deepseek-coder.gguf", "models/stories260K.gguf", NULL};
+    uint64_t rs = 7;
+    for (int k = 0; vs[k]; k++) {
+        eng_vocab *v = load_vocab(vs[k]);
+        for (int it = 0; it < 300; it++) {
+            char buf[512];
+            size_t n = 0, want = (size_t)(td_rand(&rs) % 100);
+            for (size_t c = 0; c < want; c++) {
+                uint64_t r = td_rand(&rs);
+                uint32_t cp;
+                switch (r % 6) {
+                case 0: cp = 0x20 + (uint32_t)(r >> 8) % 0x5F; break;
+                case 1: cp = " \n\t"[(r >> 8) % 3]; break;
+                case 2: cp = 0x80 + (uint32_t)(r >> 8) % 0x780; break;
+                case 3: cp = 0x800 + (uint32_t)(r >> 8) % 0xF800; break;
+                case 4: cp = 0x10000 + (uint32_t)(r >> 8) % 0x100000; break;
+                default: cp = 'a' + (uint32_t)(r >> 8) % 26; break;
+                }
+                if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
+                if (cp == 0x2581) cp = 'y'; /* SPM's space marker cannot survive */
+                n += (size_t)eng__utf8_put(cp, (uint8_t *)buf + n);
+            }
+            size_t nt, dl;
+            int32_t *ids = tok(v, buf, n, false, false, &nt);
+            char *d = detok(v, ids, nt, false, false, &dl);
+            cr_expect(dl == n && memcmp(d, buf, n) == 0, "%s: round trip failed (iteration %d, %zu vs %zu bytes)",
+                      vs[k], it, dl, n);
+            free(d);
+            free(ids);
+        }
+        eng_vocab_free(v);
+    }
+}
+
+Test(edge, big_input_is_fast, .timeout = 120)
+{
+    static const char *const vs[] = {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-deepseek-llm.gguf",
+                                     "vocab/ggml-vocab-gpt-2.gguf", "vocab/ggml-vocab-falcon.gguf", NULL};
+    size_t len;
+    char *corpus = td_read(td_path("corpus/wiki.test.raw"), &len);
+    cr_assert(corpus);
+    size_t n = len < 100000 ? len : 100000;
+    char *ws = malloc(100000);
+    memset(ws, ' ', 100000);
+    for (int k = 0; vs[k]; k++) {
+        eng_vocab *v = load_vocab(vs[k]);
+        for (int w = 0; w < 2; w++) {
+            double t0 = now();
+            size_t nt;
+            int32_t *ids = tok(v, w ? ws : corpus, w ? 100000 : n, true, true, &nt);
+            double dt = now() - t0;
+            fprintf(stderr, "%s: 100 KB of %s -> %zu tokens in %.3f s\n", vs[k], w ? "spaces" : "wiki", nt, dt);
+            cr_expect(dt < 1.0, "%s too slow: %.3f s", vs[k], dt);
+            free(ids);
+        }
+        eng_vocab_free(v);
+    }
+    free(ws);
+    free(corpus);
+}

@@ -1,0 +1,324 @@
+/*
+ * bench.c - engine benchmark: prefill and decode speed of GGUF models next to
+ * the machine's own limits, measured in the same run.
+ *
+ *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] MODEL.gguf [MODEL.gguf ...]
+ *
+ * For each thread count it measures the FP32-FMA, BF16-dot and int8-VNNI
+ * peaks (tight loops of independent AVX-512 instructions) and the memory read
+ * bandwidth; for each model, prefill tokens/s of a P-token prompt and decode
+ * tokens/s of N tokens (median of RUNS), with the bandwidth measured right
+ * before and after each decode run. Ratios: decode vs the bandwidth bound
+ * (weight bytes read per token / bandwidth) and the prefill weight-product
+ * FLOP rate vs the int8 peak (quantized weights) or the BF16 peak (F16/BF16).
+ * Timing claims live here, never in unit tests.
+ */
+#include "model.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Peaks: each thread runs ITERS iterations of 12 independent instructions.  */
+/* ------------------------------------------------------------------------ */
+
+#define PEAK_ITERS 20000000L
+
+__attribute__((target("avx512f"))) static double loop_fma(void)
+{
+    __m512 a[12], x = _mm512_set1_ps(1.0000001f), y = _mm512_set1_ps(0.999999f);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    float s = 0;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
+    __asm__ volatile("" ::"x"(s));
+    return (double)PEAK_ITERS * 12 * 16 * 2; /* FLOP */
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static double loop_bf16(void)
+{
+    __m512 a[12];
+    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3f00);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+    float s = 0;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
+    __asm__ volatile("" ::"x"(s));
+    return (double)PEAK_ITERS * 12 * 32 * 2;
+}
+
+__attribute__((target("avx512f,avx512vnni"))) static double loop_vnni(void)
+{
+    __m512i a[12], x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(2);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512();
+    for (long it = 0; it < PEAK_ITERS; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], x, y);
+    int s = 0;
+    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_epi32(a[i]);
+    __asm__ volatile("" ::"r"(s));
+    return (double)PEAK_ITERS * 12 * 64 * 2;
+}
+
+typedef struct {
+    double (*fn)(void);
+    double ops;
+} peak_arg;
+
+static void *peak_thread(void *a)
+{
+    peak_arg *p = a;
+    p->ops = p->fn();
+    return NULL;
+}
+
+/* Ops per second over nth threads running fn at once. */
+static double run_peak(double (*fn)(void), int nth)
+{
+    pthread_t th[64];
+    peak_arg args[64];
+    double t0 = now_s();
+    for (int i = 0; i < nth; i++) {
+        args[i].fn = fn;
+        pthread_create(&th[i], NULL, peak_thread, &args[i]);
+    }
+    double ops = 0;
+    for (int i = 0; i < nth; i++) {
+        pthread_join(th[i], NULL);
+        ops += args[i].ops;
+    }
+    return ops / (now_s() - t0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory read bandwidth                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define BW_BYTES (1ull << 30)
+static uint8_t *bw_buf;
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} bw_arg;
+
+__attribute__((target("avx512f"))) static void *bw_thread(void *a)
+{
+    bw_arg *b = a;
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i + 256 <= b->n; i += 256) {
+        s0 = _mm512_xor_si512(s0, _mm512_load_si512((const void *)(b->p + i)));
+        s1 = _mm512_xor_si512(s1, _mm512_load_si512((const void *)(b->p + i + 64)));
+        s2 = _mm512_xor_si512(s2, _mm512_load_si512((const void *)(b->p + i + 128)));
+        s3 = _mm512_xor_si512(s3, _mm512_load_si512((const void *)(b->p + i + 192)));
+    }
+    s0 = _mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3));
+    long long r = _mm512_reduce_add_epi64(s0);
+    __asm__ volatile("" ::"r"(r));
+    return NULL;
+}
+
+/* Bytes per second reading 1 GiB with nth threads: best of 3 passes. */
+static double bandwidth(int nth)
+{
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        pthread_t th[64];
+        bw_arg args[64];
+        size_t per = BW_BYTES / (size_t)nth / 256 * 256;
+        double t0 = now_s();
+        for (int i = 0; i < nth; i++) {
+            args[i].p = bw_buf + (size_t)i * per;
+            args[i].n = per;
+            pthread_create(&th[i], NULL, bw_thread, &args[i]);
+        }
+        for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
+        double bw = (double)per * nth / (now_s() - t0);
+        if (bw > best) best = bw;
+    }
+    return best;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Model runs                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Weight bytes one decode step reads: every layer matrix and norm, the
+ * output matrix, and one embedding row (the whole matrix only when tied,
+ * where it is the output matrix). */
+static double bytes_per_token(const eng_model *m)
+{
+    double b = (double)m->n_bytes;
+    if (!m->tied) b -= (double)m->tok_embd.row_bytes * (double)(m->tok_embd.n_out - 1);
+    return b;
+}
+
+/* FLOPs of the weight products for n tokens (2 per multiply-add). */
+static double matmul_flops(const eng_model *m, int n)
+{
+    double per = 0;
+    for (int il = 0; il < m->n_layer; il++) {
+        const eng__layer *L = &m->layers[il];
+        const eng__mat *ms[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) per += (double)ms[i]->n_in * (double)ms[i]->n_out;
+    }
+    return 2.0 * per * n + 2.0 * (double)m->output.n_in * (double)m->output.n_out; /* logits: last row */
+}
+
+static int32_t *make_tokens(const eng_model *m, int n)
+{
+    int32_t *t = malloc((size_t)n * sizeof *t);
+    uint64_t s = 12345;
+    int32_t nv = m->n_vocab > 300 ? m->n_vocab : 300;
+    t[0] = eng_vocab_bos(m->vocab) >= 0 ? eng_vocab_bos(m->vocab) : 1;
+    for (int i = 1; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = (int32_t)(259 + (s >> 33) % (uint64_t)(nv - 259)) % m->n_vocab;
+    }
+    return t;
+}
+
+static double run_batch(eng_context *c, const int32_t *tok, int n, int pos0)
+{
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *seq = calloc((size_t)n, sizeof *seq);
+    int8_t *want = calloc((size_t)n, 1);
+    for (int i = 0; i < n; i++) pos[i] = pos0 + i;
+    want[n - 1] = 1;
+    eng_batch b = {n, tok, pos, seq, want};
+    double t0 = now_s();
+    eng_status st = eng_decode(c, &b);
+    double dt = now_s() - t0;
+    free(pos);
+    free(seq);
+    free(want);
+    if (st != ENG_OK) {
+        fprintf(stderr, "bench: decode failed: %s\n", eng_strerror(st));
+        exit(1);
+    }
+    return dt;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] MODEL.gguf...\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    int runs = 5, n_prompt = 512, n_gen = 128, threads[8] = {1, 2}, n_thr = 2, i0 = 1;
+    for (; i0 < argc && argv[i0][0] == '-'; i0 += 2) {
+        if (i0 + 1 >= argc) usage();
+        const char *o = argv[i0], *v = argv[i0 + 1];
+        if (!strcmp(o, "-r")) runs = atoi(v);
+        else if (!strcmp(o, "-p")) n_prompt = atoi(v);
+        else if (!strcmp(o, "-n")) n_gen = atoi(v);
+        else if (!strcmp(o, "-t")) {
+            n_thr = 0;
+            for (char *s = (char *)v; *s && n_thr < 8; s++) {
+                threads[n_thr++] = (int)strtol(s, &s, 10);
+                if (!*s) break;
+            }
+        } else usage();
+    }
+    if (i0 >= argc || runs < 1 || runs > 100 || n_prompt < 1 || n_gen < 1) usage();
+    const eng__cpu *cpu = eng__cpu_get();
+    if (!cpu->avx512f || !cpu->avx512vnni || !cpu->avx512bf16) {
+        fprintf(stderr, "bench: the peak loops need AVX-512 with VNNI and BF16\n");
+        return 1;
+    }
+    bw_buf = aligned_alloc(64, BW_BYTES);
+    memset(bw_buf, 1, BW_BYTES);
+    printf("kernels: %s; runs: %d (median); prompt %d tokens, decode %d tokens\n\n", eng_kernel_name(),
+           runs, n_prompt, n_gen);
+    double pk_fma[8], pk_bf16[8], pk_vnni[8];
+    printf("| threads | FP32 FMA GFLOP/s | BF16 dot GFLOP/s | int8 VNNI GOP/s | read GB/s |\n|---|---|---|---|---|\n");
+    for (int ti = 0; ti < n_thr; ti++) {
+        pk_fma[ti] = run_peak(loop_fma, threads[ti]);
+        pk_bf16[ti] = run_peak(loop_bf16, threads[ti]);
+        pk_vnni[ti] = run_peak(loop_vnni, threads[ti]);
+        printf("| %d | %.0f | %.0f | %.0f | %.1f |\n", threads[ti], pk_fma[ti] / 1e9, pk_bf16[ti] / 1e9,
+               pk_vnni[ti] / 1e9, bandwidth(threads[ti]) / 1e9);
+    }
+    printf("\n| model | type | threads | prefill tok/s | prefill GFLOP/s | of peak | decode tok/s | BW before/after GB/s | bound tok/s | of bound |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int mi = i0; mi < argc; mi++) {
+        char err[512] = "";
+        eng_model *m = NULL;
+        eng_model_params mp = eng_model_default_params();
+        if (eng_model_load(argv[mi], &mp, &m, err, sizeof err) != ENG_OK) {
+            fprintf(stderr, "bench: %s: %s\n", argv[mi], err);
+            return 1;
+        }
+        const char *base = strrchr(argv[mi], '/') ? strrchr(argv[mi], '/') + 1 : argv[mi];
+        bool q = !(strcmp(m->file_type, "F16") == 0 || strcmp(m->file_type, "BF16") == 0 ||
+                   strcmp(m->file_type, "F32") == 0);
+        int32_t *tok = make_tokens(m, n_prompt + n_gen);
+        for (int ti = 0; ti < n_thr; ti++) {
+            eng_context_params cp = eng_context_default_params();
+            cp.n_ctx = n_prompt + n_gen;
+            cp.n_batch_max = n_prompt;
+            cp.n_threads = threads[ti];
+            eng_context *c = NULL;
+            if (eng_context_new(m, &cp, &c) != ENG_OK) {
+                fprintf(stderr, "bench: cannot create a context\n");
+                return 1;
+            }
+            double pf[100], dc[100], bw_lo = 1e30, bw_hi = 0, bound_sum = 0;
+            run_batch(c, tok, n_prompt < 32 ? n_prompt : 32, 0); /* warm up: page in the weights */
+            eng_seq_truncate(c, 0, 0);
+            for (int r = 0; r < runs; r++) {
+                eng_seq_truncate(c, 0, 0);
+                pf[r] = (double)n_prompt / run_batch(c, tok, n_prompt, 0);
+                eng_seq_truncate(c, 0, 0);
+                double b0 = bandwidth(threads[ti]);
+                double t = 0;
+                for (int g = 0; g < n_gen; g++) t += run_batch(c, tok + n_prompt + g, 1, g);
+                double b1 = bandwidth(threads[ti]);
+                dc[r] = (double)n_gen / t;
+                double bw = 0.5 * (b0 + b1);
+                bound_sum += bw / bytes_per_token(m);
+                if (b0 < bw_lo) bw_lo = b0;
+                if (b1 < bw_lo) bw_lo = b1;
+                if (b0 > bw_hi) bw_hi = b0;
+                if (b1 > bw_hi) bw_hi = b1;
+            }
+            double pfm = median(pf, runs), dcm = median(dc, runs), bound = bound_sum / runs;
+            double gflops = matmul_flops(m, n_prompt) / ((double)n_prompt / pfm) / 1e9;
+            double peak = (q ? pk_vnni[ti] : pk_bf16[ti]) / 1e9;
+            printf("| %s | %s | %d | %.1f | %.0f | %.1f%% of %s | %.1f | %.0f / %.0f | %.1f | %.1f%% |\n", base,
+                   m->file_type, threads[ti], pfm, gflops, 100.0 * gflops / peak, q ? "int8" : "BF16", dcm,
+                   bw_lo / 1e9, bw_hi / 1e9, bound, 100.0 * dcm / bound);
+            fflush(stdout);
+            eng_context_free(c);
+        }
+        free(tok);
+        eng_model_free(m);
+    }
+    free(bw_buf);
+    return 0;
+}
