@@ -192,6 +192,12 @@ static inline float *kv_at(const eng_context *c, float *base, int il, int32_t se
 
 static int32_t blocks_for(int32_t n_pos) { return (n_pos + KV_BLOCK - 1) / KV_BLOCK; }
 
+int32_t eng__kv_blocks_for(int32_t n_pos) { return blocks_for(n_pos); }
+int32_t eng__kv_blocks_total(const eng_context *c) { return c->n_blocks; }
+int32_t eng__ctx_n_seq(const eng_context *c) { return c->n_seq_max; }
+int32_t eng__ctx_n_batch(const eng_context *c) { return c->n_batch_max; }
+const eng_model *eng__ctx_model(const eng_context *c) { return c->m; }
+
 int32_t eng_seq_len(const eng_context *c, int32_t seq)
 {
     return (seq >= 0 && seq < c->n_seq_max) ? c->seq_len[seq] : 0;
@@ -283,7 +289,7 @@ static void matmul(eng_context *c, int ith, int nth, const eng__mat *W, const fl
         xs = (size_t)W->n_in * sizeof(float);
     } else {
         if (ac->src != X || ac->type != vt || ac->n != W->n_in) {
-            eng__quant_fn qf = c->kern->quantize_act[vt];
+            eng__quant_fn qf = c->kern->quantize_act[W->type]; /* converts into vt */
             int64_t r0, r1;
             eng__split(T, ith, nth, 1, &r0, &r1);
             for (int64_t t = r0; t < r1; t++)

@@ -213,4 +213,15 @@ void eng__pool_barrier(eng__pool *p);
 /* Rows [*r0, *r1) of n for thread ith of nth, in chunks that are multiples of align. */
 void eng__split(int64_t n, int ith, int nth, int64_t align, int64_t *r0, int64_t *r1);
 
+/* ------------------------------------------------------------------------ */
+/* Context internals the scheduler needs (forward.c)                        */
+/* ------------------------------------------------------------------------ */
+
+/* KV blocks a sequence of n_pos positions occupies, and the pool's size. */
+int32_t eng__kv_blocks_for(int32_t n_pos);
+int32_t eng__kv_blocks_total(const eng_context *c);
+int32_t eng__ctx_n_seq(const eng_context *c);
+int32_t eng__ctx_n_batch(const eng_context *c);
+const eng_model *eng__ctx_model(const eng_context *c);
+
 #endif /* ORTHOSERVE_INTERNAL_H */

@@ -76,7 +76,7 @@ static bool bind_mat(eng_model *m, const char *name, int64_t n_in, int64_t n_out
         return false;
     }
     const eng__kernels *k = eng__kernels_best();
-    if (!k->gemm[t->type] || (ti->vec_type != ENG_TYPE_F32 && !k->quantize_act[ti->vec_type])) {
+    if (!k->gemm[t->type] || (ti->vec_type != ENG_TYPE_F32 && !k->quantize_act[t->type])) {
         eng__errf(err, errlen, "tensor '%s': no %s kernel for weight type %s", name, k->name, ti->name);
         return false;
     }

@@ -1192,14 +1192,14 @@ eng_status eng_detokenize(const eng_vocab *v, const int32_t *ids, size_t n, bool
 /* accessors                                                                 */
 /* ------------------------------------------------------------------------ */
 
-eng_vocab_kind eng_vocab_type(const eng_vocab *v) { return v->kind; }
+eng_vocab_kind eng_vocab_type(const eng_vocab *v) { return v ? v->kind : ENG_VOCAB_SPM; }
 int32_t eng_vocab_n_tokens(const eng_vocab *v) { return v ? v->n : 0; }
-int32_t eng_vocab_bos(const eng_vocab *v) { return v->bos; }
-int32_t eng_vocab_eos(const eng_vocab *v) { return v->eos; }
-int32_t eng_vocab_eot(const eng_vocab *v) { return v->eot; }
-bool eng_vocab_add_bos(const eng_vocab *v) { return v->add_bos && v->bos >= 0; }
-bool eng_vocab_add_eos(const eng_vocab *v) { return v->add_eos && v->eos >= 0; }
-const char *eng_vocab_pre(const eng_vocab *v) { return v->pre_name; }
+int32_t eng_vocab_bos(const eng_vocab *v) { return v ? v->bos : -1; }
+int32_t eng_vocab_eos(const eng_vocab *v) { return v ? v->eos : -1; }
+int32_t eng_vocab_eot(const eng_vocab *v) { return v ? v->eot : -1; }
+bool eng_vocab_add_bos(const eng_vocab *v) { return v && v->add_bos && v->bos >= 0; }
+bool eng_vocab_add_eos(const eng_vocab *v) { return v && v->add_eos && v->eos >= 0; }
+const char *eng_vocab_pre(const eng_vocab *v) { return v ? v->pre_name : "default"; }
 
 bool eng_vocab_is_eog(const eng_vocab *v, int32_t id)
 {

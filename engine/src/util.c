@@ -22,6 +22,8 @@ const char *eng_strerror(eng_status st)
     case ENG_ECANCELED: return "cancelled";
     case ENG_ERANGE: return "buffer too small";
     case ENG_EUNSUPPORTED: return "not supported";
+    case ENG_EBUSY: return "busy";
+    case ENG_ESTOPPED: return "stopped";
     }
     return "unknown status";
 }

@@ -537,26 +537,35 @@ Test(edge, roundtrip_random_utf8, .timeout = 300)
 Test(edge, big_input_is_fast, .timeout = 120)
 {
     static const char *const vs[] = {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-deepseek-llm.gguf",
-                                     "vocab/ggml-vocab-gpt-2.gguf", "vocab/ggml-vocab-falcon.gguf", NULL};
+                                     "vocab/ggml-vocab-gpt-2.gguf", "vocab/ggml-vocab-falcon.gguf",
+                                     "vocab/ggml-vocab-deepseek-coder.gguf", NULL};
     size_t len;
     char *corpus = td_read(td_path("corpus/wiki.test.raw"), &len);
     cr_assert(corpus);
     size_t n = len < 100000 ? len : 100000;
-    char *ws = malloc(100000);
+    /* pathological shapes: one long white-space run, one long word, random bytes */
+    char *ws = malloc(100000), *aa = malloc(100000), *rb = malloc(100000);
     memset(ws, ' ', 100000);
+    memset(aa, 'a', 100000);
+    uint64_t rs = 3;
+    for (size_t i = 0; i < 100000; i++) rb[i] = (char)td_rand(&rs);
+    const char *const inputs[] = {corpus, ws, aa, rb};
+    const char *const names[] = {"wiki", "spaces", "'a'", "random bytes"};
     for (int k = 0; vs[k]; k++) {
         eng_vocab *v = load_vocab(vs[k]);
-        for (int w = 0; w < 2; w++) {
+        for (int w = 0; w < 4; w++) {
             double t0 = now();
             size_t nt;
-            int32_t *ids = tok(v, w ? ws : corpus, w ? 100000 : n, true, true, &nt);
+            int32_t *ids = tok(v, inputs[w], w ? 100000 : n, true, true, &nt);
             double dt = now() - t0;
-            fprintf(stderr, "%s: 100 KB of %s -> %zu tokens in %.3f s\n", vs[k], w ? "spaces" : "wiki", nt, dt);
+            fprintf(stderr, "%s: 100 KB of %s -> %zu tokens in %.3f s\n", vs[k], names[w], nt, dt);
             cr_expect(dt < 1.0, "%s too slow: %.3f s", vs[k], dt);
             free(ids);
         }
         eng_vocab_free(v);
     }
     free(ws);
+    free(aa);
+    free(rb);
     free(corpus);
 }

@@ -36,7 +36,9 @@ typedef enum {
     ENG_ECTXFULL = -5,    /* no room left in the context / KV cache */
     ENG_ECANCELED = -6,   /* request cancelled */
     ENG_ERANGE = -7,      /* output buffer too small; the needed size is reported */
-    ENG_EUNSUPPORTED = -8 /* valid but not supported (architecture, type, feature) */
+    ENG_EUNSUPPORTED = -8, /* valid but not supported (architecture, type, feature) */
+    ENG_EBUSY = -9,        /* queue full: try again later */
+    ENG_ESTOPPED = -10     /* the scheduler is draining or stopped */
 } eng_status;
 
 /* Static string naming a status ("invalid argument", ...). Never NULL. */
@@ -300,6 +302,113 @@ int32_t eng_seq_len(const eng_context *c, int32_t seq);
 void eng_seq_truncate(eng_context *c, int32_t seq, int32_t p0);
 /* Tokens of KV in use / budget, over all sequences. */
 void eng_kv_usage(const eng_context *c, int32_t *used, int32_t *total);
+
+/* ------------------------------------------------------------------------ */
+/* Scheduler: continuous batching of requests on its own thread            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * DESIGN: eng_sched_new starts one scheduler thread that owns a context.
+ * eng_sched_submit (any thread) queues a request; each scheduler step admits
+ * queued requests FIFO while their KV need fits, forms one ragged batch (one
+ * token for every decoding sequence first, then prefill chunks up to the
+ * step's token budget), runs one forward pass, samples, and reports through
+ * the request's callback. Callbacks run on the scheduler thread and must be
+ * quick (copy and hand off). Cancellation is an atomic flag checked before
+ * every step: a cancelled request gets its DONE event within one step and its
+ * KV blocks are freed at once.
+ */
+
+typedef struct eng_sched eng_sched;
+typedef struct eng_request eng_request;
+
+typedef struct {
+    int32_t n_ctx;       /* max positions per sequence; 0: the model's n_ctx_train */
+    int32_t n_seq_max;   /* sequences decoded together (slots) */
+    int32_t n_batch_max; /* token budget of one step (decode tokens + prefill chunks) */
+    int32_t n_kv_tokens; /* KV budget over all sequences; 0: n_ctx * n_seq_max */
+    int32_t max_queue;   /* waiting requests beyond which submit says ENG_EBUSY */
+    int32_t n_threads;   /* compute threads; 0: the model's */
+} eng_sched_params;
+
+eng_sched_params eng_sched_default_params(void);
+
+typedef enum {
+    ENG_FINISH_NONE = 0,
+    ENG_FINISH_STOP = 1,      /* an end-of-generation token (not reported as a token) */
+    ENG_FINISH_LENGTH = 2,    /* max_tokens or the context end reached */
+    ENG_FINISH_CANCELLED = 3, /* eng_request_cancel, or the scheduler stopped */
+    ENG_FINISH_ERROR = 4      /* see status */
+} eng_finish_reason;
+
+typedef enum {
+    ENG_EVENT_PROMPT = 1, /* log-probability of prompt token `index` (>= 1), when asked */
+    ENG_EVENT_TOKEN = 2,  /* generated token number `index` (from 0) */
+    ENG_EVENT_DONE = 3    /* last event of a request */
+} eng_event_type;
+
+typedef struct {
+    eng_event_type type;
+    eng_request *req;
+    void *user;
+    /* PROMPT and TOKEN */
+    int32_t index;
+    int32_t token;
+    float logprob;               /* log p(token) from the raw logits (when n_logprobs >= 0) */
+    int32_t n_top;               /* alternatives in top_ids/top_logprobs */
+    const int32_t *top_ids;      /* valid during the callback only */
+    const float *top_logprobs;
+    /* DONE */
+    eng_finish_reason finish;
+    eng_status status;
+    int32_t n_prompt, n_generated, n_cached; /* tokens; n_cached: prompt tokens reused from cache */
+    double t_queue, t_prompt, t_generate;    /* seconds waiting, prefilling, generating */
+} eng_event;
+
+typedef void (*eng_event_fn)(const eng_event *ev, void *user);
+
+typedef struct {
+    const int32_t *prompt;   /* copied by submit; n_prompt >= 1 */
+    size_t n_prompt;
+    int32_t max_tokens;      /* >= 0; clipped to the context end (finish LENGTH) */
+    int32_t min_tokens;      /* end-of-generation tokens are suppressed before this many */
+    bool ignore_eos;         /* never stop on end-of-generation tokens */
+    eng_sampler_params sampling;
+    int32_t n_logprobs;      /* -1: none; 0: the chosen token's only; n: also the top n (<= 20) */
+    bool prompt_logprobs;    /* emit PROMPT events for prompt tokens 1..n-1 (echo) */
+    eng_event_fn on_event;   /* required */
+    void *user;
+} eng_request_params;
+
+/* Start the scheduler thread. The model must outlive it. Free with eng_sched_free(). */
+eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **out);
+/* Queue a request. ENG_EINVAL for bad params (bad token ids, missing
+ * callback), ENG_ECTXFULL when the prompt cannot fit the context at all,
+ * ENG_EBUSY when the queue is full, ENG_ESTOPPED while draining. On success
+ * *out holds a reference the caller must drop with eng_request_release();
+ * exactly one DONE event follows, always. Thread-safe. */
+eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out);
+/* Ask for the request to stop (thread-safe, idempotent, any time before release). */
+void eng_request_cancel(eng_request *r);
+/* Drop the caller's reference (after which r must not be used). */
+void eng_request_release(eng_request *r);
+
+typedef struct {
+    int32_t running, waiting;    /* requests decoding or prefilling / queued */
+    int32_t kv_used, kv_total;   /* KV tokens */
+    int32_t last_batch_tokens;   /* tokens in the last step */
+    uint64_t steps;              /* steps run so far */
+    bool draining;
+} eng_sched_stats;
+
+/* A consistent snapshot (thread-safe). */
+void eng_sched_get_stats(eng_sched *s, eng_sched_stats *out);
+/* Stop admitting: later submits get ENG_ESTOPPED; running and queued requests
+ * go on. Thread-safe. */
+void eng_sched_drain(eng_sched *s);
+/* Cancel every request still live (each gets its DONE event), stop the
+ * thread and free. Call from a thread that is not a callback. NULL is fine. */
+void eng_sched_free(eng_sched *s);
 
 /* Kernel level in use: "scalar", "avx2" or "avx512". */
 const char *eng_kernel_name(void);

@@ -1,0 +1,515 @@
+/*
+ * scheduler.c - continuous batching: one thread owns a context and runs
+ * steps over every live request.
+ *
+ * DESIGN. Threads: any thread calls eng_sched_submit / eng_request_cancel /
+ * eng_request_release / eng_sched_get_stats / eng_sched_drain; only the
+ * scheduler thread touches the context, the running set and the batch
+ * buffers, and only it calls event callbacks. Shared state (the FIFO queue,
+ * flags, the stats snapshot) is under `mu`; cancellation is an atomic flag per
+ * request, read before every step. A request holds two references (the
+ * caller's and the scheduler's) and is freed when both are dropped.
+ *
+ * A step:
+ *   1. finish cancelled requests (running and queued): DONE, free KV;
+ *   2. admit queued requests in FIFO order while a slot is free and their KV
+ *      need (prompt + max_tokens, capped at n_ctx) fits the unreserved budget
+ *      - the head of the queue blocks those behind it, so long prompts never
+ *      starve;
+ *   3. build one ragged batch within the token budget: first one token for
+ *      every decoding sequence (decode has priority), then prefill chunks of
+ *      admitted prompts in admission order;
+ *   4. one eng_decode, then sample / emit events for every sequence.
+ * Reserving the whole need at admission means eng_decode never runs out of
+ * KV in the middle of a request.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_TOP_LOGPROBS 20
+
+typedef enum { RQ_WAITING = 0, RQ_PREFILL, RQ_DECODE, RQ_DONE } rq_state;
+
+struct eng_request {
+    atomic_int refs;
+    atomic_bool cancel;
+    eng_sched *s;
+    eng_request_params p;
+    int32_t *prompt;
+    eng_sampler *smp;
+    struct eng_request *next; /* queue link (under mu) */
+    /* scheduler thread only */
+    rq_state state;
+    int32_t seq;       /* slot, or -1 */
+    int32_t n_past;    /* positions in the cache */
+    int32_t n_fed;     /* prompt tokens fed */
+    int32_t n_gen;     /* tokens generated */
+    int32_t last;      /* token to feed next while decoding */
+    int32_t max_pos;   /* positions this request may use (its reservation) */
+    int32_t kv_blocks; /* reserved blocks */
+    double t_submit, t_admit, t_first;
+};
+
+struct eng_sched {
+    eng_model *m;
+    eng_context *ctx;
+    int32_t n_ctx, n_seq, n_batch, n_vocab;
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* under mu */
+    eng_request *q_head, *q_tail;
+    int32_t n_waiting, max_queue;
+    bool stop, draining;
+    eng_sched_stats stats;
+    /* scheduler thread only */
+    eng_request **slots;        /* (n_seq) running requests by slot */
+    eng_request **order;        /* running requests in admission order */
+    int32_t n_running;
+    int32_t kv_free_blocks;     /* unreserved */
+    int32_t *b_tok, *b_pos, *b_seq;
+    int8_t *b_logits;
+    eng_request **b_req;
+    float *scratch;             /* (n_vocab) masked logits */
+    int32_t top_ids[MAX_TOP_LOGPROBS];
+    float top_lps[MAX_TOP_LOGPROBS];
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+eng_sched_params eng_sched_default_params(void)
+{
+    eng_sched_params p = {.n_ctx = 0, .n_seq_max = 8, .n_batch_max = 512, .n_kv_tokens = 0,
+                          .max_queue = 64, .n_threads = 0};
+    return p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void request_unref(eng_request *r)
+{
+    if (atomic_fetch_sub(&r->refs, 1) != 1) return;
+    eng_sampler_free(r->smp);
+    free(r->prompt);
+    free(r);
+}
+
+void eng_request_cancel(eng_request *r)
+{
+    if (r) atomic_store(&r->cancel, true);
+}
+
+void eng_request_release(eng_request *r)
+{
+    if (r) request_unref(r);
+}
+
+static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
+{
+    double t = now_s();
+    eng_event ev = {.type = ENG_EVENT_DONE, .req = r, .user = r->p.user, .finish = fin,
+                    .status = st, .n_prompt = (int32_t)r->p.n_prompt, .n_generated = r->n_gen,
+                    .n_cached = 0};
+    double admit = r->t_admit > 0 ? r->t_admit : t;
+    double first = r->t_first > 0 ? r->t_first : t;
+    ev.t_queue = admit - r->t_submit;
+    ev.t_prompt = r->t_admit > 0 ? first - admit : 0;
+    ev.t_generate = r->t_first > 0 ? t - first : 0;
+    r->state = RQ_DONE;
+    r->p.on_event(&ev, r->p.user);
+    (void)s;
+}
+
+/* Finish a running request: event, KV and slot back, scheduler's ref dropped. */
+static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
+{
+    emit_done(s, r, fin, st);
+    eng_seq_truncate(s->ctx, r->seq, 0);
+    s->slots[r->seq] = NULL;
+    s->kv_free_blocks += r->kv_blocks;
+    for (int32_t i = 0; i < s->n_running; i++)
+        if (s->order[i] == r) {
+            memmove(&s->order[i], &s->order[i + 1], (size_t)(s->n_running - i - 1) * sizeof *s->order);
+            s->n_running--;
+            break;
+        }
+    request_unref(r);
+}
+
+eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out)
+{
+    if (!s || !p || !out || !p->on_event || !p->prompt || p->n_prompt < 1 || p->max_tokens < 0 ||
+        p->min_tokens < 0 || p->n_logprobs < -1 || p->n_logprobs > MAX_TOP_LOGPROBS)
+        return ENG_EINVAL;
+    *out = NULL;
+    for (size_t i = 0; i < p->n_prompt; i++)
+        if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_EINVAL;
+    if (p->n_prompt + (p->max_tokens > 0 ? 1u : 0u) > (size_t)s->n_ctx) return ENG_ECTXFULL;
+    eng_request *r = eng__calloc(1, sizeof *r);
+    if (!r) return ENG_ENOMEM;
+    r->p = *p;
+    r->p.sampling.logit_bias = NULL; /* the sampler keeps its own copy */
+    r->p.sampling.n_logit_bias = 0;
+    r->prompt = eng__malloc(p->n_prompt * sizeof *r->prompt);
+    if (!r->prompt) {
+        free(r);
+        return ENG_ENOMEM;
+    }
+    memcpy(r->prompt, p->prompt, p->n_prompt * sizeof *r->prompt);
+    r->p.prompt = r->prompt;
+    eng_status st = eng_sampler_new(&p->sampling, s->n_vocab, &r->smp);
+    if (st != ENG_OK) {
+        free(r->prompt);
+        free(r);
+        return st;
+    }
+    for (size_t i = 0; i < p->n_prompt; i++) eng_sampler_accept(r->smp, p->prompt[i]);
+    int64_t want = (int64_t)p->n_prompt + p->max_tokens;
+    r->max_pos = (int32_t)(want < s->n_ctx ? want : s->n_ctx);
+    r->kv_blocks = eng__kv_blocks_for(r->max_pos);
+    if (r->kv_blocks > eng__kv_blocks_total(s->ctx)) {
+        request_unref(r);
+        return ENG_ECTXFULL;
+    }
+    r->seq = -1;
+    r->s = s;
+    r->t_submit = now_s();
+    atomic_init(&r->refs, 2);
+    atomic_init(&r->cancel, false);
+
+    pthread_mutex_lock(&s->mu);
+    if (s->stop || s->draining) {
+        pthread_mutex_unlock(&s->mu);
+        eng_sampler_free(r->smp);
+        free(r->prompt);
+        free(r);
+        return ENG_ESTOPPED;
+    }
+    if (s->n_waiting >= s->max_queue) {
+        pthread_mutex_unlock(&s->mu);
+        eng_sampler_free(r->smp);
+        free(r->prompt);
+        free(r);
+        return ENG_EBUSY;
+    }
+    if (s->q_tail) s->q_tail->next = r;
+    else s->q_head = r;
+    s->q_tail = r;
+    s->n_waiting++;
+    s->stats.waiting = s->n_waiting;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    *out = r;
+    return ENG_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Steps                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Remove cancelled requests from the queue (under mu) into a local list. */
+static eng_request *take_cancelled_queued(eng_sched *s)
+{
+    eng_request *out = NULL, **pp = &s->q_head, *prev = NULL;
+    while (*pp) {
+        eng_request *r = *pp;
+        if (atomic_load(&r->cancel) || s->stop) {
+            *pp = r->next;
+            if (s->q_tail == r) s->q_tail = prev;
+            s->n_waiting--;
+            r->next = out;
+            out = r;
+        } else {
+            prev = r;
+            pp = &r->next;
+        }
+    }
+    return out;
+}
+
+/* Admit from the head of the queue while it fits (under mu). */
+static void admit(eng_sched *s)
+{
+    while (s->q_head && s->n_running < s->n_seq) {
+        eng_request *r = s->q_head;
+        if (r->kv_blocks > s->kv_free_blocks) break; /* FIFO: the head waits, so do the rest */
+        s->q_head = r->next;
+        if (!s->q_head) s->q_tail = NULL;
+        r->next = NULL;
+        s->n_waiting--;
+        int32_t slot = 0;
+        while (s->slots[slot]) slot++;
+        s->slots[slot] = r;
+        r->seq = slot;
+        r->state = RQ_PREFILL;
+        r->t_admit = now_s();
+        s->kv_free_blocks -= r->kv_blocks;
+        s->order[s->n_running++] = r;
+    }
+}
+
+static void emit_logprob(eng_sched *s, eng_request *r, eng_event_type type, int32_t index,
+                         int32_t token, const float *logits)
+{
+    eng_event ev = {.type = type, .req = r, .user = r->p.user, .index = index, .token = token};
+    if (r->p.n_logprobs >= 0 || type == ENG_EVENT_PROMPT) {
+        int32_t n_top = r->p.n_logprobs > 0 ? r->p.n_logprobs : 0;
+        if (eng_logprobs(logits, s->n_vocab, token, &ev.logprob, n_top, s->top_ids, s->top_lps) ==
+            ENG_OK) {
+            ev.n_top = n_top;
+            ev.top_ids = s->top_ids;
+            ev.top_logprobs = s->top_lps;
+        }
+    }
+    r->p.on_event(&ev, r->p.user);
+}
+
+/* Sample the next token of r from logits; emits TOKEN or finishes r. */
+static void next_token(eng_sched *s, eng_request *r, const float *logits)
+{
+    if (r->n_gen >= r->p.max_tokens || r->n_past >= s->n_ctx) {
+        finish_running(s, r, ENG_FINISH_LENGTH, ENG_OK);
+        return;
+    }
+    const eng_vocab *v = eng_model_vocab(s->m);
+    const float *lg = logits;
+    if (!r->p.ignore_eos && r->n_gen < r->p.min_tokens) {
+        /* Suppress end-of-generation tokens until min_tokens are out. */
+        memcpy(s->scratch, logits, (size_t)s->n_vocab * sizeof(float));
+        for (int32_t t = 0; t < s->n_vocab; t++)
+            if (eng_vocab_is_eog(v, t)) s->scratch[t] = -INFINITY;
+        lg = s->scratch;
+    }
+    int32_t tok;
+    eng_status st = eng_sampler_sample(r->smp, lg, &tok);
+    if (st != ENG_OK) {
+        finish_running(s, r, ENG_FINISH_ERROR, st);
+        return;
+    }
+    eng_sampler_accept(r->smp, tok);
+    if (r->t_first == 0) r->t_first = now_s();
+    if (!r->p.ignore_eos && eng_vocab_is_eog(v, tok)) {
+        finish_running(s, r, ENG_FINISH_STOP, ENG_OK);
+        return;
+    }
+    emit_logprob(s, r, ENG_EVENT_TOKEN, r->n_gen, tok, logits);
+    r->n_gen++;
+    if (r->n_gen >= r->p.max_tokens || r->n_past >= r->max_pos) {
+        finish_running(s, r, ENG_FINISH_LENGTH, ENG_OK);
+        return;
+    }
+    r->last = tok;
+    r->state = RQ_DECODE;
+}
+
+/* One forward pass over everything runnable; returns the batch size. */
+static int32_t step(eng_sched *s)
+{
+    int32_t n = 0;
+    /* decode first */
+    for (int32_t i = 0; i < s->n_running && n < s->n_batch; i++) {
+        eng_request *r = s->order[i];
+        if (r->state != RQ_DECODE) continue;
+        s->b_tok[n] = r->last;
+        s->b_pos[n] = r->n_past;
+        s->b_seq[n] = r->seq;
+        s->b_logits[n] = 1;
+        s->b_req[n] = r;
+        n++;
+    }
+    /* then prefill chunks, in admission order */
+    for (int32_t i = 0; i < s->n_running && n < s->n_batch; i++) {
+        eng_request *r = s->order[i];
+        if (r->state != RQ_PREFILL) continue;
+        int32_t left = (int32_t)r->p.n_prompt - r->n_fed, take = s->n_batch - n;
+        if (take > left) take = left;
+        for (int32_t k = 0; k < take; k++) {
+            int32_t pi = r->n_fed + k;
+            s->b_tok[n] = r->prompt[pi];
+            s->b_pos[n] = pi;
+            s->b_seq[n] = r->seq;
+            s->b_logits[n] = (pi == (int32_t)r->p.n_prompt - 1) || r->p.prompt_logprobs;
+            s->b_req[n] = r;
+            n++;
+        }
+    }
+    if (n == 0) return 0;
+    eng_batch b = {n, s->b_tok, s->b_pos, s->b_seq, s->b_logits};
+    eng_status st = eng_decode(s->ctx, &b);
+    if (st != ENG_OK) {
+        /* Cannot happen with reservations; fail the requests in this batch
+         * rather than spin on them. */
+        for (int32_t i = 0; i < n; i++) {
+            eng_request *r = s->b_req[i];
+            if (r->state != RQ_DONE && (i == 0 || s->b_req[i - 1] != r))
+                finish_running(s, r, ENG_FINISH_ERROR, st);
+        }
+        return n;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        eng_request *r = s->b_req[i];
+        const float *logits = s->b_logits[i] ? eng_get_logits(s->ctx, i) : NULL;
+        if (r->state == RQ_DECODE) {
+            r->n_past++;
+            next_token(s, r, logits);
+            continue;
+        }
+        /* a prompt token */
+        int32_t pi = s->b_pos[i];
+        r->n_fed = pi + 1;
+        r->n_past = pi + 1;
+        if (r->p.prompt_logprobs && pi + 1 < (int32_t)r->p.n_prompt)
+            emit_logprob(s, r, ENG_EVENT_PROMPT, pi + 1, r->prompt[pi + 1], logits);
+        if (r->n_fed == (int32_t)r->p.n_prompt) next_token(s, r, logits);
+    }
+    return n;
+}
+
+static void *sched_main(void *arg)
+{
+    eng_sched *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stop && s->n_running == 0 && !s->q_head) pthread_cond_wait(&s->cv, &s->mu);
+        bool stop = s->stop;
+        eng_request *cancelled = take_cancelled_queued(s);
+        pthread_mutex_unlock(&s->mu);
+
+        for (eng_request *r = cancelled, *nx; r; r = nx) {
+            nx = r->next;
+            emit_done(s, r, ENG_FINISH_CANCELLED, ENG_ECANCELED);
+            request_unref(r);
+        }
+        for (int32_t i = s->n_running - 1; i >= 0; i--) {
+            eng_request *r = s->order[i];
+            if (stop || atomic_load(&r->cancel)) finish_running(s, r, ENG_FINISH_CANCELLED, ENG_ECANCELED);
+        }
+        if (stop) break;
+
+        pthread_mutex_lock(&s->mu);
+        admit(s);
+        pthread_mutex_unlock(&s->mu);
+        int32_t nb = step(s);
+
+        int32_t used = 0, total = 0;
+        eng_kv_usage(s->ctx, &used, &total);
+        pthread_mutex_lock(&s->mu);
+        s->stats.running = s->n_running;
+        s->stats.waiting = s->n_waiting;
+        s->stats.kv_used = used;
+        s->stats.kv_total = total;
+        s->stats.last_batch_tokens = nb;
+        if (nb > 0) s->stats.steps++;
+        pthread_mutex_unlock(&s->mu);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifecycle                                                                */
+/* ------------------------------------------------------------------------ */
+
+eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **out)
+{
+    if (!m || !out) return ENG_EINVAL;
+    *out = NULL;
+    eng_sched_params dp = eng_sched_default_params();
+    if (!p) p = &dp;
+    if (p->n_seq_max < 1 || p->n_batch_max < 1 || p->max_queue < 0) return ENG_EINVAL;
+    eng_sched *s = eng__calloc(1, sizeof *s);
+    if (!s) return ENG_ENOMEM;
+    s->m = m;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = p->n_ctx;
+    cp.n_seq_max = p->n_seq_max;
+    cp.n_batch_max = p->n_batch_max;
+    cp.n_kv_tokens = p->n_kv_tokens;
+    cp.n_threads = p->n_threads;
+    eng_status st = eng_context_new(m, &cp, &s->ctx);
+    if (st != ENG_OK) goto fail;
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    s->n_ctx = eng_context_n_ctx(s->ctx);
+    s->n_seq = p->n_seq_max;
+    s->n_batch = p->n_batch_max;
+    s->n_vocab = info.n_vocab;
+    s->max_queue = p->max_queue;
+    s->kv_free_blocks = eng__kv_blocks_total(s->ctx);
+    size_t B = (size_t)s->n_batch;
+    s->slots = eng__calloc((size_t)s->n_seq, sizeof *s->slots);
+    s->order = eng__calloc((size_t)s->n_seq, sizeof *s->order);
+    s->b_tok = eng__malloc(B * sizeof *s->b_tok);
+    s->b_pos = eng__malloc(B * sizeof *s->b_pos);
+    s->b_seq = eng__malloc(B * sizeof *s->b_seq);
+    s->b_logits = eng__malloc(B);
+    s->b_req = eng__malloc(B * sizeof *s->b_req);
+    s->scratch = eng__malloc((size_t)s->n_vocab * sizeof(float));
+    st = ENG_ENOMEM;
+    if (!s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
+        !s->scratch)
+        goto fail;
+    eng_kv_usage(s->ctx, NULL, &s->stats.kv_total);
+    if (pthread_create(&s->thread, NULL, sched_main, s) != 0) goto fail;
+    s->thread_started = true;
+    *out = s;
+    return ENG_OK;
+fail:
+    eng_sched_free(s);
+    return st;
+}
+
+void eng_sched_get_stats(eng_sched *s, eng_sched_stats *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->stats;
+    out->waiting = s->n_waiting;
+    out->draining = s->draining;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void eng_sched_drain(eng_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->draining = true;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void eng_sched_free(eng_sched *s)
+{
+    if (!s) return;
+    if (s->thread_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    eng_context_free(s->ctx);
+    free(s->slots);
+    free(s->order);
+    free(s->b_tok);
+    free(s->b_pos);
+    free(s->b_seq);
+    free(s->b_logits);
+    free(s->b_req);
+    free(s->scratch);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}

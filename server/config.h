@@ -1,0 +1,56 @@
+/*
+ * config.h - orthoserve serve settings: one table, one precedence.
+ *
+ * Every setting has a JSON key (config file), an ORTHOSERVE_<KEY> environment
+ * variable and a command-line flag. Precedence: built-in defaults < config
+ * file (--config FILE or ORTHOSERVE_CONFIG) < environment < command line.
+ * Unknown keys and bad values are errors that name the key.
+ */
+#ifndef ORTHOSERVE_CONFIG_H
+#define ORTHOSERVE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct {
+    char **v; /* n malloc'd strings */
+    size_t n;
+} srv_strlist;
+
+typedef struct {
+    char *model;          /* GGUF file (required) */
+    char *host;           /* listen address */
+    long port;
+    long threads;         /* compute threads */
+    long ctx_size;        /* positions per sequence; 0: the model's */
+    long parallel;        /* sequences decoded together */
+    long batch_size;      /* token budget of one scheduler step */
+    long kv_tokens;       /* KV budget over all sequences; 0: ctx_size * parallel */
+    char *alias;          /* model id; "" = the file name */
+    char *chat_template;  /* "" = detect from the model */
+    srv_strlist api_keys; /* empty: no authentication */
+    srv_strlist public_paths;  /* paths served without a key */
+    srv_strlist cors_origins;  /* allowed origins; "*" any; empty: no CORS */
+    long max_body_bytes;
+    long max_connections;
+    long max_queue;
+    long max_tokens;      /* per request (also the default when a request omits it) */
+    double request_timeout;  /* seconds from arrival to the end of generation */
+    double idle_timeout;     /* seconds a connection may sit idle */
+    double drain_timeout;    /* seconds in-flight requests get on SIGINT/SIGTERM */
+    long retry_after;        /* seconds, in 429 and 503 responses */
+    bool log_requests;       /* one line per request on stderr */
+    bool verbose;            /* engine log messages */
+    char *config_file;       /* the file that was read, or NULL */
+} srv_config;
+
+/* Fill cfg from defaults, file, environment and argv (argv[0] is "serve").
+ * Returns 0 ok, 1 when --help was printed (exit 0), -1 on an error already
+ * printed to stderr (exit 2). Free with srv_config_free() in every case. */
+int srv_config_load(srv_config *cfg, int argc, char **argv);
+void srv_config_free(srv_config *cfg);
+/* The --help text (every flag, its key and default). */
+void srv_config_usage(FILE *f);
+
+#endif

@@ -1,0 +1,345 @@
+/*
+ * test_scheduler.c - continuous batching on stories260K:
+ *   - 16 concurrent greedy requests each produce exactly their golden
+ *     (single-request) continuation;
+ *   - sampling with a seed gives the same tokens alone and in a crowd;
+ *   - a full queue says ENG_EBUSY, a prompt longer than the context ENG_ECTXFULL;
+ *   - cancelling frees the KV at once and ends with a DONE event;
+ *   - prompt log-probabilities (echo) equal a direct forward pass's;
+ *   - drain refuses new work; free cancels the live requests.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "orthoserve/engine.h"
+#include "testutil.h"
+
+#define MAXTOK 256
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int32_t tokens[MAXTOK];
+    float prompt_lp[MAXTOK];
+    int n_tokens, n_prompt_ev;
+    bool done;
+    eng_finish_reason finish;
+    eng_status status;
+    int n_done_events;
+} collector;
+
+static void on_event(const eng_event *ev, void *user)
+{
+    collector *c = user;
+    pthread_mutex_lock(&c->mu);
+    if (ev->type == ENG_EVENT_TOKEN) {
+        cr_assert_eq(ev->index, c->n_tokens, "token events arrive in order");
+        if (c->n_tokens < MAXTOK) c->tokens[c->n_tokens] = ev->token;
+        c->n_tokens++;
+    } else if (ev->type == ENG_EVENT_PROMPT) {
+        if (ev->index < MAXTOK) c->prompt_lp[ev->index] = ev->logprob;
+        c->n_prompt_ev++;
+    } else {
+        c->done = true;
+        c->finish = ev->finish;
+        c->status = ev->status;
+        c->n_done_events++;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void coll_init(collector *c)
+{
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+}
+
+static void coll_wait(collector *c)
+{
+    pthread_mutex_lock(&c->mu);
+    while (!c->done) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static eng_model *load(void)
+{
+    char err[256] = "";
+    eng_model *m = NULL;
+    cr_assert_eq(eng_model_load(td_path("models/stories260K.gguf"), NULL, &m, err, sizeof err), ENG_OK, "%s", err);
+    return m;
+}
+
+static eng_request_params greedy_params(const int32_t *prompt, size_t n, int32_t max_tokens, collector *c)
+{
+    eng_request_params p = {0};
+    p.prompt = prompt;
+    p.n_prompt = n;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = true;
+    p.sampling = eng_sampler_default_params();
+    p.sampling.temperature = 0;
+    p.n_logprobs = -1;
+    p.on_event = on_event;
+    p.user = c;
+    return p;
+}
+
+static int32_t *json_ids(json_t *a, size_t *n)
+{
+    *n = json_array_size(a);
+    int32_t *ids = malloc((*n + 1) * sizeof *ids);
+    for (size_t i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(a, i));
+    return ids;
+}
+
+Test(scheduler, sixteen_concurrent_greedy_match_golden, .timeout = 120)
+{
+    eng_model *m = load();
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_seq_max = 16;
+    sp.n_batch_max = 64; /* small budget: prompts are chunked next to decoding sequences */
+    sp.n_ctx = 128;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    json_t *g = td_json("golden/stories260K.json");
+    json_t *greedy = json_object_get(g, "greedy");
+    enum { N = 16 };
+    collector col[N];
+    eng_request *req[N];
+    int32_t *prompts[N], *expect[N];
+    size_t np[N], ne[N];
+    for (int i = 0; i < N; i++) {
+        json_t *G = json_array_get(greedy, (size_t)(i % json_array_size(greedy)));
+        prompts[i] = json_ids(json_object_get(G, "prompt_tokens"), &np[i]);
+        expect[i] = json_ids(json_object_get(G, "tokens"), &ne[i]);
+        coll_init(&col[i]);
+        eng_request_params p = greedy_params(prompts[i], np[i], (int32_t)ne[i], &col[i]);
+        cr_assert_eq(eng_sched_submit(s, &p, &req[i]), ENG_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        coll_wait(&col[i]);
+        cr_assert_eq(col[i].finish, ENG_FINISH_LENGTH);
+        cr_assert_eq((size_t)col[i].n_tokens, ne[i]);
+        for (size_t k = 0; k < ne[i]; k++)
+            cr_assert_eq(col[i].tokens[k], expect[i][k], "request %d token %zu", i, k);
+        cr_assert_eq(col[i].n_done_events, 1);
+        eng_request_release(req[i]);
+        free(prompts[i]);
+        free(expect[i]);
+    }
+    eng_sched_stats st;
+    for (int tries = 0; tries < 100; tries++) { /* stats are published after the step */
+        eng_sched_get_stats(s, &st);
+        if (st.kv_used == 0 && st.running == 0) break;
+        usleep(10000);
+    }
+    cr_assert_eq(st.kv_used, 0, "all KV returned");
+    cr_assert_eq(st.running, 0);
+    json_decref(g);
+    eng_sched_free(s);
+    eng_model_free(m);
+}
+
+static void run_sampled(eng_model *m, int crowd, int32_t *out, int *n_out)
+{
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_seq_max = 8;
+    sp.n_ctx = 128;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[] = {1, 403, 407, 261, 378};
+    collector c[8];
+    eng_request *r[8];
+    for (int i = 0; i <= crowd; i++) {
+        coll_init(&c[i]);
+        eng_request_params p = greedy_params(prompt, 5, 40, &c[i]);
+        p.sampling.temperature = 0.9f;
+        p.sampling.top_k = 0;
+        p.sampling.top_p = 1;
+        p.sampling.min_p = 0;
+        p.sampling.seed = i == 0 ? 1234 : (uint64_t)(99 + i);
+        cr_assert_eq(eng_sched_submit(s, &p, &r[i]), ENG_OK);
+    }
+    for (int i = 0; i <= crowd; i++) coll_wait(&c[i]);
+    memcpy(out, c[0].tokens, sizeof(int32_t) * (size_t)c[0].n_tokens);
+    *n_out = c[0].n_tokens;
+    for (int i = 0; i <= crowd; i++) eng_request_release(r[i]);
+    eng_sched_free(s);
+}
+
+Test(scheduler, seeded_sampling_same_alone_and_in_a_crowd, .timeout = 120)
+{
+    eng_model *m = load();
+    int32_t a[MAXTOK], b[MAXTOK];
+    int na, nb;
+    run_sampled(m, 0, a, &na);
+    run_sampled(m, 6, b, &nb);
+    cr_assert_eq(na, nb);
+    for (int i = 0; i < na; i++) cr_assert_eq(a[i], b[i], "token %d", i);
+    eng_model_free(m);
+}
+
+Test(scheduler, queue_bound_and_context_limits, .timeout = 60)
+{
+    eng_model *m = load();
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_seq_max = 1;
+    sp.max_queue = 2;
+    sp.n_ctx = 64;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[70];
+    for (int i = 0; i < 70; i++) prompt[i] = i == 0 ? 1 : 300 + i;
+    collector c[6];
+    eng_request *r[6] = {0};
+    coll_init(&c[0]);
+    eng_request_params p = greedy_params(prompt, 64, 1, &c[0]);
+    cr_assert_eq(eng_sched_submit(s, &p, &r[0]), ENG_ECTXFULL, "64 prompt tokens + 1 > n_ctx 64");
+    p = greedy_params(prompt, 70, 0, &c[0]);
+    cr_assert_eq(eng_sched_submit(s, &p, &r[0]), ENG_ECTXFULL);
+    p = greedy_params(prompt, 2, 5, &c[0]);
+    p.prompt = (int32_t[]){1, 99999};
+    cr_assert_eq(eng_sched_submit(s, &p, &r[0]), ENG_EINVAL, "token id out of range");
+    /* one running (long), two queued, the fourth is refused */
+    int accepted = 0, busy = 0;
+    for (int i = 0; i < 6; i++) {
+        coll_init(&c[i]);
+        p = greedy_params(prompt, 5, 50, &c[i]);
+        eng_status st = eng_sched_submit(s, &p, &r[i]);
+        if (st == ENG_OK) accepted++;
+        else if (st == ENG_EBUSY) busy++;
+        else cr_assert_fail("unexpected %d", st);
+    }
+    cr_assert(busy >= 1, "a full queue refuses at once (accepted %d)", accepted);
+    for (int i = 0; i < 6; i++)
+        if (r[i]) {
+            coll_wait(&c[i]);
+            cr_assert_eq(c[i].n_tokens, 50);
+            eng_request_release(r[i]);
+        }
+    eng_sched_free(s);
+    eng_model_free(m);
+}
+
+Test(scheduler, cancel_frees_kv_within_a_step, .timeout = 60)
+{
+    eng_model *m = load();
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_ctx = 128;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[] = {1, 403, 407, 261, 378};
+    collector c;
+    coll_init(&c);
+    eng_request_params p = greedy_params(prompt, 5, 120, &c);
+    eng_request *r;
+    cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+    for (int i = 0; i < 1000; i++) { /* wait for some output */
+        pthread_mutex_lock(&c.mu);
+        int n = c.n_tokens;
+        pthread_mutex_unlock(&c.mu);
+        if (n >= 3) break;
+        usleep(1000);
+    }
+    eng_request_cancel(r);
+    coll_wait(&c);
+    cr_assert_eq(c.finish, ENG_FINISH_CANCELLED);
+    cr_assert_eq(c.status, ENG_ECANCELED);
+    cr_assert(c.n_tokens < 120);
+    eng_sched_stats st;
+    for (int tries = 0; tries < 100; tries++) {
+        eng_sched_get_stats(s, &st);
+        if (st.kv_used == 0) break;
+        usleep(10000);
+    }
+    cr_assert_eq(st.kv_used, 0);
+    eng_request_cancel(r); /* idempotent after DONE */
+    eng_request_release(r);
+    /* the next request is served */
+    collector c2;
+    coll_init(&c2);
+    p = greedy_params(prompt, 5, 4, &c2);
+    cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+    coll_wait(&c2);
+    cr_assert_eq(c2.n_tokens, 4);
+    eng_request_release(r);
+    eng_sched_free(s);
+    eng_model_free(m);
+}
+
+Test(scheduler, prompt_logprobs_match_forward, .timeout = 60)
+{
+    eng_model *m = load();
+    int32_t prompt[] = {1, 403, 407, 261, 378, 29892, 727};
+    size_t n = 5; /* "Once upon a time" */
+    /* direct */
+    eng_context *ctx;
+    eng_context_params cp = eng_context_default_params();
+    cr_assert_eq(eng_context_new(m, &cp, &ctx), ENG_OK);
+    int32_t pos[5] = {0, 1, 2, 3, 4}, sq[5] = {0};
+    int8_t w[5] = {1, 1, 1, 1, 1};
+    eng_batch b = {(int32_t)n, prompt, pos, sq, w};
+    cr_assert_eq(eng_decode(ctx, &b), ENG_OK);
+    float expect[5];
+    for (size_t i = 1; i < n; i++)
+        cr_assert_eq(eng_logprobs(eng_get_logits(ctx, (int32_t)i - 1), 512, prompt[i], &expect[i], 0, NULL, NULL), ENG_OK);
+    eng_context_free(ctx);
+
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, NULL, &s), ENG_OK);
+    collector c;
+    coll_init(&c);
+    eng_request_params p = greedy_params(prompt, n, 0, &c);
+    p.prompt_logprobs = true;
+    eng_request *r;
+    cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+    coll_wait(&c);
+    cr_assert_eq(c.finish, ENG_FINISH_LENGTH);
+    cr_assert_eq(c.n_tokens, 0, "max_tokens 0 generates nothing");
+    cr_assert_eq(c.n_prompt_ev, (int)n - 1);
+    for (size_t i = 1; i < n; i++) cr_assert_eq(c.prompt_lp[i], expect[i], "position %zu", i);
+    eng_request_release(r);
+    eng_sched_free(s);
+    eng_model_free(m);
+}
+
+Test(scheduler, drain_and_free_with_live_requests, .timeout = 60)
+{
+    eng_model *m = load();
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_seq_max = 2;
+    sp.n_ctx = 128;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[] = {1, 403, 407};
+    collector c[4];
+    eng_request *r[4];
+    for (int i = 0; i < 4; i++) {
+        coll_init(&c[i]);
+        eng_request_params p = greedy_params(prompt, 3, 120, &c[i]);
+        cr_assert_eq(eng_sched_submit(s, &p, &r[i]), ENG_OK);
+    }
+    eng_sched_drain(s);
+    collector cx;
+    coll_init(&cx);
+    eng_request_params p = greedy_params(prompt, 3, 5, &cx);
+    eng_request *rx;
+    cr_assert_eq(eng_sched_submit(s, &p, &rx), ENG_ESTOPPED);
+    eng_sched_stats st;
+    eng_sched_get_stats(s, &st);
+    cr_assert(st.draining);
+    eng_sched_free(s); /* cancels whatever is still live */
+    for (int i = 0; i < 4; i++) {
+        cr_assert(c[i].done, "every request got its DONE event");
+        cr_assert_eq(c[i].n_done_events, 1);
+        cr_assert(c[i].finish == ENG_FINISH_CANCELLED || c[i].finish == ENG_FINISH_LENGTH);
+        eng_request_release(r[i]);
+    }
+    eng_model_free(m);
+}
