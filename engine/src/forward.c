@@ -16,46 +16,12 @@
  * per (sequence, kv-head) unit, with OpenBLAS itself kept single-threaded
  * so the two never oversubscribe the cores.
  */
-#include "model.h"
+#include "context.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define KV_BLOCK 16
-#define ROW_ALIGN 16 /* weight rows per thread chunk: multiple of the gemm tiles */
-
-typedef struct {
-    int32_t seq, row0, n, pos0; /* batch rows [row0, row0+n) of seq, first position pos0 */
-} seq_group;
-
-struct eng_context {
-    eng_model *m;
-    eng__pool *pool;
-    const eng__kernels *kern;
-    int32_t n_ctx, n_seq_max, n_batch_max, n_threads;
-    /* KV: (n_layer, n_blocks, KV_BLOCK, kvd) floats each */
-    int32_t kvd, n_blocks, max_bps;
-    float *k_cache, *v_cache;
-    int32_t *free_blocks, n_free;
-    int32_t *seq_blocks; /* (n_seq_max, max_bps) */
-    int32_t *seq_len;    /* (n_seq_max) */
-    /* scratch, sized for n_batch_max rows */
-    float *x, *xn, *q, *kn, *vn, *att, *gate, *up; /* (T, n_embd | qdim | kvd | n_ff) */
-    uint8_t *qact;                                  /* activations converted for the kernels */
-    size_t qact_row;                                /* bytes per row reserved in qact */
-    float *attn_scratch;                            /* per thread */
-    size_t attn_per_thread;
-    float *logits;       /* (n_out, n_vocab) */
-    int32_t *out_row;    /* batch index -> logits row or -1 */
-    int32_t *out_src;    /* logits row -> batch index */
-    int32_t n_out;
-    seq_group *groups;
-    int32_t n_groups;
-    const eng_batch *batch; /* during a decode */
-    int32_t n_tokens;
-};
 
 eng_context_params eng_context_default_params(void)
 {
@@ -124,6 +90,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     c->vn = eng__aligned_alloc(64, T * KVD * sizeof(float));
     c->gate = eng__aligned_alloc(64, T * F * sizeof(float));
     c->up = eng__aligned_alloc(64, T * F * sizeof(float));
+    c->yo = eng__aligned_alloc(64, T * E * sizeof(float));
     size_t widest = E > F ? E : F;
     if (QD > widest) widest = QD;
     c->qact_row = max_act_row(m, (int64_t)widest);
@@ -141,8 +108,9 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     c->groups = eng__malloc(T * sizeof(seq_group));
     if (!c->k_cache || !c->v_cache || !c->free_blocks || !c->seq_blocks || !c->seq_len || !c->x ||
         !c->xn || !c->q || !c->att || !c->kn || !c->vn || !c->gate || !c->up || !c->qact ||
-        !c->attn_scratch || !c->logits || !c->out_row || !c->out_src || !c->groups)
+        !c->attn_scratch || !c->logits || !c->out_row || !c->out_src || !c->groups || !c->yo)
         goto nomem;
+    if (eng__or_ctx_init(c) != ENG_OK) goto nomem;
     if (eng__pool_new(n_threads, &c->pool) != ENG_OK) goto nomem;
     /* Free list as a stack handing out low block numbers first. */
     for (int32_t i = 0; i < c->n_blocks; i++) c->free_blocks[i] = c->n_blocks - 1 - i;
@@ -171,6 +139,8 @@ void eng_context_free(eng_context *c)
     eng__aligned_free(c->vn);
     eng__aligned_free(c->gate);
     eng__aligned_free(c->up);
+    eng__aligned_free(c->yo);
+    eng__or_ctx_free(c);
     eng__aligned_free(c->qact);
     eng__aligned_free(c->attn_scratch);
     eng__aligned_free(c->logits);
@@ -270,34 +240,49 @@ static void rope(const eng_model *m, float *x, int n_heads, int32_t pos)
  * decisions, so each keeps its own copy and no state is shared). */
 typedef struct {
     const float *src;
+    const int32_t *rows;
     int type;
-    int64_t n;
+    int64_t n, nr;
 } act_cache;
 
-/* Y[t][r] = W_r . X_t for t < T, rows split across threads. The activation
- * conversion is shared through c->qact (with a barrier) and reused by
- * consecutive products over the same input. */
+/*
+ * Y[j][r] = W_r . X[rows[j]] for j < nx (rows NULL: X[j]), output rows split
+ * across threads. The activation rows are converted once into c->qact (with
+ * a barrier) and reused by consecutive products over the same input. Rows
+ * are gathered while converting, so a layer that updates only some tokens
+ * runs its products on a compact matrix of just those rows.
+ */
 static void matmul(eng_context *c, int ith, int nth, const eng__mat *W, const float *X,
-                   int64_t T, float *Y, act_cache *ac)
+                   const int32_t *rows, int64_t nx, float *Y, act_cache *ac)
 {
+    if (nx <= 0) return;
     const eng__type_info *ti = eng__type(W->type);
     const int vt = ti->vec_type;
     const void *xa;
     size_t xs;
-    if (vt == ENG_TYPE_F32) {
+    if (vt == ENG_TYPE_F32 && !rows) {
         xa = X;
         xs = (size_t)W->n_in * sizeof(float);
     } else {
-        if (ac->src != X || ac->type != vt || ac->n != W->n_in) {
+        if (ac->src != X || ac->rows != rows || ac->type != vt || ac->n != W->n_in || ac->nr != nx) {
+            /* qact may still feed a product other threads are running (the
+             * Q product over selected rows before K/V over all rows). */
+            if (ac->src) eng__pool_barrier(c->pool);
             eng__quant_fn qf = c->kern->quantize_act[W->type]; /* converts into vt */
             int64_t r0, r1;
-            eng__split(T, ith, nth, 1, &r0, &r1);
-            for (int64_t t = r0; t < r1; t++)
-                qf(X + (size_t)t * W->n_in, c->qact + (size_t)t * c->qact_row, W->n_in);
+            eng__split(nx, ith, nth, 1, &r0, &r1);
+            for (int64_t j = r0; j < r1; j++) {
+                const float *src = X + (size_t)(rows ? rows[j] : j) * W->n_in;
+                uint8_t *dst = c->qact + (size_t)j * c->qact_row;
+                if (vt == ENG_TYPE_F32) memcpy(dst, src, (size_t)W->n_in * sizeof(float));
+                else qf(src, dst, W->n_in);
+            }
             eng__pool_barrier(c->pool);
             ac->src = X;
+            ac->rows = rows;
             ac->type = vt;
             ac->n = W->n_in;
+            ac->nr = nx;
         }
         xa = c->qact;
         xs = c->qact_row;
@@ -306,15 +291,20 @@ static void matmul(eng_context *c, int ith, int nth, const eng__mat *W, const fl
     eng__split(W->n_out, ith, nth, ROW_ALIGN, &r0, &r1);
     if (r1 > r0)
         c->kern->gemm[W->type](W->n_in, W->data + (size_t)r0 * W->row_bytes, W->row_bytes,
-                               r1 - r0, xa, xs, T, Y + r0, (size_t)W->n_out);
+                               r1 - r0, xa, xs, nx, Y + r0, (size_t)W->n_out);
 }
 
+/* Attention of group g's updated rows (compact rows act0.. of c->q) for one
+ * kv head, against every key of the sequence up to the group's last
+ * position, causal by each row's own position. */
 static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, int kh)
 {
     const eng_model *m = c->m;
+    const eng_batch *b = c->batch;
     const int hd = m->head_dim, n_rep = m->n_head / m->n_head_kv;
     const int64_t QD = (int64_t)m->n_head * hd;
-    const int32_t n_kv = g->pos0 + g->n;
+    const int32_t n_kv = g->pos0 + g->n, nq = g->act_n;
+    if (nq == 0) return;
     float *scr = c->attn_scratch + (size_t)ith * c->attn_per_thread;
     float *Kc = scr, *Vc = scr + (size_t)c->n_ctx * hd, *S = Vc + (size_t)c->n_ctx * hd;
     /* Gather this head's keys and values for positions [0, n_kv). */
@@ -328,15 +318,17 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
         }
     }
     const float scale = 1.0f / sqrtf((float)hd);
+    const int32_t *act = c->act_all ? NULL : c->act;
     for (int r = 0; r < n_rep; r++) {
         const int h = kh * n_rep + r;
-        const float *Q = c->q + (size_t)g->row0 * QD + (size_t)h * hd;
-        float *O = c->att + (size_t)g->row0 * QD + (size_t)h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->n, n_kv, hd, 1.0f, Q, (int)QD, Kc,
+        const float *Q = c->q + (size_t)g->act0 * QD + (size_t)h * hd;
+        float *O = c->att + (size_t)g->act0 * QD + (size_t)h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, n_kv, hd, 1.0f, Q, (int)QD, Kc,
                     hd, 0.0f, S, n_kv);
-        for (int32_t i = 0; i < g->n; i++) {
+        for (int32_t i = 0; i < nq; i++) {
             float *s = S + (size_t)i * n_kv;
-            const int32_t last = g->pos0 + i; /* causal: keys 0..last */
+            int32_t row = act ? act[g->act0 + i] : g->act0 + i;
+            const int32_t last = b->pos[row]; /* causal: keys 0..last */
             float mx = -INFINITY;
             for (int32_t j = 0; j <= last; j++) {
                 s[j] *= scale;
@@ -352,9 +344,52 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
             for (int32_t j = 0; j <= last; j++) s[j] *= inv;
             for (int32_t j = last + 1; j < n_kv; j++) s[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, hd, n_kv, 1.0f, S, n_kv, Vc,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, n_kv, 1.0f, S, n_kv, Vc,
                     hd, 0.0f, O, (int)QD);
     }
+}
+
+/* |cos| between row t's normalized input and its sequence's sink. */
+static float sink_score(const eng_context *c, const float *xn, const float *sink)
+{
+    const int64_t E = c->m->n_embd;
+    double d = 0, a = 0, s = 0;
+    for (int64_t i = 0; i < E; i++) {
+        d += (double)xn[i] * sink[i];
+        a += (double)xn[i] * xn[i];
+        s += (double)sink[i] * sink[i];
+    }
+    if (a == 0 || s == 0) return 0.0f;
+    return (float)(fabs(d) / sqrt(a * s));
+}
+
+/* OrthoRank phase of layer il: cache sinks, score rows, select (thread 0). */
+static void orthorank_phase(eng_context *c, int ith, int nth, int il)
+{
+    const eng_batch *b = c->batch;
+    const int64_t E = c->m->n_embd;
+    int64_t r0, r1;
+    /* sinks first: a chunk that holds position 0 scores against it */
+    for (int32_t gi = ith; gi < c->n_groups; gi += nth) {
+        const seq_group *g = &c->groups[gi];
+        if (g->pos0 == 0 && eng__or_scored(c, g, il))
+            memcpy(c->sor[g->seq].sink + (size_t)il * E, c->xn + (size_t)g->row0 * E, E * sizeof(float));
+    }
+    eng__pool_barrier(c->pool);
+    eng__split(c->n_tokens, ith, nth, 1, &r0, &r1);
+    int32_t gi = 0;
+    for (int64_t t = r0; t < r1; t++) {
+        while (c->groups[gi].row0 + c->groups[gi].n <= t) gi++;
+        const seq_group *g = &c->groups[gi];
+        float sc = NAN;
+        if (eng__or_scored(c, g, il) && b->pos[t] > 0)
+            sc = sink_score(c, c->xn + t * E, c->sor[g->seq].sink + (size_t)il * E);
+        c->scores[t] = sc;
+        if (c->sor[g->seq].record) c->rec_scores[t * c->m->n_layer + il] = sc;
+    }
+    eng__pool_barrier(c->pool);
+    if (ith == 0) eng__or_select(c, il);
+    eng__pool_barrier(c->pool);
 }
 
 static void forward_job(int ith, int nth, void *arg)
@@ -377,21 +412,31 @@ static void forward_job(int ith, int nth, void *arg)
 
     for (int il = 0; il < m->n_layer; il++) {
         const eng__layer *L = &m->layers[il];
+        if (c->any_or) orthorank_phase(c, ith, nth, il);
+        const int32_t *act = c->act_all ? NULL : c->act, *kvr = c->kvr_all ? NULL : c->kvr;
+        const int64_t A = c->n_act, K = c->n_kvr;
+
         ac.src = NULL; /* xn was rewritten since any earlier conversion */
-        matmul(c, ith, nth, &L->wq, c->xn, T, c->q, &ac);
-        matmul(c, ith, nth, &L->wk, c->xn, T, c->kn, &ac);
-        matmul(c, ith, nth, &L->wv, c->xn, T, c->vn, &ac);
+        matmul(c, ith, nth, &L->wq, c->xn, act, A, c->q, &ac);
+        matmul(c, ith, nth, &L->wk, c->xn, kvr, K, c->kn, &ac);
+        matmul(c, ith, nth, &L->wv, c->xn, kvr, K, c->vn, &ac);
         eng__pool_barrier(c->pool);
 
-        eng__split(T, ith, nth, 1, &r0, &r1);
-        for (int64_t t = r0; t < r1; t++) {
-            float *q = c->q + t * QD, *k = c->kn + t * KVD, *v = c->vn + t * KVD;
-            if (L->bq) {
+        eng__split(A, ith, nth, 1, &r0, &r1);
+        for (int64_t j = r0; j < r1; j++) {
+            float *q = c->q + j * QD;
+            if (L->bq)
                 for (int64_t i = 0; i < QD; i++) q[i] += L->bq[i];
+            rope(m, q, m->n_head, b->pos[act ? act[j] : j]);
+        }
+        eng__split(K, ith, nth, 1, &r0, &r1);
+        for (int64_t j = r0; j < r1; j++) {
+            int64_t t = kvr ? kvr[j] : j;
+            float *k = c->kn + j * KVD, *v = c->vn + j * KVD;
+            if (L->bk) {
                 for (int64_t i = 0; i < KVD; i++) k[i] += L->bk[i];
                 for (int64_t i = 0; i < KVD; i++) v[i] += L->bv[i];
             }
-            rope(m, q, m->n_head, b->pos[t]);
             rope(m, k, m->n_head_kv, b->pos[t]);
             memcpy(kv_at(c, c->k_cache, il, b->seq[t], b->pos[t]), k, KVD * sizeof(float));
             memcpy(kv_at(c, c->v_cache, il, b->seq[t], b->pos[t]), v, KVD * sizeof(float));
@@ -404,39 +449,45 @@ static void forward_job(int ith, int nth, void *arg)
             attention_unit(c, ith, il, &c->groups[u / m->n_head_kv], (int)(u % m->n_head_kv));
         eng__pool_barrier(c->pool);
 
-        matmul(c, ith, nth, &L->wo, c->att, T, c->xn, &ac);
+        /* Output projection and FFN on the updated rows only; the others keep
+         * their residual unchanged. */
+        matmul(c, ith, nth, &L->wo, c->att, NULL, A, c->yo, &ac);
         eng__pool_barrier(c->pool);
-        eng__split(T, ith, nth, 1, &r0, &r1);
-        for (int64_t t = r0; t < r1; t++) {
-            float *x = c->x + t * E, *y = c->xn + t * E;
+        eng__split(A, ith, nth, 1, &r0, &r1);
+        for (int64_t j = r0; j < r1; j++) {
+            float *x = c->x + (act ? act[j] : j) * E, *y = c->yo + j * E;
             for (int64_t i = 0; i < E; i++) x[i] += y[i];
             rmsnorm(y, x, L->ffn_norm, E, m->rms_eps);
         }
         eng__pool_barrier(c->pool);
 
         ac.src = NULL;
-        matmul(c, ith, nth, &L->w_gate, c->xn, T, c->gate, &ac);
-        matmul(c, ith, nth, &L->w_up, c->xn, T, c->up, &ac);
+        matmul(c, ith, nth, &L->w_gate, c->yo, NULL, A, c->gate, &ac);
+        matmul(c, ith, nth, &L->w_up, c->yo, NULL, A, c->up, &ac);
         eng__pool_barrier(c->pool);
-        eng__split(T, ith, nth, 1, &r0, &r1);
-        for (int64_t t = r0; t < r1; t++) {
-            float *g = c->gate + t * F, *u = c->up + t * F;
+        eng__split(A, ith, nth, 1, &r0, &r1);
+        for (int64_t j = r0; j < r1; j++) {
+            float *g = c->gate + j * F, *u = c->up + j * F;
             for (int64_t i = 0; i < F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         eng__pool_barrier(c->pool);
-        matmul(c, ith, nth, &L->w_down, c->gate, T, c->xn, &ac);
+        matmul(c, ith, nth, &L->w_down, c->gate, NULL, A, c->yo, &ac);
         eng__pool_barrier(c->pool);
-
-        /* Residual, then the next layer's attention norm (or the output norm
-         * into compact rows for the tokens that want logits). */
-        const float *nw = il + 1 < m->n_layer ? m->layers[il + 1].attn_norm : NULL;
-        eng__split(T, ith, nth, 1, &r0, &r1);
-        for (int64_t t = r0; t < r1; t++) {
-            float *x = c->x + t * E, *y = c->xn + t * E;
+        eng__split(A, ith, nth, 1, &r0, &r1);
+        for (int64_t j = r0; j < r1; j++) {
+            float *x = c->x + (act ? act[j] : j) * E, *y = c->yo + j * E;
             for (int64_t i = 0; i < E; i++) x[i] += y[i];
-            if (nw) rmsnorm(y, x, nw, E, m->rms_eps);
         }
         eng__pool_barrier(c->pool);
+
+        /* The next layer's attention norm over every row (or the output
+         * norm into compact rows for the tokens that want logits). */
+        if (il + 1 < m->n_layer) {
+            const float *nw = m->layers[il + 1].attn_norm;
+            eng__split(T, ith, nth, 1, &r0, &r1);
+            for (int64_t t = r0; t < r1; t++) rmsnorm(c->xn + t * E, c->x + t * E, nw, E, m->rms_eps);
+            eng__pool_barrier(c->pool);
+        }
     }
 
     eng__split(c->n_out, ith, nth, 1, &r0, &r1);
@@ -446,7 +497,7 @@ static void forward_job(int ith, int nth, void *arg)
     }
     eng__pool_barrier(c->pool);
     ac.src = NULL;
-    if (c->n_out > 0) matmul(c, ith, nth, &m->output, c->xn, c->n_out, c->logits, &ac);
+    if (c->n_out > 0) matmul(c, ith, nth, &m->output, c->xn, NULL, c->n_out, c->logits, &ac);
 }
 
 eng_status eng_decode(eng_context *c, const eng_batch *b)
@@ -494,6 +545,29 @@ eng_status eng_decode(eng_context *c, const eng_batch *b)
     }
     c->batch = b;
     c->n_tokens = T;
+    /* Dense unless some sequence in the batch is sparsified or recorded. */
+    c->any_or = false;
+    for (int32_t i = 0; i < c->n_groups; i++) {
+        seq_or *so = &c->sor[c->groups[i].seq];
+        if (so->on || so->record) c->any_or = true;
+        c->groups[i].act0 = c->groups[i].row0;
+        c->groups[i].act_n = c->groups[i].n;
+    }
+    c->act_all = c->kvr_all = true;
+    c->n_act = c->n_kvr = T;
+    if (!c->any_or) {
+        /* token counts for the stats of dense sequences */
+        for (int32_t i = 0; i < c->n_groups; i++) {
+            const seq_group *g = &c->groups[i];
+            seq_or *so = &c->sor[g->seq];
+            int32_t np = g->pos0 < so->n_prompt ? (so->n_prompt - g->pos0 < g->n ? so->n_prompt - g->pos0 : g->n) : 0;
+            so->pf_tok += (uint64_t)np;
+            so->dc_tok += (uint64_t)(g->n - np);
+            so->pf_tot += (uint64_t)np * (uint64_t)m->n_layer;
+            so->dc_tot += (uint64_t)(g->n - np) * (uint64_t)m->n_layer;
+            so->fl_tot += (double)g->n * m->n_layer * c->fl_layer;
+        }
+    }
     /* A step whose weight products are tiny (a small model decoding one
      * token) costs less than the wake-ups and barriers of sharing it. */
     double work = (double)m->n_params * (double)T;

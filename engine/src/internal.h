@@ -223,5 +223,7 @@ int32_t eng__kv_blocks_total(const eng_context *c);
 int32_t eng__ctx_n_seq(const eng_context *c);
 int32_t eng__ctx_n_batch(const eng_context *c);
 const eng_model *eng__ctx_model(const eng_context *c);
+/* The checks eng_seq_set_orthorank makes, without a context (orthorank.c). */
+eng_status eng__or_params_check(const eng_model *m, const eng_orthorank_params *p);
 
 #endif /* ORTHOSERVE_INTERNAL_H */

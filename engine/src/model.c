@@ -5,7 +5,7 @@
  * (rope NEOX, q/k/v biases); anything else is refused with a message that
  * lists them.
  */
-#include "model.h"
+#include "context.h"
 #include "tokenizer.h"
 
 #include <math.h>
@@ -283,6 +283,7 @@ eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model
     if (st != ENG_OK) goto fail;
     if ((st = load_hparams(m, err, errlen)) != ENG_OK) goto fail;
     if ((st = bind_tensors(m, err, errlen)) != ENG_OK) goto fail;
+    eng__or_plan_fallback(m);
     if ((st = eng__vocab_from_gguf(m->gguf, &m->vocab, err, errlen)) != ENG_OK) goto fail;
     if (eng_vocab_n_tokens(m->vocab) > m->n_vocab) {
         eng__errf(err, errlen, "the tokenizer has %d tokens but the embedding only %d rows",
@@ -311,6 +312,9 @@ void eng_model_free(eng_model *m)
     eng_vocab_free(m->vocab);
     free(m->layers);
     free(m->chat_template);
+    free(m->or_order);
+    free(m->or_skip_order);
+    free(m->or_thresh);
     eng__gguf_close(m->gguf);
     free(m);
 }

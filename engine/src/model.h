@@ -42,6 +42,12 @@ struct eng_model {
     eng__layer *layers;
     int32_t n_threads;
     uint64_t n_params, n_bytes;
+    /* OrthoRank plan (orthorank.c): layer orders, decode thresholds */
+    int32_t *or_order, n_or_order;
+    int32_t *or_skip_order, n_or_skip_order;
+    float *or_thresh;        /* (n_layer), NAN where unknown; NULL: none */
+    float or_thresh_ratio;
+    char or_source[16];
 };
 
 /* Dequantize row `row` of m into out (m->n_in floats). */

@@ -43,6 +43,9 @@ struct eng_request {
     eng_request_params p;
     int32_t *prompt;
     eng_sampler *smp;
+    eng_orthorank_params orp; /* copy of p.orthorank (layers below) */
+    int32_t *or_layers;
+    bool has_or;
     struct eng_request *next; /* queue link (under mu) */
     /* scheduler thread only */
     rq_state state;
@@ -100,12 +103,17 @@ eng_sched_params eng_sched_default_params(void)
 /* Requests                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static void request_unref(eng_request *r)
+static void request_destroy(eng_request *r)
 {
-    if (atomic_fetch_sub(&r->refs, 1) != 1) return;
     eng_sampler_free(r->smp);
+    free(r->or_layers);
     free(r->prompt);
     free(r);
+}
+
+static void request_unref(eng_request *r)
+{
+    if (atomic_fetch_sub(&r->refs, 1) == 1) request_destroy(r);
 }
 
 void eng_request_cancel(eng_request *r)
@@ -129,9 +137,10 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
     ev.t_queue = admit - r->t_submit;
     ev.t_prompt = r->t_admit > 0 ? first - admit : 0;
     ev.t_generate = r->t_first > 0 ? t - first : 0;
+    eng_orthorank_stats ors;
+    if (r->seq >= 0 && eng_seq_get_orthorank_stats(s->ctx, r->seq, &ors) == ENG_OK) ev.orthorank = &ors;
     r->state = RQ_DONE;
     r->p.on_event(&ev, r->p.user);
-    (void)s;
 }
 
 /* Finish a running request: event, KV and slot back, scheduler's ref dropped. */
@@ -139,6 +148,7 @@ static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, 
 {
     emit_done(s, r, fin, st);
     eng_seq_truncate(s->ctx, r->seq, 0);
+    eng_seq_set_orthorank(s->ctx, r->seq, NULL, 0);
     s->slots[r->seq] = NULL;
     s->kv_free_blocks += r->kv_blocks;
     for (int32_t i = 0; i < s->n_running; i++)
@@ -171,18 +181,41 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
     }
     memcpy(r->prompt, p->prompt, p->n_prompt * sizeof *r->prompt);
     r->p.prompt = r->prompt;
+    r->p.orthorank = NULL;
+    if (p->orthorank) {
+        r->orp = *p->orthorank;
+        r->has_or = true;
+        if (r->orp.n_layers > 0) {
+            if (!r->orp.layers || r->orp.n_layers > 4096) {
+                request_destroy(r);
+                return ENG_EINVAL;
+            }
+            r->or_layers = eng__malloc((size_t)r->orp.n_layers * sizeof *r->or_layers);
+            if (!r->or_layers) {
+                request_destroy(r);
+                return ENG_ENOMEM;
+            }
+            memcpy(r->or_layers, r->orp.layers, (size_t)r->orp.n_layers * sizeof *r->or_layers);
+            r->orp.layers = r->or_layers;
+        } else {
+            r->orp.layers = NULL;
+        }
+    }
     eng_status st = eng_sampler_new(&p->sampling, s->n_vocab, &r->smp);
     if (st != ENG_OK) {
-        free(r->prompt);
-        free(r);
+        request_destroy(r);
         return st;
     }
     for (size_t i = 0; i < p->n_prompt; i++) eng_sampler_accept(r->smp, p->prompt[i]);
+    if (r->has_or && eng__or_params_check(s->m, &r->orp) != ENG_OK) {
+        request_destroy(r);
+        return ENG_EINVAL;
+    }
     int64_t want = (int64_t)p->n_prompt + p->max_tokens;
     r->max_pos = (int32_t)(want < s->n_ctx ? want : s->n_ctx);
     r->kv_blocks = eng__kv_blocks_for(r->max_pos);
     if (r->kv_blocks > eng__kv_blocks_total(s->ctx)) {
-        request_unref(r);
+        request_destroy(r);
         return ENG_ECTXFULL;
     }
     r->seq = -1;
@@ -194,16 +227,12 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
     pthread_mutex_lock(&s->mu);
     if (s->stop || s->draining) {
         pthread_mutex_unlock(&s->mu);
-        eng_sampler_free(r->smp);
-        free(r->prompt);
-        free(r);
+        request_destroy(r);
         return ENG_ESTOPPED;
     }
     if (s->n_waiting >= s->max_queue) {
         pthread_mutex_unlock(&s->mu);
-        eng_sampler_free(r->smp);
-        free(r->prompt);
-        free(r);
+        request_destroy(r);
         return ENG_EBUSY;
     }
     if (s->q_tail) s->q_tail->next = r;
@@ -257,6 +286,8 @@ static void admit(eng_sched *s)
         r->seq = slot;
         r->state = RQ_PREFILL;
         r->t_admit = now_s();
+        /* validated at submit, so this cannot fail */
+        eng_seq_set_orthorank(s->ctx, slot, r->has_or ? &r->orp : NULL, (int32_t)r->p.n_prompt);
         s->kv_free_blocks -= r->kv_blocks;
         s->order[s->n_running++] = r;
     }

@@ -304,6 +304,97 @@ void eng_seq_truncate(eng_context *c, int32_t seq, int32_t p0);
 void eng_kv_usage(const eng_context *c, int32_t *used, int32_t *total);
 
 /* ------------------------------------------------------------------------ */
+/* OrthoRank: per-sequence token sparsity (docs/ORTHORANK.md)               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    ENG_OR_ORTHORANK = 0, /* update the k*N tokens most orthogonal to the sink */
+    ENG_OR_LAYER_SKIP = 1,/* baseline: remove whole layers (SLEB-style order) */
+    ENG_OR_RANDOM = 2,    /* ablation: k*N tokens at random (seeded) */
+    ENG_OR_INVERSE = 3    /* ablation: the k*N least orthogonal tokens */
+} eng_or_method;
+
+typedef enum {
+    ENG_OR_DECODE_THRESHOLD = 0, /* a decode token is updated if its score < the layer's threshold */
+    ENG_OR_DECODE_FULL = 1,      /* decoding runs densely */
+    ENG_OR_DECODE_OFF = 2        /* OrthoRank off for the whole sequence */
+} eng_or_decode;
+
+typedef struct {
+    float sparsity;          /* layer-equivalents in [0, 0.9]; 0 = dense */
+    float token_ratio;       /* k in (0, 1] */
+    const int32_t *layers;   /* explicit layer list (overrides sparsity), copied; NULL: none */
+    int32_t n_layers;
+    eng_or_decode decode;
+    eng_or_method method;
+    int32_t min_tokens;      /* prefill chunks shorter than this run densely (default 16) */
+    uint64_t seed;           /* for ENG_OR_RANDOM */
+} eng_orthorank_params;
+
+/* Dense defaults: sparsity 0, token_ratio 1/3, decode threshold, method orthorank, min_tokens 16. */
+eng_orthorank_params eng_orthorank_default_params(void);
+
+/*
+ * A model's layer plan: the order in which layers become OrthoRank layers
+ * (best first), the layer-skipping baseline's order, and per-layer decode
+ * thresholds (the token_ratio-quantile of sink scores on calibration text;
+ * NAN where unknown). Without a plan set, the engine uses the fallback:
+ * deepest layers first, layer 0 excluded, for both orders, no thresholds
+ * (source "fallback"), in which case decode thresholds come from each
+ * sequence's own prompt scores.
+ */
+typedef struct {
+    const int32_t *order;        /* OrthoRank layer order */
+    int32_t n_order;
+    const int32_t *skip_order;   /* layer-skipping order */
+    int32_t n_skip_order;
+    const float *thresholds;     /* (n_layer) or NULL */
+    float threshold_ratio;       /* the token_ratio the thresholds were calibrated for */
+    const char *source;          /* "calibrated" or "fallback" */
+} eng_orthorank_plan;
+
+/* Install a plan (copied; layers must be distinct and in [0, n_layer)).
+ * Not thread-safe: call before contexts or schedulers use the model. */
+eng_status eng_model_set_orthorank_plan(eng_model *m, const eng_orthorank_plan *plan);
+/* The plan in use (views valid while m lives and no new plan is set). */
+void eng_model_get_orthorank_plan(const eng_model *m, eng_orthorank_plan *out);
+
+/*
+ * What a sequence actually got, counted from what the kernels skipped.
+ * token_layers_total counts (token, layer) pairs processed; skipped counts
+ * pairs whose layer update was not computed. flops_* count the weight
+ * products of the layer stack (the K/V projections still paid are included
+ * in the total and not in the saving).
+ */
+typedef struct {
+    eng_or_method method;
+    eng_or_decode decode;
+    float sparsity_requested, token_ratio;
+    const int32_t *layers;       /* OrthoRank (or skipped) layers, in plan order */
+    int32_t n_layers;
+    const char *layer_order_source;
+    uint64_t prefill_tokens, prefill_total, prefill_skipped;
+    uint64_t decode_tokens, decode_total, decode_skipped;
+    double flops_total, flops_saved;
+} eng_orthorank_stats;
+
+/* Settings for a sequence from its next position on (call when the sequence
+ * is empty); n_prompt: positions below it are prompt (prefill rules), later
+ * ones decode. NULL params: dense. Resets the sequence's stats. ENG_EINVAL
+ * for out-of-range values or layers. */
+eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p,
+                                 int32_t n_prompt);
+/* The sequence's stats (views valid until its settings change). */
+eng_status eng_seq_get_orthorank_stats(const eng_context *c, int32_t seq, eng_orthorank_stats *out);
+
+/* Per-layer sink scores of the last eng_decode for batch token i (n_layer
+ * floats, NAN where not scored), for calibration tools. Valid until the next
+ * eng_decode. Scores are recorded only for sequences with
+ * eng_seq_record_scores(c, seq, true). */
+void eng_seq_record_scores(eng_context *c, int32_t seq, bool on);
+const float *eng_get_scores(const eng_context *c, int32_t i);
+
+/* ------------------------------------------------------------------------ */
 /* Scheduler: continuous batching of requests on its own thread            */
 /* ------------------------------------------------------------------------ */
 
@@ -363,6 +454,7 @@ typedef struct {
     eng_status status;
     int32_t n_prompt, n_generated, n_cached; /* tokens; n_cached: prompt tokens reused from cache */
     double t_queue, t_prompt, t_generate;    /* seconds waiting, prefilling, generating */
+    const eng_orthorank_stats *orthorank;    /* DONE: what the request got (valid during the callback) */
 } eng_event;
 
 typedef void (*eng_event_fn)(const eng_event *ev, void *user);
@@ -376,6 +468,7 @@ typedef struct {
     eng_sampler_params sampling;
     int32_t n_logprobs;      /* -1: none; 0: the chosen token's only; n: also the top n (<= 20) */
     bool prompt_logprobs;    /* emit PROMPT events for prompt tokens 1..n-1 (echo) */
+    const eng_orthorank_params *orthorank; /* copied; NULL: dense */
     eng_event_fn on_event;   /* required */
     void *user;
 } eng_request_params;

@@ -1,0 +1,84 @@
+/*
+ * context.h - the context as forward.c (compute) and orthorank.c (selection,
+ * plans, stats) share it. Engine-internal.
+ */
+#ifndef ORTHOSERVE_CONTEXT_H
+#define ORTHOSERVE_CONTEXT_H
+
+#include "model.h"
+
+#define KV_BLOCK 16
+#define ROW_ALIGN 16 /* weight rows per thread chunk: multiple of the gemm tiles */
+
+typedef struct {
+    int32_t seq, row0, n, pos0; /* batch rows [row0, row0+n) of seq, first position pos0 */
+    int32_t act0, act_n;        /* this layer: its updated rows are act[act0 .. act0+act_n) */
+} seq_group;
+
+/* OrthoRank state of one sequence (see eng_seq_set_orthorank). */
+typedef struct {
+    bool on;                 /* some layer is sparsified */
+    bool record;             /* record sink scores of every layer (calibration) */
+    eng_or_method method;
+    eng_or_decode decode;
+    float sparsity, ratio;
+    int32_t min_tokens, n_prompt;
+    uint64_t rng;
+    uint8_t *layer_on;       /* (n_layer) */
+    int32_t *layers;         /* (n_layer) plan-ordered list of sparsified layers */
+    int32_t n_layers;
+    float *self_thresh;      /* (n_layer) selection cut of the last prompt chunk, NAN if none */
+    float *sink;             /* (n_layer, n_embd) the sink's normalized input per layer */
+    uint64_t pf_tok, pf_tot, pf_skip, dc_tok, dc_tot, dc_skip;
+    double fl_tot, fl_saved;
+} seq_or;
+
+struct eng_context {
+    eng_model *m;
+    eng__pool *pool;
+    const eng__kernels *kern;
+    int32_t n_ctx, n_seq_max, n_batch_max, n_threads;
+    /* KV: (n_layer, n_blocks, KV_BLOCK, kvd) floats each */
+    int32_t kvd, n_blocks, max_bps;
+    float *k_cache, *v_cache;
+    int32_t *free_blocks, n_free;
+    int32_t *seq_blocks; /* (n_seq_max, max_bps) */
+    int32_t *seq_len;    /* (n_seq_max) */
+    /* scratch, sized for n_batch_max rows; q/kn/vn/att/yo/gate/up hold
+     * compact rows (the rows a layer updates or writes K/V for) */
+    float *x, *xn, *q, *kn, *vn, *att, *yo, *gate, *up;
+    uint8_t *qact;                                  /* activations converted for the kernels */
+    size_t qact_row;                                /* bytes per row reserved in qact */
+    float *attn_scratch;                            /* per thread */
+    size_t attn_per_thread;
+    float *logits;       /* (n_out, n_vocab) */
+    int32_t *out_row;    /* batch index -> logits row or -1 */
+    int32_t *out_src;    /* logits row -> batch index */
+    int32_t n_out;
+    seq_group *groups;
+    int32_t n_groups;
+    const eng_batch *batch; /* during a decode */
+    int32_t n_tokens;
+    /* OrthoRank */
+    seq_or *sor;            /* (n_seq_max) */
+    bool any_or;            /* some group of this batch is sparsified or recorded */
+    float *scores;          /* (T) sink scores of the current layer, NAN if unscored */
+    float *rec_scores;      /* (T, n_layer) recorded scores */
+    int32_t *act, n_act;    /* rows updated in the current layer */
+    int32_t *kvr, n_kvr;    /* rows whose K/V the current layer writes */
+    bool act_all, kvr_all;  /* the lists are 0..T-1 */
+    int32_t *sel_tmp;       /* (T) selection scratch */
+    double fl_layer, fl_kv; /* weight-product FLOPs of one token-layer, and of its K/V part */
+};
+
+/* orthorank.c */
+eng_status eng__or_ctx_init(eng_context *c);
+void eng__or_ctx_free(eng_context *c);
+/* Thread 0, once per layer after the scores are in: build act/kvr lists and
+ * the groups' act ranges, count stats. */
+void eng__or_select(eng_context *c, int il);
+/* Whether rows of group g need sink scores at layer il. */
+bool eng__or_scored(const eng_context *c, const seq_group *g, int il);
+void eng__or_plan_fallback(eng_model *m);
+
+#endif

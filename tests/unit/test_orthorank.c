@@ -1,0 +1,344 @@
+/*
+ * test_orthorank.c - the OrthoRank forward path (docs/ORTHORANK.md):
+ *   - selection on hand-made scores picks exactly the expected rows (sink
+ *     excluded, last prompt token kept, min_tokens, inverse, k rounding);
+ *   - an OrthoRank layer with k = 1 equals the dense layer bit for bit, and
+ *     sparsity 0 equals dense;
+ *   - the K/V written at a sparsified layer equal the dense K/V of its input;
+ *   - a batch mixing settings equals each sequence run alone;
+ *   - stats count what was skipped; layer skipping skips whole layers;
+ *   - decoding with the threshold policy uses prompt-derived thresholds.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "testutil.h"
+
+static eng_model *load(const char *rel)
+{
+    char err[256] = "";
+    eng_model *m = NULL;
+    cr_assert_eq(eng_model_load(td_path(rel), NULL, &m, err, sizeof err), ENG_OK, "%s", err);
+    return m;
+}
+
+static eng_context *mkctx(eng_model *m, int32_t n_seq)
+{
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = 256;
+    cp.n_seq_max = n_seq;
+    cp.n_batch_max = 512;
+    eng_context *c = NULL;
+    cr_assert_eq(eng_context_new(m, &cp, &c), ENG_OK);
+    return c;
+}
+
+/* The first n tokens of the perplexity corpus (BOS first). */
+static int32_t *corpus_tokens(eng_model *m, size_t n)
+{
+    size_t len;
+    char *text = td_read(td_path("corpus/tinystories_val.txt"), &len);
+    cr_assert(text);
+    if (len > 6000) len = 6000; /* about 3000 tokens with this vocab */
+    int32_t *ids = malloc(8192 * sizeof *ids);
+    size_t got;
+    cr_assert_eq(eng_tokenize(eng_model_vocab(m), text, len, true, false, ids, 8192, &got), ENG_OK);
+    cr_assert(got >= n);
+    free(text);
+    return ids;
+}
+
+static void decode_seq(eng_context *c, int32_t seq, const int32_t *ids, int32_t n, int32_t pos0)
+{
+    int32_t *pos = malloc((size_t)n * sizeof *pos), *sq = malloc((size_t)n * sizeof *sq);
+    int8_t *w = malloc((size_t)n);
+    for (int32_t i = 0; i < n; i++) {
+        pos[i] = pos0 + i;
+        sq[i] = seq;
+        w[i] = 1;
+    }
+    eng_batch b = {n, ids, pos, sq, w};
+    cr_assert_eq(eng_decode(c, &b), ENG_OK);
+    free(pos);
+    free(sq);
+    free(w);
+}
+
+static float *copy_logits(eng_context *c, int32_t n, int32_t n_vocab)
+{
+    float *l = malloc((size_t)n * n_vocab * sizeof *l);
+    for (int32_t i = 0; i < n; i++) memcpy(l + (size_t)i * n_vocab, eng_get_logits(c, i), (size_t)n_vocab * sizeof *l);
+    return l;
+}
+
+Test(orthorank, selection_on_hand_made_scores)
+{
+    eng_model *m = load("models/stories260K.gguf");
+    eng_context *c = mkctx(m, 1);
+    enum { N = 10 };
+    int32_t tok[N] = {0}, pos[N], seq[N] = {0};
+    for (int i = 0; i < N; i++) pos[i] = i;
+    eng_batch b = {N, tok, pos, seq, NULL};
+    c->batch = &b;
+    c->n_tokens = N;
+    c->n_groups = 1;
+    c->groups[0] = (seq_group){.seq = 0, .row0 = 0, .n = N, .pos0 = 0};
+    /* row:        0 (sink) 1    2    3    4    5    6    7    8    9 (last) */
+    float sc[N] = {NAN, 0.50f, 0.10f, 0.90f, 0.20f, 0.30f, 0.05f, 0.70f, 0.60f, 0.95f};
+    memcpy(c->scores, sc, sizeof sc);
+    int32_t layer = 2;
+    eng_orthorank_params p = eng_orthorank_default_params();
+    p.layers = &layer;
+    p.n_layers = 1;
+    p.token_ratio = 0.4f; /* round(0.4 * 10) = 4 rows: the sink and the 3 best */
+    p.min_tokens = 4;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
+    eng__or_select(c, 1); /* not an OrthoRank layer: every row */
+    cr_assert(c->act_all);
+    eng__or_select(c, layer);
+    int32_t expect[] = {0, 2, 4, 6, 9}; /* sink, 3 smallest scores, the last prompt token */
+    cr_assert_eq(c->n_act, 5);
+    for (int i = 0; i < 5; i++) cr_assert_eq(c->act[i], expect[i], "row %d", i);
+    cr_assert(c->kvr_all, "K/V are written for every row");
+    cr_assert_eq(c->groups[0].act0, 0);
+    cr_assert_eq(c->groups[0].act_n, 5);
+    cr_assert_float_eq(c->sor[0].self_thresh[layer], 0.20f, 0, "threshold = the k-quantile cut");
+
+    /* inverse: the least orthogonal (largest scores) */
+    p.method = ENG_OR_INVERSE;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
+    eng__or_select(c, layer);
+    int32_t expect_inv[] = {0, 3, 7, 9};
+    cr_assert_eq(c->n_act, 4, "9 is both in the top 3 and the last token");
+    for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_inv[i]);
+
+    /* chunks shorter than min_tokens run densely */
+    p.method = ENG_OR_ORTHORANK;
+    p.min_tokens = 11;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
+    eng__or_select(c, layer);
+    cr_assert(c->act_all);
+
+    /* layer skipping: nothing updated, no K/V */
+    p.method = ENG_OR_LAYER_SKIP;
+    p.min_tokens = 0;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
+    eng__or_select(c, layer);
+    cr_assert_eq(c->n_act, 0);
+    cr_assert_eq(c->n_kvr, 0);
+    eng_orthorank_stats st;
+    cr_assert_eq(eng_seq_get_orthorank_stats(c, 0, &st), ENG_OK);
+    cr_assert_eq(st.prefill_skipped, N);
+    c->batch = NULL;
+    eng_context_free(c);
+    eng_model_free(m);
+}
+
+Test(orthorank, k1_and_sparsity0_equal_dense_bitwise, .timeout = 60)
+{
+    eng_model *m = load("models/stories260K.gguf");
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    const int32_t n = 100;
+    int32_t *ids = corpus_tokens(m, (size_t)n);
+    eng_context *c = mkctx(m, 1);
+    decode_seq(c, 0, ids, n, 0);
+    float *dense = copy_logits(c, n, info.n_vocab);
+
+    int32_t layers[] = {3, 1, 4};
+    eng_orthorank_params p = eng_orthorank_default_params();
+    p.layers = layers;
+    p.n_layers = 3;
+    p.token_ratio = 1.0f;
+    eng_seq_truncate(c, 0, 0);
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, n), ENG_OK);
+    decode_seq(c, 0, ids, n, 0);
+    float *k1 = copy_logits(c, n, info.n_vocab);
+    cr_assert_eq(memcmp(dense, k1, (size_t)n * info.n_vocab * sizeof(float)), 0, "k = 1 is dense");
+    eng_orthorank_stats st;
+    eng_seq_get_orthorank_stats(c, 0, &st);
+    cr_assert_eq(st.prefill_skipped, 0);
+    cr_assert_eq(st.prefill_total, (uint64_t)n * info.n_layer);
+
+    p.layers = NULL;
+    p.n_layers = 0;
+    p.sparsity = 0;
+    p.token_ratio = 1.0f / 3;
+    eng_seq_truncate(c, 0, 0);
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, n), ENG_OK);
+    decode_seq(c, 0, ids, n, 0);
+    float *s0 = copy_logits(c, n, info.n_vocab);
+    cr_assert_eq(memcmp(dense, s0, (size_t)n * info.n_vocab * sizeof(float)), 0, "sparsity 0 is dense");
+    free(dense);
+    free(k1);
+    free(s0);
+    free(ids);
+    eng_context_free(c);
+    eng_model_free(m);
+}
+
+Test(orthorank, kv_of_unselected_tokens_equal_dense, .timeout = 60)
+{
+    eng_model *m = load("models/stories260K.gguf");
+    const int32_t n = 120, layer = 3;
+    int32_t *ids = corpus_tokens(m, (size_t)n);
+    eng_context *c = mkctx(m, 2);
+    decode_seq(c, 0, ids, n, 0); /* dense in seq 0 */
+    eng_orthorank_params p = eng_orthorank_default_params();
+    int32_t layers[] = {layer, 4};
+    p.layers = layers;
+    p.n_layers = 2;
+    cr_assert_eq(eng_seq_set_orthorank(c, 1, &p, n), ENG_OK);
+    decode_seq(c, 1, ids, n, 0);
+    eng_orthorank_stats st;
+    eng_seq_get_orthorank_stats(c, 1, &st);
+    cr_assert(st.prefill_skipped > 0, "some rows were skipped");
+    /* The input of layer 3 is dense in both sequences, so its K/V agree at
+     * every position, selected or not; layer 4 sees the sparsified output. */
+    size_t kvd = (size_t)c->kvd;
+    bool differs4 = false;
+    for (int32_t p0 = 0; p0 < n; p0++) {
+        for (int il = 0; il <= layer; il++) {
+            int32_t b0 = c->seq_blocks[p0 / KV_BLOCK], b1 = c->seq_blocks[c->max_bps + p0 / KV_BLOCK];
+            size_t o0 = (((size_t)il * c->n_blocks + b0) * KV_BLOCK + p0 % KV_BLOCK) * kvd;
+            size_t o1 = (((size_t)il * c->n_blocks + b1) * KV_BLOCK + p0 % KV_BLOCK) * kvd;
+            cr_assert_eq(memcmp(c->k_cache + o0, c->k_cache + o1, kvd * sizeof(float)), 0, "K layer %d pos %d", il, p0);
+            cr_assert_eq(memcmp(c->v_cache + o0, c->v_cache + o1, kvd * sizeof(float)), 0, "V layer %d pos %d", il, p0);
+        }
+        int32_t b0 = c->seq_blocks[p0 / KV_BLOCK], b1 = c->seq_blocks[c->max_bps + p0 / KV_BLOCK];
+        size_t o0 = (((size_t)4 * c->n_blocks + b0) * KV_BLOCK + p0 % KV_BLOCK) * kvd;
+        size_t o1 = (((size_t)4 * c->n_blocks + b1) * KV_BLOCK + p0 % KV_BLOCK) * kvd;
+        if (memcmp(c->k_cache + o0, c->k_cache + o1, kvd * sizeof(float)) != 0) differs4 = true;
+    }
+    cr_assert(differs4, "layer 4's input changed (the test would otherwise prove nothing)");
+    free(ids);
+    eng_context_free(c);
+    eng_model_free(m);
+}
+
+/* Runs the three settings alone and in one batch; batched == alone, bitwise. */
+static void mixed_batch(const char *model)
+{
+    eng_model *m = load(model);
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    const int32_t n = 80;
+    int32_t *ids = corpus_tokens(m, (size_t)n + 200);
+    int32_t la[] = {3, 2}, lb[] = {1};
+    eng_orthorank_params pa = eng_orthorank_default_params(), pb = eng_orthorank_default_params();
+    pa.layers = la;
+    pa.n_layers = 2;
+    pb.layers = lb;
+    pb.n_layers = 1;
+    pb.token_ratio = 0.5f;
+    pb.method = ENG_OR_RANDOM;
+    pb.seed = 7;
+    const eng_orthorank_params *ps[3] = {NULL, &pa, &pb};
+    float *alone[3];
+    for (int s = 0; s < 3; s++) {
+        eng_context *c = mkctx(m, 1);
+        cr_assert_eq(eng_seq_set_orthorank(c, 0, ps[s], n), ENG_OK);
+        decode_seq(c, 0, ids + 50 * s, n, 0);
+        alone[s] = copy_logits(c, n, info.n_vocab);
+        eng_context_free(c);
+    }
+    eng_context *c = mkctx(m, 3);
+    int32_t tok[3 * 80], pos[3 * 80], sq[3 * 80];
+    int8_t w[3 * 80];
+    for (int s = 0; s < 3; s++) {
+        cr_assert_eq(eng_seq_set_orthorank(c, s, ps[s], n), ENG_OK);
+        for (int32_t i = 0; i < n; i++) {
+            tok[s * n + i] = ids[50 * s + i];
+            pos[s * n + i] = i;
+            sq[s * n + i] = s;
+            w[s * n + i] = 1;
+        }
+    }
+    eng_batch b = {3 * n, tok, pos, sq, w};
+    cr_assert_eq(eng_decode(c, &b), ENG_OK);
+    for (int s = 0; s < 3; s++)
+        for (int32_t i = 0; i < n; i++)
+            cr_assert_eq(memcmp(eng_get_logits(c, s * n + i), alone[s] + (size_t)i * info.n_vocab,
+                                (size_t)info.n_vocab * sizeof(float)), 0, "%s seq %d row %d", model, s, i);
+    for (int s = 0; s < 3; s++) free(alone[s]);
+    free(ids);
+    eng_context_free(c);
+    eng_model_free(m);
+}
+
+Test(orthorank, mixed_settings_batch_equals_alone_f32, .timeout = 60) { mixed_batch("models/stories260K.gguf"); }
+Test(orthorank, mixed_settings_batch_equals_alone_q4k, .timeout = 60) { mixed_batch("models/tiny256-Q4_K_M.gguf"); }
+
+Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
+{
+    eng_model *m = load("models/stories260K.gguf");
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    const int32_t n = 128;
+    int32_t *ids = corpus_tokens(m, (size_t)n);
+    eng_context *c = mkctx(m, 1);
+    eng_orthorank_params p = eng_orthorank_default_params();
+    p.sparsity = 0.2f; /* round(0.2 * 5 / (2/3)) = 2 layers: fallback order 4, 3 */
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, n), ENG_OK);
+    decode_seq(c, 0, ids, n, 0);
+    eng_orthorank_stats st;
+    eng_seq_get_orthorank_stats(c, 0, &st);
+    cr_assert_eq(st.n_layers, 2);
+    cr_assert_eq(st.layers[0], 4);
+    cr_assert_eq(st.layers[1], 3);
+    cr_assert_str_eq(st.layer_order_source, "fallback");
+    cr_assert_eq(st.prefill_tokens, (uint64_t)n);
+    cr_assert_eq(st.prefill_total, (uint64_t)n * 5);
+    /* per layer: round(n/3) selected (sink included), +1 for the last token unless chosen */
+    uint64_t sel = (uint64_t)lround(n / 3.0);
+    cr_assert(st.prefill_skipped == 2 * (n - sel) || st.prefill_skipped == 2 * (n - sel - 1),
+              "skipped %llu", (unsigned long long)st.prefill_skipped);
+    double eff = (double)st.prefill_skipped / st.prefill_total;
+    cr_assert(eff > 0.2 && eff < 0.3, "effective sparsity %g", eff);
+    cr_assert(st.flops_saved > 0 && st.flops_saved < st.flops_total);
+
+    /* decoding with the threshold policy: 20 tokens, one per step */
+    for (int32_t i = 0; i < 20; i++) {
+        int32_t t = ids[i + 5], pp = n + i, s0 = 0;
+        int8_t w = 1;
+        eng_batch b = {1, &t, &pp, &s0, &w};
+        cr_assert_eq(eng_decode(c, &b), ENG_OK);
+    }
+    eng_seq_get_orthorank_stats(c, 0, &st);
+    cr_assert_eq(st.decode_tokens, 20);
+    cr_assert_eq(st.decode_total, 100);
+    cr_assert(st.decode_skipped > 0 && st.decode_skipped < 40, "threshold policy skipped %llu of 40",
+              (unsigned long long)st.decode_skipped);
+
+    /* layer skipping at the same sparsity removes round(0.2 * 5) = 1 layer */
+    p.method = ENG_OR_LAYER_SKIP;
+    eng_seq_truncate(c, 0, 0);
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, n), ENG_OK);
+    decode_seq(c, 0, ids, n, 0);
+    eng_seq_get_orthorank_stats(c, 0, &st);
+    cr_assert_eq(st.n_layers, 1);
+    cr_assert_eq(st.prefill_skipped, (uint64_t)n);
+
+    /* invalid settings */
+    eng_orthorank_params bad = eng_orthorank_default_params();
+    bad.token_ratio = 0;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
+    bad = eng_orthorank_default_params();
+    bad.sparsity = 0.95f;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
+    int32_t dup[] = {2, 2};
+    bad = eng_orthorank_default_params();
+    bad.layers = dup;
+    bad.n_layers = 2;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
+    int32_t oob[] = {5};
+    bad.layers = oob;
+    bad.n_layers = 1;
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
+    free(ids);
+    eng_context_free(c);
+    eng_model_free(m);
+}
