@@ -22,6 +22,15 @@
  *   4. one eng_decode, then sample / emit events for every sequence.
  * Reserving the whole need at admission means eng_decode never runs out of
  * KV in the middle of a request.
+ *
+ * Prefix reuse: a finished dense request leaves its KV in its slot, with the
+ * tokens it holds. A new dense request takes the idle slot sharing the
+ * longest prompt prefix, truncates it to that prefix (keeping at least its
+ * last prompt token to compute) and prefills only the rest; chunked prefill
+ * is bitwise identical to whole prefill, so the result is the same as
+ * recomputing. Sparsified requests neither reuse nor leave a prefix (their
+ * K/V depend on the selection), nor do cancelled or echo requests. Idle
+ * slots are evicted least recently used when a request needs their blocks.
  */
 #include "internal.h"
 
@@ -56,6 +65,7 @@ struct eng_request {
     int32_t last;      /* token to feed next while decoding */
     int32_t max_pos;   /* positions this request may use (its reservation) */
     int32_t kv_blocks; /* reserved blocks */
+    int32_t n_cached;  /* prompt positions reused from a cached prefix */
     double t_submit, t_admit, t_first;
 };
 
@@ -74,9 +84,14 @@ struct eng_sched {
     eng_sched_stats stats;
     /* scheduler thread only */
     eng_request **slots;        /* (n_seq) running requests by slot */
+    int32_t **slot_tok;         /* (n_seq, n_ctx) tokens whose K/V the slot holds */
+    int32_t *slot_len;          /* (n_seq) positions held (running or cached) */
+    uint64_t *slot_used;        /* (n_seq) LRU clock of cached slots, 0: nothing cached */
+    uint64_t clock;
+    bool prefix_cache;
     eng_request **order;        /* running requests in admission order */
     int32_t n_running;
-    int32_t kv_free_blocks;     /* unreserved */
+    int32_t kv_free_blocks;     /* neither reserved by running requests nor held by cached slots */
     int32_t *b_tok, *b_pos, *b_seq;
     int8_t *b_logits;
     eng_request **b_req;
@@ -95,7 +110,7 @@ static double now_s(void)
 eng_sched_params eng_sched_default_params(void)
 {
     eng_sched_params p = {.n_ctx = 0, .n_seq_max = 8, .n_batch_max = 512, .n_kv_tokens = 0,
-                          .max_queue = 64, .n_threads = 0};
+                          .max_queue = 64, .n_threads = 0, .prefix_cache = true};
     return p;
 }
 
@@ -131,7 +146,7 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
     double t = now_s();
     eng_event ev = {.type = ENG_EVENT_DONE, .req = r, .user = r->p.user, .finish = fin,
                     .status = st, .n_prompt = (int32_t)r->p.n_prompt, .n_generated = r->n_gen,
-                    .n_cached = 0};
+                    .n_cached = r->n_cached};
     double admit = r->t_admit > 0 ? r->t_admit : t;
     double first = r->t_first > 0 ? r->t_first : t;
     ev.t_queue = admit - r->t_submit;
@@ -147,10 +162,21 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
 static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
 {
     emit_done(s, r, fin, st);
-    eng_seq_truncate(s->ctx, r->seq, 0);
-    eng_seq_set_orthorank(s->ctx, r->seq, NULL, 0);
-    s->slots[r->seq] = NULL;
-    s->kv_free_blocks += r->kv_blocks;
+    int32_t slot = r->seq;
+    bool keep = s->prefix_cache && !r->has_or && fin != ENG_FINISH_CANCELLED &&
+                fin != ENG_FINISH_ERROR && r->n_past > 0;
+    if (keep) {
+        s->slot_len[slot] = r->n_past;
+        s->slot_used[slot] = ++s->clock;
+        s->kv_free_blocks += r->kv_blocks - eng__kv_blocks_for(r->n_past);
+    } else {
+        eng_seq_truncate(s->ctx, slot, 0);
+        s->slot_len[slot] = 0;
+        s->slot_used[slot] = 0;
+        s->kv_free_blocks += r->kv_blocks;
+    }
+    eng_seq_set_orthorank(s->ctx, slot, NULL, 0);
+    s->slots[slot] = NULL;
     for (int32_t i = 0; i < s->n_running; i++)
         if (s->order[i] == r) {
             memmove(&s->order[i], &s->order[i + 1], (size_t)(s->n_running - i - 1) * sizeof *s->order);
@@ -270,25 +296,93 @@ static eng_request *take_cancelled_queued(eng_sched *s)
     return out;
 }
 
+/* Drop an idle slot's cached prefix, returning its blocks. */
+static void evict(eng_sched *s, int32_t slot)
+{
+    s->kv_free_blocks += eng__kv_blocks_for(s->slot_len[slot]);
+    eng_seq_truncate(s->ctx, slot, 0);
+    s->slot_len[slot] = 0;
+    s->slot_used[slot] = 0;
+}
+
+static bool is_sparse(const eng_request *r)
+{
+    return r->has_or && r->orp.decode != ENG_OR_DECODE_OFF && (r->orp.sparsity > 0 || r->orp.n_layers > 0);
+}
+
+/* Pick a slot for r: the idle slot sharing the longest prefix with its
+ * prompt (dense requests only), else an empty one, else the least recently
+ * used cached one. Sets *reuse to the positions that can be kept. */
+static int32_t pick_slot(eng_sched *s, const eng_request *r, int32_t *reuse)
+{
+    int32_t best = -1, best_len = 0, empty = -1, lru = -1;
+    bool can_reuse = !is_sparse(r) && !r->p.prompt_logprobs;
+    for (int32_t i = 0; i < s->n_seq; i++) {
+        if (s->slots[i]) continue;
+        if (s->slot_used[i] == 0) {
+            if (empty < 0) empty = i;
+            continue;
+        }
+        if (lru < 0 || s->slot_used[i] < s->slot_used[lru]) lru = i;
+        if (!can_reuse) continue;
+        int32_t n = s->slot_len[i], lim = (int32_t)r->p.n_prompt - 1, k = 0;
+        if (lim > n) lim = n;
+        while (k < lim && s->slot_tok[i][k] == r->prompt[k]) k++;
+        if (k > best_len || (k == best_len && k > 0 && s->slot_used[i] > s->slot_used[best])) {
+            best = i;
+            best_len = k;
+        }
+    }
+    *reuse = 0;
+    if (best >= 0 && best_len > 0) {
+        *reuse = best_len;
+        return best;
+    }
+    return empty >= 0 ? empty : lru;
+}
+
 /* Admit from the head of the queue while it fits (under mu). */
 static void admit(eng_sched *s)
 {
     while (s->q_head && s->n_running < s->n_seq) {
         eng_request *r = s->q_head;
-        if (r->kv_blocks > s->kv_free_blocks) break; /* FIFO: the head waits, so do the rest */
+        int32_t reuse = 0, slot = pick_slot(s, r, &reuse);
+        if (slot < 0) break;
+        /* Blocks the request still needs beyond the prefix it keeps; idle
+         * cached slots other than the chosen one can be evicted for them. */
+        int32_t keep_blocks = eng__kv_blocks_for(reuse);
+        int32_t held = eng__kv_blocks_for(s->slot_len[slot]);
+        int32_t need = r->kv_blocks - keep_blocks, avail = s->kv_free_blocks + held - keep_blocks;
+        for (int32_t i = 0; i < s->n_seq; i++)
+            if (i != slot && !s->slots[i] && s->slot_used[i]) avail += eng__kv_blocks_for(s->slot_len[i]);
+        if (need > avail) break; /* FIFO: the head waits, so do the rest */
+        /* Trim the chosen slot to the reused prefix, then evict LRU idle
+         * slots until the blocks are there. */
+        s->kv_free_blocks += held - keep_blocks;
+        eng_seq_truncate(s->ctx, slot, reuse);
+        s->slot_len[slot] = reuse;
+        s->slot_used[slot] = 0;
+        while (s->kv_free_blocks < need) {
+            int32_t v = -1;
+            for (int32_t i = 0; i < s->n_seq; i++)
+                if (i != slot && !s->slots[i] && s->slot_used[i] && (v < 0 || s->slot_used[i] < s->slot_used[v]))
+                    v = i;
+            ENG_ASSERT(v >= 0);
+            evict(s, v);
+        }
         s->q_head = r->next;
         if (!s->q_head) s->q_tail = NULL;
         r->next = NULL;
         s->n_waiting--;
-        int32_t slot = 0;
-        while (s->slots[slot]) slot++;
         s->slots[slot] = r;
         r->seq = slot;
         r->state = RQ_PREFILL;
+        r->n_cached = reuse;
+        r->n_fed = r->n_past = reuse;
         r->t_admit = now_s();
         /* validated at submit, so this cannot fail */
         eng_seq_set_orthorank(s->ctx, slot, r->has_or ? &r->orp : NULL, (int32_t)r->p.n_prompt);
-        s->kv_free_blocks -= r->kv_blocks;
+        s->kv_free_blocks -= need;
         s->order[s->n_running++] = r;
     }
 }
@@ -395,12 +489,14 @@ static int32_t step(eng_sched *s)
         eng_request *r = s->b_req[i];
         const float *logits = s->b_logits[i] ? eng_get_logits(s->ctx, i) : NULL;
         if (r->state == RQ_DECODE) {
+            s->slot_tok[r->seq][r->n_past] = r->last;
             r->n_past++;
             next_token(s, r, logits);
             continue;
         }
         /* a prompt token */
         int32_t pi = s->b_pos[i];
+        s->slot_tok[r->seq][pi] = r->prompt[pi];
         r->n_fed = pi + 1;
         r->n_past = pi + 1;
         if (r->p.prompt_logprobs && pi + 1 < (int32_t)r->p.n_prompt)
@@ -436,12 +532,17 @@ static void *sched_main(void *arg)
         pthread_mutex_unlock(&s->mu);
         int32_t nb = step(s);
 
-        int32_t used = 0, total = 0;
-        eng_kv_usage(s->ctx, &used, &total);
+        int32_t used = 0, total = 0, cached = 0;
+        eng_kv_usage(s->ctx, NULL, &total);
+        for (int32_t i = 0; i < s->n_seq; i++) {
+            if (s->slots[i]) used += eng_seq_len(s->ctx, i);
+            else cached += eng_seq_len(s->ctx, i);
+        }
         pthread_mutex_lock(&s->mu);
         s->stats.running = s->n_running;
         s->stats.waiting = s->n_waiting;
         s->stats.kv_used = used;
+        s->stats.kv_cached = cached;
         s->stats.kv_total = total;
         s->stats.last_batch_tokens = nb;
         if (nb > 0) s->stats.steps++;
@@ -484,6 +585,13 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     s->kv_free_blocks = eng__kv_blocks_total(s->ctx);
     size_t B = (size_t)s->n_batch;
     s->slots = eng__calloc((size_t)s->n_seq, sizeof *s->slots);
+    s->slot_tok = eng__calloc((size_t)s->n_seq, sizeof *s->slot_tok);
+    s->slot_len = eng__calloc((size_t)s->n_seq, sizeof *s->slot_len);
+    s->slot_used = eng__calloc((size_t)s->n_seq, sizeof *s->slot_used);
+    s->prefix_cache = p->prefix_cache;
+    if (s->slot_tok)
+        for (int32_t i = 0; i < s->n_seq; i++)
+            if (!(s->slot_tok[i] = eng__malloc((size_t)s->n_ctx * sizeof(int32_t)))) break;
     s->order = eng__calloc((size_t)s->n_seq, sizeof *s->order);
     s->b_tok = eng__malloc(B * sizeof *s->b_tok);
     s->b_pos = eng__malloc(B * sizeof *s->b_pos);
@@ -492,7 +600,9 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     s->b_req = eng__malloc(B * sizeof *s->b_req);
     s->scratch = eng__malloc((size_t)s->n_vocab * sizeof(float));
     st = ENG_ENOMEM;
-    if (!s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
+    bool toks_ok = s->slot_tok != NULL;
+    for (int32_t i = 0; toks_ok && i < s->n_seq; i++) toks_ok = s->slot_tok[i] != NULL;
+    if (!toks_ok || !s->slot_len || !s->slot_used || !s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
         !s->scratch)
         goto fail;
     eng_kv_usage(s->ctx, NULL, &s->stats.kv_total);
@@ -532,6 +642,11 @@ void eng_sched_free(eng_sched *s)
         pthread_join(s->thread, NULL);
     }
     eng_context_free(s->ctx);
+    if (s->slot_tok)
+        for (int32_t i = 0; i < s->n_seq; i++) free(s->slot_tok[i]);
+    free(s->slot_tok);
+    free(s->slot_len);
+    free(s->slot_used);
     free(s->slots);
     free(s->order);
     free(s->b_tok);

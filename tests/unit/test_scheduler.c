@@ -30,6 +30,7 @@ typedef struct {
     eng_finish_reason finish;
     eng_status status;
     int n_done_events;
+    int32_t n_cached;
 } collector;
 
 static void on_event(const eng_event *ev, void *user)
@@ -47,6 +48,7 @@ static void on_event(const eng_event *ev, void *user)
         c->done = true;
         c->finish = ev->finish;
         c->status = ev->status;
+        c->n_cached = ev->n_cached;
         c->n_done_events++;
         pthread_cond_broadcast(&c->cv);
     }
@@ -341,5 +343,81 @@ Test(scheduler, drain_and_free_with_live_requests, .timeout = 60)
         cr_assert(c[i].finish == ENG_FINISH_CANCELLED || c[i].finish == ENG_FINISH_LENGTH);
         eng_request_release(r[i]);
     }
+    eng_model_free(m);
+}
+
+/* Run prompt b after prompt a in one scheduler; returns b's collector. */
+static void run_pair(eng_model *m, bool cache, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                     collector *cb)
+{
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_ctx = 128;
+    sp.n_seq_max = 2;
+    sp.prefix_cache = cache;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    collector ca;
+    coll_init(&ca);
+    coll_init(cb);
+    eng_request *r;
+    eng_request_params p = greedy_params(a, na, 10, &ca);
+    cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+    coll_wait(&ca);
+    eng_request_release(r);
+    eng_sched_stats st;
+    eng_sched_get_stats(s, &st);
+    if (cache) cr_assert(st.kv_cached > 0, "the finished request left its prefix");
+    p = greedy_params(b, nb, 30, cb);
+    cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+    coll_wait(cb);
+    eng_request_release(r);
+    eng_sched_free(s);
+}
+
+Test(scheduler, prefix_reuse_is_exact, .timeout = 60)
+{
+    eng_model *m = load();
+    /* a multi-turn chat: b = a + a's answer + more */
+    int32_t a[] = {1, 403, 407, 261, 378, 29892, 727, 471, 263, 2217};
+    int32_t b[] = {1, 403, 407, 261, 378, 29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) b[i] %= 512;
+    for (size_t i = 0; i < sizeof a / sizeof *a; i++) a[i] %= 512;
+    collector with, without;
+    run_pair(m, true, a, 10, b, 15, &with);
+    run_pair(m, false, a, 10, b, 15, &without);
+    cr_assert_eq(with.n_cached, 10, "the whole of a is reused");
+    cr_assert_eq(without.n_cached, 0);
+    cr_assert_eq(with.n_tokens, without.n_tokens);
+    for (int i = 0; i < with.n_tokens; i++) cr_assert_eq(with.tokens[i], without.tokens[i], "token %d", i);
+    /* the same prompt again: all but the last token come from the cache */
+    collector again;
+    run_pair(m, true, b, 15, b, 15, &again);
+    cr_assert_eq(again.n_cached, 14);
+    for (int i = 0; i < again.n_tokens; i++) cr_assert_eq(again.tokens[i], without.tokens[i], "token %d", i);
+    eng_model_free(m);
+}
+
+Test(scheduler, cached_prefixes_are_evicted_for_new_work, .timeout = 60)
+{
+    eng_model *m = load();
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_ctx = 64;
+    sp.n_seq_max = 2;
+    sp.n_kv_tokens = 128; /* room for two full sequences only */
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[40];
+    for (int round = 0; round < 6; round++) {
+        for (int i = 0; i < 40; i++) prompt[i] = i == 0 ? 1 : 300 + (i * 7 + round * 13) % 200;
+        collector c;
+        coll_init(&c);
+        eng_request *r;
+        eng_request_params p = greedy_params(prompt, 40, 20, &c);
+        cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+        coll_wait(&c);
+        cr_assert_eq(c.n_tokens, 20, "round %d", round);
+        eng_request_release(r);
+    }
+    eng_sched_free(s);
     eng_model_free(m);
 }

@@ -420,6 +420,7 @@ typedef struct {
     int32_t n_kv_tokens; /* KV budget over all sequences; 0: n_ctx * n_seq_max */
     int32_t max_queue;   /* waiting requests beyond which submit says ENG_EBUSY */
     int32_t n_threads;   /* compute threads; 0: the model's */
+    bool prefix_cache;   /* keep finished dense sequences' KV to reuse prompt prefixes */
 } eng_sched_params;
 
 eng_sched_params eng_sched_default_params(void);
@@ -488,7 +489,8 @@ void eng_request_release(eng_request *r);
 
 typedef struct {
     int32_t running, waiting;    /* requests decoding or prefilling / queued */
-    int32_t kv_used, kv_total;   /* KV tokens */
+    int32_t kv_used, kv_total;   /* KV tokens held by running requests / budget */
+    int32_t kv_cached;           /* KV tokens kept for prefix reuse (evicted on demand) */
     int32_t last_batch_tokens;   /* tokens in the last step */
     uint64_t steps;              /* steps run so far */
     bool draining;
