@@ -2,7 +2,7 @@
  * bench.c - engine benchmark: prefill and decode speed of GGUF models next to
  * the machine's own limits, measured in the same run.
  *
- *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] MODEL.gguf [MODEL.gguf ...]
+ *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] [-s SPARSITY] MODEL.gguf [MODEL.gguf ...]
  *
  * For each thread count it measures the FP32-FMA, BF16-dot and int8-VNNI
  * peaks (tight loops of independent AVX-512 instructions) and the memory read
@@ -11,6 +11,9 @@
  * before and after each decode run. Ratios: decode vs the bandwidth bound
  * (weight bytes read per token / bandwidth) and the prefill weight-product
  * FLOP rate vs the int8 peak (quantized weights) or the BF16 peak (F16/BF16).
+ * With -s, every run also measures OrthoRank at that sparsity (k = 1/3,
+ * decode policy threshold) right after the dense measurement, and reports
+ * the median of the per-run speed ratios with the realised skip fractions.
  * Timing claims live here, never in unit tests.
  */
 #include "model.h"
@@ -224,19 +227,88 @@ static double run_batch(eng_context *c, const int32_t *tok, int n, int pos0)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] MODEL.gguf...\n");
+    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-s SPARSITY] MODEL.gguf...\n");
     exit(2);
+}
+
+typedef struct {
+    double prefill, decode;           /* tokens/s */
+    double pf_skip, dc_skip;          /* realised skipped / total token-layers */
+    double flops_saved;
+} run_result;
+
+/* One prefill of n_prompt tokens and n_gen single-token decode steps on a
+ * fresh sequence, with the given OrthoRank settings (NULL: dense). */
+static run_result measure(eng_context *c, const int32_t *tok, int n_prompt, int n_gen,
+                          const eng_orthorank_params *orp)
+{
+    run_result r = {0};
+    eng_seq_truncate(c, 0, 0);
+    if (eng_seq_set_orthorank(c, 0, orp, n_prompt) != ENG_OK) {
+        fprintf(stderr, "bench: invalid OrthoRank settings\n");
+        exit(1);
+    }
+    r.prefill = (double)n_prompt / run_batch(c, tok, n_prompt, 0);
+    double t = 0;
+    for (int g = 0; g < n_gen; g++) t += run_batch(c, tok + n_prompt + g, 1, n_prompt + g);
+    r.decode = (double)n_gen / t;
+    eng_orthorank_stats st;
+    eng_seq_get_orthorank_stats(c, 0, &st);
+    r.pf_skip = st.prefill_total ? (double)st.prefill_skipped / st.prefill_total : 0;
+    r.dc_skip = st.decode_total ? (double)st.decode_skipped / st.decode_total : 0;
+    r.flops_saved = st.flops_total > 0 ? st.flops_saved / st.flops_total : 0;
+    return r;
+}
+
+/* Dense vs OrthoRank side by side: per run, dense then sparse on the same
+ * context, so both see the same machine state. */
+static void orthorank_rows(eng_model *m, const char *base, int threads, int runs, int n_prompt,
+                           int n_gen, float sparsity, const int32_t *tok)
+{
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = n_prompt + n_gen;
+    cp.n_batch_max = n_prompt;
+    cp.n_threads = threads;
+    eng_context *c = NULL;
+    if (eng_context_new(m, &cp, &c) != ENG_OK) {
+        fprintf(stderr, "bench: cannot create a context\n");
+        exit(1);
+    }
+    eng_orthorank_params orp = eng_orthorank_default_params();
+    orp.sparsity = sparsity;
+    double pr[100], dr[100], pd[100], ps[100], dd[100], ds[100];
+    run_result sp = {0};
+    measure(c, tok, n_prompt < 32 ? n_prompt : 32, 2, NULL); /* warm up */
+    for (int i = 0; i < runs; i++) {
+        run_result d = measure(c, tok, n_prompt, n_gen, NULL);
+        sp = measure(c, tok, n_prompt, n_gen, &orp);
+        pd[i] = d.prefill;
+        ps[i] = sp.prefill;
+        dd[i] = d.decode;
+        ds[i] = sp.decode;
+        pr[i] = sp.prefill / d.prefill;
+        dr[i] = sp.decode / d.decode;
+    }
+    eng_orthorank_stats st;
+    eng_seq_get_orthorank_stats(c, 0, &st);
+    printf("| %s | %s | %d | %.2f | %d | %.0f | %.0f | **%.3fx** | %.3f | %.1f | %.1f | **%.3fx** | %.3f |\n", base,
+           m->file_type, threads, sparsity, st.n_layers, median(pd, runs), median(ps, runs), median(pr, runs),
+           sp.pf_skip, median(dd, runs), median(ds, runs), median(dr, runs), sp.dc_skip);
+    fflush(stdout);
+    eng_context_free(c);
 }
 
 int main(int argc, char **argv)
 {
     int runs = 5, n_prompt = 512, n_gen = 128, threads[8] = {1, 2}, n_thr = 2, i0 = 1;
+    float sparsity = 0;
     for (; i0 < argc && argv[i0][0] == '-'; i0 += 2) {
         if (i0 + 1 >= argc) usage();
         const char *o = argv[i0], *v = argv[i0 + 1];
         if (!strcmp(o, "-r")) runs = atoi(v);
         else if (!strcmp(o, "-p")) n_prompt = atoi(v);
         else if (!strcmp(o, "-n")) n_gen = atoi(v);
+        else if (!strcmp(o, "-s")) sparsity = (float)atof(v);
         else if (!strcmp(o, "-t")) {
             n_thr = 0;
             for (char *s = (char *)v; *s && n_thr < 8; s++) {
@@ -318,6 +390,26 @@ int main(int argc, char **argv)
         }
         free(tok);
         eng_model_free(m);
+    }
+    if (sparsity > 0) {
+        printf("\nOrthoRank (k = 1/3, decode threshold, plan: fallback unless MODEL.orthorank.json was applied) vs dense, same run:\n\n"
+               "| model | type | threads | sparsity | layers | prefill dense tok/s | prefill OrthoRank tok/s | prefill speedup | prefill skipped | decode dense tok/s | decode OrthoRank tok/s | decode speedup | decode skipped |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for (int mi = i0; mi < argc; mi++) {
+            char err[512] = "";
+            eng_model *m = NULL;
+            eng_model_params mp = eng_model_default_params();
+            if (eng_model_load(argv[mi], &mp, &m, err, sizeof err) != ENG_OK) {
+                fprintf(stderr, "bench: %s: %s\n", argv[mi], err);
+                return 1;
+            }
+            const char *base = strrchr(argv[mi], '/') ? strrchr(argv[mi], '/') + 1 : argv[mi];
+            int32_t *tok = make_tokens(m, n_prompt + n_gen);
+            for (int ti = 0; ti < n_thr; ti++)
+                orthorank_rows(m, base, threads[ti], runs, n_prompt, n_gen, sparsity, tok);
+            free(tok);
+            eng_model_free(m);
+        }
     }
     free(bw_buf);
     return 0;
