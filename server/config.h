@@ -42,6 +42,12 @@ typedef struct {
     long retry_after;        /* seconds, in 429 and 503 responses */
     bool log_requests;       /* one line per request on stderr */
     bool verbose;            /* engine log messages */
+    double or_sparsity;      /* default OrthoRank settings of requests that set none */
+    double or_token_ratio;
+    char *or_decode;         /* "threshold" | "full" | "off" */
+    char *or_method;         /* "orthorank" | "layer_skip" | "random" | "inverse" */
+    long or_min_tokens;
+    char *or_plan;           /* plan file; "": MODEL.orthorank.json beside the model if present */
     char *config_file;       /* the file that was read, or NULL */
 } srv_config;
 

@@ -2,6 +2,8 @@
  * main.c - the orthoserve binary: dispatch to a subcommand.
  */
 #include "cli.h"
+#include "serve.h"
+#include "cli_orthorank.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,9 +14,12 @@ static void usage(FILE *f)
             "usage: orthoserve <command> [options]\n"
             "\n"
             "commands:\n"
+            "  serve      OpenAI-compatible HTTP server (orthoserve serve --help)\n"
             "  generate   generate text from a prompt (orthoserve generate --help)\n"
             "  tokenize   print the token ids of a text\n"
             "  info       describe a GGUF model\n"
+            "  perplexity llama-perplexity-style evaluation, dense or OrthoRank\n"
+            "  calibrate  compute an OrthoRank layer plan (PLAN.json)\n"
             "\n"
             "Run 'orthoserve <command> --help' for the options of a command.\n");
 }
@@ -26,9 +31,12 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "serve")) return cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return cli_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cli_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity")) return cli_perplexity(argc - 1, argv + 1);
+    if (!strcmp(cmd, "calibrate")) return cli_calibrate(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

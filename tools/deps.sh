@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config git ca-certificates curl
       libopenblas-dev libmicrohttpd-dev libjansson-dev libuv1-dev libcriterion-dev
-      libcurl4-openssl-dev python3 nodejs npm clang)
+      libcurl4-openssl-dev python3 nodejs npm clang
+      python3-yaml python3-jsonschema wrk)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

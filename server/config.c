@@ -1,0 +1,459 @@
+/*
+ * config.c - the serve settings table and its one precedence:
+ * defaults < config file < ORTHOSERVE_* environment < command-line flags.
+ * The same table drives --help, the JSON keys, the environment names and
+ * getopt, so a setting cannot exist in one place and not the others.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern char **environ;
+
+typedef enum { CT_STR, CT_INT, CT_DBL, CT_BOOL, CT_LIST } ctype;
+
+typedef struct {
+    const char *key;  /* JSON key; env ORTHOSERVE_<KEY> */
+    ctype type;
+    size_t off;
+    const char *lopt; /* long flag */
+    char sopt;        /* short flag or 0 */
+    double lo, hi;    /* range for numbers */
+    const char *def;  /* default, as text */
+    const char *help;
+} copt;
+
+#define OFF(f) offsetof(srv_config, f)
+static const copt OPTS[] = {
+    {"model", CT_STR, OFF(model), "model", 'm', 0, 0, "", "GGUF model file (required)"},
+    {"host", CT_STR, OFF(host), "host", 0, 0, 0, "127.0.0.1", "address to listen on"},
+    {"port", CT_INT, OFF(port), "port", 0, 0, 65535, "8080", "TCP port (0: any free port, printed at start)"},
+    {"threads", CT_INT, OFF(threads), "threads", 't', 1, 512, "2", "compute threads"},
+    {"ctx_size", CT_INT, OFF(ctx_size), "ctx-size", 'c', 0, 1 << 22, "0",
+     "context positions per sequence; 0 = the model's training context"},
+    {"parallel", CT_INT, OFF(parallel), "parallel", 0, 1, 256, "4", "sequences decoded together (slots)"},
+    {"batch_size", CT_INT, OFF(batch_size), "batch-size", 'b', 1, 1 << 20, "512",
+     "token budget of one scheduler step"},
+    {"kv_tokens", CT_INT, OFF(kv_tokens), "kv-tokens", 0, 0, 1 << 30, "0",
+     "KV cache budget in tokens over all sequences; 0 = ctx_size * parallel"},
+    {"alias", CT_STR, OFF(alias), "alias", 'a', 0, 0, "", "model id in the API; default: the file name"},
+    {"chat_template", CT_STR, OFF(chat_template), "chat-template", 0, 0, 0, "",
+     "chat template name (chatml, llama2, llama3, mistral, zephyr, phi3, gemma, plain); default: detect"},
+    {"api_keys", CT_LIST, OFF(api_keys), "api-key", 0, 0, 0, "",
+     "accepted API key (repeat or comma-separate for several); none = no authentication"},
+    {"public_paths", CT_LIST, OFF(public_paths), "public-path", 0, 0, 0, "/health,/metrics",
+     "paths served without an API key"},
+    {"cors_origins", CT_LIST, OFF(cors_origins), "cors-origin", 0, 0, 0, "",
+     "allowed CORS origin ('*' = any; repeat or comma-separate); none = no CORS headers"},
+    {"max_body_bytes", CT_INT, OFF(max_body_bytes), "max-body-bytes", 0, 1024, 1 << 30, "4194304",
+     "largest request body accepted (413 beyond)"},
+    {"max_connections", CT_INT, OFF(max_connections), "max-connections", 0, 1, 100000, "256",
+     "concurrent HTTP connections"},
+    {"max_queue", CT_INT, OFF(max_queue), "max-queue", 0, 0, 1000000, "64",
+     "requests waiting for a slot beyond which new ones get 429"},
+    {"max_tokens", CT_INT, OFF(max_tokens), "max-tokens", 0, 1, 1 << 22, "4096",
+     "most tokens one request may generate (and the default when it says nothing)"},
+    {"request_timeout", CT_DBL, OFF(request_timeout), "timeout", 0, 0.001, 1e7, "600",
+     "seconds a request may take from arrival to its last token"},
+    {"idle_timeout", CT_DBL, OFF(idle_timeout), "idle-timeout", 0, 1, 1e7, "60",
+     "seconds an idle connection is kept open"},
+    {"drain_timeout", CT_DBL, OFF(drain_timeout), "drain-timeout", 0, 0, 1e7, "30",
+     "seconds in-flight requests may finish after SIGINT/SIGTERM"},
+    {"retry_after", CT_INT, OFF(retry_after), "retry-after", 0, 0, 86400, "1",
+     "Retry-After seconds in 429 and 503 responses"},
+    {"log_requests", CT_BOOL, OFF(log_requests), "log-requests", 0, 0, 0, "true",
+     "one line per request on stderr"},
+    {"verbose", CT_BOOL, OFF(verbose), "verbose", 'v', 0, 0, "false", "engine log messages on stderr"},
+    {"orthorank_sparsity", CT_DBL, OFF(or_sparsity), "orthorank-sparsity", 0, 0, 0.9, "0",
+     "OrthoRank sparsity of requests that set none (0: dense)"},
+    {"orthorank_token_ratio", CT_DBL, OFF(or_token_ratio), "orthorank-token-ratio", 0, 0.001, 1, "0.3333333333",
+     "OrthoRank token ratio k of requests that set none"},
+    {"orthorank_decode", CT_STR, OFF(or_decode), "orthorank-decode", 0, 0, 0, "threshold",
+     "OrthoRank decode policy default: threshold, full or off"},
+    {"orthorank_method", CT_STR, OFF(or_method), "orthorank-method", 0, 0, 0, "orthorank",
+     "OrthoRank method default: orthorank, layer_skip, random or inverse"},
+    {"orthorank_min_tokens", CT_INT, OFF(or_min_tokens), "orthorank-min-tokens", 0, 0, 1 << 20, "16",
+     "prompt chunks shorter than this run densely"},
+    {"orthorank_plan", CT_STR, OFF(or_plan), "orthorank-plan", 0, 0, 0, "",
+     "layer plan from 'orthoserve calibrate'; default: MODEL.orthorank.json beside the model if present"},
+};
+#define N_OPTS (sizeof OPTS / sizeof OPTS[0])
+
+static void list_clear(srv_strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+static int list_add(srv_strlist *l, const char *s, size_t len)
+{
+    char **nv = realloc(l->v, (l->n + 1) * sizeof *nv);
+    if (!nv) return -1;
+    l->v = nv;
+    if (!(l->v[l->n] = strndup(s, len))) return -1;
+    l->n++;
+    return 0;
+}
+
+/* Comma-separated list; empty items are skipped. */
+static int list_add_csv(srv_strlist *l, const char *s)
+{
+    while (*s) {
+        const char *e = strchr(s, ',');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        while (n && isspace((unsigned char)*s)) s++, n--;
+        while (n && isspace((unsigned char)s[n - 1])) n--;
+        if (n && list_add(l, s, n)) return -1;
+        if (!e) break;
+        s = e + 1;
+    }
+    return 0;
+}
+
+static bool parse_bool(const char *s, bool *out)
+{
+    if (!strcasecmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on")) {
+        *out = true;
+        return true;
+    }
+    if (!strcasecmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off")) {
+        *out = false;
+        return true;
+    }
+    return false;
+}
+
+static void range_msg(const copt *o, char *err, size_t errlen, const char *what)
+{
+    if (o->type == CT_INT)
+        snprintf(err, errlen, "expected an integer in [%.0f, %.0f]%s%s", o->lo, o->hi, what ? ", got " : "",
+                 what ? what : "");
+    else if (o->type == CT_DBL)
+        snprintf(err, errlen, "expected a number in [%g, %g]%s%s", o->lo, o->hi, what ? ", got " : "",
+                 what ? what : "");
+    else if (o->type == CT_BOOL)
+        snprintf(err, errlen, "expected true or false%s%s", what ? ", got " : "", what ? what : "");
+    else if (o->type == CT_LIST)
+        snprintf(err, errlen, "expected an array of strings (or a comma-separated string)");
+    else
+        snprintf(err, errlen, "expected a string");
+}
+
+/* Set from text (environment, command line, defaults). append: for lists,
+ * add to what this source already set instead of replacing. */
+static int set_text(srv_config *c, const copt *o, const char *s, bool append, char *err, size_t errlen)
+{
+    void *p = (char *)c + o->off;
+    switch (o->type) {
+    case CT_STR: {
+        char *d = strdup(s);
+        if (!d) return -1;
+        free(*(char **)p);
+        *(char **)p = d;
+        return 0;
+    }
+    case CT_INT: {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || end == s || *end || v < o->lo || v > o->hi) {
+            range_msg(o, err, errlen, s);
+            return -1;
+        }
+        *(long *)p = v;
+        return 0;
+    }
+    case CT_DBL: {
+        char *end;
+        errno = 0;
+        double v = strtod(s, &end);
+        if (errno || end == s || *end || !isfinite(v) || v < o->lo || v > o->hi) {
+            range_msg(o, err, errlen, s);
+            return -1;
+        }
+        *(double *)p = v;
+        return 0;
+    }
+    case CT_BOOL:
+        if (!parse_bool(s, (bool *)p)) {
+            range_msg(o, err, errlen, s);
+            return -1;
+        }
+        return 0;
+    case CT_LIST:
+        if (!append) list_clear((srv_strlist *)p);
+        return list_add_csv((srv_strlist *)p, s);
+    }
+    return -1;
+}
+
+static int set_json(srv_config *c, const copt *o, json_t *v, char *err, size_t errlen)
+{
+    void *p = (char *)c + o->off;
+    char buf[64];
+    switch (o->type) {
+    case CT_STR:
+        if (!json_is_string(v)) break;
+        return set_text(c, o, json_string_value(v), false, err, errlen);
+    case CT_INT:
+        if (!json_is_integer(v)) break;
+        if ((double)json_integer_value(v) < o->lo || (double)json_integer_value(v) > o->hi) break;
+        *(long *)p = (long)json_integer_value(v);
+        return 0;
+    case CT_DBL:
+        if (!json_is_number(v)) break;
+        if (json_number_value(v) < o->lo || json_number_value(v) > o->hi) break;
+        *(double *)p = json_number_value(v);
+        return 0;
+    case CT_BOOL:
+        if (!json_is_boolean(v)) break;
+        *(bool *)p = json_is_true(v);
+        return 0;
+    case CT_LIST: {
+        srv_strlist *l = p;
+        if (json_is_string(v)) return set_text(c, o, json_string_value(v), false, err, errlen);
+        if (!json_is_array(v)) break;
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) if (!json_is_string(e)) goto bad;
+        list_clear(l);
+        json_array_foreach(v, i, e) if (list_add(l, json_string_value(e), json_string_length(e))) return -1;
+        return 0;
+    }
+    }
+bad:
+    if (json_is_integer(v)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v)) snprintf(buf, sizeof buf, "%g", json_real_value(v));
+    else snprintf(buf, sizeof buf, "a JSON %s",
+                  json_is_string(v) ? "string" : json_is_array(v) ? "array" : json_is_object(v) ? "object"
+                  : json_is_boolean(v) ? "boolean" : "null");
+    range_msg(o, err, errlen, buf);
+    return -1;
+}
+
+static const copt *find_key(const char *key)
+{
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (!strcmp(OPTS[i].key, key)) return &OPTS[i];
+    return NULL;
+}
+
+static void env_name(const copt *o, char *buf, size_t n)
+{
+    size_t k = (size_t)snprintf(buf, n, "ORTHOSERVE_");
+    for (const char *s = o->key; *s && k + 1 < n; s++) buf[k++] = (char)toupper((unsigned char)*s);
+    buf[k] = 0;
+}
+
+void srv_config_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: orthoserve serve -m MODEL [options]\n"
+            "\n"
+            "OpenAI-compatible HTTP server. Every option is also a config-file key and an\n"
+            "ORTHOSERVE_<KEY> environment variable; precedence: defaults < --config file <\n"
+            "environment < flags. See config/README.md.\n"
+            "\n"
+            "      --config FILE              JSON config file (env ORTHOSERVE_CONFIG)\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const copt *o = &OPTS[i];
+        char flag[64];
+        const char *arg = o->type == CT_BOOL ? "[BOOL]" : o->type == CT_INT ? "N" : o->type == CT_DBL ? "SEC" :
+                          o->type == CT_LIST ? "VALUE" : "TEXT";
+        if (!strcmp(o->key, "model")) arg = "FILE";
+        if (!strcmp(o->key, "alias")) arg = "NAME";
+        if (!strcmp(o->key, "api_keys")) arg = "KEY";
+        if (o->sopt) snprintf(flag, sizeof flag, "-%c, --%s %s", o->sopt, o->lopt, arg);
+        else snprintf(flag, sizeof flag, "    --%s %s", o->lopt, arg);
+        fprintf(f, "  %-30s %s", flag, o->help);
+        if (o->def[0]) fprintf(f, " (default %s)", o->def);
+        fprintf(f, " [%s]\n", o->key);
+    }
+    fprintf(f, "  -h, --help                     this text\n");
+}
+
+void srv_config_free(srv_config *c)
+{
+    for (size_t i = 0; i < N_OPTS; i++) {
+        void *p = (char *)c + OPTS[i].off;
+        if (OPTS[i].type == CT_STR) {
+            free(*(char **)p);
+            *(char **)p = NULL;
+        } else if (OPTS[i].type == CT_LIST) {
+            list_clear(p);
+        }
+    }
+    free(c->config_file);
+    c->config_file = NULL;
+}
+
+static int load_file(srv_config *c, const char *path)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        fprintf(stderr, "orthoserve: config file %s: line %d: %s\n", path, je.line, je.text);
+        return -1;
+    }
+    int rc = 0;
+    if (!json_is_object(root)) {
+        fprintf(stderr, "orthoserve: config file %s: expected a JSON object\n", path);
+        rc = -1;
+        goto out;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        const copt *o = find_key(key);
+        char err[256];
+        if (!o) {
+            fprintf(stderr, "orthoserve: config file %s: unknown key '%s'\n", path, key);
+            rc = -1;
+            goto out;
+        }
+        if (set_json(c, o, v, err, sizeof err)) {
+            fprintf(stderr, "orthoserve: config file %s: key '%s': %s\n", path, key, err);
+            rc = -1;
+            goto out;
+        }
+    }
+out:
+    json_decref(root);
+    return rc;
+}
+
+int srv_config_load(srv_config *c, int argc, char **argv)
+{
+    char err[256];
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (set_text(c, &OPTS[i], OPTS[i].def, false, err, sizeof err)) return -1;
+
+    /* Pass 1: collect the flags (applied last) and find --config. */
+    enum { O_CONFIG = 1000, O_HELP = 'h' };
+    struct option lopts[N_OPTS + 3];
+    char sopts[2 * N_OPTS + 4];
+    size_t ns = 0;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        bool flag = OPTS[i].type == CT_BOOL;
+        lopts[i] = (struct option){OPTS[i].lopt, flag ? optional_argument : required_argument, NULL, 2000 + (int)i};
+        if (OPTS[i].sopt) {
+            sopts[ns++] = OPTS[i].sopt;
+            if (!flag) sopts[ns++] = ':';
+        }
+    }
+    lopts[N_OPTS] = (struct option){"config", required_argument, NULL, O_CONFIG};
+    lopts[N_OPTS + 1] = (struct option){"help", no_argument, NULL, O_HELP};
+    lopts[N_OPTS + 2] = (struct option){0, 0, 0, 0};
+    sopts[ns++] = 'h';
+    sopts[ns] = 0;
+
+    int *which = calloc((size_t)argc + 1, sizeof *which);
+    char **vals = calloc((size_t)argc + 1, sizeof *vals);
+    size_t nflags = 0;
+    const char *config_path = getenv("ORTHOSERVE_CONFIG");
+    int rc = -1, ch;
+    if (!which || !vals) goto out;
+    optind = 1;
+    opterr = 1;
+    while ((ch = getopt_long(argc, argv, sopts, lopts, NULL)) != -1) {
+        if (ch == O_HELP) {
+            srv_config_usage(stdout);
+            rc = 1;
+            goto out;
+        }
+        if (ch == O_CONFIG) {
+            config_path = optarg;
+            continue;
+        }
+        int idx = -1;
+        if (ch >= 2000 && ch < 2000 + (int)N_OPTS) idx = ch - 2000;
+        else
+            for (size_t i = 0; i < N_OPTS; i++)
+                if (OPTS[i].sopt && OPTS[i].sopt == ch) idx = (int)i;
+        if (idx < 0) {
+            fprintf(stderr, "Run 'orthoserve serve --help' for the options.\n");
+            goto out;
+        }
+        which[nflags] = idx;
+        vals[nflags++] = optarg;
+    }
+    if (optind != argc) {
+        fprintf(stderr, "orthoserve serve: unexpected argument '%s'\n", argv[optind]);
+        goto out;
+    }
+
+    if (config_path && config_path[0]) {
+        if (load_file(c, config_path)) goto out;
+        c->config_file = strdup(config_path);
+    }
+
+    /* Environment. Unknown ORTHOSERVE_* names are reported but not fatal:
+     * other tools of the project share the prefix. */
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "ORTHOSERVE_", 11)) continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq) continue;
+        size_t nlen = (size_t)(eq - *e);
+        bool known = (nlen == 17 && !strncmp(*e, "ORTHOSERVE_CONFIG", 17));
+        for (size_t i = 0; i < N_OPTS && !known; i++) {
+            char name[64];
+            env_name(&OPTS[i], name, sizeof name);
+            if (strlen(name) == nlen && !strncmp(name, *e, nlen)) {
+                known = true;
+                if (set_text(c, &OPTS[i], eq + 1, false, err, sizeof err)) {
+                    fprintf(stderr, "orthoserve: environment %s (key '%s'): %s\n", name, OPTS[i].key, err);
+                    goto out;
+                }
+            }
+        }
+        if (!known) fprintf(stderr, "orthoserve: warning: ignoring unknown environment variable %.*s\n", (int)nlen, *e);
+    }
+
+    /* Command line, last. A list flag given several times accumulates. */
+    bool list_seen[N_OPTS];
+    memset(list_seen, 0, sizeof list_seen);
+    for (size_t k = 0; k < nflags; k++) {
+        const copt *o = &OPTS[which[k]];
+        const char *v = vals[k];
+        if (o->type == CT_BOOL && !v) v = "true";
+        bool append = o->type == CT_LIST && list_seen[which[k]];
+        if (o->type == CT_LIST) list_seen[which[k]] = true;
+        if (set_text(c, o, v, append, err, sizeof err)) {
+            fprintf(stderr, "orthoserve: --%s (key '%s'): %s\n", o->lopt, o->key, err);
+            goto out;
+        }
+    }
+
+    if (!c->model || !c->model[0]) {
+        fprintf(stderr, "orthoserve serve: a model is required (-m FILE, key 'model')\n");
+        goto out;
+    }
+    if (strcmp(c->or_decode, "threshold") && strcmp(c->or_decode, "full") && strcmp(c->or_decode, "off")) {
+        fprintf(stderr, "orthoserve: key 'orthorank_decode': '%s' is not one of threshold, full, off\n", c->or_decode);
+        goto out;
+    }
+    if (strcmp(c->or_method, "orthorank") && strcmp(c->or_method, "layer_skip") && strcmp(c->or_method, "random") &&
+        strcmp(c->or_method, "inverse")) {
+        fprintf(stderr, "orthoserve: key 'orthorank_method': '%s' is not one of orthorank, layer_skip, random, inverse\n",
+                c->or_method);
+        goto out;
+    }
+    if (c->or_sparsity > 0 && strcmp(c->or_method, "layer_skip") && c->or_token_ratio >= 1) {
+        fprintf(stderr, "orthoserve: key 'orthorank_token_ratio': 1 cannot give a sparsity above 0\n");
+        goto out;
+    }
+    rc = 0;
+out:
+    free(which);
+    free(vals);
+    return rc;
+}

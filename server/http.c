@@ -1,0 +1,638 @@
+/*
+ * http.c - libmicrohttpd driven from the libuv loop: routing, body limits,
+ * API keys, CORS, error bodies, suspend/resume and the disconnect watch.
+ *
+ * DESIGN: MHD runs in external-polling epoll mode (MHD_USE_EPOLL |
+ * MHD_ALLOW_SUSPEND_RESUME, no MHD threads). A uv_poll_t watches MHD's epoll
+ * fd and a uv_timer_t follows MHD_get_timeout; both call MHD_run, so every
+ * MHD callback (access handler, content reader, request-completed) runs on
+ * the loop thread. A request waiting for the engine is suspended; while it
+ * is, MHD does not watch its socket, so a uv_poll_t on the socket reports a
+ * client that hangs up (UV_DISCONNECT) and the job is cancelled at once.
+ * Error responses decided from the headers are held until the body has been
+ * read (so the client is never reset mid-send), except 413 for a declared
+ * Content-Length over the limit, which is answered at once.
+ */
+#include "server.h"
+#include "textbuf.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------------ */
+/* MHD <-> libuv                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void on_mhd_timer(uv_timer_t *t);
+
+void http_run(srv *s)
+{
+    if (!s->mhd) return;
+    MHD_run(s->mhd);
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(s->mhd, &ms) == MHD_YES) {
+        if (ms > 3600000) ms = 3600000;
+        uv_timer_start(&s->mhd_timer, on_mhd_timer, (uint64_t)ms, 0);
+    } else {
+        uv_timer_stop(&s->mhd_timer);
+    }
+}
+
+static void on_mhd_timer(uv_timer_t *t) { http_run(t->data); }
+
+static void on_mhd_poll(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    http_run(p->data);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Suspend / resume and the disconnect watch                                */
+/* ------------------------------------------------------------------------ */
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void watch_close(hreq *r)
+{
+    if (!r->watch) return;
+    /* uv_close stops the poll at once, while MHD still has the fd open. */
+    uv_close((uv_handle_t *)r->watch, free_handle);
+    r->watch = NULL;
+}
+
+static void on_watch(uv_poll_t *p, int status, int events)
+{
+    hreq *r = p->data;
+    (void)events;
+    (void)status;
+    watch_close(r);
+    if (r->job) job_cancel(r->job, "client_disconnect");
+}
+
+void http_suspend(hreq *r)
+{
+    if (r->suspended) return;
+    MHD_suspend_connection(r->conn);
+    r->suspended = true;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci || r->watch) return;
+    uv_poll_t *w = malloc(sizeof *w);
+    if (!w) return;
+    if (uv_poll_init_socket(r->s->loop, w, ci->connect_fd)) {
+        free(w);
+        return;
+    }
+    w->data = r;
+    r->watch = w;
+    if (uv_poll_start(w, UV_DISCONNECT, on_watch)) watch_close(r);
+}
+
+void http_resume(hreq *r)
+{
+    if (!r->suspended) return;
+    watch_close(r);
+    r->suspended = false;
+    MHD_resume_connection(r->conn);
+    /* MHD handles a resumed connection in its next MHD_run: make that soon
+     * (a zero timer coalesces many resumes into one run). */
+    uv_timer_start(&r->s->mhd_timer, on_mhd_timer, 0, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Responses                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void add_common_headers(hreq *r, struct MHD_Response *resp, unsigned status)
+{
+    if (r->cors_origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+        if (strcmp(r->cors_origin, "*")) MHD_add_response_header(resp, "Vary", "Origin");
+    }
+    if (status == 405 && r->allow) MHD_add_response_header(resp, "Allow", r->allow);
+    if (status == 429 || status == 503) {
+        char ra[32];
+        snprintf(ra, sizeof ra, "%ld", r->s->cfg->retry_after);
+        MHD_add_response_header(resp, "Retry-After", ra);
+    }
+}
+
+static void queue(hreq *r, unsigned status, struct MHD_Response *resp)
+{
+    if (!resp) {
+        r->responded = true;
+        r->status = 500;
+        return;
+    }
+    add_common_headers(r, resp, status);
+    r->responded = true;
+    r->status = (int)status;
+    MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    http_resume(r);
+}
+
+void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, size_t len)
+{
+    if (r->responded) {
+        free(text);
+        return;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(len, text, free);
+    if (!resp) free(text);
+    else MHD_add_response_header(resp, "Content-Type", ctype);
+    queue(r, status, resp);
+}
+
+void http_reply_json(hreq *r, unsigned status, json_t *body)
+{
+    char *txt = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!txt) {
+        static const char oom[] =
+            "{\"error\":{\"message\":\"could not encode the response\",\"type\":\"server_error\",\"param\":null,"
+            "\"code\":null}}";
+        txt = strdup(oom);
+        status = 500;
+        if (!txt) {
+            queue(r, 500, NULL);
+            return;
+        }
+    }
+    size_t n = strlen(txt);
+    /* Responses end with a newline, as curl users expect. */
+    char *t2 = realloc(txt, n + 2);
+    if (t2) {
+        txt = t2;
+        txt[n++] = '\n';
+        txt[n] = 0;
+    }
+    http_reply_text(r, status, "application/json", txt, n);
+}
+
+static json_t *error_body(const char *msg, const char *type, const char *param, const char *code)
+{
+    json_t *e = json_object();
+    json_object_set_new(e, "message", json_string(msg));
+    json_object_set_new(e, "type", json_string(type));
+    json_object_set_new(e, "param", param ? json_string(param) : json_null());
+    json_object_set_new(e, "code", code ? json_string(code) : json_null());
+    json_t *o = json_object();
+    json_object_set_new(o, "error", e);
+    return o;
+}
+
+void http_reply_error(hreq *r, unsigned status, const char *type, const char *code, const char *param,
+                      const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* Messages may quote user input: keep them valid UTF-8. */
+    size_t n;
+    char *clean = utf8_sanitize(msg, strlen(msg), &n);
+    http_reply_json(r, status, error_body(clean ? clean : "error", type, param, code));
+    free(clean);
+}
+
+unsigned http_status_from_eng(eng_status st, const char **type, const char **code)
+{
+    const char *t = "server_error", *c = NULL;
+    unsigned http = 500;
+    switch (st) {
+    case ENG_OK: http = 200; t = NULL; break;
+    case ENG_EINVAL: http = 400; t = "invalid_request_error"; break;
+    case ENG_ECTXFULL: http = 400; t = "invalid_request_error"; c = "context_length_exceeded"; break;
+    case ENG_EUNSUPPORTED: http = 400; t = "invalid_request_error"; c = "not_supported"; break;
+    case ENG_EBUSY: http = 429; t = "rate_limit_error"; c = "queue_full"; break;
+    case ENG_ESTOPPED: http = 503; t = "unavailable_error"; c = "draining"; break;
+    case ENG_ECANCELED: http = 503; t = "unavailable_error"; c = "cancelled"; break;
+    case ENG_ENOMEM: http = 503; t = "unavailable_error"; c = "out_of_memory"; break;
+    case ENG_EIO: case ENG_EFORMAT: case ENG_ERANGE: http = 500; t = "server_error"; break;
+    }
+    if (type) *type = t;
+    if (code) *code = c;
+    return http;
+}
+
+void http_reply_eng_error(hreq *r, eng_status st, const char *param, const char *msg)
+{
+    const char *type, *code;
+    unsigned http = http_status_from_eng(st, &type, &code);
+    if (st == ENG_EBUSY && !msg) msg = "the server is busy: too many requests are queued; retry later";
+    if (st == ENG_ESTOPPED && !msg) msg = "the server is shutting down";
+    http_reply_error(r, http, type ? type : "server_error", code, param, "%s", msg ? msg : eng_strerror(st));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Streaming responses                                                      */
+/* ------------------------------------------------------------------------ */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    hreq *r = cls;
+    (void)pos;
+    if (!r->job) return MHD_CONTENT_READER_END_WITH_ERROR;
+    long n = job_stream_read(r->job, buf, max);
+    if (n > 0) return (ssize_t)n;
+    if (n < 0) return MHD_CONTENT_READER_END_OF_STREAM;
+    /* Nothing yet: sleep until the bridge brings the next event. */
+    http_suspend(r);
+    return 0;
+}
+
+void http_start_stream(hreq *r)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, r, NULL);
+    if (resp) {
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    }
+    queue(r, 200, resp);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routing                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+    R_NONE,
+    R_HEALTH,
+    R_READY,
+    R_METRICS,
+    R_MODELS,
+    R_MODEL,
+    R_CHAT,
+    R_COMPLETIONS,
+    R_TOKENIZE,
+    R_DETOKENIZE,
+    R_ORTHORANK
+} route_id;
+
+typedef struct {
+    const char *path;
+    route_id id;
+    const char *method; /* "GET" or "POST" */
+    const char *label;
+} route;
+
+static const route ROUTES[] = {
+    {"/health", R_HEALTH, "GET", "health"},
+    {"/ready", R_READY, "GET", "ready"},
+    {"/metrics", R_METRICS, "GET", "metrics"},
+    {"/v1/models", R_MODELS, "GET", "models"},
+    {"/models", R_MODELS, "GET", "models"},
+    {"/v1/chat/completions", R_CHAT, "POST", "chat_completions"},
+    {"/chat/completions", R_CHAT, "POST", "chat_completions"},
+    {"/v1/completions", R_COMPLETIONS, "POST", "completions"},
+    {"/completions", R_COMPLETIONS, "POST", "completions"},
+    {"/tokenize", R_TOKENIZE, "POST", "tokenize"},
+    {"/detokenize", R_DETOKENIZE, "POST", "detokenize"},
+    {"/v1/orthorank", R_ORTHORANK, "GET", "orthorank"},
+};
+
+static const route *find_route(const char *path)
+{
+    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
+        if (!strcmp(ROUTES[i].path, path)) return &ROUTES[i];
+    static const route model = {"/v1/models/", R_MODEL, "GET", "models"};
+    if (!strncmp(path, "/v1/models/", 11) && path[11]) return &model;
+    return NULL;
+}
+
+/* Constant-time in the configured key's length, whatever the candidate. */
+static bool key_equal(const char *cand, size_t clen, const char *key)
+{
+    size_t klen = strlen(key);
+    volatile unsigned char diff = (unsigned char)(clen != klen);
+    for (size_t i = 0; i < klen; i++) diff |= (unsigned char)((i < clen ? (unsigned char)cand[i] : 0) ^ (unsigned char)key[i]);
+    return diff == 0;
+}
+
+static bool authorized(hreq *r)
+{
+    const srv_config *c = r->s->cfg;
+    if (!c->api_keys.n) return true;
+    for (size_t i = 0; i < c->public_paths.n; i++)
+        if (!strcmp(c->public_paths.v[i], r->path)) return true;
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7)) return false;
+    h += 7;
+    while (*h == ' ') h++;
+    size_t n = strlen(h);
+    while (n && h[n - 1] == ' ') n--;
+    bool ok = false;
+    for (size_t i = 0; i < c->api_keys.n; i++) ok |= key_equal(h, n, c->api_keys.v[i]);
+    return ok;
+}
+
+static const char *cors_match(srv *s, const char *origin)
+{
+    if (!origin) return NULL;
+    for (size_t i = 0; i < s->cfg->cors_origins.n; i++) {
+        const char *o = s->cfg->cors_origins.v[i];
+        if (!strcmp(o, "*")) return "*";
+        if (!strcmp(o, origin)) return o;
+    }
+    return NULL;
+}
+
+static bool json_content_type(const char *ct)
+{
+    if (!ct) return true;
+    while (*ct == ' ') ct++;
+    size_t n = strcspn(ct, "; ");
+    if (n == 16 && !strncasecmp(ct, "application/json", 16)) return true;
+    /* curl --data without -H sends this; the body is still parsed as JSON. */
+    if (n == 33 && !strncasecmp(ct, "application/x-www-form-urlencoded", 33)) return true;
+    /* application/<anything>+json */
+    if (n > 17 && !strncasecmp(ct, "application/", 12) && !strncasecmp(ct + n - 5, "+json", 5)) return true;
+    return false;
+}
+
+static void set_early(hreq *r, int status, const char *type, const char *code, const char *param, const char *msg)
+{
+    r->early_status = status;
+    r->early_type = type;
+    r->early_code = code;
+    r->early_param = param;
+    snprintf(r->early_msg, sizeof r->early_msg, "%s", msg);
+}
+
+static void reply_preflight(hreq *r, const route *rt)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (resp && r->cors_origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", rt->method[0] == 'G' ? "GET, HEAD, OPTIONS" : "POST, OPTIONS");
+        const char *req_h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                req_h ? req_h : "Authorization, Content-Type");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "86400");
+    }
+    queue(r, 204, resp);
+}
+
+/* Header-time checks. Returns true when a response (or a held error) is decided. */
+static void first_call(hreq *r, const char *method)
+{
+    srv *s = r->s;
+    const route *rt = find_route(r->path);
+    r->endpoint = rt ? rt->label : "other";
+    r->cors_origin = cors_match(s, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin"));
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+        char *end;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (v > (unsigned long long)s->cfg->max_body_bytes) {
+            r->body_over = true;
+            http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
+                             "the request body is larger than the limit of %ld bytes", s->cfg->max_body_bytes);
+            return;
+        }
+    }
+    if (!rt) {
+        set_early(r, 404, "not_found_error", "not_found", NULL, "no such endpoint");
+        snprintf(r->early_msg, sizeof r->early_msg, "no such endpoint: %s %s", method, r->path);
+        return;
+    }
+    if (!strcmp(method, "OPTIONS")) return; /* preflight: no auth */
+    bool is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    bool want_get = !strcmp(rt->method, "GET");
+    if ((want_get && !is_get) || (!want_get && strcmp(method, "POST"))) {
+        set_early(r, 405, "invalid_request_error", "method_not_allowed", NULL, "");
+        r->allow = want_get ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+        snprintf(r->early_msg, sizeof r->early_msg, "method %s is not allowed on %s (use %s)", method, r->path,
+                 rt->method);
+        return;
+    }
+    if (!authorized(r)) {
+        set_early(r, 401, "authentication_error", "invalid_api_key", NULL,
+                  "invalid or missing API key: send 'Authorization: Bearer <key>'");
+        return;
+    }
+    if (!want_get && !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
+        set_early(r, 415, "invalid_request_error", "unsupported_media_type", NULL,
+                  "the request body must be JSON (Content-Type: application/json)");
+        return;
+    }
+}
+
+static void dispatch(hreq *r, const char *method)
+{
+    srv *s = r->s;
+    const route *rt = find_route(r->path);
+    if (r->early_status) {
+        http_reply_error(r, (unsigned)r->early_status, r->early_type, r->early_code, r->early_param, "%s",
+                         r->early_msg);
+        return;
+    }
+    if (r->body_over) {
+        http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
+                         "the request body is larger than the limit of %ld bytes", s->cfg->max_body_bytes);
+        return;
+    }
+    if (!strcmp(method, "OPTIONS")) {
+        reply_preflight(r, rt);
+        return;
+    }
+    json_t *body = NULL;
+    if (!strcmp(rt->method, "POST")) {
+        json_error_t je;
+        if (!r->body_n) {
+            http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the request body is empty");
+            return;
+        }
+        body = json_loadb(r->body, r->body_n, JSON_REJECT_DUPLICATES, &je);
+        if (!body) {
+            http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL,
+                             "the request body is not valid JSON: %s (at byte %d)", je.text, je.position);
+            return;
+        }
+        if (!json_is_object(body)) {
+            json_decref(body);
+            http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL,
+                             "the request body must be a JSON object");
+            return;
+        }
+    }
+    switch (rt->id) {
+    case R_HEALTH: api_health(r); break;
+    case R_READY: api_ready(r); break;
+    case R_METRICS: api_metrics(r); break;
+    case R_MODELS: api_models(r, NULL); break;
+    case R_MODEL: api_models(r, r->path + 11); break;
+    case R_CHAT: api_chat(r, body); break;
+    case R_COMPLETIONS: api_completions(r, body); break;
+    case R_TOKENIZE: api_tokenize(r, body); break;
+    case R_DETOKENIZE: api_detokenize(r, body); break;
+    case R_ORTHORANK: api_orthorank(r); break;
+    case R_NONE: break;
+    }
+    json_decref(body);
+    if (!r->responded && !r->job)
+        http_reply_error(r, 500, "server_error", NULL, NULL, "the request was not answered");
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    srv *s = cls;
+    hreq *r = *con_cls;
+    (void)version;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        r->s = s;
+        r->conn = c;
+        r->t0 = now_mono();
+        snprintf(r->method, sizeof r->method, "%s", method);
+        /* The path without a query string. */
+        size_t n = strcspn(url, "?");
+        if (n >= sizeof r->path) n = sizeof r->path - 1;
+        memcpy(r->path, url, n);
+        r->path[n] = 0;
+        snprintf(r->id, sizeof r->id, "req-%llu", (unsigned long long)++s->seq);
+        r->next = s->reqs;
+        if (s->reqs) s->reqs->prev = r;
+        s->reqs = r;
+        s->n_reqs++;
+        *con_cls = r;
+        first_call(r, method);
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->responded || r->early_status || r->body_over) return MHD_YES; /* discard */
+        if (r->body_n + n > (size_t)s->cfg->max_body_bytes) {
+            r->body_over = true;
+            free(r->body);
+            r->body = NULL;
+            r->body_n = r->body_cap = 0;
+            return MHD_YES;
+        }
+        if (r->body_n + n + 1 > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_n + n + 1) cap *= 2;
+            char *nb = realloc(r->body, cap);
+            if (!nb) return MHD_NO;
+            r->body = nb;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_n, upload_data, n);
+        r->body_n += n;
+        return MHD_YES;
+    }
+    if (r->responded || r->job) return MHD_YES;
+    dispatch(r, method);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    srv *s = cls;
+    hreq *r = *con_cls;
+    (void)c;
+    if (!r) return;
+    *con_cls = NULL;
+    watch_close(r);
+    if (r->job) job_detach(r->job, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "client_disconnect");
+    int status = r->status ? r->status : 499; /* 499: the client went away before any response */
+    char st[8];
+    snprintf(st, sizeof st, "%d", status);
+    metric_add(s->m_requests, r->endpoint ? r->endpoint : "other", st, 1);
+    if (s->cfg->log_requests) {
+        double ms = (now_mono() - r->t0) * 1e3;
+        fprintf(stderr, "orthoserve: %s %s %s %d in=%lld out=%lld %.1f ms%s%s%s\n", r->id, r->method, r->path,
+                status, (long long)r->n_in, (long long)r->n_out, ms,
+                toe != MHD_REQUEST_TERMINATED_COMPLETED_OK ? " aborted" : "",
+                r->cancel_reason ? " cancelled=" : "", r->cancel_reason ? r->cancel_reason : "");
+    }
+    if (r->prev) r->prev->next = r->next;
+    else s->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    s->n_reqs--;
+    free(r->body);
+    free(r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Start / stop                                                             */
+/* ------------------------------------------------------------------------ */
+
+int http_start(srv *s)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char port[16];
+    snprintf(port, sizeof port, "%ld", s->cfg->port);
+    int gai = getaddrinfo(s->cfg->host, port, &hints, &ai);
+    if (gai) {
+        fprintf(stderr, "orthoserve: cannot resolve host '%s': %s\n", s->cfg->host, gai_strerror(gai));
+        return -1;
+    }
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->mhd = MHD_start_daemon(flags, (uint16_t)s->cfg->port, NULL, NULL, on_access, s,
+                              MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg->max_connections,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(s->cfg->idle_timeout + 0.5),
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+                              MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+                              MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->mhd) {
+        fprintf(stderr, "orthoserve: cannot listen on %s:%ld (in use, or not allowed)\n", s->cfg->host,
+                s->cfg->port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : (int)s->cfg->port;
+    di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di) {
+        fprintf(stderr, "orthoserve: MHD has no epoll fd\n");
+        MHD_stop_daemon(s->mhd);
+        s->mhd = NULL;
+        return -1;
+    }
+    uv_timer_init(s->loop, &s->mhd_timer);
+    s->mhd_timer.data = s;
+    uv_poll_init(s->loop, &s->mhd_poll, di->epoll_fd);
+    s->mhd_poll.data = s;
+    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
+    http_run(s);
+    return 0;
+}
+
+void http_stop(srv *s)
+{
+    if (!s->mhd) return;
+    /* MHD_stop_daemon with suspended connections is an API violation. */
+    for (hreq *r = s->reqs; r; r = r->next) http_resume(r);
+    MHD_run(s->mhd);
+    uv_poll_stop(&s->mhd_poll);
+    uv_timer_stop(&s->mhd_timer);
+    MHD_stop_daemon(s->mhd);
+    s->mhd = NULL;
+}

@@ -1,0 +1,63 @@
+/*
+ * job.h - one generation request between the HTTP side and the engine
+ * (api_openai.c, stream.c). Loop thread only.
+ *
+ * Lifetime: created by a completion handler, submitted to the scheduler,
+ * fed by bridge events. It is freed when both its DONE event has been
+ * handled and its connection has completed (hr == NULL), whichever is last.
+ */
+#ifndef ORTHOSERVE_JOB_H
+#define ORTHOSERVE_JOB_H
+
+#include "server.h"
+#include "textbuf.h"
+
+typedef struct {
+    int32_t token;
+    float lp;
+    bool null_lp; /* the first prompt token has no log-probability */
+    int32_t n_top;
+    int32_t top_ids[20];
+    float top_lps[20];
+    size_t offset; /* text_offset: code points before this token */
+} lp_entry;
+
+struct job {
+    srv *s;
+    hreq *hr; /* NULL once the connection is gone */
+    job *prev, *next;
+    eng_request *er;
+    bridge_user bu;
+    bool chat;   /* chat.completion(.chunk) vs text_completion */
+    bool stream, include_usage, echo;
+    int32_t n_logprobs; /* -1: none */
+    textbuf *tb;
+    char id[64];
+    long long created;
+    orank_req orank;
+    sbuf text;                          /* whole text (non-streaming) */
+    lp_entry *lps;                      /* log-probabilities, in order */
+    size_t n_lps, cap_lps, lps_sent;    /* lps_sent: already streamed */
+    size_t tok_chars;                   /* text_offset counter */
+    sbuf sse;                           /* SSE bytes not yet read by MHD */
+    size_t sse_off;
+    bool sse_end;
+    bool echo_sent;
+    char *echo_text;
+    size_t echo_len;
+    int32_t first_prompt_token;
+    int32_t n_prompt, n_gen;
+    int32_t n_cached; /* prompt tokens reused from the prefix cache */
+    bool stop_hit, done;
+    eng_finish_reason finish;
+    eng_status status;
+    const char *cancel_reason;
+    double deadline;
+    double t_queue, t_prompt, t_generate;
+    eng_orthorank_params orp;   /* what was submitted (layers point into orank) */
+    eng_orthorank_stats ors;    /* what the engine reported at DONE */
+    int32_t ors_layers[256];
+    bool has_ors;
+};
+
+#endif

@@ -1,0 +1,33 @@
+"""Run sdk_test.mjs (the official OpenAI Node SDK) against a real server.
+The SDK is installed by the e2e.sdk_setup test into ORTHOSERVE_NODE_DIR."""
+import os
+import subprocess
+import sys
+import unittest
+
+from e2eutil import MODEL_ID, Server
+
+NODE_DIR = os.environ.get("ORTHOSERVE_NODE_DIR", "")
+
+
+class SdkTest(unittest.TestCase):
+    def test_openai_node_sdk(self):
+        if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "openai")):
+            self.fail("the openai npm package is not installed in %s (e2e.sdk_setup)" % NODE_DIR)
+        s = Server("-c", "2048")
+        try:
+            here = os.path.dirname(os.path.abspath(__file__))
+            script = os.path.join(NODE_DIR, "sdk_test.mjs")
+            with open(os.path.join(here, "sdk_test.mjs")) as f, open(script, "w") as g:
+                g.write(f.read())  # next to node_modules so 'import "openai"' resolves
+            env = dict(os.environ, ORTHOSERVE_URL="http://127.0.0.1:%d/v1" % s.port, ORTHOSERVE_MODEL=MODEL_ID)
+            out = subprocess.run(["node", script], env=env, capture_output=True, text=True, timeout=120)
+            sys.stdout.write(out.stdout)
+            sys.stderr.write(out.stderr[-3000:])
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr[-2000:])
+        finally:
+            self.assertEqual(s.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
