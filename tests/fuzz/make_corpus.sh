@@ -1,0 +1,87 @@
+#!/bin/sh
+# make_corpus.sh OUTDIR TESTDATA MKSEEDS - generate the fuzzing seed corpora
+# (never committed: they are rebuilt from ../shared/testdata on demand).
+#
+#   OUTDIR/fuzz_gguf/       synthetic GGUFs from mkseeds (tiny models of every
+#                           supported weight type, every metadata value type),
+#                           plus 4 KiB and 32 KiB prefixes of the real model
+#                           and vocabulary files (header + metadata parsing)
+#   OUTDIR/fuzz_model/      the tiny synthetic models (they load and run), and
+#                           two truncated real models
+#   OUTDIR/fuzz_tokenizer/  every case of the vocab .inp suites, one file per
+#                           case, prefixed by the harness's flag byte
+#                           (vocabulary, add/parse special), plus a few
+#                           token-id inputs (in range, clamped, out of range)
+#
+# Every file is small (< 128 KiB) so that libFuzzer runs fast on them.
+set -eu
+if [ $# -ne 3 ]; then
+    echo "usage: $0 OUTDIR TESTDATA MKSEEDS" >&2
+    exit 2
+fi
+out=$1 td=$2 mkseeds=$3
+export LC_ALL=C
+
+rm -rf "$out.tmp"
+mkdir -p "$out.tmp/fuzz_gguf" "$out.tmp/fuzz_model" "$out.tmp/fuzz_tokenizer" "$out.tmp/seeds"
+"$mkseeds" "$out.tmp/seeds" "$td"
+
+# --- fuzz_gguf / fuzz_model -------------------------------------------------
+cp "$out.tmp/seeds/model/"*.gguf "$out.tmp/fuzz_gguf/"
+cp "$out.tmp/seeds/gguf/"*.gguf "$out.tmp/fuzz_gguf/"
+cp "$out.tmp/seeds/model/"*.gguf "$out.tmp/fuzz_model/"
+for f in "$td"/models/stories260K.gguf "$td"/models/qwen2tiny-Q8_0.gguf \
+         "$td"/models/tiny256-Q4_K_M.gguf "$td"/models/tiny256-tied-F32.gguf \
+         "$td"/vocab/ggml-vocab-gpt-2.gguf "$td"/vocab/ggml-vocab-llama-spm.gguf \
+         "$td"/vocab/ggml-vocab-bert-bge.gguf; do
+    [ -f "$f" ] || continue
+    b=$(basename "$f" .gguf)
+    head -c 4096 "$f" > "$out.tmp/fuzz_gguf/prefix4k-$b.gguf"
+    head -c 32768 "$f" > "$out.tmp/fuzz_gguf/prefix32k-$b.gguf"
+done
+for f in "$td"/models/stories260K.gguf "$td"/models/qwen2tiny-Q8_0.gguf; do
+    [ -f "$f" ] || continue
+    head -c 65536 "$f" > "$out.tmp/fuzz_model/prefix64k-$(basename "$f" .gguf).gguf"
+done
+
+# --- fuzz_tokenizer ---------------------------------------------------------
+# Flag byte: bits 0-1 vocabulary (0 stories260K, 1 llama-spm, 2 gpt-2,
+# 3 deepseek-llm), bit 2 add_special, bit 3 parse_special, bit 6
+# remove_special; case k gets variant k % 4 of (add, parse).
+split_cases() { # FILE VOCAB_INDEX PREFIX
+    [ -f "$1" ] || return 0
+    awk -v vi="$2" -v dir="$out.tmp/fuzz_tokenizer" -v pre="$3" '
+        BEGIN { RS = "\n__ggml_vocab_test__\n" }
+        {
+            flag = 64 + vi + (NR % 4) * 4
+            f = sprintf("%s/%s-%03d", dir, pre, NR)
+            printf "%c%s", flag, $0 > f
+            close(f)
+        }' "$1"
+}
+split_cases "$td/vocab/stories260K-base.inp" 0 stories-base
+split_cases "$td/vocab/extra-stories260K.inp" 0 stories-extra
+split_cases "$td/vocab/ggml-vocab-llama-spm.gguf.inp" 1 llama-spm
+split_cases "$td/vocab/extra-llama-spm.inp" 1 llama-spm-extra
+split_cases "$td/vocab/ggml-vocab-gpt-2.gguf.inp" 2 gpt2
+split_cases "$td/vocab/extra-gpt-2.inp" 2 gpt2-extra
+split_cases "$td/vocab/ggml-vocab-deepseek-llm.gguf.inp" 3 deepseek-llm
+split_cases "$td/vocab/extra-deepseek-llm.inp" 3 deepseek-llm-extra
+# Special tokens in text with parse_special on (flag 0x4c = vocab 0 + add + parse).
+for vi in 0 1 2 3; do
+    printf "\\$(printf '%03o' $((76 + vi)))<s>Hello</s> <|endoftext|><|im_start|>user\\n<unk>" \
+        > "$out.tmp/fuzz_tokenizer/special-$vi"
+done
+# Token ids: mode 2 (0x20, clamped into range) and mode 3 (0x30, raw; the
+# last input has an id past every vocabulary and a negative one).
+for vi in 0 1 2 3; do
+    printf "\\$(printf '%03o' $((32 + vi)))\\001\\000\\000\\000\\002\\000\\000\\000\\003\\001\\000\\000\\377\\377\\000\\000" \
+        > "$out.tmp/fuzz_tokenizer/ids-clamped-$vi"
+    printf "\\$(printf '%03o' $((48 + 192 * (vi & 1) + vi)))\\001\\000\\000\\000\\015\\000\\000\\000\\041\\000\\000\\000" \
+        > "$out.tmp/fuzz_tokenizer/ids-raw-$vi"
+done
+printf '\063\001\000\000\000\377\377\377\177\377\377\377\377' > "$out.tmp/fuzz_tokenizer/ids-raw-bad"
+
+rm -rf "$out.tmp/seeds" "$out"
+mv "$out.tmp" "$out"
+echo "corpus: $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer inputs in $out"
