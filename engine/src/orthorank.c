@@ -215,7 +215,7 @@ eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthoran
         src = skip ? m->or_skip_order : m->or_order;
         int32_t avail = skip ? m->n_or_skip_order : m->n_or_order;
         double want = skip ? d.sparsity * L : d.sparsity * L / (1.0 - d.token_ratio);
-        n = (int32_t)lround(want);
+        n = (int32_t)floor(want + 0.5 + 1e-6); /* round half up, immune to 1/3 in float */
         if (n > avail) n = avail;
     } else {
         return ENG_OK;

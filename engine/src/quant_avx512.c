@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 void eng__quant_avx512_init(eng__kernels *k);
@@ -182,113 +183,332 @@ AI void bf16_tile(TILE_ARGS)
 DEFINE_GEMM(bf16, 4)
 
 /* ------------------------------------------------------------------------ */
-/* Q8_0 x Q8_0, Q4_0 x Q8_0: two 32-element blocks per 512-bit register     */
+/* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
 /* ------------------------------------------------------------------------ */
+/*
+ * Per-pair arithmetic (the same in every path, so gemm == vec_dot bit for bit):
+ *   s = 0; for each block b: s = fma((float)isum_b, dw_b * dx_b, s); y = s
+ * where isum_b is the exact integer block dot. The integer part is computed
+ * as vpdpbusd(u, x) - C * sum(x_b) with u the unsigned weight operand
+ * (Q8_0: w ^ 0x80, C = 128; Q4_0: the nibble, C = 8) and x the signed Q8_0
+ * activation quants; C * sum(x_b) and dx_b come from a small per-call table.
+ *
+ * Lanes of the float accumulators are weight rows (16 per zmm):
+ *  - decode (few x rows): each row's 8 vpdpbusd lanes are reduced in
+ *    registers to one lane per row (shuffle/add tree), then one cvt + fma per
+ *    16 rows and block;
+ *  - prefill: the weight rows of a 16/32-row strip are transposed once per
+ *    call into [block][dword g][row] order, and the microkernel broadcasts 4
+ *    activation bytes against 16 rows at a time: 2 x 16 rows x 6 x rows of
+ *    int32 accumulators, one cvt + fma per (16 rows, x row, block).
+ */
 
-/* Two blocks' 32 quant bytes (the second zero when !two). */
-AI __m512i ld2(const uint8_t *p0, const uint8_t *p1, int two)
-{
-    __m512i v = _mm512_zextsi256_si512(lu(p0));
-    return two ? _mm512_inserti64x4(v, lu(p1), 1) : v;
-}
+typedef struct {
+    int32_t corr; /* -C * sum of the block's x quants */
+    float dx;
+} xblk;
 
-AI __m512 sc2(float a, float b, int two)
-{
-    __m512 v = _mm512_zextps256_ps512(_mm256_set1_ps(a));
-    return two ? _mm512_insertf32x8(v, _mm256_set1_ps(b), 1) : v;
-}
+enum { Q_Q8_0 = 0, Q_Q4_0 = 1 };
 
-AI void q8_0_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t *w, size_t ws,
-                  const uint8_t *x, size_t xs, int64_t b, int two)
-{
-    const __m512i c80 = _mm512_set1_epi8((char)0x80);
-    __m512i wq[MRMAX], nc[MRMAX], xu[4];
-    __m512 dw[MRMAX], dx[4];
-    UNROLL for (int r = 0; r < MR; r++) {
-        const uint8_t *p = w + r * ws + 34 * b;
-        wq[r] = ld2(p + 2, p + 36, two);
-        nc[r] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), c80, wq[r]));
-        dw[r] = sc2(ldh(p), two ? ldh(p + 34) : 0.0f, two);
-    }
-    UNROLL for (int j = 0; j < NX; j++) {
-        const uint8_t *p = x + j * xs + 34 * b;
-        xu[j] = _mm512_xor_si512(ld2(p + 2, p + 36, two), c80);
-        dx[j] = sc2(ldh(p), two ? ldh(p + 34) : 0.0f, two);
-    }
-    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
-        __m512i d = _mm512_dpbusd_epi32(nc[r], xu[j], wq[r]);
-        acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw[r], dx[j]), acc[r][j]);
-    }
-}
+AI int qbsz(const int T) { return T == Q_Q8_0 ? 34 : 18; }
 
-AI void q8_0_tile(TILE_ARGS)
+static void fill_xblk(const int T, int64_t nb, const uint8_t *x, size_t xs, int64_t nx, xblk *o)
 {
-    __m512 acc[MRMAX][4];
-    ZERO_ACC(acc);
-    int64_t nb = n / 32, b = 0;
-    for (; b + 2 <= nb; b += 2) q8_0_step(MR, NX, acc, w, ws, x, xs, b, 1);
-    if (b < nb) q8_0_step(MR, NX, acc, w, ws, x, xs, b, 0);
-    STORE_ACC(acc);
-}
-DEFINE_GEMM(q8_0, 4)
-
-AI __m512i q4_unpack2(const uint8_t *p0, const uint8_t *p1, int two)
-{
-    __m512i v = _mm512_zextsi256_si512(_mm256_broadcastsi128_si256(lu128(p0)));
-    if (two) v = _mm512_inserti64x4(v, _mm256_broadcastsi128_si256(lu128(p1)), 1);
-    v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
-    return _mm512_and_si512(v, _mm512_set1_epi8(0xf));
-}
-
-AI void q4_0_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t *w, size_t ws,
-                  const uint8_t *x, size_t xs, int64_t b, int two)
-{
-    const __m512i c8 = _mm512_set1_epi8(8);
-    __m512i wq[MRMAX], nc[4], xq[4];
-    __m512 dw[MRMAX], dx[4];
-    UNROLL for (int r = 0; r < MR; r++) {
-        const uint8_t *p = w + r * ws + 18 * b;
-        wq[r] = q4_unpack2(p + 2, p + 20, two);
-        dw[r] = sc2(ldh(p), two ? ldh(p + 18) : 0.0f, two);
-    }
-    UNROLL for (int j = 0; j < NX; j++) {
-        const uint8_t *p = x + j * xs + 34 * b;
-        xq[j] = ld2(p + 2, p + 36, two);
-        nc[j] = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), c8, xq[j]));
-        dx[j] = sc2(ldh(p), two ? ldh(p + 34) : 0.0f, two);
-    }
-    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
-        __m512i d = _mm512_dpbusd_epi32(nc[j], wq[r], xq[j]);
-        acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw[r], dx[j]), acc[r][j]);
+    const __m256i ones = _mm256_set1_epi8(1);
+    const int c = T == Q_Q8_0 ? 128 : 8;
+    for (int64_t j = 0; j < nx; j++) {
+        const uint8_t *xr = x + (size_t)j * xs;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p = xr + 34 * b;
+            /* sum of signed bytes: dpbusd(1, x) then a horizontal add (exact) */
+            __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, lu(p + 2));
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+            o[j * nb + b].corr = -c * _mm_cvtsi128_si32(t);
+            o[j * nb + b].dx = ldh(p);
+        }
     }
 }
 
-AI void q4_0_tile(TILE_ARGS)
+/* 16 fp16 scales at base + k * ws (k < 16, lanes not in m are 0) as floats. */
+AI __m512 gather_h16(const uint8_t *base, __m512i idx, __mmask16 m)
 {
-    __m512 acc[MRMAX][4];
-    ZERO_ACC(acc);
-    int64_t nb = n / 32, b = 0;
-    for (; b + 2 <= nb; b += 2) q4_0_step(MR, NX, acc, w, ws, x, xs, b, 1);
-    if (b < nb) q4_0_step(MR, NX, acc, w, ws, x, xs, b, 0);
-    STORE_ACC(acc);
+    __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, base, 1);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
 }
-DEFINE_GEMM(q4_0, 4)
+
+/* Unsigned weight operand of one row's block at p (32 bytes). */
+AI __m256i wq1(const int T, const uint8_t *p)
+{
+    if (T == Q_Q8_0) return _mm256_xor_si256(lu(p + 2), _mm256_set1_epi8((char)0x80));
+    __m256i t = _mm256_broadcastsi128_si256(lu128(p + 2));
+    return _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)),
+                            _mm256_set1_epi8(0xf));
+}
+
+/* Pairwise add inside 128-bit lanes (ymm). */
+AI __m256i padd8(__m256i a, __m256i b)
+{
+    __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
+    return _mm256_add_epi32(_mm256_castps_si256(_mm256_shuffle_ps(fa, fb, 0x88)),
+                            _mm256_castps_si256(_mm256_shuffle_ps(fa, fb, 0xdd)));
+}
+
+/* Exact block dots of 16 rows (row k at p + off(k)) with one x block, row k in lane k. */
+AI __m512i q_dot16(const int T, const uint8_t *p, const size_t *off, size_t ws, const int full,
+                   __m256i xv)
+{
+#define ROWP(k) (p + (full ? (size_t)(k) * ws : off[k]))
+    __m256i R[4];
+    UNROLL for (int i = 0; i < 4; i++) {
+        __m256i P0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq1(T, ROWP(4 * i)), xv);
+        __m256i P1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq1(T, ROWP(4 * i + 1)), xv);
+        __m256i P2 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq1(T, ROWP(4 * i + 2)), xv);
+        __m256i P3 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq1(T, ROWP(4 * i + 3)), xv);
+        R[i] = padd8(padd8(P0, P1), padd8(P2, P3)); /* rows 4i..4i+3: [half 0 | half 1] */
+    }
+#undef ROWP
+    __m256i S0 = _mm256_add_epi32(_mm256_permute2x128_si256(R[0], R[1], 0x20),
+                                  _mm256_permute2x128_si256(R[0], R[1], 0x31));
+    __m256i S1 = _mm256_add_epi32(_mm256_permute2x128_si256(R[2], R[3], 0x20),
+                                  _mm256_permute2x128_si256(R[2], R[3], 0x31));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(S0), S1, 1);
+}
+
+/* fp16 scales of 16 rows (at p + off(k)) as floats, packed through GPRs. */
+AI __m512 q_scales16(const uint8_t *p, const size_t *off, size_t ws, const int full)
+{
+    uint64_t q[4];
+    UNROLL for (int i = 0; i < 4; i++) {
+        uint64_t v = 0;
+        UNROLL for (int t = 0; t < 4; t++) {
+            uint16_t h;
+            memcpy(&h, p + (full ? (size_t)(4 * i + t) * ws : off[4 * i + t]), 2);
+            v |= (uint64_t)h << (16 * t);
+        }
+        q[i] = v;
+    }
+    __m128i a = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[0]), (long long)q[1], 1);
+    __m128i b = _mm_insert_epi64(_mm_cvtsi64_si128((long long)q[2]), (long long)q[3], 1);
+    return _mm512_cvtph_ps(_mm256_set_m128i(b, a));
+}
+
+/* Decode: 16 rows (nv valid; the others recompute row 0 and are not stored)
+ * x one x row, all blocks. */
+AI void q_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *w, size_t ws,
+                const uint8_t *x, const xblk *xb, float *y)
+{
+    const int bs = qbsz(T);
+    size_t off[16];
+    for (int k = 0; k < 16; k++) off[k] = k < nv ? (size_t)k * ws : 0;
+    const __mmask16 vm = (__mmask16)((1u << nv) - 1);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + (size_t)bs * (size_t)b;
+        __m512i F = q_dot16(T, p, off, ws, full, lu(x + 34 * b + 2));
+        F = _mm512_add_epi32(F, _mm512_set1_epi32(xb[b].corr));
+        __m512 dw = q_scales16(p, off, ws, full);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(F), _mm512_mul_ps(dw, _mm512_set1_ps(xb[b].dx)),
+                              acc);
+    }
+    _mm512_mask_storeu_ps(y, vm, acc);
+}
+
+/* Prefill: pack 16 rows (nv valid) of all blocks: per block 8 zmm of
+ * transposed unsigned quants (dword g of each row) + 1 zmm of float scales. */
+AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, __m512i *dst,
+                 size_t dstride /* zmm between blocks */)
+{
+    const int bs = qbsz(T);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                             11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)ws));
+    const __mmask16 vm = (__mmask16)((1u << nv) - 1);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + (size_t)bs * (size_t)b;
+        __m512i *d = dst + (size_t)b * dstride;
+        if (T == Q_Q8_0) {
+            UNROLL for (int g = 0; g < 8; g++) {
+                __m512i v = _mm512_mask_i32gather_epi32(_mm512_set1_epi8((char)0x80), vm, idx,
+                                                        p + 2 + 4 * g, 1);
+                _mm512_store_si512(d + g, _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)));
+            }
+        } else {
+            UNROLL for (int g = 0; g < 4; g++) {
+                __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), vm, idx,
+                                                        p + 2 + 4 * g, 1);
+                _mm512_store_si512(d + g, _mm512_and_si512(v, _mm512_set1_epi8(0xf)));
+                _mm512_store_si512(d + g + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4),
+                                                               _mm512_set1_epi8(0xf)));
+            }
+        }
+        _mm512_store_ps((float *)(d + 8), gather_h16(p, idx, vm));
+    }
+}
+
+/* MRV x 16 rows (packed, stride 9 zmm per 16-row group, 9 * MRV per block)
+ * times NXJ x rows. */
+AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
+                   const uint8_t *x, size_t xs, const xblk *xb, int64_t xbs, float *y,
+                   size_t ys, __mmask16 m_last)
+{
+    __m512 acc[2][6];
+    UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) acc[v][j] =
+        _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512i *pb = wp + (size_t)b * 9 * MRV;
+        __m512i ia[2][6];
+        UNROLL for (int j = 0; j < NXJ; j++) {
+            __m512i c = _mm512_set1_epi32(xb[j * xbs + b].corr);
+            UNROLL for (int v = 0; v < MRV; v++) ia[v][j] = c;
+        }
+        const uint8_t *xq = x + 34 * b + 2;
+        UNROLL for (int g = 0; g < 8; g++) {
+            __m512i wv[2];
+            UNROLL for (int v = 0; v < MRV; v++) wv[v] = _mm512_load_si512(pb + 9 * v + g);
+            UNROLL for (int j = 0; j < NXJ; j++) {
+                int32_t xd;
+                memcpy(&xd, xq + j * xs + 4 * g, 4);
+                __m512i xv = _mm512_set1_epi32(xd);
+                UNROLL for (int v = 0; v < MRV; v++) ia[v][j] =
+                    _mm512_dpbusd_epi32(ia[v][j], wv[v], xv);
+            }
+        }
+        UNROLL for (int j = 0; j < NXJ; j++) {
+            __m512 dx = _mm512_set1_ps(xb[j * xbs + b].dx);
+            UNROLL for (int v = 0; v < MRV; v++) {
+                __m512 dw = _mm512_load_ps((const float *)(pb + 9 * v + 8));
+                acc[v][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[v][j]), _mm512_mul_ps(dw, dx),
+                                            acc[v][j]);
+            }
+        }
+    }
+    UNROLL for (int j = 0; j < NXJ; j++) UNROLL for (int v = 0; v < MRV; v++) {
+        if (v == MRV - 1) _mm512_mask_storeu_ps(y + j * ys + 16 * v, m_last, acc[v][j]);
+        else _mm512_storeu_ps(y + j * ys + 16 * v, acc[v][j]);
+    }
+}
+
+AI void q_pre_cols(const int MRV, int64_t nb, const __m512i *wp, const uint8_t *x, size_t xs,
+                   int64_t nx, const xblk *xb, float *y, size_t ys, __mmask16 m_last)
+{
+    int64_t j = 0;
+    for (; j + 6 <= nx; j += 6)
+        q_pre_tile(MRV, 6, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last);
+    switch (nx - j) {
+    case 5: q_pre_tile(MRV, 5, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 4: q_pre_tile(MRV, 4, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 3: q_pre_tile(MRV, 3, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 2: q_pre_tile(MRV, 2, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 1: q_pre_tile(MRV, 1, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    default: break;
+    }
+}
+
+#define Q_PREFILL_MIN_NX 4
+
+static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
+                      int64_t nx, float *y, size_t ys);
+static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
+                      int64_t nx, float *y, size_t ys);
+
+AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
+               size_t xs, int64_t nx, float *y, size_t ys)
+{
+    const uint8_t *w = wv, *x = xv;
+    int64_t nb = n / 32;
+    if (nb <= 0 || nr <= 0 || nx <= 0) {
+        for (int64_t j = 0; j < nx; j++)
+            for (int64_t r = 0; r < nr; r++) y[j * ys + r] = 0.0f;
+        return;
+    }
+    xblk sbuf[1024];
+    size_t nxb = (size_t)nb * (size_t)nx;
+    xblk *xb = nxb <= 1024 ? sbuf : malloc(nxb * sizeof *xb);
+    __m512i *wp = NULL;
+    if (nx >= Q_PREFILL_MIN_NX) wp = _mm_malloc((size_t)nb * 18 * 64, 64);
+    if (!xb) { /* no memory: one x row at a time (same arithmetic) */
+        _mm_free(wp);
+        ENG_ASSERT(nb <= 1024);
+        for (int64_t j = 0; j < nx; j++)
+            (T == Q_Q8_0 ? q8_0_gemm : q4_0_gemm)(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
+        return;
+    }
+    fill_xblk(T, nb, x, xs, nx, xb);
+    if (wp) {
+        for (int64_t r = 0; r < nr; r += 32) {
+            int left = nr - r < 32 ? (int)(nr - r) : 32;
+            if (left > 16) {
+                q_pack16(T, 16, nb, w + (size_t)r * ws, ws, wp, 18);
+                q_pack16(T, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + 9, 18);
+                q_pre_cols(2, nb, wp, x, xs, nx, xb, y + r, ys,
+                           (__mmask16)((1u << (left - 16)) - 1));
+            } else {
+                q_pack16(T, left, nb, w + (size_t)r * ws, ws, wp, 9);
+                q_pre_cols(1, nb, wp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << left) - 1));
+            }
+        }
+    } else {
+        for (int64_t r = 0; r < nr; r += 16) {
+            int nv = nr - r < 16 ? (int)(nr - r) : 16;
+            for (int64_t j = 0; j < nx; j++) {
+                if (nv == 16)
+                    q_dec16(T, 1, 16, nb, w + (size_t)r * ws, ws, x + j * xs, xb + j * nb,
+                            y + j * ys + r);
+                else
+                    q_dec16(T, 0, nv, nb, w + (size_t)r * ws, ws, x + j * xs, xb + j * nb,
+                            y + j * ys + r);
+            }
+        }
+    }
+    _mm_free(wp);
+    if (xb != sbuf) free(xb);
+}
+
+static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
+                      int64_t nx, float *y, size_t ys)
+{
+    q_gemm(Q_Q8_0, n, w, ws, nr, x, xs, nx, y, ys);
+}
+
+static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
+                      int64_t nx, float *y, size_t ys)
+{
+    q_gemm(Q_Q4_0, n, w, ws, nr, x, xs, nx, y, ys);
+}
+
+static float q8_0_dot(int64_t n, const void *w, const void *x)
+{
+    float r;
+    q8_0_gemm(n, w, 0, 1, x, 0, 1, &r, 1);
+    return r;
+}
+
+static float q4_0_dot(int64_t n, const void *w, const void *x)
+{
+    float r;
+    q4_0_gemm(n, w, 0, 1, x, 0, 1, &r, 1);
+    return r;
+}
 
 /* ------------------------------------------------------------------------ */
 /* K-quants x Q8_K                                                          */
 /* ------------------------------------------------------------------------ */
+/*
+ * Per-pair arithmetic (every path): for each superblock, with exact integers
+ *   Q4_K/Q5_K: isum = sum_s sc_s * dot_s, msum = sum_s m_s * (bsum_2s + bsum_2s+1)
+ *              s = fma(isum, d*dx, s); s = fnmadd(msum, dmin*dx, s)
+ *   Q6_K:      isum = sum_s sc_s * dot_s(q - 32)
+ *              s = fma(isum, d*dx, s)
+ * and y = s. As for Q8_0, float lanes are weight rows: decode reduces each
+ * row's integer lanes in registers (16 rows at a time), prefill transposes a
+ * strip of rows once per call and broadcasts activation bytes.
+ */
 
-/* One unpacked superblock: q[g] = elements 64g..64g+63 (unsigned), sc[g] =
- * int16 multipliers for the 32 vpmaddubsw lanes of group g, mins = int16
- * multipliers of the 16 Q8_K bsums. */
-typedef struct {
-    __m512i q[4];
-    __m512i sc[4];
-    __m256i mins;
-    __m512 d, dmin;
-} kunp;
+enum { K_Q4 = 0, K_Q5 = 1, K_Q6 = 2 };
+
+AI int kbsz(const int T) { return T == K_Q4 ? 144 : T == K_Q5 ? 176 : 210; }
 
 /* 6-bit scales and mins of Q4_K / Q5_K as 8 bytes each. */
 AI void k4_scales(const uint8_t *s, uint64_t *sc, uint64_t *m)
@@ -303,125 +523,356 @@ AI void k4_scales(const uint8_t *s, uint64_t *sc, uint64_t *m)
     *m = ml | ((uint64_t)mh << 32);
 }
 
-AI void kunp_scales_q45(kunp *u, const uint8_t *a)
+AI __m128i padd4(__m128i a, __m128i b)
 {
-    uint64_t sc, m;
-    k4_scales(a + 4, &sc, &m);
-    __m512i s16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
-    UNROLL for (int g = 0; g < 4; g++) {
-        __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * g))),
-                                         _mm256_set1_epi16((short)(2 * g + 1)), 1);
-        u->sc[g] = _mm512_permutexvar_epi16(idx, s16);
-    }
-    __m256i m16 = _mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m)));
-    u->mins = _mm256_permutexvar_epi16(
-        _mm256_setr_epi16(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), m16);
-    u->d = _mm512_set1_ps(ldh(a));
-    u->dmin = _mm512_set1_ps(ldh(a + 2));
+    __m128 fa = _mm_castsi128_ps(a), fb = _mm_castsi128_ps(b);
+    return _mm_add_epi32(_mm_castps_si128(_mm_shuffle_ps(fa, fb, 0x88)),
+                         _mm_castps_si128(_mm_shuffle_ps(fa, fb, 0xdd)));
 }
 
-AI void unpack_q4_k(kunp *u, const uint8_t *a)
+/* One row's superblock: integer partial lanes of isum (8 x int32) and, for
+ * Q4_K/Q5_K, of msum (4 x int32). xq = Q8_K quants, bs = Q8_K bsums
+ * (Q4/Q5: the 8 sums of 32 as int16). */
+AI void k_row(const int T, const uint8_t *a, const uint8_t *xq, __m128i bs, __m256i *isum,
+              __m128i *msum)
 {
-    const __m512i m4 = _mm512_set1_epi8(0xf);
-    UNROLL for (int g = 0; g < 4; g++) {
-        __m512i v = _mm512_broadcast_i64x4(lu(a + 16 + 32 * g));
-        v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4));
-        u->q[g] = _mm512_and_si512(v, m4);
+    const __m256i m4 = _mm256_set1_epi8(0xf);
+    __m256i acc = _mm256_setzero_si256();
+    if (T != K_Q6) {
+        uint64_t sc, m;
+        k4_scales(a + 4, &sc, &m);
+        int32_t tb[8] __attribute__((aligned(32)));
+        __m256i s32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc));
+        _mm256_store_si256((__m256i *)tb, _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16)));
+        /* keep tb in memory: broadcasts from it are loads, not shuffles */
+        __asm__("" : "+m"(tb));
+        __m256i qh = T == K_Q5 ? lu(a + 16) : _mm256_setzero_si256();
+        const uint8_t *qs = a + (T == K_Q5 ? 48 : 16);
+        __m256i pa[4];
+        UNROLL for (int g = 0; g < 4; g++) {
+            __m256i v = lu(qs + 32 * g);
+            __m256i lo = _mm256_and_si256(v, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (T == K_Q5) {
+                const __m256i c16 = _mm256_set1_epi8(16);
+                lo = _mm256_mask_add_epi8(lo, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * g)))), lo, c16);
+                hi = _mm256_mask_add_epi8(hi, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * g + 1)))), hi, c16);
+            }
+            /* independent chains: vpdpwssd latency, not throughput, would bound a row */
+            pa[g] = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, lu(xq + 64 * g)),
+                                      _mm256_set1_epi32(tb[2 * g]));
+            pa[g] = _mm256_dpwssd_epi32(pa[g], _mm256_maddubs_epi16(hi, lu(xq + 64 * g + 32)),
+                                        _mm256_set1_epi32(tb[2 * g + 1]));
+        }
+        acc = _mm256_add_epi32(_mm256_add_epi32(pa[0], pa[1]), _mm256_add_epi32(pa[2], pa[3]));
+        *msum = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m)), bs);
+    } else {
+        const __m256i m3 = _mm256_set1_epi8(3);
+        __m256i sc16 = _mm256_cvtepi8_epi16(lu128(a + 192));
+        __m256i pa[4];
+        UNROLL for (int h = 0; h < 2; h++) {
+            __m256i L0 = lu(a + 64 * h), L1 = lu(a + 64 * h + 32), H = lu(a + 128 + 32 * h);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(L0, m4), _mm256_slli_epi16(_mm256_and_si256(H, m3), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(L1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 2), m3), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 4), m3), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 6), m3), 4));
+            UNROLL for (int qd = 0; qd < 4; qd++) {
+                int s0 = 8 * h + 2 * qd;
+                __m256i sv = _mm256_permutexvar_epi16(
+                    _mm256_setr_m128i(_mm_set1_epi16((short)s0), _mm_set1_epi16((short)(s0 + 1))), sc16);
+                __m256i pr = _mm256_maddubs_epi16(q[qd], lu(xq + 128 * h + 32 * qd));
+                pa[qd] = h == 0 ? _mm256_madd_epi16(pr, sv) : _mm256_dpwssd_epi32(pa[qd], pr, sv);
+            }
+        }
+        acc = _mm256_add_epi32(_mm256_add_epi32(pa[0], pa[1]), _mm256_add_epi32(pa[2], pa[3]));
+        /* - 32 * sum_s sc_s * bsum_s */
+        __m256i corr = _mm256_madd_epi16(sc16, lu(xq + 256));
+        acc = _mm256_sub_epi32(acc, _mm256_slli_epi32(corr, 5));
+        (void)bs;
+        (void)msum;
     }
-    kunp_scales_q45(u, a);
+    *isum = acc;
 }
 
-AI void unpack_q5_k(kunp *u, const uint8_t *a)
+/* Q8_K bsums as the 8 sums of 32 (int16). */
+AI __m128i k_bs32(const uint8_t *xb)
 {
-    const __m512i m4 = _mm512_set1_epi8(0xf), c16 = _mm512_set1_epi8(16);
-    __m512i qh = _mm512_broadcast_i64x4(lu(a + 16));
-    UNROLL for (int g = 0; g < 4; g++) {
-        __m512i v = _mm512_broadcast_i64x4(lu(a + 48 + 32 * g));
-        v = _mm512_and_si512(_mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4)), m4);
-        __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * g))),
-                                         _mm256_set1_epi8((char)(1 << (2 * g + 1))), 1);
-        __mmask64 hm = _mm512_test_epi8_mask(qh, bit);
-        u->q[g] = _mm512_mask_add_epi8(v, hm, v, c16);
-    }
-    kunp_scales_q45(u, a);
+    __m256i s = _mm256_madd_epi16(lu(xb + 260), _mm256_set1_epi16(1));
+    return _mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
-AI void unpack_q6_k(kunp *u, const uint8_t *a)
+/* fp16 pair (d, dmin) of 16 rows -> floats; Q6_K: d only (from the dword at 206). */
+AI void k_scales16(const int T, const uint8_t *p, __m512i idx, __mmask16 vm, __m512 *d,
+                   __m512 *dmin)
 {
+    if (T == K_Q6) {
+        __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), vm, idx, p + 206, 1);
+        *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+        *dmin = _mm512_setzero_ps();
+    } else {
+        __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), vm, idx, p, 1);
+        *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+        *dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+    }
+}
+
+AI __m512i idx16(size_t ws)
+{
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int)ws));
+}
+
+/* Decode: 16 rows (nv valid; others recompute row 0, not stored) x one x row. */
+AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *w, size_t ws,
+                const uint8_t *x, float *y)
+{
+    const int bsz = kbsz(T);
+    size_t off[16];
+    for (int k = 0; k < 16; k++) off[k] = k < nv ? (size_t)k * ws : 0;
+    const __mmask16 vm = (__mmask16)((1u << nv) - 1);
+    const __m512i idx = idx16(ws);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + (size_t)bsz * (size_t)b, *xb = x + 292 * b;
+        __m128i bs = T == K_Q6 ? _mm_setzero_si128() : k_bs32(xb);
+        __m256i R[4];
+        __m128i M[4];
+        UNROLL for (int i = 0; i < 4; i++) {
+            __m256i P[4];
+            __m128i Mm[4];
+            UNROLL for (int t = 0; t < 4; t++)
+                k_row(T, p + (full ? (size_t)(4 * i + t) * ws : off[4 * i + t]), xb + 4, bs, &P[t], &Mm[t]);
+            R[i] = padd8(padd8(P[0], P[1]), padd8(P[2], P[3]));
+            if (T != K_Q6) M[i] = padd4(padd4(Mm[0], Mm[1]), padd4(Mm[2], Mm[3]));
+        }
+        __m256i S0 = _mm256_add_epi32(_mm256_permute2x128_si256(R[0], R[1], 0x20),
+                                      _mm256_permute2x128_si256(R[0], R[1], 0x31));
+        __m256i S1 = _mm256_add_epi32(_mm256_permute2x128_si256(R[2], R[3], 0x20),
+                                      _mm256_permute2x128_si256(R[2], R[3], 0x31));
+        __m512i I = _mm512_inserti64x4(_mm512_castsi256_si512(S0), S1, 1);
+        float dxs;
+        memcpy(&dxs, xb, 4);
+        __m512 dx = _mm512_set1_ps(dxs), d, dmin;
+        k_scales16(T, p, idx, vm, &d, &dmin);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(d, dx), acc);
+        if (T != K_Q6) {
+            __m512i Mv = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_setr_m128i(M[0], M[1])), _mm256_setr_m128i(M[2], M[3]), 1);
+            acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(Mv), _mm512_mul_ps(dmin, dx), acc);
+        }
+    }
+    _mm512_mask_storeu_ps(y, vm, acc);
+}
+
+/*
+ * Prefill pack of 16 rows, per superblock (KP zmm):
+ *   Q[64]: dword g (elements 4g..4g+3, unsigned quants) of the 16 rows
+ *   SC[NSB]: int32 sub-block scales (NSB = 8, Q6_K 16)
+ *   MN[8]: int16 pairs for a vpdpwssd with the Q8_K bsum pairs:
+ *          Q4/Q5 (m_s, m_s) -> msum; Q6 (-32 sc_2k, -32 sc_2k+1) -> added to isum
+ *   D, DMIN: floats
+ */
+AI int k_nsb(const int T) { return T == K_Q6 ? 16 : 8; }
+AI int k_kp(const int T) { return 64 + k_nsb(T) + 8 + 2; }
+
+AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, __m512i *dst,
+                 size_t dstride)
+{
+    const int bsz = kbsz(T), nsb = k_nsb(T);
+    const __m512i idx = idx16(ws);
+    const __mmask16 vm = (__mmask16)((1u << nv) - 1);
     const __m512i m4 = _mm512_set1_epi8(0xf), m3 = _mm512_set1_epi8(3);
-    UNROLL for (int h = 0; h < 2; h++) {
-        __m512i ql = lu512(a + 64 * h); /* [ql[0..31] | ql[32..63]] of this half */
-        __m512i qh = _mm512_broadcast_i64x4(lu(a + 128 + 32 * h));
-        /* group 2h: low nibbles, qh bits 0-1 (first 32) and 2-3 (next 32) */
-        __m512i h0 = _mm512_and_si512(_mm512_srlv_epi64(qh, _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2)), m3);
-        __m512i h1 = _mm512_and_si512(_mm512_srlv_epi64(qh, _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6)), m3);
-        u->q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(h0, 4));
-        u->q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                          _mm512_slli_epi16(h1, 4));
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + (size_t)bsz * (size_t)b;
+        __m512i *Q = dst + (size_t)b * dstride, *SC = Q + 64, *MN = SC + nsb;
+        __m512 *D = (__m512 *)(MN + 8);
+        const __m512i z = _mm512_setzero_si512();
+        if (T != K_Q6) {
+            const uint8_t *qs = p + (T == K_Q5 ? 48 : 16);
+            UNROLL for (int t = 0; t < 32; t++) {
+                int grp = t / 8, l = t % 8;
+                __m512i v = _mm512_mask_i32gather_epi32(z, vm, idx, qs + 4 * t, 1);
+                __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                if (T == K_Q5) {
+                    __m512i h = _mm512_mask_i32gather_epi32(z, vm, idx, p + 16 + 4 * l, 1);
+                    const __m512i one = _mm512_set1_epi8(1);
+                    lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * grp), one), 4));
+                    hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * grp + 1), one), 4));
+                }
+                _mm512_store_si512(Q + 16 * grp + l, lo);
+                _mm512_store_si512(Q + 16 * grp + 8 + l, hi);
+            }
+            int32_t sc[8][16], mn[8][16];
+            for (int k = 0; k < 16; k++) {
+                uint64_t s8, m8;
+                k4_scales(p + (size_t)(k < nv ? k : 0) * ws + 4, &s8, &m8);
+                for (int s = 0; s < 8; s++) {
+                    sc[s][k] = (int32_t)((s8 >> (8 * s)) & 0xff);
+                    mn[s][k] = (int32_t)((m8 >> (8 * s)) & 0xff) * 0x10001;
+                }
+            }
+            for (int s = 0; s < 8; s++) {
+                _mm512_store_si512(SC + s, _mm512_loadu_si512(sc[s]));
+                _mm512_store_si512(MN + s, _mm512_loadu_si512(mn[s]));
+            }
+        } else {
+            UNROLL for (int h = 0; h < 2; h++) UNROLL for (int t = 0; t < 8; t++) {
+                __m512i L0 = _mm512_mask_i32gather_epi32(z, vm, idx, p + 64 * h + 4 * t, 1);
+                __m512i L1 = _mm512_mask_i32gather_epi32(z, vm, idx, p + 64 * h + 32 + 4 * t, 1);
+                __m512i H = _mm512_mask_i32gather_epi32(z, vm, idx, p + 128 + 32 * h + 4 * t, 1);
+                Q[32 * h + t] = _mm512_or_si512(_mm512_and_si512(L0, m4), _mm512_slli_epi16(_mm512_and_si512(H, m3), 4));
+                Q[32 * h + 8 + t] = _mm512_or_si512(_mm512_and_si512(L1, m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 2), m3), 4));
+                Q[32 * h + 16 + t] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L0, 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 4), m3), 4));
+                Q[32 * h + 24 + t] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L1, 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 6), m3), 4));
+            }
+            int32_t sc[16][16], mn[8][16];
+            for (int k = 0; k < 16; k++) {
+                const int8_t *s8 = (const int8_t *)(p + (size_t)(k < nv ? k : 0) * ws + 192);
+                for (int s = 0; s < 16; s++) sc[s][k] = s8[s];
+                for (int s = 0; s < 8; s++)
+                    mn[s][k] = (int32_t)(((uint32_t)(uint16_t)(int16_t)(-32 * s8[2 * s])) |
+                                         ((uint32_t)(uint16_t)(int16_t)(-32 * s8[2 * s + 1]) << 16));
+            }
+            for (int s = 0; s < 16; s++) _mm512_store_si512(SC + s, _mm512_loadu_si512(sc[s]));
+            for (int s = 0; s < 8; s++) _mm512_store_si512(MN + s, _mm512_loadu_si512(mn[s]));
+        }
+        __m512 d, dmin;
+        k_scales16(T, p, idx, vm, &d, &dmin);
+        _mm512_store_ps((float *)D, d);
+        _mm512_store_ps((float *)(D + 1), dmin);
     }
-    __m256i s16 = _mm256_cvtepi8_epi16(lu128(a + 192));
-    __m512i s512 = _mm512_castsi256_si512(s16);
-    UNROLL for (int g = 0; g < 4; g++) {
-        __m512i idx = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_setr_m128i(_mm_set1_epi16((short)(4 * g)), _mm_set1_epi16((short)(4 * g + 1)))),
-            _mm256_setr_m128i(_mm_set1_epi16((short)(4 * g + 2)), _mm_set1_epi16((short)(4 * g + 3))), 1);
-        u->sc[g] = _mm512_permutexvar_epi16(idx, s512);
-    }
-    /* -32 offset: isum -= 32 * sum(sc * bsum) */
-    u->mins = _mm256_slli_epi16(s16, 5);
-    u->d = _mm512_set1_ps(ldh(a + 208));
-    u->dmin = _mm512_setzero_ps();
 }
 
-#define KQ_NX 2
-#define KQ_TILE(NAME, BSZ, UNPACK, IS_Q6)                                                    \
-    AI void NAME##_tile(TILE_ARGS)                                                           \
-    {                                                                                        \
-        __m512 acc[MRMAX][4];                                                                \
-        ZERO_ACC(acc);                                                                       \
-        for (int64_t b = 0; b < n / 256; b++) {                                              \
-            kunp u[MRMAX];                                                                   \
-            UNROLL for (int r = 0; r < MR; r++) UNPACK(&u[r], w + r * ws + BSZ * b);         \
-            __m512i isum[MRMAX][KQ_NX];                                                      \
-            UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++)          \
-                isum[r][j] = _mm512_setzero_si512();                                         \
-            UNROLL for (int g = 0; g < 4; g++) {                                             \
-                __m512i xv[KQ_NX];                                                           \
-                UNROLL for (int j = 0; j < NX; j++) xv[j] = lu512(x + j * xs + 292 * b + 4 + 64 * g); \
-                UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++)      \
-                    isum[r][j] = _mm512_dpwssd_epi32(isum[r][j],                             \
-                                                     _mm512_maddubs_epi16(u[r].q[g], xv[j]), \
-                                                     u[r].sc[g]);                            \
-            }                                                                                \
-            UNROLL for (int j = 0; j < NX; j++) {                                            \
-                const uint8_t *xb = x + j * xs + 292 * b;                                    \
-                float dxs;                                                                   \
-                memcpy(&dxs, xb, 4);                                                         \
-                __m512 dx = _mm512_set1_ps(dxs);                                             \
-                __m256i bs = lu(xb + 260);                                                   \
-                UNROLL for (int r = 0; r < MR; r++) {                                        \
-                    __m256i ms = _mm256_madd_epi16(bs, u[r].mins);                           \
-                    if (IS_Q6) {                                                             \
-                        __m512i is = _mm512_sub_epi32(isum[r][j], _mm512_zextsi256_si512(ms)); \
-                        acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is),                  \
-                                                    _mm512_mul_ps(u[r].d, dx), acc[r][j]);   \
-                    } else {                                                                 \
-                        acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r][j]),          \
-                                                    _mm512_mul_ps(u[r].d, dx), acc[r][j]);   \
-                        acc[r][j] = _mm512_fnmadd_ps(                                        \
-                            _mm512_cvtepi32_ps(_mm512_zextsi256_si512(ms)),                  \
-                            _mm512_mul_ps(u[r].dmin, dx), acc[r][j]);                        \
-                    }                                                                        \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        STORE_ACC(acc);                                                                      \
-    }                                                                                        \
-    DEFINE_GEMM(NAME, KQ_NX)
+AI __m512i bc4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
 
-KQ_TILE(q4_k, 144, unpack_q4_k, 0)
-KQ_TILE(q5_k, 176, unpack_q5_k, 0)
-KQ_TILE(q6_k, 210, unpack_q6_k, 1)
+/* MRV x 16 packed rows (group stride KP zmm, block stride KP * MRV) x NXJ x rows. */
+AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
+                   const uint8_t *x, size_t xs, float *y, size_t ys, __mmask16 m_last)
+{
+    const int nsb = k_nsb(T), dps = 64 / nsb, kp = k_kp(T);
+    __m512 acc[2][4];
+    UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) acc[v][j] =
+        _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512i *pb = wp + (size_t)b * kp * MRV;
+        const uint8_t *xb = x + 292 * b;
+        __m512i is[2][4], ia[2][4];
+        UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) is[v][j] =
+            _mm512_setzero_si512();
+        for (int s = 0; s < nsb; s++) {
+            UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) ia[v][j] =
+                _mm512_setzero_si512();
+            UNROLL for (int g = 0; g < dps; g++) {
+                __m512i wv[2];
+                UNROLL for (int v = 0; v < MRV; v++) wv[v] = _mm512_load_si512(pb + kp * v + dps * s + g);
+                UNROLL for (int j = 0; j < NXJ; j++) {
+                    __m512i xv = bc4(xb + j * xs + 4 + 4 * (dps * s + g));
+                    UNROLL for (int v = 0; v < MRV; v++) ia[v][j] = _mm512_dpbusd_epi32(ia[v][j], wv[v], xv);
+                }
+            }
+            UNROLL for (int v = 0; v < MRV; v++) {
+                __m512i sc = _mm512_load_si512(pb + kp * v + 64 + s);
+                UNROLL for (int j = 0; j < NXJ; j++) is[v][j] =
+                    _mm512_add_epi32(is[v][j], _mm512_mullo_epi32(ia[v][j], sc));
+            }
+        }
+        UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) ia[v][j] =
+            _mm512_setzero_si512();
+        UNROLL for (int k = 0; k < 8; k++) UNROLL for (int j = 0; j < NXJ; j++) {
+            __m512i bv = bc4(xb + j * xs + 260 + 4 * k);
+            UNROLL for (int v = 0; v < MRV; v++) ia[v][j] =
+                _mm512_dpwssd_epi32(ia[v][j], _mm512_load_si512(pb + kp * v + 64 + nsb + k), bv);
+        }
+        UNROLL for (int j = 0; j < NXJ; j++) {
+            float dxs;
+            memcpy(&dxs, xb + j * xs, 4);
+            __m512 dx = _mm512_set1_ps(dxs);
+            UNROLL for (int v = 0; v < MRV; v++) {
+                const __m512 *D = (const __m512 *)(pb + kp * v + 64 + nsb + 8);
+                if (T == K_Q6) {
+                    acc[v][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(is[v][j], ia[v][j])),
+                                                _mm512_mul_ps(D[0], dx), acc[v][j]);
+                } else {
+                    acc[v][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[v][j]), _mm512_mul_ps(D[0], dx), acc[v][j]);
+                    acc[v][j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ia[v][j]), _mm512_mul_ps(D[1], dx), acc[v][j]);
+                }
+            }
+        }
+    }
+    UNROLL for (int j = 0; j < NXJ; j++) UNROLL for (int v = 0; v < MRV; v++) {
+        if (v == MRV - 1) _mm512_mask_storeu_ps(y + j * ys + 16 * v, m_last, acc[v][j]);
+        else _mm512_storeu_ps(y + j * ys + 16 * v, acc[v][j]);
+    }
+}
+
+AI void k_pre_cols(const int T, const int MRV, int64_t nb, const __m512i *wp, const uint8_t *x,
+                   size_t xs, int64_t nx, float *y, size_t ys, __mmask16 m_last)
+{
+    int64_t j = 0;
+    for (; j + 4 <= nx; j += 4) k_pre_tile(T, MRV, 4, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last);
+    switch (nx - j) {
+    case 3: k_pre_tile(T, MRV, 3, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last); break;
+    case 2: k_pre_tile(T, MRV, 2, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last); break;
+    case 1: k_pre_tile(T, MRV, 1, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last); break;
+    default: break;
+    }
+}
+
+#define K_PREFILL_MIN_NX 4
+
+AI void k_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
+               size_t xs, int64_t nx, float *y, size_t ys)
+{
+    const uint8_t *w = wv, *x = xv;
+    int64_t nb = n / 256;
+    const int kp = k_kp(T);
+    __m512i *wp = NULL;
+    if (nx >= K_PREFILL_MIN_NX && nb > 0) wp = _mm_malloc((size_t)nb * 2 * kp * 64, 64);
+    if (wp) {
+        for (int64_t r = 0; r < nr; r += 32) {
+            int left = nr - r < 32 ? (int)(nr - r) : 32;
+            if (left > 16) {
+                k_pack16(T, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
+                k_pack16(T, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
+                k_pre_cols(T, 2, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << (left - 16)) - 1));
+            } else {
+                k_pack16(T, left, nb, w + (size_t)r * ws, ws, wp, kp);
+                k_pre_cols(T, 1, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << left) - 1));
+            }
+        }
+        _mm_free(wp);
+        return;
+    }
+    for (int64_t r = 0; r < nr; r += 16) {
+        int nv = nr - r < 16 ? (int)(nr - r) : 16;
+        for (int64_t j = 0; j < nx; j++) {
+            if (nv == 16) k_dec16(T, 1, 16, nb, w + (size_t)r * ws, ws, x + j * xs, y + j * ys + r);
+            else k_dec16(T, 0, nv, nb, w + (size_t)r * ws, ws, x + j * xs, y + j * ys + r);
+        }
+    }
+}
+
+#define K_FUNCS(name, T)                                                                     \
+    static void name##_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,  \
+                            size_t xs, int64_t nx, float *y, size_t ys)                      \
+    {                                                                                        \
+        k_gemm(T, n, w, ws, nr, x, xs, nx, y, ys);                                           \
+    }                                                                                        \
+    static float name##_dot(int64_t n, const void *w, const void *x)                         \
+    {                                                                                        \
+        float r;                                                                             \
+        name##_gemm(n, w, 0, 1, x, 0, 1, &r, 1);                                             \
+        return r;                                                                            \
+    }
+K_FUNCS(q4_k, K_Q4)
+K_FUNCS(q5_k, K_Q5)
+K_FUNCS(q6_k, K_Q6)
 
 void eng__quant_avx512_init(eng__kernels *k)
 {
