@@ -332,7 +332,10 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_or *so, int il
     if (budget < 0) budget = 0;
     qsort(cand, (size_t)nc, sizeof *cand, cmp_ranked);
     for (int32_t i = 0; i < budget; i++) mark[cand[i].row - g->row0] = 1;
-    if (so->method == ENG_OR_ORTHORANK && budget > 0) so->self_thresh[il] = cand[budget - 1].key;
+    /* The cut is the decode threshold: orthorank updates scores below it,
+     * inverse (ranked by -score) scores at or above it. */
+    if (budget > 0 && so->method == ENG_OR_ORTHORANK) so->self_thresh[il] = cand[budget - 1].key;
+    if (budget > 0 && so->method == ENG_OR_INVERSE) so->self_thresh[il] = -cand[budget - 1].key;
     int32_t last = so->n_prompt - 1 - g->pos0;
     if (last >= 0 && last < g->n) mark[last] = 1;
 }
@@ -345,7 +348,10 @@ static bool decode_keeps(const eng_context *c, seq_or *so, int il, int32_t t)
         return (double)(rng_next(&so->rng) >> 11) * (1.0 / 9007199254740992.0) < so->ratio;
     const eng_model *m = c->m;
     float thr = NAN;
-    if (m->or_thresh && fabsf(m->or_thresh_ratio - so->ratio) < 1e-3f) thr = m->or_thresh[il];
+    /* Calibrated thresholds are the k-quantile of the scores: they decide
+     * for orthorank; inverse needs the (1-k)-quantile, its own prompt cut. */
+    if (so->method == ENG_OR_ORTHORANK && m->or_thresh && fabsf(m->or_thresh_ratio - so->ratio) < 1e-3f)
+        thr = m->or_thresh[il];
     if (isnan(thr)) thr = so->self_thresh[il];
     float s = c->scores[t];
     if (isnan(thr) || isnan(s)) return true; /* nothing to decide with: dense */

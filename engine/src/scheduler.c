@@ -158,12 +158,18 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
     r->p.on_event(&ev, r->p.user);
 }
 
+/* Whether r's settings sparsify anything (its K/V then depend on them). */
+static bool is_sparse(const eng_request *r)
+{
+    return r->has_or && r->orp.decode != ENG_OR_DECODE_OFF && (r->orp.sparsity > 0 || r->orp.n_layers > 0);
+}
+
 /* Finish a running request: event, KV and slot back, scheduler's ref dropped. */
 static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
 {
     emit_done(s, r, fin, st);
     int32_t slot = r->seq;
-    bool keep = s->prefix_cache && !r->has_or && fin != ENG_FINISH_CANCELLED &&
+    bool keep = s->prefix_cache && !is_sparse(r) && fin != ENG_FINISH_CANCELLED &&
                 fin != ENG_FINISH_ERROR && r->n_past > 0;
     if (keep) {
         s->slot_len[slot] = r->n_past;
@@ -303,11 +309,6 @@ static void evict(eng_sched *s, int32_t slot)
     eng_seq_truncate(s->ctx, slot, 0);
     s->slot_len[slot] = 0;
     s->slot_used[slot] = 0;
-}
-
-static bool is_sparse(const eng_request *r)
-{
-    return r->has_or && r->orp.decode != ENG_OR_DECODE_OFF && (r->orp.sparsity > 0 || r->orp.n_layers > 0);
 }
 
 /* Pick a slot for r: the idle slot sharing the longest prefix with its

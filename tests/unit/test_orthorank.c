@@ -114,6 +114,7 @@ Test(orthorank, selection_on_hand_made_scores)
     int32_t expect_inv[] = {0, 3, 7, 9};
     cr_assert_eq(c->n_act, 4, "9 is both in the top 3 and the last token");
     for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_inv[i]);
+    cr_assert_float_eq(c->sor[0].self_thresh[layer], 0.70f, 0, "inverse: the (1-k)-quantile cut");
 
     /* chunks shorter than min_tokens run densely */
     p.method = ENG_OR_ORTHORANK;

@@ -1,0 +1,175 @@
+"""orthoserve serve under concurrency (continuous batching, issue 4):
+  - 16 concurrent greedy requests each return exactly their single-request
+    (golden) continuation;
+  - a queue-full burst gets 429 + Retry-After, and clients that retry as told
+    are all served;
+  - a cancelled stream frees its KV at once (metrics);
+  - a repeated prompt reuses the cached prefix and gives the same text;
+  - SIGTERM during load: every in-flight request completes or ends with an
+    error, none hangs, the server exits 0.
+Every loop is bounded in count and time; only 127.0.0.1."""
+import json
+import signal
+import socket
+import threading
+import time
+import unittest
+
+from e2eutil import MODEL_ID, OpenAPI, Server, load_golden, parse_sse
+
+API = OpenAPI()
+GOLDEN = load_golden()
+
+
+def greedy_body(prompt_tokens, n, stream=False):
+    return {"model": MODEL_ID, "prompt": prompt_tokens, "max_tokens": n, "temperature": 0, "ignore_eos": True,
+            "stream": stream}
+
+
+def wait_for(fn, timeout=10, step=0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return fn()
+
+
+def run_threads(fns, timeout=120):
+    th = [threading.Thread(target=f) for f in fns]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in th), "a client hung"
+
+
+class ConcurrencyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.s = Server("-c", "256", "--parallel", "16", "--batch-size", "64", "--max-queue", "64")
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.s.stop() == 0
+
+    def test_16_concurrent_greedy_match_single(self):
+        cases = GOLDEN["greedy"]
+        results = [None] * 16
+
+        def client(i):
+            g = cases[i % len(cases)]
+            # prompt as token ids: exactly the golden prompt tokens
+            st, _, j, _ = self.s.post("/v1/completions", greedy_body(g["prompt_tokens"], g["n_predict"]), timeout=120)
+            results[i] = (st, j, g)
+
+        run_threads([lambda i=i: client(i) for i in range(16)])
+        for i, (st, j, g) in enumerate(results):
+            self.assertEqual(st, 200, j)
+            self.assertEqual(j["usage"]["completion_tokens"], g["n_predict"])
+            self.assertEqual(j["choices"][0]["text"], g["text"], "request %d" % i)
+
+    def test_cancelled_stream_frees_kv(self):
+        body = greedy_body([1, 403, 407, 261, 378], 200, stream=True)
+        data = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=30)
+        sock.sendall(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\n\r\n" % len(data)).encode() + data)
+        buf = b""
+        while buf.count(b"data: {") < 3:
+            d = sock.recv(65536)
+            if not d:
+                break
+            buf += d
+        used = lambda: self.s.metrics().get("orthoserve_kv_tokens_used", -1)
+        self.assertGreater(wait_for(lambda: used() > 0, 2) or used(), 0, "the running stream holds KV")
+        sock.close()
+        self.assertTrue(wait_for(lambda: used() == 0, 5), "KV freed after the disconnect: %r" % used())
+        # and the next request is served at once
+        t0 = time.time()
+        st, _, j, _ = self.s.post("/v1/completions", greedy_body([1, 403], 4))
+        self.assertEqual(st, 200, j)
+        self.assertLess(time.time() - t0, 2.0)
+
+    def test_prefix_reuse_same_text(self):
+        g = GOLDEN["greedy"][3]  # the 35-token prompt
+        st, _, a, _ = self.s.post("/v1/completions", greedy_body(g["prompt_tokens"], 20))
+        st2, _, b, _ = self.s.post("/v1/completions", greedy_body(g["prompt_tokens"], 20))
+        self.assertEqual((st, st2), (200, 200))
+        self.assertEqual(b["choices"][0]["text"], a["choices"][0]["text"])
+        self.assertEqual(b["usage"]["prompt_tokens_details"]["cached_tokens"], len(g["prompt_tokens"]) - 1)
+        API.check(b, "/v1/completions", "POST", 200)
+
+
+class QueueFullTest(unittest.TestCase):
+    def test_burst_gets_429_then_everyone_is_served(self):
+        s = Server("-c", "512", "--parallel", "2", "--max-queue", "2", "--retry-after", "1")
+        try:
+            n = 12
+            status = [[] for _ in range(n)]
+            texts = [None] * n
+
+            def client(i):
+                body = greedy_body([1, 403, 407, 261, 378], 40)
+                for attempt in range(30):  # bounded: at most 30 tries
+                    st, h, j, _ = s.post("/v1/completions", body, timeout=60)
+                    status[i].append(st)
+                    if st == 429:
+                        self.assertIn("retry-after", h)
+                        API.check(j, "/v1/completions", "POST", 429)
+                        time.sleep(float(h["retry-after"]) * 0.2)
+                        continue
+                    texts[i] = j["choices"][0]["text"] if st == 200 else None
+                    return
+
+            run_threads([lambda i=i: client(i) for i in range(n)])
+            flat = [x for st in status for x in st]
+            self.assertIn(429, flat, "a burst of 12 on 2 slots + 2 queued must see 429s")
+            self.assertTrue(all(st[-1] == 200 for st in status), status)
+            self.assertEqual(len(set(texts)), 1, "greedy: everyone gets the same text")
+            self.assertEqual(texts[0], GOLDEN["greedy"][0]["text"][:len(texts[0])])
+        finally:
+            self.assertEqual(s.stop(), 0)
+
+
+class SigtermUnderLoadTest(unittest.TestCase):
+    def test_sigterm_during_load(self):
+        s = Server("-c", "2048", "--parallel", "4", "--max-queue", "8", "--drain-timeout", "1")
+        outcomes = [None] * 10
+
+        def client(i):
+            body = greedy_body([1, 403, 407, 261, 378], 1500 if i % 2 else 30, stream=bool(i % 3))
+            try:
+                st, h, raw = s.request("POST", "/v1/completions", body, timeout=60)
+            except OSError as e:  # refused after the listener closed: an error, not a hang
+                outcomes[i] = ("conn", str(e))
+                return
+            if st != 200:
+                outcomes[i] = ("status", st)
+            elif body["stream"]:
+                recs = parse_sse(raw)  # asserts the framing ends with [DONE]
+                last = json.loads(recs[-2])
+                outcomes[i] = ("error" if "error" in last else "done", last.get("choices"))
+            else:
+                outcomes[i] = ("done", json.loads(raw)["choices"][0]["finish_reason"])
+
+        th = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        for t in th:
+            t.start()
+        time.sleep(0.5)
+        s.signal(signal.SIGTERM)
+        for t in th:
+            t.join(60)
+        self.assertFalse(any(t.is_alive() for t in th), "no request may hang")
+        s.proc.wait(30)
+        self.assertEqual(s.proc.returncode, 0)
+        self.assertTrue(all(o is not None for o in outcomes), outcomes)
+        kinds = {o[0] for o in outcomes}
+        self.assertTrue(kinds <= {"done", "error", "status", "conn"}, outcomes)
+        self.assertIn("done", kinds, "short requests finish within the drain")
+        s.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
