@@ -161,7 +161,8 @@ void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, si
 
 void http_reply_json(hreq *r, unsigned status, json_t *body)
 {
-    char *txt = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    /* 9 significant digits round-trip every float32 the engine produces. */
+    char *txt = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(body);
     if (!txt) {
         static const char oom[] =

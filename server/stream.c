@@ -32,7 +32,7 @@ static void wake(job *j)
 
 void stream_append_event(job *j, json_t *chunk)
 {
-    char *txt = json_dumps(chunk, JSON_COMPACT);
+    char *txt = json_dumps(chunk, JSON_COMPACT | JSON_REAL_PRECISION(9)); /* float32 round-trips */
     json_decref(chunk);
     if (!txt) return;
     sbuf_add(&j->sse, "data: ", 6);
