@@ -12,6 +12,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,6 +196,37 @@ static bool parse_value(cursor *c, eng__gguf_kv *kv, const char *key)
 /* Open                                                                     */
 /* ------------------------------------------------------------------------ */
 
+static int cmp_str(const void *a, const void *b)
+{
+    const eng__str *x = *(const eng__str *const *)a, *y = *(const eng__str *const *)b;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return memcmp(x->ptr, y->ptr, x->len);
+}
+
+/* Error if two of the n records (stride bytes apart, an eng__str at off)
+ * share a name. */
+static eng_status find_duplicate(uint64_t n, const void *base, size_t stride, size_t off, const char *what,
+                                 char *err, size_t errlen)
+{
+    if (n < 2) return ENG_OK;
+    const eng__str **v = eng__malloc(n * sizeof *v);
+    if (!v) {
+        eng__errf(err, errlen, "out of memory for the GGUF tables");
+        return ENG_ENOMEM;
+    }
+    for (uint64_t i = 0; i < n; i++) v[i] = (const eng__str *)((const char *)base + i * stride + off);
+    qsort(v, n, sizeof *v, cmp_str);
+    eng_status st = ENG_OK;
+    for (uint64_t i = 1; i < n && st == ENG_OK; i++)
+        if (cmp_str(&v[i - 1], &v[i]) == 0) {
+            char kb[72];
+            eng__errf(err, errlen, "duplicate %s '%s'", what, show(*v[i], kb));
+            st = ENG_EFORMAT;
+        }
+    free(v);
+    return st;
+}
+
 static eng_status parse(eng__gguf *g, char *err, size_t errlen)
 {
     cursor c = {g->base, g->size, 0, err, errlen};
@@ -236,12 +269,6 @@ static eng_status parse(eng__gguf *g, char *err, size_t errlen)
         char what[64];
         snprintf(what, sizeof what, "key %llu", (unsigned long long)i);
         if (!rd_str(&c, &kv->key, what) || !rd_u32(&c, &kv->type, what)) return ENG_EFORMAT;
-        for (uint64_t j = 0; j < i; j++)
-            if (g->kv[j].key.len == kv->key.len &&
-                memcmp(g->kv[j].key.ptr, kv->key.ptr, kv->key.len) == 0) {
-                eng__errf(err, errlen, "duplicate metadata key '%s'", show(kv->key, kb));
-                return ENG_EFORMAT;
-            }
         if (!parse_value(&c, kv, show(kv->key, kb))) return ENG_EFORMAT;
     }
 
@@ -297,13 +324,14 @@ static eng_status parse(eng__gguf *g, char *err, size_t errlen)
                       (unsigned long long)t->offset, (unsigned long long)g->alignment);
             return ENG_EFORMAT;
         }
-        for (uint64_t j = 0; j < i; j++)
-            if (g->tensors[j].name.len == t->name.len &&
-                memcmp(g->tensors[j].name.ptr, t->name.ptr, t->name.len) == 0) {
-                eng__errf(err, errlen, "duplicate tensor name '%s'", nm);
-                return ENG_EFORMAT;
-            }
     }
+    /* Duplicates, in O(n log n): a hostile file may hold millions of keys. */
+    eng_status st = find_duplicate(g->n_kv, g->kv, sizeof *g->kv, offsetof(eng__gguf_kv, key), "metadata key",
+                                   err, errlen);
+    if (st == ENG_OK)
+        st = find_duplicate(g->n_tensors, g->tensors, sizeof *g->tensors, offsetof(eng__gguf_tensor, name),
+                            "tensor name", err, errlen);
+    if (st != ENG_OK) return st;
 
     uint64_t data = (c.pos + g->alignment - 1) / g->alignment * g->alignment;
     if (g->n_tensors > 0 && data > g->size) {
@@ -459,6 +487,11 @@ bool eng__gguf_get_i64(const eng__gguf *g, const char *key, int64_t *v)
 
 bool eng__gguf_get_u64(const eng__gguf *g, const char *key, uint64_t *v)
 {
+    const eng__gguf_kv *kv = eng__gguf_find(g, key);
+    if (kv && kv->type == GGUF_VT_UINT64) {
+        memcpy(v, kv->data, 8);
+        return true;
+    }
     int64_t iv;
     if (!eng__gguf_get_i64(g, key, &iv) || iv < 0) return false;
     *v = (uint64_t)iv;
@@ -528,5 +561,6 @@ int64_t eng__gguf_arr_i64(const eng__gguf_kv *kv, uint64_t i)
     bool is_int;
     if (kv->type != GGUF_VT_ARRAY || i >= kv->n || kv->arr_type == GGUF_VT_STRING) return 0;
     if (!num_at(kv->arr_type, kv->data + i * vtype_size[kv->arr_type], &iv, &fv, &is_int)) return 0;
-    return is_int ? iv : (int64_t)fv;
+    if (is_int) return iv;
+    return isfinite(fv) && fabs(fv) < 9.2e18 ? (int64_t)fv : 0; /* no UB on NaN/inf/huge */
 }

@@ -369,6 +369,7 @@ eng_status eng__gguf_copy_kv(eng__gguf_writer *w, const eng__gguf *g, const char
 eng_status eng__gguf_remove_kv(eng__gguf_writer *w, const char *key)
 {
     if (!w || !key) return ENG_EINVAL;
+    w->err[0] = 0;
     wkv *kv = find_kv(w, key, strlen(key));
     if (!kv) {
         eng__errf(w->err, sizeof w->err, "no key '%.64s' to remove", key);

@@ -16,7 +16,8 @@
  *
  * Errors: every call returns an eng_status; on failure a message naming the
  * problem is kept in the writer (eng__gguf_writer_error()). A writer is not
- * thread-safe; one thread uses it at a time.
+ * thread-safe; one thread uses it at a time. Key lookups are linear: meant
+ * for model files (tens of keys, up to a few thousand tensors).
  */
 #ifndef ORTHOSERVE_GGUF_WRITE_H
 #define ORTHOSERVE_GGUF_WRITE_H
@@ -31,8 +32,8 @@ eng_status eng__gguf_writer_new(eng__gguf_writer **out);
 /* Frees the writer and its copies of keys/values; NULL is fine. Tensor data
  * buffers are borrowed and are not freed. */
 void eng__gguf_writer_free(eng__gguf_writer *w);
-/* Message describing the last failure ("" when none); valid until the next
- * call on this writer. */
+/* Message describing why the most recent call on this writer failed ("" if
+ * it succeeded: every call clears it first). Valid until the next call. */
 const char *eng__gguf_writer_error(const eng__gguf_writer *w);
 
 /* ---- metadata -----------------------------------------------------------

@@ -73,11 +73,13 @@ static bool bind_mat(eng_model *m, const char *name, int64_t n_in, int64_t n_out
         const char *tn = eng__ggml_type_name(t->type);
         eng__errf(err, errlen, "tensor '%s' has weight type %s, which is not supported (supported: %s)",
                   name, tn ? tn : "?", SUPPORTED_TYPES);
+        m->unsupported = true;
         return false;
     }
     const eng__kernels *k = eng__kernels_best();
     if (!k->gemm[t->type] || (ti->vec_type != ENG_TYPE_F32 && !k->quantize_act[t->type])) {
         eng__errf(err, errlen, "tensor '%s': no %s kernel for weight type %s", name, k->name, ti->name);
+        m->unsupported = true;
         return false;
     }
     out->data = t->data;
@@ -100,8 +102,9 @@ static bool bind_vec(eng_model *m, const char *name, int64_t n, const float **ou
         return !required;
     }
     if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
-        eng__errf(err, errlen, "tensor '%s' has %lld elements, expected a vector of %lld", name,
-                  (long long)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]), (long long)n);
+        eng__errf(err, errlen, "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected a vector of %lld",
+                  name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
+                  (long long)n);
         return false;
     }
     if (t->type != ENG_TYPE_F32) {
@@ -206,11 +209,11 @@ static eng_status bind_tensors(eng_model *m, char *err, size_t errlen)
     const eng__gguf_tensor *te = eng__gguf_tensor_find(m->gguf, "token_embd.weight");
     if (!te) {
         eng__errf(err, errlen, "missing tensor 'token_embd.weight'");
-        return ENG_EFORMAT;
+        return m->unsupported ? ENG_EUNSUPPORTED : ENG_EFORMAT;
     }
     if (te->ne[1] <= 0 || te->ne[1] > (1 << 24)) {
         eng__errf(err, errlen, "token_embd.weight has an invalid vocabulary size %lld", (long long)te->ne[1]);
-        return ENG_EFORMAT;
+        return m->unsupported ? ENG_EUNSUPPORTED : ENG_EFORMAT;
     }
     m->n_vocab = (int32_t)te->ne[1];
     int64_t E = m->n_embd, F = m->n_ff, Q = (int64_t)m->n_head * m->head_dim,
@@ -218,14 +221,14 @@ static eng_status bind_tensors(eng_model *m, char *err, size_t errlen)
     if (!bind_mat(m, "token_embd.weight", E, V, &m->tok_embd, true, err, errlen) ||
         !bind_vec(m, "output_norm.weight", E, &m->output_norm, true, err, errlen) ||
         !bind_mat(m, "output.weight", E, V, &m->output, false, err, errlen))
-        return ENG_EFORMAT;
+        return m->unsupported ? ENG_EUNSUPPORTED : ENG_EFORMAT;
     if (!m->output.data) {
         m->output = m->tok_embd;
         m->tied = true;
     }
     if (eng__gguf_tensor_find(m->gguf, "rope_freqs.weight") &&
         !bind_vec(m, "rope_freqs.weight", m->n_rot / 2, &m->rope_freqs, true, err, errlen))
-        return ENG_EFORMAT;
+        return m->unsupported ? ENG_EUNSUPPORTED : ENG_EFORMAT;
     m->layers = eng__calloc((size_t)m->n_layer, sizeof *m->layers);
     if (!m->layers) return ENG_ENOMEM;
     bool bias = strcmp(m->arch, "qwen2") == 0;
@@ -249,7 +252,7 @@ static eng_status bind_tensors(eng_model *m, char *err, size_t errlen)
             !bind_vec(m, n[9], Q, &L->bq, bias, err, errlen) ||
             !bind_vec(m, n[10], KV, &L->bk, bias, err, errlen) ||
             !bind_vec(m, n[11], KV, &L->bv, bias, err, errlen))
-            return ENG_EFORMAT;
+            return m->unsupported ? ENG_EUNSUPPORTED : ENG_EFORMAT;
     }
     /* The dominant type names the file ("Q4_K" for a Q4_K_M file). */
     int count[ENG_TYPE_COUNT] = {0};

@@ -41,6 +41,7 @@ struct eng_model {
     const float *rope_freqs; /* (n_rot/2) divisors of theta (llama 3.1), or NULL */
     eng__layer *layers;
     int32_t n_threads;
+    bool unsupported; /* a binding failed on an unsupported type (load-time only) */
     uint64_t n_params, n_bytes;
     /* OrthoRank plan (orthorank.c): layer orders, decode thresholds */
     int32_t *or_order, n_or_order;
