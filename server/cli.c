@@ -17,46 +17,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void log_stderr(eng_log_level lvl, const char *msg, void *user)
-{
-    (void)user;
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "orthoserve: %s: %s\n", names[lvl], msg);
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-#define BAD(opt, val)                                                                   \
-    do {                                                                                \
-        fprintf(stderr, "orthoserve: invalid value '%s' for %s\n", val, opt);           \
-        return 2;                                                                       \
-    } while (0)
-
 /* Tokenize into a malloc'd array (retrying with the size the engine asks for). */
 static int32_t *tokenize_alloc(const eng_vocab *v, const char *text, bool add_special,
                                bool parse_special, size_t *n)
@@ -124,14 +84,14 @@ int cli_generate(int argc, char **argv)
         switch (ch) {
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
-        case 'n': if (!parse_long(optarg, 0, 1 << 20, &n_predict)) BAD("--n-predict", optarg); break;
-        case 'c': if (!parse_long(optarg, 1, 1 << 20, &n_ctx)) BAD("--ctx-size", optarg); break;
-        case 't': if (!parse_long(optarg, 1, 512, &threads)) BAD("--threads", optarg); break;
-        case O_TEMP: if (!parse_double(optarg, 0, 100, &temp)) BAD("--temp", optarg); break;
-        case O_TOPK: if (!parse_long(optarg, 0, 1 << 24, &top_k)) BAD("--top-k", optarg); break;
-        case O_TOPP: if (!parse_double(optarg, 0, 1, &top_p) || top_p == 0) BAD("--top-p", optarg); break;
-        case O_MINP: if (!parse_double(optarg, 0, 1, &min_p)) BAD("--min-p", optarg); break;
-        case O_REP: if (!parse_double(optarg, 0.01, 100, &rep)) BAD("--repeat-penalty", optarg); break;
+        case 'n': if (!cli_parse_long(optarg, 0, 1 << 20, &n_predict)) BAD("--n-predict", optarg); break;
+        case 'c': if (!cli_parse_long(optarg, 1, 1 << 20, &n_ctx)) BAD("--ctx-size", optarg); break;
+        case 't': if (!cli_parse_long(optarg, 1, 512, &threads)) BAD("--threads", optarg); break;
+        case O_TEMP: if (!cli_parse_double(optarg, 0, 100, &temp)) BAD("--temp", optarg); break;
+        case O_TOPK: if (!cli_parse_long(optarg, 0, 1 << 24, &top_k)) BAD("--top-k", optarg); break;
+        case O_TOPP: if (!cli_parse_double(optarg, 0, 1, &top_p) || top_p == 0) BAD("--top-p", optarg); break;
+        case O_MINP: if (!cli_parse_double(optarg, 0, 1, &min_p)) BAD("--min-p", optarg); break;
+        case O_REP: if (!cli_parse_double(optarg, 0.01, 100, &rep)) BAD("--repeat-penalty", optarg); break;
         case O_SEED: {
             char *end;
             errno = 0;
@@ -152,7 +112,7 @@ int cli_generate(int argc, char **argv)
         generate_usage(stderr);
         return 2;
     }
-    if (verbose) eng_log_set(log_stderr, NULL, ENG_LOG_DEBUG);
+    if (verbose) eng_log_set(cli_log_stderr, NULL, ENG_LOG_DEBUG);
 
     int rc = 1;
     char err[512] = "";
@@ -163,13 +123,13 @@ int cli_generate(int argc, char **argv)
     int8_t *want = NULL;
     eng_model_params mp = eng_model_default_params();
     mp.n_threads = (int32_t)threads;
-    double t0 = now_s();
+    double t0 = cli_now();
     eng_status st = eng_model_load(model, &mp, &m, err, sizeof err);
     if (st != ENG_OK) {
         fprintf(stderr, "orthoserve: cannot load model: %s\n", err[0] ? err : eng_strerror(st));
         return 1;
     }
-    double t_load = now_s() - t0;
+    double t_load = cli_now() - t0;
     const eng_vocab *v = eng_model_vocab(m);
     eng_model_info info;
     eng_model_get_info(m, &info);
@@ -216,7 +176,7 @@ int cli_generate(int argc, char **argv)
     seq = calloc(nb, sizeof *seq);
     want = calloc(nb, 1);
     if (!pos || !seq || !want) goto out;
-    double t1 = now_s();
+    double t1 = cli_now();
     const float *logits = NULL;
     for (size_t i0 = 0; i0 < n_prompt; i0 += nb) {
         size_t n = n_prompt - i0 < nb ? n_prompt - i0 : nb;
@@ -231,8 +191,8 @@ int cli_generate(int argc, char **argv)
         }
         if (i0 + n == n_prompt) logits = eng_get_logits(ctx, (int32_t)(n - 1));
     }
-    double t_prompt = now_s() - t1;
-    double t2 = now_s();
+    double t_prompt = cli_now() - t1;
+    double t2 = cli_now();
     long n_gen = 0;
     char piece[256];
     for (; n_gen < n_predict; n_gen++) {
@@ -267,7 +227,7 @@ int cli_generate(int argc, char **argv)
     }
     if (print_ids) printf("\n");
     fflush(stdout);
-    double t_gen = now_s() - t2;
+    double t_gen = cli_now() - t2;
     fprintf(stderr,
             "\northoserve: load %.3f s | prompt %zu tokens in %.3f s (%.1f tokens/s) | "
             "generated %ld tokens in %.3f s (%.1f tokens/s) | kernels %s, %ld threads\n",
@@ -328,10 +288,10 @@ int cli_tokenize(int argc, char **argv)
         fprintf(stderr, "orthoserve: cannot load the tokenizer: %s\n", err[0] ? err : eng_strerror(st));
         return 1;
     }
-    double t0 = now_s();
+    double t0 = cli_now();
     size_t n = 0;
     int32_t *ids = tokenize_alloc(v, prompt, !no_special, parse_special, &n);
-    double dt = now_s() - t0;
+    double dt = cli_now() - t0;
     if (!ids) {
         fprintf(stderr, "orthoserve: tokenization failed\n");
         eng_vocab_free(v);

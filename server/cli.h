@@ -5,4 +5,17 @@
 int cli_generate(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
 int cli_info(int argc, char **argv);
+
+/* Helpers shared by the commands (cliutil.c). */
+#include "orthoserve/engine.h"
+double cli_now(void); /* monotonic seconds */
+void cli_log_stderr(eng_log_level lvl, const char *msg, void *user); /* an eng_log_fn */
+/* Whole-string numbers in [lo, hi]; false on junk, overflow or range. */
+bool cli_parse_long(const char *s, long lo, long hi, long *out);
+bool cli_parse_double(const char *s, double lo, double hi, double *out);
+#define BAD(opt, val)                                                                   \
+    do {                                                                                \
+        fprintf(stderr, "orthoserve: invalid value '%s' for %s\n", val, opt);           \
+        return 2;                                                                       \
+    } while (0)
 #endif

@@ -17,6 +17,7 @@
  * Results go to stdout; progress and running values to stderr.
  */
 #include "cli_orthorank.h"
+#include "cli.h"
 #include "plan.h"
 
 #include "orthoserve/engine.h"
@@ -35,13 +36,6 @@
 #define MAX_LAYERS 1024
 #define MAX_GRID 16
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* CPU time of the whole process (all threads): less sensitive than wall time
  * to other load on the machine. */
 static double cpu_s(void)
@@ -49,23 +43,6 @@ static double cpu_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void log_stderr(eng_log_level lvl, const char *msg, void *user)
-{
-    (void)user;
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "orthoserve: %s: %s\n", names[lvl], msg);
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
 }
 
 /* A number or a fraction "a/b" (token ratios: "1/3"). */
@@ -90,42 +67,6 @@ static bool parse_frac(const char *s, size_t len, double lo, double hi, double *
     if (!isfinite(v) || v < lo || v > hi) return false;
     *out = v;
     return true;
-}
-
-#define BAD(opt, val)                                                                   \
-    do {                                                                                \
-        fprintf(stderr, "orthoserve: invalid value '%s' for %s\n", val, opt);           \
-        return 2;                                                                       \
-    } while (0)
-
-static const char *method_name(eng_or_method m)
-{
-    switch (m) {
-    case ENG_OR_ORTHORANK: return "orthorank";
-    case ENG_OR_LAYER_SKIP: return "layer_skip";
-    case ENG_OR_RANDOM: return "random";
-    case ENG_OR_INVERSE: return "inverse";
-    }
-    return "?";
-}
-
-static bool method_from(const char *s, size_t n, eng_or_method *out)
-{
-    static const eng_or_method all[] = {ENG_OR_ORTHORANK, ENG_OR_LAYER_SKIP, ENG_OR_RANDOM,
-                                        ENG_OR_INVERSE};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        const char *nm = method_name(all[i]);
-        if (strlen(nm) == n && !strncmp(nm, s, n)) {
-            *out = all[i];
-            return true;
-        }
-    }
-    return false;
-}
-
-static const char *decode_name(eng_or_decode d)
-{
-    return d == ENG_OR_DECODE_THRESHOLD ? "threshold" : d == ENG_OR_DECODE_FULL ? "full" : "off";
 }
 
 /*
@@ -161,7 +102,7 @@ static bool parse_or_spec(const char *spec, eng_orthorank_params *p, int32_t *la
             else if (vl == 3 && !strncmp(v, "off", 3)) p->decode = ENG_OR_DECODE_OFF;
             else goto bad;
         } else if (KEY("method")) {
-            if (!method_from(v, vl, &p->method)) goto bad;
+            if (!eng_or_method_from_name(v, vl, &p->method)) goto bad;
         } else if (KEY("min_tokens")) {
             if (!parse_frac(v, vl, 0, 1 << 30, &d) || d != floor(d)) goto bad;
             p->min_tokens = (int32_t)d;
@@ -476,9 +417,9 @@ static eng_status ev_decode(evaluator *ev, int32_t n, const int32_t *targets, ru
                             score_acc *sa)
 {
     eng_batch b = {n, ev->tok, ev->pos, ev->seq, ev->want};
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = cli_now(), c0 = cpu_s();
     eng_status st = eng_decode(ev->ctx, &b);
-    r->t_decode += now_s() - t0;
+    r->t_decode += cli_now() - t0;
     r->t_cpu += cpu_s() - c0;
     if (st != ENG_OK) return st;
     r->n_fed += (uint64_t)n;
@@ -653,14 +594,14 @@ static int session_open(session *s, const char *model, const char *text, size_t 
         session_free(s);
         return -1;
     }
-    double t0 = now_s();
+    double t0 = cli_now();
     s->toks = tokenize_file(eng_model_vocab(s->m), text, offset, &s->n_toks);
     if (!s->toks) {
         session_free(s);
         return -1;
     }
     fprintf(stderr, "orthoserve: %s: %zu tokens (tokenized in %.2f s)\n", text, s->n_toks,
-            now_s() - t0);
+            cli_now() - t0);
     return 0;
 }
 
@@ -736,8 +677,8 @@ static void print_result(const char *what, const run_result *r, const eng_orthor
     printf("layers = [%s] (%s)\n", r->layers, r->source);
     if (p)
         printf("settings: method %s, sparsity %.3f, token_ratio %.4f, decode %s\n",
-               method_name(p->method), (double)p->sparsity, (double)p->token_ratio,
-               decode_name(p->decode));
+               eng_or_method_name(p->method), (double)p->sparsity, (double)p->token_ratio,
+               eng_or_decode_name(p->decode));
     printf("tokens/s = %.1f (%" PRIu64 " tokens in %.3f s of eng_decode, %.3f CPU s: %.1f tokens "
            "per CPU second)\n",
            rr_tps(r), r->n_fed, r->t_decode, r->t_cpu,
@@ -805,9 +746,9 @@ int cli_perplexity(int argc, char **argv)
         switch (ch) {
         case 'm': model = optarg; break;
         case 'f': text = optarg; break;
-        case 'c': if (!parse_long(optarg, 4, 1 << 20, &n_ctx) || n_ctx % 2) BAD("--ctx-size", optarg); break;
-        case 't': if (!parse_long(optarg, 1, 512, &threads)) BAD("--threads", optarg); break;
-        case O_CHUNKS: if (!parse_long(optarg, 1, 1L << 30, &chunks)) BAD("--chunks", optarg); break;
+        case 'c': if (!cli_parse_long(optarg, 4, 1 << 20, &n_ctx) || n_ctx % 2) BAD("--ctx-size", optarg); break;
+        case 't': if (!cli_parse_long(optarg, 1, 512, &threads)) BAD("--threads", optarg); break;
+        case O_CHUNKS: if (!cli_parse_long(optarg, 1, 1L << 30, &chunks)) BAD("--chunks", optarg); break;
         case O_MODE:
             if (!strcmp(optarg, "half")) full = false;
             else if (!strcmp(optarg, "full")) full = true;
@@ -817,14 +758,14 @@ int cli_perplexity(int argc, char **argv)
         case O_PLAN: plan_path = optarg; break;
         case O_DEC: decode_eval = true; break;
         case O_START:
-            if (!parse_long(optarg, 0, 1L << 30, &start_chunk)) BAD("--start-chunk", optarg);
+            if (!cli_parse_long(optarg, 0, 1L << 30, &start_chunk)) BAD("--start-chunk", optarg);
             have_start = true;
             break;
         case O_OFF:
-            if (!parse_long(optarg, 0, 1L << 40, &offset)) BAD("--offset-bytes", optarg);
+            if (!cli_parse_long(optarg, 0, 1L << 40, &offset)) BAD("--offset-bytes", optarg);
             have_offset = true;
             break;
-        case O_SEQS: if (!parse_long(optarg, 1, 256, &seqs)) BAD("--seqs", optarg); break;
+        case O_SEQS: if (!cli_parse_long(optarg, 1, 256, &seqs)) BAD("--seqs", optarg); break;
         case O_SWEEP: sweep = true; break;
         case O_SWM: sw_methods = optarg; break;
         case O_SWS:
@@ -862,11 +803,11 @@ int cli_perplexity(int argc, char **argv)
     for (const char *s = sw_methods; *s;) {
         const char *c = strchr(s, ',');
         size_t l = c ? (size_t)(c - s) : strlen(s);
-        if (n_methods >= 8 || !method_from(s, l, &methods[n_methods])) BAD("--sweep-methods", sw_methods);
+        if (n_methods >= 8 || !eng_or_method_from_name(s, l, &methods[n_methods])) BAD("--sweep-methods", sw_methods);
         n_methods++;
         s += l + (c ? 1 : 0);
     }
-    if (verbose) eng_log_set(log_stderr, NULL, ENG_LOG_DEBUG);
+    if (verbose) eng_log_set(cli_log_stderr, NULL, ENG_LOG_DEBUG);
     g_tty = isatty(2);
 
     session S;
@@ -945,13 +886,13 @@ int cli_perplexity(int argc, char **argv)
                 p.token_ratio = ls ? orp.token_ratio : (float)sw_k[ki];
                 char lbl[64], kb[16];
                 const char *kl = ls ? "-" : ratio_label(sw_k[ki], kb, sizeof kb);
-                snprintf(lbl, sizeof lbl, "%s s=%.2f k=%s", method_name(p.method), sw_sp[si], kl);
+                snprintf(lbl, sizeof lbl, "%s s=%.2f k=%s", eng_or_method_name(p.method), sw_sp[si], kl);
                 ro.orp = &p;
                 ro.label = lbl;
                 ev_run(&ev, &ro, &r); /* errors become table rows */
                 ro.prog_base += (size_t)nch;
                 progress_clear();
-                row_md(method_name(p.method), sw_sp[si], kl, &r, dense_ppl, decode_eval);
+                row_md(eng_or_method_name(p.method), sw_sp[si], kl, &r, dense_ppl, decode_eval);
             }
         }
     }
@@ -1030,13 +971,13 @@ static int greedy(evaluator *ev, run_opts *ro, eng_or_method method, float k, co
             p.n_layers = step + 1;
             p.decode = ENG_OR_DECODE_FULL;
             char lbl[64];
-            snprintf(lbl, sizeof lbl, "%s step %d/%d +%d", method_name(method), step + 1, n_cand, c);
+            snprintf(lbl, sizeof lbl, "%s step %d/%d +%d", eng_or_method_name(method), step + 1, n_cand, c);
             ro->orp = &p;
             ro->label = lbl;
             run_result r;
             if (ev_run(ev, ro, &r)) {
                 progress_clear();
-                fprintf(stderr, "orthoserve: %s with layers +%d failed: %s\n", method_name(method),
+                fprintf(stderr, "orthoserve: %s with layers +%d failed: %s\n", eng_or_method_name(method),
                         c, eng_strerror(r.err));
                 return -1;
             }
@@ -1051,7 +992,7 @@ static int greedy(evaluator *ev, run_opts *ro, eng_or_method method, float k, co
         nll[step] = best;
         used[best_l] = true;
         progress_clear();
-        fprintf(stderr, "orthoserve: %s step %d: layer %d, NLL %.6f\n", method_name(method),
+        fprintf(stderr, "orthoserve: %s step %d: layer %d, NLL %.6f\n", eng_or_method_name(method),
                 step + 1, best_l, best);
     }
     return 0;
@@ -1079,10 +1020,10 @@ int cli_calibrate(int argc, char **argv)
         case 'm': model = optarg; break;
         case 'f': text = optarg; break;
         case 'o': out_path = optarg; break;
-        case 'c': if (!parse_long(optarg, 4, 1 << 20, &n_ctx)) BAD("--ctx-size", optarg); break;
-        case 't': if (!parse_long(optarg, 1, 512, &threads)) BAD("--threads", optarg); break;
-        case O_CHUNKS: if (!parse_long(optarg, 1, 1L << 30, &chunks)) BAD("--chunks", optarg); break;
-        case O_START: if (!parse_long(optarg, 0, 1L << 30, &start_chunk)) BAD("--start-chunk", optarg); break;
+        case 'c': if (!cli_parse_long(optarg, 4, 1 << 20, &n_ctx)) BAD("--ctx-size", optarg); break;
+        case 't': if (!cli_parse_long(optarg, 1, 512, &threads)) BAD("--threads", optarg); break;
+        case O_CHUNKS: if (!cli_parse_long(optarg, 1, 1L << 30, &chunks)) BAD("--chunks", optarg); break;
+        case O_START: if (!cli_parse_long(optarg, 0, 1L << 30, &start_chunk)) BAD("--start-chunk", optarg); break;
         case O_EXCL:
             if (strcmp(optarg, "first,last") && strcmp(optarg, "first") && strcmp(optarg, "none"))
                 BAD("--exclude", optarg);
@@ -1091,7 +1032,7 @@ int cli_calibrate(int argc, char **argv)
         case O_K:
             if (!parse_frac(optarg, strlen(optarg), 1e-6, 1, &k)) BAD("--token-ratio", optarg);
             break;
-        case O_SEQS: if (!parse_long(optarg, 1, 256, &seqs)) BAD("--seqs", optarg); break;
+        case O_SEQS: if (!cli_parse_long(optarg, 1, 256, &seqs)) BAD("--seqs", optarg); break;
         case 'v': verbose = true; break;
         case 'h': calibrate_usage(stdout); return 0;
         default: calibrate_usage(stderr); return 2;
@@ -1103,7 +1044,7 @@ int cli_calibrate(int argc, char **argv)
         calibrate_usage(stderr);
         return 2;
     }
-    if (verbose) eng_log_set(log_stderr, NULL, ENG_LOG_DEBUG);
+    if (verbose) eng_log_set(cli_log_stderr, NULL, ENG_LOG_DEBUG);
     g_tty = isatty(2);
 
     session S;
@@ -1163,7 +1104,7 @@ int cli_calibrate(int argc, char **argv)
     plan.calib_start_chunk = (int32_t)start_chunk;
     plan.n_order = plan.n_skip_order = n_cand;
 
-    double t0 = now_s();
+    double t0 = cli_now();
     run_opts ro = {.toks = S.toks, .n_toks = S.n_toks, .first_chunk = start_chunk, .n_chunks = nch,
                    .full = true, .label = "dense + scores", .prog_total = n_evals * (size_t)nch,
                    .scores = &sa};
@@ -1192,7 +1133,7 @@ int cli_calibrate(int argc, char **argv)
         goto out;
     }
     char buf[512];
-    printf("plan written to %s (%.1f s)\n", out_path, now_s() - t0);
+    printf("plan written to %s (%.1f s)\n", out_path, cli_now() - t0);
     printf("dense NLL          %.6f (PPL %.4f) on %d windows of %ld from window %ld\n",
            plan.dense_nll, exp(plan.dense_nll), nch, n_ctx, start_chunk);
     fmt_layers(buf, sizeof buf, plan.order, plan.n_order);

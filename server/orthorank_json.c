@@ -80,29 +80,6 @@ int orthorank_parse(json_t *v, const srv_config *cfg, int32_t n_layer, orank_req
     return 0;
 }
 
-static eng_or_method method_of(const char *s)
-{
-    return !strcmp(s, "layer_skip") ? ENG_OR_LAYER_SKIP
-           : !strcmp(s, "random")   ? ENG_OR_RANDOM
-           : !strcmp(s, "inverse")  ? ENG_OR_INVERSE
-                                    : ENG_OR_ORTHORANK;
-}
-
-static const char *method_name(eng_or_method m)
-{
-    switch (m) {
-    case ENG_OR_LAYER_SKIP: return "layer_skip";
-    case ENG_OR_RANDOM: return "random";
-    case ENG_OR_INVERSE: return "inverse";
-    default: return "orthorank";
-    }
-}
-
-static const char *decode_name(eng_or_decode d)
-{
-    return d == ENG_OR_DECODE_FULL ? "full" : d == ENG_OR_DECODE_OFF ? "off" : "threshold";
-}
-
 eng_orthorank_params orthorank_params(const orank_req *req, const srv_config *cfg)
 {
     eng_orthorank_params p = eng_orthorank_default_params();
@@ -110,10 +87,9 @@ eng_orthorank_params orthorank_params(const orank_req *req, const srv_config *cf
     p.token_ratio = (float)(req->token_ratio > 0 ? req->token_ratio : cfg->or_token_ratio);
     p.layers = req->n_layers ? req->layers : NULL;
     p.n_layers = (int32_t)req->n_layers;
-    p.decode = !strcmp(req->decode, "full") ? ENG_OR_DECODE_FULL
-               : !strcmp(req->decode, "off") ? ENG_OR_DECODE_OFF
-                                             : ENG_OR_DECODE_THRESHOLD;
-    p.method = method_of(req->method);
+    /* both names were validated by orthorank_parse / the config */
+    eng_or_decode_from_name(req->decode, strlen(req->decode), &p.decode);
+    eng_or_method_from_name(req->method, strlen(req->method), &p.method);
     p.min_tokens = (int32_t)cfg->or_min_tokens;
     return p;
 }
@@ -139,8 +115,8 @@ json_t *orthorank_json(const orank_req *req, const eng_orthorank_stats *st, int3
     json_t *o = json_object();
     json_t *layers = json_array();
     if (st) {
-        json_object_set_new(o, "method", json_string(method_name(st->method)));
-        json_object_set_new(o, "decode_policy", json_string(decode_name(st->decode)));
+        json_object_set_new(o, "method", json_string(eng_or_method_name(st->method)));
+        json_object_set_new(o, "decode_policy", json_string(eng_or_decode_name(st->decode)));
         json_object_set_new(o, "sparsity_requested", ratio_json(st->sparsity_requested));
         json_object_set_new(o, "token_ratio", ratio_json(st->token_ratio));
         for (int32_t i = 0; i < st->n_layers; i++) json_array_append_new(layers, json_integer(st->layers[i]));

@@ -25,6 +25,40 @@ eng_orthorank_params eng_orthorank_default_params(void)
     return p;
 }
 
+static const char *const method_names[] = {"orthorank", "layer_skip", "random", "inverse"};
+static const char *const decode_names[] = {"threshold", "full", "off"};
+
+const char *eng_or_method_name(eng_or_method m)
+{
+    return (unsigned)m < 4 ? method_names[m] : "?";
+}
+
+const char *eng_or_decode_name(eng_or_decode d)
+{
+    return (unsigned)d < 3 ? decode_names[d] : "?";
+}
+
+static int name_index(const char *const *names, int n, const char *s, size_t len)
+{
+    for (int i = 0; i < n; i++)
+        if (strlen(names[i]) == len && !strncmp(names[i], s, len)) return i;
+    return -1;
+}
+
+bool eng_or_method_from_name(const char *s, size_t len, eng_or_method *out)
+{
+    int i = s ? name_index(method_names, 4, s, len) : -1;
+    if (i >= 0) *out = (eng_or_method)i;
+    return i >= 0;
+}
+
+bool eng_or_decode_from_name(const char *s, size_t len, eng_or_decode *out)
+{
+    int i = s ? name_index(decode_names, 3, s, len) : -1;
+    if (i >= 0) *out = (eng_or_decode)i;
+    return i >= 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Plans                                                                    */
 /* ------------------------------------------------------------------------ */

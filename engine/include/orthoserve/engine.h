@@ -333,6 +333,12 @@ typedef struct {
 
 /* Dense defaults: sparsity 0, token_ratio 1/3, decode threshold, method orthorank, min_tokens 16. */
 eng_orthorank_params eng_orthorank_default_params(void);
+/* Names as the API spells them ("orthorank", "layer_skip", ...; "threshold",
+ * "full", "off"), and back from the first len bytes of s: false if unknown. */
+const char *eng_or_method_name(eng_or_method m);
+const char *eng_or_decode_name(eng_or_decode d);
+bool eng_or_method_from_name(const char *s, size_t len, eng_or_method *out);
+bool eng_or_decode_from_name(const char *s, size_t len, eng_or_decode *out);
 
 /*
  * A model's layer plan: the order in which layers become OrthoRank layers
