@@ -18,7 +18,7 @@
 
 eng_model_params eng_model_default_params(void)
 {
-    eng_model_params p = {.n_threads = 2};
+    eng_model_params p = {.n_threads = 2, .use_mmap = true};
     return p;
 }
 
@@ -74,6 +74,13 @@ static bool bind_mat(eng_model *m, const char *name, int64_t n_in, int64_t n_out
         eng__errf(err, errlen, "tensor '%s' has weight type %s, which is not supported (supported: %s)",
                   name, tn ? tn : "?", SUPPORTED_TYPES);
         m->unsupported = true;
+        return false;
+    }
+    /* Kernels read F32/F16/BF16 elements in place: they must be naturally
+     * aligned (a file with general.alignment 1 or 2 can misplace them). */
+    size_t esz = t->type == ENG_TYPE_F32 ? 4 : (t->type == ENG_TYPE_F16 || t->type == ENG_TYPE_BF16) ? 2 : 1;
+    if (((uintptr_t)t->data & (esz - 1)) != 0) {
+        eng__errf(err, errlen, "tensor '%s' is not %zu-byte aligned in the file", name, esz);
         return false;
     }
     const eng__kernels *k = eng__kernels_best();
@@ -282,7 +289,8 @@ eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model
     eng_model *m = eng__calloc(1, sizeof *m);
     if (!m) return ENG_ENOMEM;
     m->n_threads = p->n_threads;
-    eng_status st = eng__gguf_open(path, &m->gguf, err, errlen);
+    eng_status st = p->use_mmap ? eng__gguf_open(path, &m->gguf, err, errlen)
+                                 : eng__gguf_open_read(path, &m->gguf, err, errlen);
     if (st != ENG_OK) goto fail;
     if ((st = load_hparams(m, err, errlen)) != ENG_OK) goto fail;
     if ((st = bind_tensors(m, err, errlen)) != ENG_OK) goto fail;

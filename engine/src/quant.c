@@ -334,6 +334,10 @@ static void bf16_from_float(const float *src, void *dst, int64_t n)
 /* Round half to even, as the x86 rounding mode does (cvtps2dq / roundps). */
 static inline int round_even(float v)
 {
+    /* |v| <= 127 for every finite input; clamping first keeps NaN/inf
+     * activations (a broken model) defined, giving -128 like cvtps2dq +
+     * saturating packs do in the SIMD versions. */
+    v = fminf(fmaxf(v, -128.0f), 127.0f);
     return (int)nearbyintf(v);
 }
 
