@@ -378,7 +378,33 @@ eng_status eng__gguf_open_mem(const void *buf, size_t size, eng__gguf **out, cha
     return open_common(g, out, err, errlen);
 }
 
-eng_status eng__gguf_open(const char *path, eng__gguf **out, char *err, size_t errlen)
+/* Read all of fd into a page-aligned heap buffer (the --no-mmap path: the
+ * weights then no longer depend on the file, which may be truncated or
+ * rewritten while the server runs). */
+static eng_status read_all(int fd, size_t size, const char *path, void **out, char *err, size_t errlen)
+{
+    uint8_t *buf = eng__aligned_alloc(4096, size);
+    if (!buf) {
+        eng__errf(err, errlen, "out of memory reading '%s' (%zu bytes)", path, size);
+        return ENG_ENOMEM;
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = pread(fd, buf + got, size - got, (off_t)got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            eng__errf(err, errlen, "cannot read '%s': %s", path,
+                      n < 0 ? strerror(errno) : "the file shrank while it was read");
+            eng__aligned_free(buf);
+            return ENG_EIO;
+        }
+        got += (size_t)n;
+    }
+    *out = buf;
+    return ENG_OK;
+}
+
+static eng_status open_file(const char *path, bool use_mmap, eng__gguf **out, char *err, size_t errlen)
 {
     if (!path || !out) return ENG_EINVAL;
     *out = NULL;
@@ -399,28 +425,48 @@ eng_status eng__gguf_open(const char *path, eng__gguf **out, char *err, size_t e
                   (long long)sb.st_size);
         return ENG_EFORMAT;
     }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd); /* the mapping keeps the file */
-    if (map == MAP_FAILED) {
-        eng__errf(err, errlen, "cannot map '%s': %s", path, strerror(errno));
-        return ENG_EIO;
+    void *map = NULL;
+    if (use_mmap) {
+        map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd); /* the mapping keeps the file */
+        if (map == MAP_FAILED) {
+            eng__errf(err, errlen, "cannot map '%s': %s", path, strerror(errno));
+            return ENG_EIO;
+        }
+    } else {
+        eng_status st = read_all(fd, (size_t)sb.st_size, path, &map, err, errlen);
+        close(fd);
+        if (st != ENG_OK) return st;
     }
     eng__gguf *g = eng__calloc(1, sizeof *g);
     if (!g) {
-        munmap(map, (size_t)sb.st_size);
+        if (use_mmap) munmap(map, (size_t)sb.st_size);
+        else eng__aligned_free(map);
         eng__errf(err, errlen, "out of memory");
         return ENG_ENOMEM;
     }
     g->base = map;
     g->size = (size_t)sb.st_size;
-    g->mapped = true;
+    g->mapped = use_mmap;
+    g->owned = !use_mmap;
     return open_common(g, out, err, errlen);
+}
+
+eng_status eng__gguf_open(const char *path, eng__gguf **out, char *err, size_t errlen)
+{
+    return open_file(path, true, out, err, errlen);
+}
+
+eng_status eng__gguf_open_read(const char *path, eng__gguf **out, char *err, size_t errlen)
+{
+    return open_file(path, false, out, err, errlen);
 }
 
 void eng__gguf_close(eng__gguf *g)
 {
     if (!g) return;
     if (g->mapped) munmap((void *)g->base, g->size);
+    if (g->owned) eng__aligned_free((void *)g->base);
     free(g->kv);
     free(g->tensors);
     free(g);

@@ -77,6 +77,7 @@ typedef struct eng__gguf {
     const uint8_t *base; /* mapping (or caller's buffer) */
     size_t size;
     bool mapped;         /* munmap on close */
+    bool owned;          /* read into memory (eng__gguf_open_read): free on close */
     uint32_t version;
     uint64_t n_kv;
     eng__gguf_kv *kv;
@@ -89,6 +90,9 @@ typedef struct eng__gguf {
 /* Open and validate. On failure returns ENG_EIO / ENG_EFORMAT / ENG_ENOMEM and
  * writes a message naming the problem into err. Free with eng__gguf_close(). */
 eng_status eng__gguf_open(const char *path, eng__gguf **out, char *err, size_t errlen);
+/* Same, but the whole file is read into memory instead of mapped: nothing
+ * done to the file afterwards (truncation, rewriting) can affect the handle. */
+eng_status eng__gguf_open_read(const char *path, eng__gguf **out, char *err, size_t errlen);
 /* Same over a caller-owned buffer that must outlive the handle (fuzzing, tests). */
 eng_status eng__gguf_open_mem(const void *buf, size_t size, eng__gguf **out, char *err,
                               size_t errlen);

@@ -226,6 +226,8 @@ typedef struct eng_model eng_model;
 
 typedef struct {
     int32_t n_threads; /* compute threads for contexts made from this model (>= 1) */
+    bool use_mmap;     /* map the file read-only (default); false: read it into memory, so a
+                        * file truncated or rewritten while in use cannot fault (SIGBUS) */
 } eng_model_params;
 
 eng_model_params eng_model_default_params(void);
