@@ -378,6 +378,9 @@ int main(int argc, char **argv)
         {"llama-Q5_K", "llama", 256, 1, 4, 1, 256, ENG_TYPE_Q5_K, ENG_TYPE_Q5_K, true, false, false, 32, false},
         {"llama-Q6_K", "llama", 256, 1, 4, 1, 256, ENG_TYPE_Q6_K, ENG_TYPE_Q6_K, true, false, false, 32, false},
         {"llama-F32-ropefreqs-align8", "llama", 32, 1, 4, 2, 64, ENG_TYPE_F32, ENG_TYPE_F32, false, false, true, 8, false},
+        {"llama-Q8_0-align1", "llama", 32, 1, 4, 2, 64, ENG_TYPE_Q8_0, ENG_TYPE_Q8_0, false, false, false, 1, false},
+        {"llama-F32-align1", "llama", 8, 1, 2, 1, 16, ENG_TYPE_F32, ENG_TYPE_F32, true, false, false, 1, false},
+        {"llama-F16-align2x", "llama", 32, 1, 4, 2, 64, ENG_TYPE_F16, ENG_TYPE_F16, true, false, false, 2, false},
         {"qwen2-F32-bpe", "qwen2", 32, 1, 4, 2, 64, ENG_TYPE_F32, ENG_TYPE_F32, false, true, false, 32, false},
         {"qwen2-Q8_0-bpe-tied", "qwen2", 32, 2, 4, 1, 64, ENG_TYPE_Q8_0, ENG_TYPE_Q8_0, true, true, false, 32, false},
     };
