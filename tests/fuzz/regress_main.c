@@ -8,7 +8,8 @@
  *
  * A path that does not exist is skipped with a note (a corpus that was not
  * generated); one that cannot be read is an error. Exit status: 0, or 1
- * when an input could not be read (a crashing input aborts the process).
+ * when an input could not be read or none was found at all (a crashing
+ * input aborts the process).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -117,5 +118,10 @@ int main(int argc, char **argv)
             rc |= run_file(argv[i], &count);
     }
     printf("regress: %zu inputs passed\n", count);
+    if (count == 0) {
+        /* Nothing ran: the regression inputs went missing, which must not pass quietly. */
+        fprintf(stderr, "regress: no input found\n");
+        return 1;
+    }
     return rc;
 }
