@@ -1,18 +1,28 @@
 /*
  * quant_avx512.c - AVX-512 (F/BW/VL/DQ) + VNNI + BF16 kernels.
  *
- * Same structure as quant_avx2.c: a register tile TILE(MR, NX) in which each
- * (row, x) pair owns one accumulator updated in a fixed order, so gemm is
- * bit-identical to vec_dot (= TILE(1, 1)).
+ * Contract: gemm == vec_dot bit for bit for every (row, x) pair, whatever nr,
+ * nx and the row's position (vec_dot is gemm with nr = nx = 1). Each type
+ * fixes one per-pair float recipe; only integer work (exact) is rearranged
+ * between the code paths.
  *
- * Integer dot products use vpdpbusd (u8 x s8). Signs:
- *   Q8_0 x Q8_0: x + 128 (xor 0x80) is the unsigned operand; the excess
- *     128 * sum(w) per 4-byte lane is precomputed per weight block (one
- *     vpdpbusd with 0x80 bytes) and is the starting value of each pair's dot.
- *   Q4_0 x Q8_0: the nibble q (0..15) is the unsigned operand; (q - 8) is
- *     handled by starting from -8 * sum(x) per lane, computed once per x block.
- *   K-quants: q is unsigned (0..63); vpmaddubsw gives int16 pairs, vpdpwssd
- *     applies the per-sub-block scales; mins / the Q6_K -32 offset use Q8_K bsums.
+ * F32 / F16 / BF16: a register tile TILE(MR, NX) in which each pair owns a
+ *   16-lane accumulator updated in a fixed order, then a fixed horizontal sum.
+ *
+ * Q8_0, Q4_0, Q4_K, Q5_K, Q6_K: float lanes are weight rows. Per pair the
+ *   recipe is a scalar chain over blocks (superblocks):
+ *   s = fma((float)isum_b, dw_b * dx_b, s) (K-quants: plus the mins term),
+ *   with isum_b the exact integer block dot. Two paths compute it:
+ *   - decode (nx < 4): 16 rows at a time straight from the weights; each
+ *     row's integer lanes are reduced in registers (shuffle/add tree) so row k
+ *     lands in lane k; one cvt + fma per 16 rows and block;
+ *   - prefill: a strip of 16/32 rows is transposed once per call into
+ *     [block][dword][16 rows] (unsigned quants, scales as lane vectors), and
+ *     a microkernel broadcasts 4 activation bytes against 16 rows:
+ *     vpdpbusd on 2 x 16 rows x 6 (Q8_0/Q4_0) or 4 (K-quants) x rows.
+ *   Signs: the unsigned vpdpbusd operand is w ^ 0x80 (Q8_0, minus
+ *   128 * sum(x_b)) or the quant itself (Q4_0 minus 8 * sum(x_b); K-quants,
+ *   Q6_K minus 32 * sum(sc * bsum)); x stays signed.
  */
 #include "internal.h"
 
@@ -231,13 +241,6 @@ static void fill_xblk(const int T, int64_t nb, const uint8_t *x, size_t xs, int6
     }
 }
 
-/* 16 fp16 scales at base + k * ws (k < 16, lanes not in m are 0) as floats. */
-AI __m512 gather_h16(const uint8_t *base, __m512i idx, __mmask16 m)
-{
-    __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, base, 1);
-    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
-}
-
 /* Unsigned weight operand of one row's block at p (32 bytes). */
 AI __m256i wq1(const int T, const uint8_t *p)
 {
@@ -294,6 +297,17 @@ AI __m512 q_scales16(const uint8_t *p, const size_t *off, size_t ws, const int f
     return _mm512_cvtph_ps(_mm256_set_m128i(b, a));
 }
 
+/* Decode streams 16 rows at once, which the hardware prefetchers follow
+ * badly (16 interleaved streams). K-quants / Q4_0: while one 16-row group
+ * (16 * ws contiguous bytes) is processed, prefetch the next group linearly,
+ * chunk by chunk (Q8_0 does better with an in-row prefetch, see q_dec16).
+ * Prefetches never fault, so running past the matrix is harmless. */
+AI void pf_chunk(const uint8_t *next, size_t chunk, int64_t b)
+{
+    const uint8_t *q = next + chunk * (size_t)b;
+    for (size_t o = 0; o < chunk; o += 64) _mm_prefetch((const char *)(q + o), _MM_HINT_T0);
+}
+
 /* Decode: 16 rows (nv valid; the others recompute row 0 and are not stored)
  * x one x row, all blocks. */
 AI void q_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *w, size_t ws,
@@ -304,8 +318,16 @@ AI void q_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
     for (int k = 0; k < 16; k++) off[k] = k < nv ? (size_t)k * ws : 0;
     const __mmask16 vm = (__mmask16)((1u << nv) - 1);
     __m512 acc = _mm512_setzero_ps();
+    const uint8_t *next = w + 16 * ws;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + (size_t)bs * (size_t)b;
+        if (T == Q_Q8_0) {
+            /* in-row prefetch, every other block: a line of each row 8 blocks ahead */
+            if (!(b & 1))
+                UNROLL for (int k = 0; k < 16; k++)
+                    _mm_prefetch((const char *)(p + (full ? (size_t)k * ws : off[k]) + 8 * bs), _MM_HINT_T0);
+        } else
+            pf_chunk(next, 16 * (size_t)bs, b);
         __m512i F = q_dot16(T, p, off, ws, full, lu(x + 34 * b + 2));
         F = _mm512_add_epi32(F, _mm512_set1_epi32(xb[b].corr));
         __m512 dw = q_scales16(p, off, ws, full);
@@ -317,10 +339,41 @@ AI void q_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
 
 /* Prefill: pack 16 rows (nv valid) of all blocks: per block 8 zmm of
  * transposed unsigned quants (dword g of each row) + 1 zmm of float scales. */
+/* The 32 bytes at p + off[k] of 16 rows, transposed: out[g] lane k = dword g
+ * of row k (gathers are slow here: ~18 cycles each). */
+AI void tr16x8(const uint8_t *p, const size_t *off, __m512i out[8])
+{
+    __m512i v[8], t[8], u[8];
+    UNROLL for (int i = 0; i < 8; i++) {
+        int ra = i < 4 ? i : i + 4, rb = ra + 4;
+        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lu(p + off[ra])), lu(p + off[rb]), 1);
+    }
+    UNROLL for (int h = 0; h < 2; h++) {
+        __m512i *vv = v + 4 * h, *tt = t + 4 * h, *uu = u + 4 * h;
+        tt[0] = _mm512_unpacklo_epi32(vv[0], vv[1]);
+        tt[1] = _mm512_unpackhi_epi32(vv[0], vv[1]);
+        tt[2] = _mm512_unpacklo_epi32(vv[2], vv[3]);
+        tt[3] = _mm512_unpackhi_epi32(vv[2], vv[3]);
+        uu[0] = _mm512_unpacklo_epi64(tt[0], tt[2]); /* dwords 0 | 4 */
+        uu[1] = _mm512_unpackhi_epi64(tt[0], tt[2]); /* 1 | 5 */
+        uu[2] = _mm512_unpacklo_epi64(tt[1], tt[3]); /* 2 | 6 */
+        uu[3] = _mm512_unpackhi_epi64(tt[1], tt[3]); /* 3 | 7 */
+    }
+    UNROLL for (int g = 0; g < 4; g++) {
+        out[g] = _mm512_shuffle_i32x4(u[g], u[g + 4], 0x88);
+        out[g + 4] = _mm512_shuffle_i32x4(u[g], u[g + 4], 0xdd);
+    }
+}
+
+/* Prefill: pack 16 rows (nv valid; the others repeat row 0 and are never
+ * stored) of all blocks: per block 8 zmm of transposed unsigned quants
+ * (dword g of each row) + 1 zmm of float scales. */
 AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, __m512i *dst,
                  size_t dstride /* zmm between blocks */)
 {
     const int bs = qbsz(T);
+    size_t off[16];
+    for (int k = 0; k < 16; k++) off[k] = k < nv ? (size_t)k * ws : 0;
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
                                                              11, 12, 13, 14, 15),
                                            _mm512_set1_epi32((int)ws));
@@ -329,11 +382,10 @@ AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
         const uint8_t *p = w + (size_t)bs * (size_t)b;
         __m512i *d = dst + (size_t)b * dstride;
         if (T == Q_Q8_0) {
-            UNROLL for (int g = 0; g < 8; g++) {
-                __m512i v = _mm512_mask_i32gather_epi32(_mm512_set1_epi8((char)0x80), vm, idx,
-                                                        p + 2 + 4 * g, 1);
-                _mm512_store_si512(d + g, _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)));
-            }
+            __m512i o[8];
+            tr16x8(p + 2, off, o);
+            UNROLL for (int g = 0; g < 8; g++)
+                _mm512_store_si512(d + g, _mm512_xor_si512(o[g], _mm512_set1_epi8((char)0x80)));
         } else {
             UNROLL for (int g = 0; g < 4; g++) {
                 __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), vm, idx,
@@ -343,7 +395,7 @@ AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
                                                                _mm512_set1_epi8(0xf)));
             }
         }
-        _mm512_store_ps((float *)(d + 8), gather_h16(p, idx, vm));
+        _mm512_store_ps((float *)(d + 8), q_scales16(p, off, ws, 0));
     }
 }
 
@@ -508,6 +560,15 @@ static float q4_0_dot(int64_t n, const void *w, const void *x)
 
 enum { K_Q4 = 0, K_Q5 = 1, K_Q6 = 2 };
 
+/* acc += vpdpwssd(a, broadcast of the dword at p), with the broadcast
+ * embedded in the instruction's memory operand: a plain load, where the
+ * compiler would otherwise spend a shuffle per broadcast. */
+AI __m256i dpwssd_bc(__m256i acc, __m256i a, const int32_t *p)
+{
+    __asm__("vpdpwssd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(a), "m"(*p));
+    return acc;
+}
+
 AI int kbsz(const int T) { return T == K_Q4 ? 144 : T == K_Q5 ? 176 : 210; }
 
 /* 6-bit scales and mins of Q4_K / Q5_K as 8 bytes each. */
@@ -523,29 +584,16 @@ AI void k4_scales(const uint8_t *s, uint64_t *sc, uint64_t *m)
     *m = ml | ((uint64_t)mh << 32);
 }
 
-AI __m128i padd4(__m128i a, __m128i b)
-{
-    __m128 fa = _mm_castsi128_ps(a), fb = _mm_castsi128_ps(b);
-    return _mm_add_epi32(_mm_castps_si128(_mm_shuffle_ps(fa, fb, 0x88)),
-                         _mm_castps_si128(_mm_shuffle_ps(fa, fb, 0xdd)));
-}
-
 /* One row's superblock: integer partial lanes of isum (8 x int32) and, for
  * Q4_K/Q5_K, of msum (4 x int32). xq = Q8_K quants, bs = Q8_K bsums
  * (Q4/Q5: the 8 sums of 32 as int16). */
-AI void k_row(const int T, const uint8_t *a, const uint8_t *xq, __m128i bs, __m256i *isum,
-              __m128i *msum)
+AI void k_row(const int T, const uint8_t *a, const uint8_t *xq, const __m256i *xr,
+              const int32_t *tb, __m256i *isum)
 {
     const __m256i m4 = _mm256_set1_epi8(0xf);
     __m256i acc = _mm256_setzero_si256();
     if (T != K_Q6) {
-        uint64_t sc, m;
-        k4_scales(a + 4, &sc, &m);
-        int32_t tb[8] __attribute__((aligned(32)));
-        __m256i s32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc));
-        _mm256_store_si256((__m256i *)tb, _mm256_or_si256(s32, _mm256_slli_epi32(s32, 16)));
-        /* keep tb in memory: broadcasts from it are loads, not shuffles */
-        __asm__("" : "+m"(tb));
+        /* tb[16 * s] = (sc_s, sc_s) as an int16 pair, for this row */
         __m256i qh = T == K_Q5 ? lu(a + 16) : _mm256_setzero_si256();
         const uint8_t *qs = a + (T == K_Q5 ? 48 : 16);
         __m256i pa[4];
@@ -559,13 +607,12 @@ AI void k_row(const int T, const uint8_t *a, const uint8_t *xq, __m128i bs, __m2
                 hi = _mm256_mask_add_epi8(hi, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * g + 1)))), hi, c16);
             }
             /* independent chains: vpdpwssd latency, not throughput, would bound a row */
-            pa[g] = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, lu(xq + 64 * g)),
-                                      _mm256_set1_epi32(tb[2 * g]));
-            pa[g] = _mm256_dpwssd_epi32(pa[g], _mm256_maddubs_epi16(hi, lu(xq + 64 * g + 32)),
-                                        _mm256_set1_epi32(tb[2 * g + 1]));
+            pa[g] = dpwssd_bc(_mm256_setzero_si256(), _mm256_maddubs_epi16(lo, xr[2 * g]),
+                              &tb[16 * (2 * g)]);
+            pa[g] = dpwssd_bc(pa[g], _mm256_maddubs_epi16(hi, xr[2 * g + 1]),
+                              &tb[16 * (2 * g + 1)]);
         }
         acc = _mm256_add_epi32(_mm256_add_epi32(pa[0], pa[1]), _mm256_add_epi32(pa[2], pa[3]));
-        *msum = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m)), bs);
     } else {
         const __m256i m3 = _mm256_set1_epi8(3);
         __m256i sc16 = _mm256_cvtepi8_epi16(lu128(a + 192));
@@ -573,15 +620,18 @@ AI void k_row(const int T, const uint8_t *a, const uint8_t *xq, __m128i bs, __m2
         UNROLL for (int h = 0; h < 2; h++) {
             __m256i L0 = lu(a + 64 * h), L1 = lu(a + 64 * h + 32), H = lu(a + 128 + 32 * h);
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(L0, m4), _mm256_slli_epi16(_mm256_and_si256(H, m3), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(L1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 2), m3), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 4), m3), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 6), m3), 4));
+            /* c0f ? nibble : high bits (vpternlog bit select) */
+            const __m256i c30 = _mm256_set1_epi8(0x30);
+            q[0] = _mm256_ternarylogic_epi32(m4, L0, _mm256_and_si256(_mm256_slli_epi16(H, 4), c30), 0xca);
+            q[1] = _mm256_ternarylogic_epi32(m4, L1, _mm256_and_si256(_mm256_slli_epi16(H, 2), c30), 0xca);
+            q[2] = _mm256_ternarylogic_epi32(m4, _mm256_srli_epi16(L0, 4), _mm256_and_si256(H, c30), 0xca);
+            q[3] = _mm256_ternarylogic_epi32(m4, _mm256_srli_epi16(L1, 4), _mm256_and_si256(_mm256_srli_epi16(H, 2), c30), 0xca);
+            (void)m3;
             UNROLL for (int qd = 0; qd < 4; qd++) {
                 int s0 = 8 * h + 2 * qd;
                 __m256i sv = _mm256_permutexvar_epi16(
                     _mm256_setr_m128i(_mm_set1_epi16((short)s0), _mm_set1_epi16((short)(s0 + 1))), sc16);
-                __m256i pr = _mm256_maddubs_epi16(q[qd], lu(xq + 128 * h + 32 * qd));
+                __m256i pr = _mm256_maddubs_epi16(q[qd], xr[4 * h + qd]);
                 pa[qd] = h == 0 ? _mm256_madd_epi16(pr, sv) : _mm256_dpwssd_epi32(pa[qd], pr, sv);
             }
         }
@@ -589,8 +639,7 @@ AI void k_row(const int T, const uint8_t *a, const uint8_t *xq, __m128i bs, __m2
         /* - 32 * sum_s sc_s * bsum_s */
         __m256i corr = _mm256_madd_epi16(sc16, lu(xq + 256));
         acc = _mm256_sub_epi32(acc, _mm256_slli_epi32(corr, 5));
-        (void)bs;
-        (void)msum;
+        (void)tb;
     }
     *isum = acc;
 }
@@ -633,18 +682,67 @@ AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
     const __mmask16 vm = (__mmask16)((1u << nv) - 1);
     const __m512i idx = idx16(ws);
     __m512 acc = _mm512_setzero_ps();
+    const uint8_t *next = w + 16 * ws;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + (size_t)bsz * (size_t)b, *xb = x + 292 * b;
-        __m128i bs = T == K_Q6 ? _mm_setzero_si128() : k_bs32(xb);
-        __m256i R[4];
-        __m128i M[4];
+        pf_chunk(next, 16 * (size_t)bsz, b);
+        /* Q4/Q5: the 16-byte headers (d, dmin, scales[12]) of the 16 rows,
+         * transposed so lanes = rows: H[0] = d | dmin << 16, H[1..3] = scale
+         * bytes; the 6-bit scales / mins are then decoded for all rows at once,
+         * and msum = sum_s m_s * bs32_s is done right here, in lanes. */
+        int32_t tbl[8][16] __attribute__((aligned(64)));
+        __m512i Mv = _mm512_setzero_si512(), H[4];
+        if (T != K_Q6) {
+            __m512i A[4];
+            UNROLL for (int c = 0; c < 4; c++) {
+#define HROW(k) lu128(p + (full ? (size_t)(k) * ws : off[k]))
+                __m512i v = _mm512_castsi128_si512(HROW(c));
+                v = _mm512_inserti32x4(v, HROW(c + 4), 1);
+                v = _mm512_inserti32x4(v, HROW(c + 8), 2);
+                A[c] = _mm512_inserti32x4(v, HROW(c + 12), 3);
+#undef HROW
+            }
+            __m512i t0 = _mm512_unpacklo_epi32(A[0], A[1]), t1 = _mm512_unpackhi_epi32(A[0], A[1]);
+            __m512i t2 = _mm512_unpacklo_epi32(A[2], A[3]), t3 = _mm512_unpackhi_epi32(A[2], A[3]);
+            H[0] = _mm512_unpacklo_epi64(t0, t2);
+            H[1] = _mm512_unpackhi_epi64(t0, t2);
+            H[2] = _mm512_unpacklo_epi64(t1, t3);
+            H[3] = _mm512_unpackhi_epi64(t1, t3);
+            const __m512i c3f = _mm512_set1_epi8(0x3f), c0f = _mm512_set1_epi8(0xf),
+                          c30 = _mm512_set1_epi8(0x30);
+            __m512i sl = _mm512_and_si512(H[1], c3f), ml = _mm512_and_si512(H[2], c3f);
+            /* (a & 0x0f) | (b & 0x30): vpternlog bit select (c0f ? a : b) */
+            __m512i sh = _mm512_ternarylogic_epi32(c0f, H[3], _mm512_and_si512(_mm512_srli_epi32(H[1], 2), c30), 0xca);
+            __m512i mh = _mm512_ternarylogic_epi32(c0f, _mm512_srli_epi32(H[3], 4),
+                                                   _mm512_and_si512(_mm512_srli_epi32(H[2], 2), c30), 0xca);
+            /* vpshufb controls: + 4i to every byte of dword i of each 128-bit lane
+             * (0x80 bytes stay >= 0x80, i.e. zero) */
+            const __m512i lane = _mm512_setr_epi32(0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c);
+            /* byte t of each dword -> int16 pair (b_t, b_t) */
+            UNROLL for (int t = 0; t < 4; t++) {
+                const __m512i ctl = _mm512_add_epi8(
+                    _mm512_set1_epi32((int)(0x80008000u | (uint32_t)t | ((uint32_t)t << 16))), lane);
+                _mm512_store_si512(tbl[t], _mm512_shuffle_epi8(sl, ctl));
+                _mm512_store_si512(tbl[t + 4], _mm512_shuffle_epi8(sh, ctl));
+            }
+            /* mins as int16 pairs (m_0, m_1), (m_2, m_3) of each half, times the
+             * matching bs32 pairs */
+            const __m512i p01 = _mm512_add_epi8(_mm512_set1_epi32((int)0x80018000u), lane),
+                          p23 = _mm512_add_epi8(_mm512_set1_epi32((int)0x80038002u), lane);
+            int32_t bp[4] __attribute__((aligned(16)));
+            _mm_store_si128((__m128i *)bp, k_bs32(xb));
+            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(ml, p01), _mm512_set1_epi32(bp[0]));
+            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(ml, p23), _mm512_set1_epi32(bp[1]));
+            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(mh, p01), _mm512_set1_epi32(bp[2]));
+            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(mh, p23), _mm512_set1_epi32(bp[3]));
+        }
+        __m256i R[4], xr[8];
+        UNROLL for (int g = 0; g < 8; g++) xr[g] = lu(xb + 4 + 32 * g);
         UNROLL for (int i = 0; i < 4; i++) {
             __m256i P[4];
-            __m128i Mm[4];
             UNROLL for (int t = 0; t < 4; t++)
-                k_row(T, p + (full ? (size_t)(4 * i + t) * ws : off[4 * i + t]), xb + 4, bs, &P[t], &Mm[t]);
+                k_row(T, p + (full ? (size_t)(4 * i + t) * ws : off[4 * i + t]), xb + 4, xr, &tbl[0][4 * i + t], &P[t]);
             R[i] = padd8(padd8(P[0], P[1]), padd8(P[2], P[3]));
-            if (T != K_Q6) M[i] = padd4(padd4(Mm[0], Mm[1]), padd4(Mm[2], Mm[3]));
         }
         __m256i S0 = _mm256_add_epi32(_mm256_permute2x128_si256(R[0], R[1], 0x20),
                                       _mm256_permute2x128_si256(R[0], R[1], 0x31));
@@ -654,13 +752,13 @@ AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
         float dxs;
         memcpy(&dxs, xb, 4);
         __m512 dx = _mm512_set1_ps(dxs), d, dmin;
-        k_scales16(T, p, idx, vm, &d, &dmin);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(d, dx), acc);
-        if (T != K_Q6) {
-            __m512i Mv = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_setr_m128i(M[0], M[1])), _mm256_setr_m128i(M[2], M[3]), 1);
-            acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(Mv), _mm512_mul_ps(dmin, dx), acc);
+        if (T == K_Q6) k_scales16(T, p, idx, vm, &d, &dmin);
+        else {
+            d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(H[0]));
+            dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(H[0], 16)));
         }
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(d, dx), acc);
+        if (T != K_Q6) acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(Mv), _mm512_mul_ps(dmin, dx), acc);
     }
     _mm512_mask_storeu_ps(y, vm, acc);
 }
@@ -683,25 +781,29 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
     const __m512i idx = idx16(ws);
     const __mmask16 vm = (__mmask16)((1u << nv) - 1);
     const __m512i m4 = _mm512_set1_epi8(0xf), m3 = _mm512_set1_epi8(3);
+    size_t off[16];
+    for (int k = 0; k < 16; k++) off[k] = k < nv ? (size_t)k * ws : 0;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + (size_t)bsz * (size_t)b;
         __m512i *Q = dst + (size_t)b * dstride, *SC = Q + 64, *MN = SC + nsb;
         __m512 *D = (__m512 *)(MN + 8);
-        const __m512i z = _mm512_setzero_si512();
         if (T != K_Q6) {
             const uint8_t *qs = p + (T == K_Q5 ? 48 : 16);
-            UNROLL for (int t = 0; t < 32; t++) {
-                int grp = t / 8, l = t % 8;
-                __m512i v = _mm512_mask_i32gather_epi32(z, vm, idx, qs + 4 * t, 1);
-                __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                if (T == K_Q5) {
-                    __m512i h = _mm512_mask_i32gather_epi32(z, vm, idx, p + 16 + 4 * l, 1);
-                    const __m512i one = _mm512_set1_epi8(1);
-                    lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * grp), one), 4));
-                    hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * grp + 1), one), 4));
+            __m512i hb[8];
+            if (T == K_Q5) tr16x8(p + 16, off, hb);
+            UNROLL for (int grp = 0; grp < 4; grp++) {
+                __m512i o[8];
+                tr16x8(qs + 32 * grp, off, o);
+                UNROLL for (int l = 0; l < 8; l++) {
+                    __m512i lo = _mm512_and_si512(o[l], m4), hi = _mm512_and_si512(_mm512_srli_epi16(o[l], 4), m4);
+                    if (T == K_Q5) {
+                        const __m512i one = _mm512_set1_epi8(1);
+                        lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb[l], 2 * grp), one), 4));
+                        hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb[l], 2 * grp + 1), one), 4));
+                    }
+                    _mm512_store_si512(Q + 16 * grp + l, lo);
+                    _mm512_store_si512(Q + 16 * grp + 8 + l, hi);
                 }
-                _mm512_store_si512(Q + 16 * grp + l, lo);
-                _mm512_store_si512(Q + 16 * grp + 8 + l, hi);
             }
             int32_t sc[8][16], mn[8][16];
             for (int k = 0; k < 16; k++) {
@@ -717,14 +819,18 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
                 _mm512_store_si512(MN + s, _mm512_loadu_si512(mn[s]));
             }
         } else {
-            UNROLL for (int h = 0; h < 2; h++) UNROLL for (int t = 0; t < 8; t++) {
-                __m512i L0 = _mm512_mask_i32gather_epi32(z, vm, idx, p + 64 * h + 4 * t, 1);
-                __m512i L1 = _mm512_mask_i32gather_epi32(z, vm, idx, p + 64 * h + 32 + 4 * t, 1);
-                __m512i H = _mm512_mask_i32gather_epi32(z, vm, idx, p + 128 + 32 * h + 4 * t, 1);
-                Q[32 * h + t] = _mm512_or_si512(_mm512_and_si512(L0, m4), _mm512_slli_epi16(_mm512_and_si512(H, m3), 4));
-                Q[32 * h + 8 + t] = _mm512_or_si512(_mm512_and_si512(L1, m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 2), m3), 4));
-                Q[32 * h + 16 + t] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L0, 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 4), m3), 4));
-                Q[32 * h + 24 + t] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L1, 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 6), m3), 4));
+            UNROLL for (int h = 0; h < 2; h++) {
+                __m512i L0[8], L1[8], Hh[8];
+                tr16x8(p + 64 * h, off, L0);
+                tr16x8(p + 64 * h + 32, off, L1);
+                tr16x8(p + 128 + 32 * h, off, Hh);
+                UNROLL for (int t = 0; t < 8; t++) {
+                    __m512i H = Hh[t];
+                    Q[32 * h + t] = _mm512_or_si512(_mm512_and_si512(L0[t], m4), _mm512_slli_epi16(_mm512_and_si512(H, m3), 4));
+                    Q[32 * h + 8 + t] = _mm512_or_si512(_mm512_and_si512(L1[t], m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 2), m3), 4));
+                    Q[32 * h + 16 + t] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L0[t], 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 4), m3), 4));
+                    Q[32 * h + 24 + t] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L1[t], 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 6), m3), 4));
+                }
             }
             int32_t sc[16][16], mn[8][16];
             for (int k = 0; k < 16; k++) {

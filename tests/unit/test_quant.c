@@ -557,8 +557,13 @@ static void check_level(eng__kernel_level lvl)
         int t = k_types[i], vt = eng__type(t)->vec_type;
         for (int c = 0; c < n_count(t); c++) {
             int64_t n = test_n(t, c);
-            /* a few shapes, ragged ones included; rows/x padded with strides */
-            static const int shapes[][2] = {{1, 1}, {3, 1}, {4, 4}, {5, 3}, {9, 7}, {2, 70}, {8, 1}};
+            /* a few shapes, ragged ones included; rows/x padded with strides.
+             * The avx512 kernels work in groups of 16 weight rows (decode,
+             * nx < 4) and strips of 16/32 rows x 4/6 activation rows
+             * (prefill): {16,1} .. {48,13} cover whole groups, whole strips
+             * and their remainders. */
+            static const int shapes[][2] = {{1, 1}, {3, 1}, {4, 4}, {5, 3}, {9, 7}, {2, 70}, {8, 1},
+                                            {16, 1}, {33, 2}, {33, 4}, {37, 5}, {48, 13}, {64, 6}};
             for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
                 int nr = shapes[sh][0], nx = shapes[sh][1];
                 if (n >= 4096 && nr * nx > 40) continue;
