@@ -571,6 +571,15 @@ static void on_token(job *j, const eng_event *ev)
     srv *s = j->s;
     if (j->n_gen == 0 && j->echo) j->tok_chars = utf8_count(j->echo_text, j->echo_len);
     j->n_gen++;
+    /* TTFT and inter-token latency, as the loop sees the tokens. */
+    double now = now_mono();
+    if (j->n_gen == 1) {
+        j->t_first = now;
+        metric_observe(s->h_ttft, NULL, now - j->t_start);
+    } else {
+        metric_observe(s->h_itl, NULL, now - j->t_last);
+    }
+    j->t_last = now;
     if (j->n_logprobs >= 0) {
         lp_entry e;
         lp_from_event(j, ev, &e);
@@ -660,11 +669,27 @@ static void on_done(job *j, const eng_event *ev)
         if (!j->cancel_reason) j->cancel_reason = s->state != SRV_READY ? "shutdown" : "unknown";
         metric_add(s->m_cancelled, j->cancel_reason, NULL, 1);
     }
+    /* Per-request histograms: every admitted generation, whatever its end. */
+    double sparsity = -1;
+    if (j->has_ors && j->ors.prefill_total + j->ors.decode_total > 0)
+        sparsity = (double)(j->ors.prefill_skipped + j->ors.decode_skipped) /
+                   (double)(j->ors.prefill_total + j->ors.decode_total);
+    metric_add(s->m_finished, cancelled ? "cancelled" : ev->finish == ENG_FINISH_ERROR ? "error" : finish_name(j), NULL,
+               1);
+    metric_observe(s->h_e2e, NULL, now_mono() - j->t_start);
+    metric_observe(s->h_queue, NULL, j->t_queue);
+    metric_observe(s->h_prompt_len, NULL, j->n_prompt);
+    metric_observe(s->h_gen_len, NULL, j->n_gen);
+    if (sparsity >= 0) metric_observe(s->h_sparsity, NULL, sparsity);
+    if (j->n_gen >= 2) metric_observe(s->h_tpot, NULL, (j->t_last - j->t_first) / (j->n_gen - 1));
     job_unlink(j);
     hreq *r = j->hr;
     if (r) {
         r->n_in = j->n_prompt;
         r->n_out = j->n_gen;
+        r->n_cached = j->n_cached;
+        r->ttft = j->n_gen > 0 ? j->t_first - j->t_start : -1;
+        r->sparsity = sparsity;
         if (cancelled && !r->cancel_reason) r->cancel_reason = j->cancel_reason;
         if (!j->stop_hit && !cancelled) textbuf_finish(j->tb);
         if (j->stream && !j->echo_sent) stream_text(j, "", 0, true);
@@ -788,6 +813,7 @@ static void submit(hreq *r, common *c, bool chat, int32_t *prompt, size_t n_prom
     snprintf(j->id, sizeof j->id, "%s-%016" PRIx64 "%08" PRIx64, chat ? "chatcmpl" : "cmpl", rng_next(),
              rng_next() & 0xffffffffu);
     j->deadline = r->t0 + s->cfg->request_timeout;
+    j->t_start = r->t0;
     j->tb = textbuf_new(c->stops, c->n_stops);
     j->bu = (bridge_user){&s->br, j};
     if (!j->tb) {

@@ -61,16 +61,7 @@ void api_ready(hreq *r)
 void api_metrics(hreq *r)
 {
     srv *s = r->s;
-    metric_set(s->m_loaded, NULL, NULL, s->sched ? 1 : 0);
-    metric_set(s->m_connections, NULL, NULL, (double)s->n_reqs);
-    if (s->sched) {
-        eng_sched_stats st;
-        eng_sched_get_stats(s->sched, &st);
-        metric_set(s->m_running, NULL, NULL, st.running);
-        metric_set(s->m_waiting, NULL, NULL, st.waiting);
-        metric_set(s->m_kv_used, NULL, NULL, st.kv_used);
-        metric_set(s->m_kv_total, NULL, NULL, st.kv_total);
-    }
+    srv_metrics_refresh(s);
     size_t n = 0;
     char *txt = metrics_render(s->mx, &n);
     if (!txt) {

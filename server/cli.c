@@ -207,8 +207,13 @@ int cli_generate(int argc, char **argv)
             printf("%s%d", n_gen ? " " : "", tok);
         } else {
             size_t pn = 0;
-            if (eng_token_to_piece(v, tok, false, piece, sizeof piece, &pn) == ENG_OK)
+            st = eng_token_to_piece(v, tok, false, piece, sizeof piece, &pn);
+            if (st == ENG_OK) {
                 fwrite(piece, 1, pn, stdout);
+            } else if (st != ENG_ERANGE) { /* a piece over 256 bytes is skipped, as before */
+                fprintf(stderr, "\northoserve: cannot print token %d: %s\n", tok, eng_strerror(st));
+                goto out;
+            }
         }
         fflush(stdout);
         if (n_gen + 1 == n_predict) {

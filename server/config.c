@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,9 @@ static const copt OPTS[] = {
     {"host", CT_STR, OFF(host), "host", 0, 0, 0, "127.0.0.1", "address to listen on"},
     {"port", CT_INT, OFF(port), "port", 0, 0, 65535, "8080", "TCP port (0: any free port, printed at start)"},
     {"threads", CT_INT, OFF(threads), "threads", 't', 1, 512, "2", "compute threads"},
+    {"mmap", CT_BOOL, OFF(mmap), "mmap", 0, 0, 0, "true",
+     "memory-map the model file; false: read it into memory (a file truncated or rewritten while "
+     "serving cannot then crash the server)"},
     {"ctx_size", CT_INT, OFF(ctx_size), "ctx-size", 'c', 0, 1 << 22, "0",
      "context positions per sequence; 0 = the model's training context"},
     {"parallel", CT_INT, OFF(parallel), "parallel", 0, 1, 256, "4", "sequences decoded together (slots)"},
@@ -47,6 +51,8 @@ static const copt OPTS[] = {
      "chat template name (chatml, llama2, llama3, mistral, zephyr, phi3, gemma, plain); default: detect"},
     {"api_keys", CT_LIST, OFF(api_keys), "api-key", 0, 0, 0, "",
      "accepted API key (repeat or comma-separate for several); none = no authentication"},
+    {"api_keys_file", CT_STR, OFF(api_keys_file), "api-keys-file", 0, 0, 0, "",
+     "file of accepted API keys, one per line ('#' comments); added to api_keys"},
     {"public_paths", CT_LIST, OFF(public_paths), "public-path", 0, 0, 0, "/health,/metrics",
      "paths served without an API key"},
     {"cors_origins", CT_LIST, OFF(cors_origins), "cors-origin", 0, 0, 0, "",
@@ -69,7 +75,12 @@ static const copt OPTS[] = {
      "Retry-After seconds in 429 and 503 responses"},
     {"log_requests", CT_BOOL, OFF(log_requests), "log-requests", 0, 0, 0, "true",
      "one line per request on stderr"},
-    {"verbose", CT_BOOL, OFF(verbose), "verbose", 'v', 0, 0, "false", "engine log messages on stderr"},
+    {"verbose", CT_BOOL, OFF(verbose), "verbose", 'v', 0, 0, "false",
+     "engine debug messages on stderr (the same as --log-level debug)"},
+    {"log_format", CT_STR, OFF(log_format), "log-format", 0, 0, 0, "text",
+     "log line format on stderr: text or json (one JSON object per line)"},
+    {"log_level", CT_STR, OFF(log_level), "log-level", 0, 0, 0, "info",
+     "least severe log messages shown: error, warn, info or debug"},
     {"orthorank_sparsity", CT_DBL, OFF(or_sparsity), "orthorank-sparsity", 0, 0, 0.9, "0",
      "OrthoRank sparsity of requests that set none (0: dense)"},
     {"orthorank_token_ratio", CT_DBL, OFF(or_token_ratio), "orthorank-token-ratio", 0, 0.001, 1, "0.3333333333",
@@ -266,15 +277,19 @@ void srv_config_usage(FILE *f)
     for (size_t i = 0; i < N_OPTS; i++) {
         const copt *o = &OPTS[i];
         char flag[64];
-        const char *arg = o->type == CT_BOOL ? "[BOOL]" : o->type == CT_INT ? "N" : o->type == CT_DBL ? "SEC" :
+        const char *arg = o->type == CT_BOOL ? "[BOOL]" : o->type == CT_INT ? "N" : o->type == CT_DBL ? (strstr(o->key, "timeout") ? "SEC" : "X") :
                           o->type == CT_LIST ? "VALUE" : "TEXT";
         if (!strcmp(o->key, "model")) arg = "FILE";
         if (!strcmp(o->key, "alias")) arg = "NAME";
         if (!strcmp(o->key, "api_keys")) arg = "KEY";
+        if (!strcmp(o->key, "api_keys_file") || !strcmp(o->key, "orthorank_plan")) arg = "FILE";
+        if (!strcmp(o->key, "log_format")) arg = "FORMAT";
+        if (!strcmp(o->key, "log_level")) arg = "LEVEL";
         if (o->sopt) snprintf(flag, sizeof flag, "-%c, --%s %s", o->sopt, o->lopt, arg);
         else snprintf(flag, sizeof flag, "    --%s %s", o->lopt, arg);
         fprintf(f, "  %-30s %s", flag, o->help);
         if (o->def[0]) fprintf(f, " (default %s)", o->def);
+        else if (!strstr(o->help, "required") && !strstr(o->help, "default")) fprintf(f, " (default none)");
         fprintf(f, " [%s]\n", o->key);
     }
     fprintf(f, "  -h, --help                     this text\n");
@@ -327,6 +342,60 @@ static int load_file(srv_config *c, const char *path)
     }
 out:
     json_decref(root);
+    return rc;
+}
+
+static bool one_of(const char *v, ...)
+{
+    va_list ap;
+    va_start(ap, v);
+    const char *x;
+    bool ok = false;
+    while (!ok && (x = va_arg(ap, const char *))) ok = !strcmp(v, x);
+    va_end(ap);
+    return ok;
+}
+
+/* api_keys_file: one key per line, surrounding blanks trimmed, blank lines
+ * and '#' comments skipped. A file without a key is an error: it would
+ * silently turn authentication off. */
+static int load_keys_file(srv_config *c)
+{
+    FILE *f = fopen(c->api_keys_file, "r");
+    if (!f) {
+        fprintf(stderr, "orthoserve: key 'api_keys_file': cannot read %s: %s\n", c->api_keys_file, strerror(errno));
+        return -1;
+    }
+    char line[4096];
+    size_t before = c->api_keys.n;
+    int rc = 0;
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        if (n == sizeof line - 1 && line[n - 1] != '\n') {
+            fprintf(stderr, "orthoserve: key 'api_keys_file': %s: a line is longer than %zu bytes\n",
+                    c->api_keys_file, sizeof line - 2);
+            rc = -1;
+            break;
+        }
+        char *p = line;
+        while (*p && isspace((unsigned char)*p)) p++;
+        n = strlen(p);
+        while (n && isspace((unsigned char)p[n - 1])) n--;
+        if (!n || *p == '#') continue;
+        if (list_add(&c->api_keys, p, n)) {
+            rc = -1;
+            break;
+        }
+    }
+    if (!rc && ferror(f)) {
+        fprintf(stderr, "orthoserve: key 'api_keys_file': cannot read %s\n", c->api_keys_file);
+        rc = -1;
+    }
+    fclose(f);
+    if (!rc && c->api_keys.n == before) {
+        fprintf(stderr, "orthoserve: key 'api_keys_file': %s holds no key\n", c->api_keys_file);
+        rc = -1;
+    }
     return rc;
 }
 
@@ -447,6 +516,15 @@ int srv_config_load(srv_config *c, int argc, char **argv)
                 c->or_method);
         goto out;
     }
+    if (!one_of(c->log_format, "text", "json", NULL)) {
+        fprintf(stderr, "orthoserve: key 'log_format': '%s' is not one of text, json\n", c->log_format);
+        goto out;
+    }
+    if (!one_of(c->log_level, "error", "warn", "info", "debug", NULL)) {
+        fprintf(stderr, "orthoserve: key 'log_level': '%s' is not one of error, warn, info, debug\n", c->log_level);
+        goto out;
+    }
+    if (c->api_keys_file[0] && load_keys_file(c)) goto out;
     if (c->or_sparsity > 0 && strcmp(c->or_method, "layer_skip") && c->or_token_ratio >= 1) {
         fprintf(stderr, "orthoserve: key 'orthorank_token_ratio': 1 cannot give a sparsity above 0\n");
         goto out;

@@ -23,13 +23,15 @@ typedef struct {
     char *host;           /* listen address */
     long port;
     long threads;         /* compute threads */
+    bool mmap;            /* map the model (default); false: read it into memory */
     long ctx_size;        /* positions per sequence; 0: the model's */
     long parallel;        /* sequences decoded together */
     long batch_size;      /* token budget of one scheduler step */
     long kv_tokens;       /* KV budget over all sequences; 0: ctx_size * parallel */
     char *alias;          /* model id; "" = the file name */
     char *chat_template;  /* "" = detect from the model */
-    srv_strlist api_keys; /* empty: no authentication */
+    srv_strlist api_keys; /* empty: no authentication (api_keys_file's keys are appended) */
+    char *api_keys_file;  /* one key per line ('#' comments, blank lines skipped); "" = none */
     srv_strlist public_paths;  /* paths served without a key */
     srv_strlist cors_origins;  /* allowed origins; "*" any; empty: no CORS */
     long max_body_bytes;
@@ -41,7 +43,9 @@ typedef struct {
     double drain_timeout;    /* seconds in-flight requests get on SIGINT/SIGTERM */
     long retry_after;        /* seconds, in 429 and 503 responses */
     bool log_requests;       /* one line per request on stderr */
-    bool verbose;            /* engine log messages */
+    bool verbose;            /* engine log messages (the same as log_level "debug") */
+    char *log_format;        /* "text" | "json" (one JSON object per line) */
+    char *log_level;         /* "error" | "warn" | "info" | "debug" */
     double or_sparsity;      /* default OrthoRank settings of requests that set none */
     double or_token_ratio;
     char *or_decode;         /* "threshold" | "full" | "off" */

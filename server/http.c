@@ -26,6 +26,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 double now_mono(void)
 {
@@ -124,6 +125,7 @@ static void add_common_headers(hreq *r, struct MHD_Response *resp, unsigned stat
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
         if (strcmp(r->cors_origin, "*")) MHD_add_response_header(resp, "Vary", "Origin");
     }
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (status == 405 && r->allow) MHD_add_response_header(resp, "Allow", r->allow);
     if (status == 429 || status == 503) {
         char ra[32];
@@ -492,6 +494,132 @@ static void dispatch(hreq *r, const char *method)
         http_reply_error(r, 500, "server_error", NULL, NULL, "the request was not answered");
 }
 
+/* An incoming X-Request-Id is kept when it is sane: 1 to 128 printable
+ * ASCII characters without spaces (it goes into log lines and a header).
+ * Otherwise: req-<random per process>-<sequence number>, unique across
+ * replicas and restarts in practice. */
+static void set_request_id(hreq *r, const char *in)
+{
+    static unsigned boot;
+    if (in) {
+        size_t n = 0;
+        while (n <= 128 && in[n] > 0x20 && in[n] < 0x7f) n++;
+        if (n && n <= 128 && !in[n]) {
+            memcpy(r->id, in, n + 1);
+            r->s->seq++;
+            return;
+        }
+    }
+    while (!boot) {
+        FILE *f = fopen("/dev/urandom", "rb");
+        if (!f || fread(&boot, sizeof boot, 1, f) != 1) boot = (unsigned)time(NULL) ^ (unsigned)getpid();
+        if (f) fclose(f);
+    }
+    snprintf(r->id, sizeof r->id, "req-%08x-%llu", boot, (unsigned long long)++r->s->seq);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Slow clients and connection floods                                       */
+/* ------------------------------------------------------------------------ */
+
+/* MHD's connection timeout (idle_timeout) counts from the last byte
+ * received, so a client that trickles a byte now and then (slowloris) would
+ * hold its connection for ever. So every connection is tracked here too: a
+ * request's headers and body must arrive within idle_timeout seconds of the
+ * connection's accept or of the end of its previous request. Past that, a
+ * request whose headers are in is closed at its next byte (on_access; it is
+ * logged and counted as status 408, as MHD cannot answer before the body); a
+ * connection still sending headers is shut down by the sweep, and MHD, seeing
+ * the end of the stream, closes it. An idle keep-alive connection is closed
+ * at the same moment MHD's own timeout would close it. */
+typedef struct hconn {
+    struct hconn *prev, *next;
+    int fd;
+    bool shut;       /* shut down here (MHD closes it at its next run) */
+    double t_wait;   /* since when a request is awaited */
+    bool in_request; /* its headers are in: on_access / on_completed own it */
+} hconn;
+
+/* Past max_connections a new connection first evicts the connection that
+ * has waited longest for a request (idle keep-alive or trickling: it holds
+ * no request), so idle connections cannot starve active clients; when every
+ * connection holds a request, the new one gets 503 and is closed at once.
+ * MHD's own limit is max_connections + CONN_HEADROOM (connections shut down
+ * here close at MHD's next run); past it, new ones wait in the kernel's
+ * backlog. Nothing has been read from a new socket when this runs, so the
+ * 503 written here cannot mix with MHD's output. */
+#define CONN_HEADROOM 64
+static void refuse_or_evict(srv *s, hconn *fresh, double now)
+{
+    static double last_warn;
+    static unsigned long long n_evicted, n_refused;
+    hconn *old = NULL;
+    for (hconn *h = s->conns; h; h = h->next)
+        if (h != fresh && !h->in_request && !h->shut && (!old || h->t_wait < old->t_wait)) old = h;
+    if (old) {
+        shutdown(old->fd, SHUT_RDWR);
+        old->shut = true;
+        s->n_conns--;
+        n_evicted++;
+    } else {
+        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+                                   "Content-Length: 0\r\n\r\n";
+        if (send(fresh->fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* closed anyway */ }
+        shutdown(fresh->fd, SHUT_RDWR);
+        fresh->shut = true;
+        s->n_conns--;
+        n_refused++;
+    }
+    if (now - last_warn >= 10) {
+        last_warn = now;
+        srv_logl(s, SRV_LOG_WARN,
+                 "max_connections (%ld) reached: %llu idle connection(s) closed, %llu new one(s) refused so far",
+                 s->cfg->max_connections, n_evicted, n_refused);
+    }
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    srv *s = cls;
+    hconn *h = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        if (!(h = calloc(1, sizeof *h))) return;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        h->fd = ci ? ci->connect_fd : -1;
+        h->t_wait = now_mono();
+        h->next = s->conns;
+        if (s->conns) s->conns->prev = h;
+        s->conns = h;
+        *socket_context = h;
+        if (++s->n_conns > (size_t)s->cfg->max_connections) refuse_or_evict(s, h, h->t_wait);
+        return;
+    }
+    if (!h) return;
+    if (h->prev) h->prev->next = h->next;
+    else s->conns = h->next;
+    if (h->next) h->next->prev = h->prev;
+    if (!h->shut) s->n_conns--;
+    free(h);
+    *socket_context = NULL;
+}
+
+static hconn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+void http_sweep(srv *s, double now)
+{
+    for (hconn *h = s->conns; h; h = h->next)
+        if (!h->in_request && !h->shut && now - h->t_wait > s->cfg->idle_timeout) {
+            shutdown(h->fd, SHUT_RDWR);
+            h->shut = true;
+            s->n_conns--;
+        }
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
@@ -504,13 +632,17 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         r->s = s;
         r->conn = c;
         r->t0 = now_mono();
+        hconn *h = conn_of(c);
+        r->t_arrive = h ? h->t_wait : r->t0;
+        if (h) h->in_request = true;
         snprintf(r->method, sizeof r->method, "%s", method);
         /* The path without a query string. */
         size_t n = strcspn(url, "?");
         if (n >= sizeof r->path) n = sizeof r->path - 1;
         memcpy(r->path, url, n);
         r->path[n] = 0;
-        snprintf(r->id, sizeof r->id, "req-%llu", (unsigned long long)++s->seq);
+        set_request_id(r, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id"));
+        r->ttft = r->sparsity = -1;
         r->next = s->reqs;
         if (s->reqs) s->reqs->prev = r;
         s->reqs = r;
@@ -522,6 +654,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
+        if (!r->responded && now_mono() - r->t_arrive > s->cfg->idle_timeout) {
+            /* MHD would send a response only after the whole body: close
+             * instead (logged and counted as 408). */
+            r->status = 408;
+            return MHD_NO;
+        }
         if (r->responded || r->early_status || r->body_over) return MHD_YES; /* discard */
         if (r->body_n + n > (size_t)s->cfg->max_body_bytes) {
             r->body_over = true;
@@ -551,22 +689,20 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 {
     srv *s = cls;
     hreq *r = *con_cls;
-    (void)c;
     if (!r) return;
     *con_cls = NULL;
     watch_close(r);
+    hconn *h = conn_of(c);
+    if (h) {
+        h->in_request = false;
+        h->t_wait = now_mono();
+    }
     if (r->job) job_detach(r->job, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "client_disconnect");
     int status = r->status ? r->status : 499; /* 499: the client went away before any response */
     char st[8];
     snprintf(st, sizeof st, "%d", status);
     metric_add(s->m_requests, r->endpoint ? r->endpoint : "other", st, 1);
-    if (s->cfg->log_requests) {
-        double ms = (now_mono() - r->t0) * 1e3;
-        fprintf(stderr, "orthoserve: %s %s %s %d in=%lld out=%lld %.1f ms%s%s%s\n", r->id, r->method, r->path,
-                status, (long long)r->n_in, (long long)r->n_out, ms,
-                toe != MHD_REQUEST_TERMINATED_COMPLETED_OK ? " aborted" : "",
-                r->cancel_reason ? " cancelled=" : "", r->cancel_reason ? r->cancel_reason : "");
-    }
+    srv_log_request(s, r, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (r->prev) r->prev->next = r->next;
     else s->reqs = r->next;
     if (r->next) r->next->prev = r->prev;
@@ -578,6 +714,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 /* ------------------------------------------------------------------------ */
 /* Start / stop                                                             */
 /* ------------------------------------------------------------------------ */
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
+    srv_logl(cls, SRV_LOG_WARN, "http: %s", msg);
+}
 
 int http_start(srv *s)
 {
@@ -593,11 +738,14 @@ int http_start(srv *s)
         return -1;
     }
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* MHD's own messages go through the server's log (format, level). */
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->mhd = MHD_start_daemon(flags, (uint16_t)s->cfg->port, NULL, NULL, on_access, s,
+                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                               MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg->max_connections,
+                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg->max_connections + CONN_HEADROOM,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(s->cfg->idle_timeout + 0.5),
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
                               MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,

@@ -54,6 +54,8 @@ struct job {
     const char *cancel_reason;
     double deadline;
     double t_queue, t_prompt, t_generate;
+    double t_start;             /* monotonic: the HTTP request's arrival */
+    double t_first, t_last;     /* monotonic: first / latest token event on the loop; 0: none yet */
     eng_orthorank_params orp;   /* what was submitted (layers point into orank) */
     eng_orthorank_stats ors;    /* what the engine reported at DONE */
     int32_t ors_layers[256];

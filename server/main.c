@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "serve.h"
 #include "cli_orthorank.h"
+#include "config.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -24,6 +25,14 @@ static void usage(FILE *f)
             "Run 'orthoserve <command> --help' for the options of a command.\n");
 }
 
+/* --help: the commands, then every serve flag with its default. */
+static void help(void)
+{
+    usage(stdout);
+    printf("\n");
+    srv_config_usage(stdout);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -38,7 +47,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "perplexity")) return cli_perplexity(argc - 1, argv + 1);
     if (!strcmp(cmd, "calibrate")) return cli_calibrate(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
-        usage(stdout);
+        help();
         return 0;
     }
     fprintf(stderr, "orthoserve: unknown command '%s'\n", cmd);

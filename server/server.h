@@ -43,6 +43,15 @@ struct srv {
     metrics *mx;
     metric *m_requests, *m_prompt_tokens, *m_gen_tokens, *m_cancelled, *m_running, *m_waiting, *m_kv_used,
         *m_kv_total, *m_loaded, *m_connections, *m_or_total, *m_or_skipped, *m_cached_tokens;
+    /* Issue 6 (docs/METRICS.md): the rest of the registry. */
+    metric *m_finished, *m_kv_cached, *m_kv_ratio, *m_batch_tokens, *m_steps, *m_build_info, *m_model_info;
+    metric *h_ttft, *h_itl, *h_tpot, *h_e2e, *h_queue, *h_prompt_len, *h_gen_len, *h_sparsity, *h_step;
+    uv_timer_t stats_timer;   /* samples the scheduler's step counter (step duration) */
+    uint64_t stats_steps;     /* steps at the last sample */
+    double stats_t;           /* monotonic time of the last sample */
+    bool stats_busy;          /* requests were running at the last sample */
+    int log_level;            /* SRV_LOG_* */
+    bool log_json;
 
     /* The model: written by the loader's after-work callback, on the loop. */
     eng_model *model;
@@ -62,6 +71,8 @@ struct srv {
     job *jobs; /* live generations (doubly linked) */
     size_t n_jobs;
     hreq *reqs; /* live connections' requests (doubly linked) */
+    struct hconn *conns; /* every open connection (http.c: arrival deadline, max_connections) */
+    size_t n_conns;      /* of them, not yet shut down by http.c */
     size_t n_reqs;
     uint64_t seq;
     int exit_code;
@@ -87,17 +98,22 @@ struct hreq {
     bool suspended;
     uv_poll_t *watch; /* disconnect watch while suspended */
     double t0;
+    double t_arrive; /* since when the connection awaited this request (headers + body deadline) */
     const char *cors_origin; /* allowed origin to echo, or NULL */
     job *job;
     int64_t n_in, n_out;
     const char *cancel_reason;
-    char id[48];
+    char id[129]; /* request id: a sane incoming X-Request-Id, else generated */
+    double ttft;  /* seconds from arrival to the first token; < 0: none */
+    double sparsity; /* OrthoRank effective sparsity of the generation; < 0: none */
+    int64_t n_cached;
 };
 
 /* --- http.c ------------------------------------------------------------- */
 int http_start(srv *s);            /* listen; 0 or -1 (message printed) */
 void http_stop(srv *s);            /* resume everything, stop MHD, close its handles */
 void http_run(srv *s);             /* run MHD now and re-arm its timer */
+void http_sweep(srv *s, double now); /* close connections whose request is not in after idle_timeout */
 double now_mono(void);
 /* Replies. Each takes ownership of body / text. Works in the access
  * handler and on a suspended connection (which it then resumes). */
@@ -174,6 +190,13 @@ void api_orthorank(hreq *r);
 /* --- serve.c ------------------------------------------------------------- */
 void srv_shutdown(srv *s);       /* begin draining (signal) */
 void srv_job_finished(srv *s);   /* a job ended: maybe the drain is complete */
-void srv_log(srv *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void srv_log(srv *s, const char *fmt, ...) __attribute__((format(printf, 2, 3))); /* info */
+/* Log levels (config log_level); a message is printed when level <= s->log_level. */
+enum { SRV_LOG_ERROR = 0, SRV_LOG_WARN = 1, SRV_LOG_INFO = 2, SRV_LOG_DEBUG = 3 };
+void srv_logl(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Set the scheduler gauges of the registry from eng_sched_get_stats (at every scrape). */
+void srv_metrics_refresh(srv *s);
+/* One line per request (config log_format), at info level. Loop thread. */
+void srv_log_request(srv *s, const hreq *r, bool aborted);
 
 #endif
