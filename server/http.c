@@ -692,6 +692,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (!r) return;
     *con_cls = NULL;
     watch_close(r);
+    if (r->suspended) {
+        /* MHD can end a request whose connection we suspended in the same
+         * run (the content reader suspended it, then the peer's close was
+         * seen). MHD never cleans up a suspended connection, and nobody is
+         * left to resume this one: resume it here so the socket is closed
+         * instead of lingering in CLOSE_WAIT for ever. */
+        r->suspended = false;
+        MHD_resume_connection(c);
+        uv_timer_start(&s->mhd_timer, on_mhd_timer, 0, 0);
+    }
     hconn *h = conn_of(c);
     if (h) {
         h->in_request = false;
