@@ -20,6 +20,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "common/machine.h"
 
 #include <immintrin.h>
 #include <pthread.h>
@@ -51,57 +52,6 @@ typedef struct {
     float *y;
     int ith, nth, reps;
 } job;
-
-/* ---- memory read bandwidth (as tools/bench.c measures it) ---- */
-
-#define BW_BYTES (1ull << 30)
-
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} bw_arg;
-
-__attribute__((target("avx512f"))) static void *bw_thread(void *a)
-{
-    bw_arg *b = a;
-    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = 0; i + 256 <= b->n; i += 256) {
-        s0 = _mm512_xor_si512(s0, _mm512_load_si512((const void *)(b->p + i)));
-        s1 = _mm512_xor_si512(s1, _mm512_load_si512((const void *)(b->p + i + 64)));
-        s2 = _mm512_xor_si512(s2, _mm512_load_si512((const void *)(b->p + i + 128)));
-        s3 = _mm512_xor_si512(s3, _mm512_load_si512((const void *)(b->p + i + 192)));
-    }
-    s0 = _mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3));
-    long long r = _mm512_reduce_add_epi64(s0);
-    __asm__ volatile("" ::"r"(r));
-    return NULL;
-}
-
-/* GB/s reading 1 GiB with nth threads: best of 3 passes. */
-static double bandwidth(int nth)
-{
-    static uint8_t *buf;
-    if (!buf) {
-        buf = eng__aligned_alloc(64, BW_BYTES);
-        memset(buf, 1, BW_BYTES);
-    }
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        pthread_t th[16];
-        bw_arg args[16];
-        size_t per = BW_BYTES / (size_t)nth / 256 * 256;
-        double t0 = now();
-        for (int i = 0; i < nth; i++) {
-            args[i].p = buf + (size_t)i * per;
-            args[i].n = per;
-            pthread_create(&th[i], NULL, bw_thread, &args[i]);
-        }
-        for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
-        double bw = (double)per * nth / (now() - t0) * 1e-9;
-        if (bw > best) best = bw;
-    }
-    return best;
-}
 
 /* ---- model-shaped decode ---- */
 
@@ -215,89 +165,6 @@ static double time_gemm(int nth, eng__gemm_fn fn, int64_t n, const uint8_t *w, s
     return t[2] / reps;
 }
 
-/* ---- peaks ---- */
-
-typedef struct { int kind; double ops; double secs; } peak_job;
-
-#define PEAK_ITERS 20000000L
-
-__attribute__((target("avx512f,avx512vnni"))) static void peak_vnni(double *ops)
-{
-    __m512i a[12];
-    const __m512i u = _mm512_set1_epi8(3), s = _mm512_set1_epi8(-2);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_epi32(i);
-    for (long it = 0; it < PEAK_ITERS; it++) {
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], u, s);
-    }
-    volatile int sink = 0;
-    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_epi32(a[i]);
-    (void)sink;
-    *ops = (double)PEAK_ITERS * 12 * 64 * 2;
-}
-
-__attribute__((target("avx512f,avx512bf16"))) static void peak_bf16(double *ops)
-{
-    __m512 a[12];
-    const __m512i u = _mm512_set1_epi16(0x3f80);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < PEAK_ITERS; it++) {
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)u, (__m512bh)u);
-    }
-    volatile float sink = 0;
-    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(a[i]);
-    (void)sink;
-    *ops = (double)PEAK_ITERS * 12 * 32 * 2;
-}
-
-__attribute__((target("avx512f,fma"))) static void peak_fma(double *ops)
-{
-    __m512 a[12];
-    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < PEAK_ITERS; it++) {
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-    }
-    volatile float sink = 0;
-    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(a[i]);
-    (void)sink;
-    *ops = (double)PEAK_ITERS * 12 * 16 * 2;
-}
-
-static void *peak_run(void *arg)
-{
-    peak_job *p = arg;
-    double t0 = now();
-    if (p->kind == 0) peak_vnni(&p->ops);
-    else if (p->kind == 1) peak_bf16(&p->ops);
-    else peak_fma(&p->ops);
-    p->secs = now() - t0;
-    return NULL;
-}
-
-static double peak(int kind, int nth)
-{
-    peak_job pj[16];
-    pthread_t th[16];
-    for (int i = 0; i < nth; i++) {
-        pj[i].kind = kind;
-        if (i) pthread_create(&th[i], NULL, peak_run, &pj[i]);
-    }
-    peak_run(&pj[0]);
-    double ops = 0, secs = 0;
-    for (int i = 1; i < nth; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < nth; i++) {
-        ops += pj[i].ops;
-        if (pj[i].secs > secs) secs = pj[i].secs;
-    }
-    return ops / secs * 1e-9;
-}
-
 /* Random quants, sane scales (fp16/bf16/f32 weights from a fixed pattern). */
 static void fill_weights(int t, uint8_t *w, size_t ws, int64_t nr_max, int64_t n, uint64_t *sd)
 {
@@ -359,19 +226,19 @@ int main(int argc, char **argv)
     }
     const eng__cpu *c = eng__cpu_get();
     printf("threads %d, row length %ld, best kernels: %s\n", nth, (long)n, eng_kernel_name());
-    if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", bandwidth(nth));
+    if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth));
     if (model) {
         for (int lv = 0; lv < 3; lv++) {
             const eng__kernels *k = eng__kernels_get((eng__kernel_level)lv);
             if (!k || (only >= 0 && lv != only) || (only < 0 && lv == 0)) continue;
             for (int ti = 0; ti < ntypes; ti++) model_decode(nth, k, types[ti]);
         }
-        printf("memory read bandwidth:          %8.1f GB/s\n", bandwidth(nth));
+        printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth));
         return 0;
     }
-    if (c->avx512vnni) printf("peak int8 VNNI (vpdpbusd zmm):  %8.1f GOP/s\n", peak(0, nth));
-    if (c->avx512bf16) printf("peak BF16 dot  (vdpbf16ps zmm): %8.1f GFLOP/s\n", peak(1, nth));
-    if (c->avx512f && c->fma) printf("peak FP32 FMA  (vfmadd zmm):    %8.1f GFLOP/s\n", peak(2, nth));
+    if (c->avx512vnni) printf("peak int8 VNNI (vpdpbusd zmm):  %8.1f GOP/s\n", mach_peak_vnni(nth) * 1e-9);
+    if (c->avx512bf16) printf("peak BF16 dot  (vdpbf16ps zmm): %8.1f GFLOP/s\n", mach_peak_bf16(nth) * 1e-9);
+    if (c->avx512f && c->fma) printf("peak FP32 FMA  (vfmadd zmm):    %8.1f GFLOP/s\n", mach_peak_fma(nth) * 1e-9);
     printf("%-7s %-6s %12s %14s %14s\n", "level", "type", "nx=1 GB/s", "nx=64 GOP/s", "nx=512 GOP/s");
 
     uint64_t seed = 1;

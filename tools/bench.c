@@ -17,20 +17,13 @@
  * Timing claims live here, never in unit tests.
  */
 #include "model.h"
+#include "common/machine.h"
 
-#include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -42,128 +35,6 @@ static double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_d);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Peaks: each thread runs ITERS iterations of 12 independent instructions.  */
-/* ------------------------------------------------------------------------ */
-
-#define PEAK_ITERS 20000000L
-
-__attribute__((target("avx512f"))) static double loop_fma(void)
-{
-    __m512 a[12], x = _mm512_set1_ps(1.0000001f), y = _mm512_set1_ps(0.999999f);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < PEAK_ITERS; it++)
-        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
-    float s = 0;
-    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
-    __asm__ volatile("" ::"x"(s));
-    return (double)PEAK_ITERS * 12 * 16 * 2; /* FLOP */
-}
-
-__attribute__((target("avx512f,avx512bf16"))) static double loop_bf16(void)
-{
-    __m512 a[12];
-    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3f00);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
-    for (long it = 0; it < PEAK_ITERS; it++)
-        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
-    float s = 0;
-    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_ps(a[i]);
-    __asm__ volatile("" ::"x"(s));
-    return (double)PEAK_ITERS * 12 * 32 * 2;
-}
-
-__attribute__((target("avx512f,avx512vnni"))) static double loop_vnni(void)
-{
-    __m512i a[12], x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(2);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512();
-    for (long it = 0; it < PEAK_ITERS; it++)
-        for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], x, y);
-    int s = 0;
-    for (int i = 0; i < 12; i++) s += _mm512_reduce_add_epi32(a[i]);
-    __asm__ volatile("" ::"r"(s));
-    return (double)PEAK_ITERS * 12 * 64 * 2;
-}
-
-typedef struct {
-    double (*fn)(void);
-    double ops;
-} peak_arg;
-
-static void *peak_thread(void *a)
-{
-    peak_arg *p = a;
-    p->ops = p->fn();
-    return NULL;
-}
-
-/* Ops per second over nth threads running fn at once. */
-static double run_peak(double (*fn)(void), int nth)
-{
-    pthread_t th[64];
-    peak_arg args[64];
-    double t0 = now_s();
-    for (int i = 0; i < nth; i++) {
-        args[i].fn = fn;
-        pthread_create(&th[i], NULL, peak_thread, &args[i]);
-    }
-    double ops = 0;
-    for (int i = 0; i < nth; i++) {
-        pthread_join(th[i], NULL);
-        ops += args[i].ops;
-    }
-    return ops / (now_s() - t0);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Memory read bandwidth                                                    */
-/* ------------------------------------------------------------------------ */
-
-#define BW_BYTES (1ull << 30)
-static uint8_t *bw_buf;
-
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} bw_arg;
-
-__attribute__((target("avx512f"))) static void *bw_thread(void *a)
-{
-    bw_arg *b = a;
-    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = 0; i + 256 <= b->n; i += 256) {
-        s0 = _mm512_xor_si512(s0, _mm512_load_si512((const void *)(b->p + i)));
-        s1 = _mm512_xor_si512(s1, _mm512_load_si512((const void *)(b->p + i + 64)));
-        s2 = _mm512_xor_si512(s2, _mm512_load_si512((const void *)(b->p + i + 128)));
-        s3 = _mm512_xor_si512(s3, _mm512_load_si512((const void *)(b->p + i + 192)));
-    }
-    s0 = _mm512_xor_si512(_mm512_xor_si512(s0, s1), _mm512_xor_si512(s2, s3));
-    long long r = _mm512_reduce_add_epi64(s0);
-    __asm__ volatile("" ::"r"(r));
-    return NULL;
-}
-
-/* Bytes per second reading 1 GiB with nth threads: best of 3 passes. */
-static double bandwidth(int nth)
-{
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        pthread_t th[64];
-        bw_arg args[64];
-        size_t per = BW_BYTES / (size_t)nth / 256 * 256;
-        double t0 = now_s();
-        for (int i = 0; i < nth; i++) {
-            args[i].p = bw_buf + (size_t)i * per;
-            args[i].n = per;
-            pthread_create(&th[i], NULL, bw_thread, &args[i]);
-        }
-        for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
-        double bw = (double)per * nth / (now_s() - t0);
-        if (bw > best) best = bw;
-    }
-    return best;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -212,9 +83,9 @@ static double run_batch(eng_context *c, const int32_t *tok, int n, int pos0)
     for (int i = 0; i < n; i++) pos[i] = pos0 + i;
     want[n - 1] = 1;
     eng_batch b = {n, tok, pos, seq, want};
-    double t0 = now_s();
+    double t0 = mach_now();
     eng_status st = eng_decode(c, &b);
-    double dt = now_s() - t0;
+    double dt = mach_now() - t0;
     free(pos);
     free(seq);
     free(want);
@@ -318,23 +189,20 @@ int main(int argc, char **argv)
         } else usage();
     }
     if (i0 >= argc || runs < 1 || runs > 100 || n_prompt < 1 || n_gen < 1) usage();
-    const eng__cpu *cpu = eng__cpu_get();
-    if (!cpu->avx512f || !cpu->avx512vnni || !cpu->avx512bf16) {
+    if (!mach_supported()) {
         fprintf(stderr, "bench: the peak loops need AVX-512 with VNNI and BF16\n");
         return 1;
     }
-    bw_buf = aligned_alloc(64, BW_BYTES);
-    memset(bw_buf, 1, BW_BYTES);
     printf("kernels: %s; runs: %d (median); prompt %d tokens, decode %d tokens\n\n", eng_kernel_name(),
            runs, n_prompt, n_gen);
     double pk_fma[8], pk_bf16[8], pk_vnni[8];
     printf("| threads | FP32 FMA GFLOP/s | BF16 dot GFLOP/s | int8 VNNI GOP/s | read GB/s |\n|---|---|---|---|---|\n");
     for (int ti = 0; ti < n_thr; ti++) {
-        pk_fma[ti] = run_peak(loop_fma, threads[ti]);
-        pk_bf16[ti] = run_peak(loop_bf16, threads[ti]);
-        pk_vnni[ti] = run_peak(loop_vnni, threads[ti]);
+        pk_fma[ti] = mach_peak_fma(threads[ti]);
+        pk_bf16[ti] = mach_peak_bf16(threads[ti]);
+        pk_vnni[ti] = mach_peak_vnni(threads[ti]);
         printf("| %d | %.0f | %.0f | %.0f | %.1f |\n", threads[ti], pk_fma[ti] / 1e9, pk_bf16[ti] / 1e9,
-               pk_vnni[ti] / 1e9, bandwidth(threads[ti]) / 1e9);
+               pk_vnni[ti] / 1e9, mach_read_bw(threads[ti]) / 1e9);
     }
     printf("\n| model | type | threads | prefill tok/s | prefill GFLOP/s | of peak | decode tok/s | BW before/after GB/s | bound tok/s | of bound |\n"
            "|---|---|---|---|---|---|---|---|---|---|\n");
@@ -367,10 +235,10 @@ int main(int argc, char **argv)
                 eng_seq_truncate(c, 0, 0);
                 pf[r] = (double)n_prompt / run_batch(c, tok, n_prompt, 0);
                 eng_seq_truncate(c, 0, 0);
-                double b0 = bandwidth(threads[ti]);
+                double b0 = mach_read_bw(threads[ti]);
                 double t = 0;
                 for (int g = 0; g < n_gen; g++) t += run_batch(c, tok + n_prompt + g, 1, g);
-                double b1 = bandwidth(threads[ti]);
+                double b1 = mach_read_bw(threads[ti]);
                 dc[r] = (double)n_gen / t;
                 double bw = 0.5 * (b0 + b1);
                 bound_sum += bw / bytes_per_token(m);
@@ -411,6 +279,5 @@ int main(int argc, char **argv)
             eng_model_free(m);
         }
     }
-    free(bw_buf);
     return 0;
 }
