@@ -57,6 +57,9 @@ static void generate_usage(FILE *f)
             "      --repeat-penalty R   (default 1 = off)\n"
             "      --seed S             sampling seed (default 0)\n"
             "      --ignore-eos         keep generating after end-of-generation tokens\n"
+            "      --orthorank SPEC     sparsify, e.g. sparsity=0.2,token_ratio=1/3,decode=threshold\n"
+            "                           (keys: sparsity token_ratio layers=3:1 decode method min_tokens seed);\n"
+            "                           the OrthoRank stats go to stderr\n"
             "      --ids                print generated token ids instead of text\n"
             "  -v, --verbose            engine log messages on stderr\n");
 }
@@ -68,7 +71,8 @@ int cli_generate(int argc, char **argv)
     double temp = 0, top_p = 1, min_p = 0, rep = 1;
     unsigned long long seed = 0;
     bool ignore_eos = false, print_ids = false, verbose = false;
-    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_IGNORE, O_IDS };
+    const char *or_spec = NULL;
+    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_IGNORE, O_IDS, O_ORANK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"n-predict", required_argument, 0, 'n'},  {"ctx-size", required_argument, 0, 'c'},
@@ -77,6 +81,7 @@ int cli_generate(int argc, char **argv)
         {"min-p", required_argument, 0, O_MINP},   {"repeat-penalty", required_argument, 0, O_REP},
         {"seed", required_argument, 0, O_SEED},    {"ignore-eos", no_argument, 0, O_IGNORE},
         {"ids", no_argument, 0, O_IDS},            {"verbose", no_argument, 0, 'v'},
+        {"orthorank", required_argument, 0, O_ORANK},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     optind = 1;
     int ch;
@@ -101,6 +106,7 @@ int cli_generate(int argc, char **argv)
         }
         case O_IGNORE: ignore_eos = true; break;
         case O_IDS: print_ids = true; break;
+        case O_ORANK: or_spec = optarg; break;
         case 'v': verbose = true; break;
         case 'h': generate_usage(stdout); return 0;
         default: generate_usage(stderr); return 2;
@@ -170,6 +176,21 @@ int cli_generate(int argc, char **argv)
         goto out;
     }
     for (size_t i = 0; i < n_prompt; i++) eng_sampler_accept(smp, ids[i]);
+    eng_orthorank_params orp = eng_orthorank_default_params();
+    static int32_t or_layers[1024];
+    if (or_spec) {
+        char oerr[256] = "";
+        if (!cli_parse_orthorank(or_spec, &orp, or_layers, oerr, sizeof oerr)) {
+            fprintf(stderr, "orthoserve: --orthorank: %s\n", oerr);
+            rc = 2;
+            goto out;
+        }
+        if ((st = eng_seq_set_orthorank(ctx, 0, &orp, (int32_t)n_prompt)) != ENG_OK) {
+            fprintf(stderr, "orthoserve: --orthorank: settings out of range for this model\n");
+            rc = 2;
+            goto out;
+        }
+    }
 
     size_t nb = 512;
     pos = malloc(nb * sizeof *pos);
@@ -238,6 +259,17 @@ int cli_generate(int argc, char **argv)
             "generated %ld tokens in %.3f s (%.1f tokens/s) | kernels %s, %ld threads\n",
             t_load, n_prompt, t_prompt, t_prompt > 0 ? (double)n_prompt / t_prompt : 0.0, n_gen,
             t_gen, t_gen > 0 ? (double)n_gen / t_gen : 0.0, eng_kernel_name(), threads);
+    if (or_spec) {
+        eng_orthorank_stats ors;
+        eng_seq_get_orthorank_stats(ctx, 0, &ors);
+        uint64_t tot = ors.prefill_total + ors.decode_total, sk = ors.prefill_skipped + ors.decode_skipped;
+        fprintf(stderr, "orthoserve: orthorank %s, %d layers (%s): prefill %llu/%llu token-layers skipped, "
+                        "decode %llu/%llu, sparsity_effective %.4f, flops_saved_fraction %.4f\n",
+                eng_or_method_name(ors.method), ors.n_layers, ors.layer_order_source,
+                (unsigned long long)ors.prefill_skipped, (unsigned long long)ors.prefill_total,
+                (unsigned long long)ors.decode_skipped, (unsigned long long)ors.decode_total,
+                tot ? (double)sk / (double)tot : 0.0, ors.flops_total > 0 ? ors.flops_saved / ors.flops_total : 0.0);
+    }
     rc = 0;
 out:
     free(ids);

@@ -73,8 +73,8 @@ static bool parse_frac(const char *s, size_t len, double lo, double hi, double *
  * "sparsity=0.2,token_ratio=1/3,decode=threshold,method=orthorank,layers=3:1:2,
  *  min_tokens=16,seed=7" into p (layers stored in layers_buf).
  */
-static bool parse_or_spec(const char *spec, eng_orthorank_params *p, int32_t *layers_buf,
-                          char *err, size_t errlen)
+bool cli_parse_orthorank(const char *spec, eng_orthorank_params *p, int32_t *layers_buf, char *err,
+                         size_t errlen)
 {
     const char *s = spec;
     while (*s) {
@@ -793,7 +793,7 @@ int cli_perplexity(int argc, char **argv)
     int32_t layers_buf[MAX_LAYERS];
     if (or_spec) {
         char err[256];
-        if (!parse_or_spec(or_spec, &orp, layers_buf, err, sizeof err)) {
+        if (!cli_parse_orthorank(or_spec, &orp, layers_buf, err, sizeof err)) {
             fprintf(stderr, "orthoserve perplexity: --orthorank: %s\n", err);
             return 2;
         }
