@@ -18,13 +18,14 @@ for c in "${levels[@]}"; do [ "$c" -gt "$max" ] && max=$c; done
 corpus=../shared/testdata/corpus/tinystories_val.txt
 log=$(mktemp /tmp/bench-batching-XXXX.log)
 "$build/server/orthoserve" serve -m "$model" --host 127.0.0.1 --port 0 -c 1024 \
-    --parallel "$max" --max-queue 256 --threads 2 --log-requests false 2>"$log" &
+    --parallel "$max" --max-queue 256 --threads 2 --log-requests=false 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 port=""
 for _ in $(seq 1 600); do
   port=$(grep -oE 'listening on http://[^:]+:[0-9]+' "$log" | grep -oE '[0-9]+$' || true)
   [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+  kill -0 $pid 2>/dev/null || { port=""; break; }  # the server exited: fail at once
   sleep 0.5
 done
 [ -n "$port" ] || { echo "server did not start"; cat "$log"; exit 1; }
