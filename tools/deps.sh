@@ -9,6 +9,12 @@ PKGS=(build-essential cmake pkg-config git ca-certificates curl
       podman debootstrap uidmap fuse-overlayfs prometheus)  # the image and deploy tests (slow;image)
 missing=()
 for p in "${PKGS[@]}"; do
+  # Node.js and npm may come from outside Debian (the CI image has its own):
+  # a working command counts, and installing Debian's would conflict with it.
+  case "$p" in
+    nodejs) command -v node >/dev/null 2>&1 && continue ;;
+    npm) command -v npm >/dev/null 2>&1 && continue ;;
+  esac
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
