@@ -15,6 +15,7 @@
 #include "bridge.h"
 #include "config.h"
 #include "metrics.h"
+#include "sbuf.h"
 #include "orthoserve/engine.h"
 
 #include <jansson.h>
@@ -143,12 +144,6 @@ void job_detach(job *j, const char *reason);
 /* Cancel every live job whose deadline passed. */
 void jobs_sweep(srv *s, double now);
 /* The job's SSE bytes for the content reader. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
-bool sbuf_add(sbuf *b, const char *s, size_t n);
-bool sbuf_addf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Stream reader support (stream.c): copy up to max pending SSE bytes; returns
  * bytes copied, 0 when nothing is pending, -1 at the end of the stream. */
 long job_stream_read(job *j, char *buf, size_t max);

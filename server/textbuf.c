@@ -9,46 +9,19 @@
  * examined afresh.
  */
 #include "textbuf.h"
+#include "sbuf.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} bbuf;
-
 struct textbuf {
-    bbuf raw, held, out, taken;
+    sbuf raw, held, out, taken;
     char **stops;
     size_t *stop_len;
     size_t n_stops;
     bool stopped, failed;
 };
 
-static bool bb_add(bbuf *b, const char *s, size_t n)
-{
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) return false;
-        b->p = np;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return true;
-}
-
-static void bb_drop_front(bbuf *b, size_t k)
-{
-    if (!k) return;
-    memmove(b->p, b->p + k, b->n - k);
-    b->n -= k;
-    if (b->p) b->p[b->n] = 0;
-}
 
 textbuf *textbuf_new(const char *const *stops, size_t n)
 {
@@ -137,19 +110,19 @@ static void decode(textbuf *tb, bool final)
                 if (k2 <= 0) break;
                 j += (size_t)k2;
             }
-            if (!bb_add(&tb->held, (const char *)s + i, j - i)) tb->failed = true;
+            if (!sbuf_add(&tb->held, (const char *)s + i, j - i)) tb->failed = true;
             i = j;
         } else if (k < 0) {
-            if (!bb_add(&tb->held, REPL, 3)) tb->failed = true;
+            if (!sbuf_add(&tb->held, REPL, 3)) tb->failed = true;
             i += (size_t)(-k);
         } else if (final) {
-            if (!bb_add(&tb->held, REPL, 3)) tb->failed = true;
+            if (!sbuf_add(&tb->held, REPL, 3)) tb->failed = true;
             i = tb->raw.n;
         } else {
             break;
         }
     }
-    bb_drop_front(&tb->raw, i);
+    sbuf_drop_front(&tb->raw, i);
 }
 
 /* Move decided text from held to out: up to a stop string, or everything
@@ -165,7 +138,7 @@ static void scan(textbuf *tb, bool final)
         if (f && (size_t)(f - h) < best) best = (size_t)(f - h);
     }
     if (best != (size_t)-1) {
-        if (!bb_add(&tb->out, h, best)) tb->failed = true;
+        if (!sbuf_add(&tb->out, h, best)) tb->failed = true;
         tb->held.n = 0;
         tb->raw.n = 0;
         tb->stopped = true;
@@ -180,14 +153,14 @@ static void scan(textbuf *tb, bool final)
             if (m > keep) keep = m;
         }
     }
-    if (!bb_add(&tb->out, h, n - keep)) tb->failed = true;
-    bb_drop_front(&tb->held, n - keep);
+    if (!sbuf_add(&tb->out, h, n - keep)) tb->failed = true;
+    sbuf_drop_front(&tb->held, n - keep);
 }
 
 bool textbuf_push(textbuf *tb, const char *bytes, size_t n)
 {
     if (tb->stopped) return true;
-    if (!bb_add(&tb->raw, bytes, n)) {
+    if (!sbuf_add(&tb->raw, bytes, n)) {
         tb->failed = true;
         return false;
     }
@@ -206,7 +179,7 @@ void textbuf_finish(textbuf *tb)
 const char *textbuf_take(textbuf *tb, size_t *len)
 {
     /* Swap out and taken so the returned pointer stays valid until the next call. */
-    bbuf t = tb->taken;
+    sbuf t = tb->taken;
     tb->taken = tb->out;
     tb->out = t;
     tb->out.n = 0;
@@ -220,17 +193,17 @@ bool textbuf_failed(const textbuf *tb) { return tb->failed; }
 
 char *utf8_sanitize(const char *s, size_t n, size_t *out_len)
 {
-    bbuf b = {0};
+    sbuf b = {0};
     size_t i = 0;
     const unsigned char *u = (const unsigned char *)s;
-    bool ok = bb_add(&b, "", 0);
+    bool ok = sbuf_add(&b, "", 0);
     while (ok && i < n) {
         int k = utf8_seq(u + i, n - i);
         if (k > 0) {
-            ok = bb_add(&b, s + i, (size_t)k);
+            ok = sbuf_add(&b, s + i, (size_t)k);
             i += (size_t)k;
         } else {
-            ok = bb_add(&b, REPL, 3);
+            ok = sbuf_add(&b, REPL, 3);
             i += k < 0 ? (size_t)(-k) : n - i;
         }
     }

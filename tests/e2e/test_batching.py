@@ -90,7 +90,9 @@ class ConcurrencyTest(unittest.TestCase):
         t0 = time.time()
         st, _, j, _ = self.s.post("/v1/completions", greedy_body([1, 403], 4))
         self.assertEqual(st, 200, j)
-        self.assertLess(time.time() - t0, 2.0)
+        # a 4-token request takes milliseconds; 5 s leaves room for a loaded CI
+        # machine while still failing if it waited behind the 200-token stream
+        self.assertLess(time.time() - t0, 5.0)
 
     def test_prefix_reuse_same_text(self):
         g = GOLDEN["greedy"][3]  # the 35-token prompt
