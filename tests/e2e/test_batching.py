@@ -70,30 +70,6 @@ class ConcurrencyTest(unittest.TestCase):
             self.assertEqual(j["usage"]["completion_tokens"], g["n_predict"])
             self.assertEqual(j["choices"][0]["text"], g["text"], "request %d" % i)
 
-    def test_cancelled_stream_frees_kv(self):
-        body = greedy_body([1, 403, 407, 261, 378], 200, stream=True)
-        data = json.dumps(body).encode()
-        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=30)
-        sock.sendall(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %d\r\n\r\n" % len(data)).encode() + data)
-        buf = b""
-        while buf.count(b"data: {") < 3:
-            d = sock.recv(65536)
-            if not d:
-                break
-            buf += d
-        used = lambda: self.s.metrics().get("orthoserve_kv_tokens_used", -1)
-        self.assertGreater(wait_for(lambda: used() > 0, 2) or used(), 0, "the running stream holds KV")
-        sock.close()
-        self.assertTrue(wait_for(lambda: used() == 0, 5), "KV freed after the disconnect: %r" % used())
-        # and the next request is served at once
-        t0 = time.time()
-        st, _, j, _ = self.s.post("/v1/completions", greedy_body([1, 403], 4))
-        self.assertEqual(st, 200, j)
-        # a 4-token request takes milliseconds; 5 s leaves room for a loaded CI
-        # machine while still failing if it waited behind the 200-token stream
-        self.assertLess(time.time() - t0, 5.0)
-
     def test_prefix_reuse_same_text(self):
         g = GOLDEN["greedy"][3]  # the 35-token prompt
         st, _, a, _ = self.s.post("/v1/completions", greedy_body(g["prompt_tokens"], 20))
@@ -102,6 +78,42 @@ class ConcurrencyTest(unittest.TestCase):
         self.assertEqual(b["choices"][0]["text"], a["choices"][0]["text"])
         self.assertEqual(b["usage"]["prompt_tokens_details"]["cached_tokens"], len(g["prompt_tokens"]) - 1)
         API.check(b, "/v1/completions", "POST", 200)
+
+
+class CancelFreesKvTest(unittest.TestCase):
+    """A long stream (4000 tokens on a 4096 context: seconds of work even for
+    stories260K) is dropped mid-way: its KV is freed at once and the next
+    request is served without waiting for it."""
+
+    def test_cancelled_stream_frees_kv(self):
+        s = Server("-c", "4096", "--parallel", "2")
+        try:
+            body = greedy_body([1, 403, 407, 261, 378], 4000, stream=True)
+            data = json.dumps(body).encode()
+            sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            sock.sendall(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %d\r\n\r\n" % len(data)).encode() + data)
+            buf = b""
+            while buf.count(b"data: {") < 3:
+                d = sock.recv(65536)
+                if not d:
+                    break
+                buf += d
+            used = lambda: s.metrics().get("orthoserve_kv_tokens_used", -1)
+            cancelled = lambda: s.metrics().get('orthoserve_requests_cancelled_total{reason="client_disconnect"}', 0)
+            self.assertTrue(wait_for(lambda: used() > 0, 5), "the running stream holds KV: %r" % used())
+            before = cancelled()
+            sock.close()
+            self.assertTrue(wait_for(lambda: cancelled() >= before + 1, 5), "the stream was cancelled")
+            self.assertTrue(wait_for(lambda: used() == 0, 5), "KV freed after the disconnect: %r" % used())
+            t0 = time.time()
+            st, _, j, _ = s.post("/v1/completions", greedy_body([1, 403], 4))
+            self.assertEqual(st, 200, j)
+            # a 4-token request takes milliseconds; 5 s leaves room for a loaded
+            # CI machine while failing if it waited behind the 4000-token stream
+            self.assertLess(time.time() - t0, 5.0)
+        finally:
+            self.assertEqual(s.stop(), 0)
 
 
 class QueueFullTest(unittest.TestCase):
