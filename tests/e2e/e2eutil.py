@@ -122,6 +122,17 @@ class Server:
         return self.proc.returncode
 
 
+def wait_for(fn, timeout=10, step=0.02):
+    """Poll fn until it returns something truthy or timeout seconds pass; its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return fn()
+
+
 def parse_sse(raw):
     """Split an SSE body into records; asserts the exact framing
     'data: <payload>\\n\\n' ... 'data: [DONE]\\n\\n'. -> list of payload strings."""

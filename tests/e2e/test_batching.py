@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from e2eutil import MODEL_ID, OpenAPI, Server, load_golden, parse_sse
+from e2eutil import MODEL_ID, OpenAPI, Server, load_golden, parse_sse, wait_for
 
 API = OpenAPI()
 GOLDEN = load_golden()
@@ -26,14 +26,6 @@ def greedy_body(prompt_tokens, n, stream=False):
             "stream": stream}
 
 
-def wait_for(fn, timeout=10, step=0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
 
 
 def run_threads(fns, timeout=120):

@@ -18,7 +18,7 @@ import threading
 import time
 import unittest
 
-from e2eutil import BIN, MODEL, Server
+from e2eutil import BIN, MODEL, Server, wait_for
 
 REQ = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
 
@@ -27,14 +27,6 @@ def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def wait_for(fn, timeout=10, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
 
 
 def stop_ok(tc, s):

@@ -7,7 +7,7 @@ import threading
 import time
 import unittest
 
-from e2eutil import OpenAPI, Server, parse_sse
+from e2eutil import OpenAPI, Server, parse_sse, wait_for
 
 API = OpenAPI()
 LONG = {"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
@@ -32,14 +32,6 @@ def read_until(sock, marker, limit=1 << 20):
     return buf
 
 
-def wait_for(fn, timeout=10, step=0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
 
 
 class AuthCorsTest(unittest.TestCase):
