@@ -226,14 +226,14 @@ int main(int argc, char **argv)
     }
     const eng__cpu *c = eng__cpu_get();
     printf("threads %d, row length %ld, best kernels: %s\n", nth, (long)n, eng_kernel_name());
-    if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth));
+    if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
     if (model) {
         for (int lv = 0; lv < 3; lv++) {
             const eng__kernels *k = eng__kernels_get((eng__kernel_level)lv);
             if (!k || (only >= 0 && lv != only) || (only < 0 && lv == 0)) continue;
             for (int ti = 0; ti < ntypes; ti++) model_decode(nth, k, types[ti]);
         }
-        printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth));
+        printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
         return 0;
     }
     if (c->avx512vnni) printf("peak int8 VNNI (vpdpbusd zmm):  %8.1f GOP/s\n", mach_peak_vnni(nth) * 1e-9);

@@ -7,7 +7,8 @@
 
 #include "model.h"
 
-#define KV_BLOCK 16
+#define KV_BLOCK ENG_KV_BLOCK
+#define SMALL_T 8    /* steps of at most this many rows run in "own" mode (forward.c) */
 #define ROW_ALIGN 16 /* weight rows per thread chunk: multiple of the gemm tiles */
 
 typedef struct {
@@ -38,7 +39,8 @@ struct eng_context {
     eng__pool *pool;
     const eng__kernels *kern;
     int32_t n_ctx, n_seq_max, n_batch_max, n_threads;
-    /* KV: (n_layer, n_blocks, KV_BLOCK, kvd) floats each */
+    /* KV: (n_layer, n_blocks, KV_BLOCK * kvd) floats each; within a block,
+     * per kv head, K transposed and V row-major (see eng__attn_args) */
     int32_t kvd, n_blocks, max_bps;
     float *k_cache, *v_cache;
     int32_t *free_blocks, n_free;
@@ -48,9 +50,14 @@ struct eng_context {
      * compact rows (the rows a layer updates or writes K/V for) */
     float *x, *xn, *q, *kn, *vn, *att, *yo, *gate, *up;
     uint8_t *qact;                                  /* activations converted for the kernels */
+    uint8_t *qact_own;                              /* per thread, SMALL_T rows (own mode) */
+    float *xn_own;                                  /* per thread, SMALL_T normalized rows */
+    float *rope_cs;                                 /* (T, n_rot) rope cos/sin of each row */
+    bool own_mode;                                  /* this step: see forward_job */
     size_t qact_row;                                /* bytes per row reserved in qact */
-    float *attn_scratch;                            /* per thread */
-    size_t attn_per_thread;
+    float *attn_scratch;                            /* per thread: the attention kernel's */
+    size_t attn_per_thread;                         /* floats */
+    int32_t *attn_last;                             /* per thread: (n_batch_max) key limits */
     float *logits;       /* (n_out, n_vocab) */
     int32_t *out_row;    /* batch index -> logits row or -1 */
     int32_t *out_src;    /* logits row -> batch index */
@@ -70,6 +77,10 @@ struct eng_context {
     int32_t *sel_tmp;       /* (T) selection scratch */
     double fl_layer, fl_kv; /* weight-product FLOPs of one token-layer, and of its K/V part */
 };
+
+/* forward.c: position pos of seq at layer il, as K and V rows of kvd floats
+ * (for tests). */
+void eng__kv_get(const eng_context *c, int il, int32_t seq, int32_t pos, float *k, float *v);
 
 /* orthorank.c */
 eng_status eng__or_ctx_init(eng_context *c);

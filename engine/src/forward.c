@@ -10,11 +10,12 @@
  *
  * The KV cache is a pool of blocks of KV_BLOCK positions shared by all
  * sequences; each sequence has a block table. K and V are float32 (the
- * configuration of the golden logits). Weight products go through the
+ * configuration of the golden logits), laid out per block and kv head for
+ * the attention kernel (eng__attn_args), which reads them in place: one
+ * thread per (sequence, kv-head) unit. Weight products go through the
  * kernel table (quantized activations for quantized weights, as ggml does);
- * attention products over a sequence go through OpenBLAS sgemm, one thread
- * per (sequence, kv-head) unit, with OpenBLAS itself kept single-threaded
- * so the two never oversubscribe the cores.
+ * OpenBLAS, kept single-threaded so nothing oversubscribes the cores, is
+ * the F32 weight kernel's partner only through the kernel table.
  */
 #include "context.h"
 
@@ -95,12 +96,14 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     if (QD > widest) widest = QD;
     c->qact_row = max_act_row(m, (int64_t)widest);
     c->qact = eng__aligned_alloc(64, T * c->qact_row);
-    /* Attention scratch per thread: gathered K and V of one kv head (n_ctx x
-     * head_dim each) and the score matrix of its query rows (n_rep heads of
-     * up to n_batch_max rows each against n_ctx keys). */
-    size_t n_rep = (size_t)(m->n_head / m->n_head_kv);
-    size_t score_rows = T > n_rep ? T : n_rep;
-    c->attn_per_thread = ((size_t)n_ctx * m->head_dim * 2 + score_rows * (size_t)n_ctx + 16) & ~(size_t)15;
+    /* own mode (steps of at most SMALL_T rows): per-thread copies */
+    c->qact_own = eng__aligned_alloc(64, (size_t)n_threads * SMALL_T * c->qact_row);
+    c->xn_own = eng__aligned_alloc(64, (size_t)n_threads * SMALL_T * E * sizeof(float));
+    c->rope_cs = eng__aligned_alloc(64, T * (size_t)(m->n_rot > 0 ? m->n_rot : 1) * sizeof(float));
+    /* Attention scratch per thread: the kernel's, and the last key position
+     * of each query row. */
+    c->attn_per_thread = (ENG_ATTN_SCRATCH(m->head_dim) + 15) & ~(size_t)15;
+    c->attn_last = eng__malloc(T * (size_t)n_threads * sizeof(int32_t));
     c->attn_scratch = eng__aligned_alloc(64, c->attn_per_thread * (size_t)n_threads * sizeof(float));
     c->logits = eng__aligned_alloc(64, T * (size_t)m->n_vocab * sizeof(float));
     c->out_row = eng__malloc(T * sizeof(int32_t));
@@ -108,7 +111,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     c->groups = eng__malloc(T * sizeof(seq_group));
     if (!c->k_cache || !c->v_cache || !c->free_blocks || !c->seq_blocks || !c->seq_len || !c->x ||
         !c->xn || !c->q || !c->att || !c->kn || !c->vn || !c->gate || !c->up || !c->qact ||
-        !c->attn_scratch || !c->logits || !c->out_row || !c->out_src || !c->groups || !c->yo)
+        !c->attn_scratch || !c->attn_last || !c->qact_own || !c->xn_own || !c->rope_cs || !c->logits || !c->out_row || !c->out_src || !c->groups || !c->yo)
         goto nomem;
     if (eng__or_ctx_init(c) != ENG_OK) goto nomem;
     if (eng__pool_new(n_threads, &c->pool) != ENG_OK) goto nomem;
@@ -143,6 +146,10 @@ void eng_context_free(eng_context *c)
     eng__or_ctx_free(c);
     eng__aligned_free(c->qact);
     eng__aligned_free(c->attn_scratch);
+    free(c->attn_last);
+    eng__aligned_free(c->qact_own);
+    eng__aligned_free(c->xn_own);
+    eng__aligned_free(c->rope_cs);
     eng__aligned_free(c->logits);
     free(c->out_row);
     free(c->out_src);
@@ -154,10 +161,34 @@ void eng_context_free(eng_context *c)
 /* KV blocks                                                                */
 /* ------------------------------------------------------------------------ */
 
-static inline float *kv_at(const eng_context *c, float *base, int il, int32_t seq, int32_t pos)
+/* Block b of layer il (KV_BLOCK * kvd floats). */
+static inline float *kv_block(const eng_context *c, float *base, int il, int32_t blk)
 {
-    int32_t blk = c->seq_blocks[(size_t)seq * c->max_bps + pos / KV_BLOCK];
-    return base + (((size_t)il * c->n_blocks + blk) * KV_BLOCK + pos % KV_BLOCK) * c->kvd;
+    return base + ((size_t)il * c->n_blocks + blk) * KV_BLOCK * c->kvd;
+}
+
+/* Store kv head kh of position pos of seq (k, v: that head's head_dim
+ * values): K transposed, V row-major. */
+static void kv_store(eng_context *c, int il, int kh, int32_t seq, int32_t pos, const float *k, const float *v)
+{
+    const int hd = c->m->head_dim, slot = pos % KV_BLOCK;
+    const int32_t blk = c->seq_blocks[(size_t)seq * c->max_bps + pos / KV_BLOCK];
+    float *kt = kv_block(c, c->k_cache, il, blk) + (size_t)kh * KV_BLOCK * hd;
+    float *vr = kv_block(c, c->v_cache, il, blk) + ((size_t)kh * KV_BLOCK + slot) * hd;
+    for (int d = 0; d < hd; d++) kt[d * KV_BLOCK + slot] = k[d];
+    memcpy(vr, v, (size_t)hd * sizeof(float));
+}
+
+void eng__kv_get(const eng_context *c, int il, int32_t seq, int32_t pos, float *k, float *v)
+{
+    const int hd = c->m->head_dim, slot = pos % KV_BLOCK;
+    const int32_t blk = c->seq_blocks[(size_t)seq * c->max_bps + pos / KV_BLOCK];
+    const float *kb = kv_block(c, c->k_cache, il, blk), *vb = kv_block(c, c->v_cache, il, blk);
+    for (int h = 0; h < c->m->n_head_kv; h++) {
+        const float *kt = kb + (size_t)h * KV_BLOCK * hd, *vr = vb + ((size_t)h * KV_BLOCK + slot) * hd;
+        for (int d = 0; d < hd; d++) k[h * hd + d] = kt[d * KV_BLOCK + slot];
+        memcpy(v + (size_t)h * hd, vr, (size_t)hd * sizeof(float));
+    }
 }
 
 static int32_t blocks_for(int32_t n_pos) { return (n_pos + KV_BLOCK - 1) / KV_BLOCK; }
@@ -204,14 +235,13 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-/* Rotate n_heads heads of head_dim at x for position pos. theta for pair i is
+/* The cos/sin pairs that rotate position pos: theta for pair i is
  * pos * base^(-2i/n_rot), computed by repeated multiplication in float as
  * ggml does, scaled by freq_scale and divided by rope_freqs[i] when given. */
-static void rope(const eng_model *m, float *x, int n_heads, int32_t pos)
+static void rope_table(const eng_model *m, int32_t pos, float *cs)
 {
-    const int hd = m->head_dim, nr = m->n_rot;
+    const int nr = m->n_rot;
     const float theta_scale = powf(m->rope_base, -2.0f / (float)nr);
-    float cs[2 * 512];
     float tb = (float)pos;
     for (int i = 0; i < nr / 2; i++) {
         float th = m->rope_scale * (m->rope_freqs ? tb / m->rope_freqs[i] : tb);
@@ -219,6 +249,12 @@ static void rope(const eng_model *m, float *x, int n_heads, int32_t pos)
         cs[2 * i + 1] = sinf(th);
         tb *= theta_scale;
     }
+}
+
+/* Rotate n_heads heads of head_dim at x by the table of their position. */
+static void rope(const eng_model *m, float *x, int n_heads, const float *cs)
+{
+    const int hd = m->head_dim, nr = m->n_rot;
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * hd;
         for (int i = 0; i < nr / 2; i++) {
@@ -236,8 +272,21 @@ static void rope(const eng_model *m, float *x, int n_heads, int32_t pos)
 /* The forward job                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* Which activation rows qact holds, per thread (all threads make the same
- * decisions, so each keeps its own copy and no state is shared). */
+/*
+ * Two ways to share a step between threads, with the same arithmetic:
+ * - split (many rows): each small per-row phase (norms, activation
+ *   conversion) is divided among the threads, with a barrier before its
+ *   result is used;
+ * - own (at most SMALL_T rows, i.e. decoding): every thread computes the
+ *   normalized and converted activations itself, into its own buffers, so a
+ *   layer needs only the five barriers that its data dependencies force
+ *   (after Q/K/V, attention, the output projection, gate/up, down).
+ * Either way products are divided by weight rows, and the element-wise
+ * work that follows a product (residual add, SiLU gating) is done by the
+ * thread that owns those output rows, right after its product.
+ */
+/* Which activation rows a qact buffer holds (each thread keeps its own
+ * copy: all threads make the same decisions, so no state is shared). */
 typedef struct {
     const float *src;
     const int32_t *rows;
@@ -245,19 +294,29 @@ typedef struct {
     int64_t n, nr;
 } act_cache;
 
+typedef struct {
+    bool own;        /* this step runs in "own" mode */
+    uint8_t *qact;   /* converted activations: c->qact, or this thread's */
+    float *xn;       /* normalized rows: c->xn, or this thread's */
+    act_cache ac;
+} thread_state;
+
 /*
- * Y[j][r] = W_r . X[rows[j]] for j < nx (rows NULL: X[j]), output rows split
- * across threads. The activation rows are converted once into c->qact (with
- * a barrier) and reused by consecutive products over the same input. Rows
- * are gathered while converting, so a layer that updates only some tokens
- * runs its products on a compact matrix of just those rows.
+ * Y[j][r] = W_r . X[rows[j]] for j < nx (rows NULL: X[j]); this thread
+ * computes output rows [*r0, *r1). The activation rows are converted once
+ * into ts->qact (split mode: shared, with barriers; own mode: all rows, by
+ * this thread) and reused by consecutive products over the same input.
+ * Rows are gathered while converting, so a layer that updates only some
+ * tokens runs its products on a compact matrix of just those rows.
  */
-static void matmul(eng_context *c, int ith, int nth, const eng__mat *W, const float *X,
-                   const int32_t *rows, int64_t nx, float *Y, act_cache *ac)
+static void matmul(eng_context *c, int ith, int nth, thread_state *ts, const eng__mat *W, const float *X,
+                   const int32_t *rows, int64_t nx, float *Y, int64_t *r0, int64_t *r1)
 {
+    *r0 = *r1 = 0;
     if (nx <= 0) return;
     const eng__type_info *ti = eng__type(W->type);
     const int vt = ti->vec_type;
+    act_cache *ac = &ts->ac;
     const void *xa;
     size_t xs;
     if (vt == ENG_TYPE_F32 && !rows) {
@@ -265,88 +324,117 @@ static void matmul(eng_context *c, int ith, int nth, const eng__mat *W, const fl
         xs = (size_t)W->n_in * sizeof(float);
     } else {
         if (ac->src != X || ac->rows != rows || ac->type != vt || ac->n != W->n_in || ac->nr != nx) {
-            /* qact may still feed a product other threads are running (the
-             * Q product over selected rows before K/V over all rows). */
-            if (ac->src) eng__pool_barrier(c->pool);
+            /* shared qact may still feed a product other threads are running
+             * (the Q product over selected rows before K/V over all rows) */
+            if (ac->src && !ts->own) eng__pool_barrier(c->pool);
             eng__quant_fn qf = c->kern->quantize_act[W->type]; /* converts into vt */
-            int64_t r0, r1;
-            eng__split(nx, ith, nth, 1, &r0, &r1);
-            for (int64_t j = r0; j < r1; j++) {
+            int64_t j0 = 0, j1 = nx;
+            if (!ts->own) eng__split(nx, ith, nth, 1, &j0, &j1);
+            for (int64_t j = j0; j < j1; j++) {
                 const float *src = X + (size_t)(rows ? rows[j] : j) * W->n_in;
-                uint8_t *dst = c->qact + (size_t)j * c->qact_row;
+                uint8_t *dst = ts->qact + (size_t)j * c->qact_row;
                 if (vt == ENG_TYPE_F32) memcpy(dst, src, (size_t)W->n_in * sizeof(float));
                 else qf(src, dst, W->n_in);
             }
-            eng__pool_barrier(c->pool);
+            if (!ts->own) eng__pool_barrier(c->pool);
             ac->src = X;
             ac->rows = rows;
             ac->type = vt;
             ac->n = W->n_in;
             ac->nr = nx;
         }
-        xa = c->qact;
+        xa = ts->qact;
         xs = c->qact_row;
     }
-    int64_t r0, r1;
-    eng__split(W->n_out, ith, nth, ROW_ALIGN, &r0, &r1);
-    if (r1 > r0)
-        c->kern->gemm[W->type](W->n_in, W->data + (size_t)r0 * W->row_bytes, W->row_bytes,
-                               r1 - r0, xa, xs, nx, Y + r0, (size_t)W->n_out);
+    eng__split(W->n_out, ith, nth, ROW_ALIGN, r0, r1);
+    if (*r1 > *r0)
+        c->kern->gemm[W->type](W->n_in, W->data + (size_t)*r0 * W->row_bytes, W->row_bytes,
+                               *r1 - *r0, xa, xs, nx, Y + *r0, (size_t)W->n_out);
 }
 
-/* Attention of group g's updated rows (compact rows act0.. of c->q) for one
- * kv head, against every key of the sequence up to the group's last
- * position, causal by each row's own position. */
+/* x[rows[j]][r] += y[j][r] for this thread's output rows r in [r0, r1). */
+static void residual(float *x, const int32_t *rows, const float *y, int64_t n, int64_t E, int64_t r0,
+                     int64_t r1)
+{
+    for (int64_t j = 0; j < n; j++) {
+        float *xr = x + (rows ? rows[j] : j) * E;
+        const float *yr = y + j * E;
+        for (int64_t i = r0; i < r1; i++) xr[i] += yr[i];
+    }
+}
+
+/* The rows of group g in the current layer's K/V row list (sorted). */
+static void group_kv_rows(const eng_context *c, const seq_group *g, int32_t *j0, int32_t *j1)
+{
+    if (c->kvr_all) {
+        *j0 = g->row0;
+        *j1 = g->row0 + g->n;
+        return;
+    }
+    int32_t lo = 0, hi = c->n_kvr;
+    while (lo < hi) {
+        int32_t mid = (lo + hi) / 2;
+        if (c->kvr[mid] < g->row0) lo = mid + 1;
+        else hi = mid;
+    }
+    *j0 = lo;
+    while (lo < c->n_kvr && c->kvr[lo] < g->row0 + g->n) lo++;
+    *j1 = lo;
+}
+
+/* One (sequence group, kv head) unit of layer il: biases and rope for this
+ * kv head's query heads and its key, the new K/V into the cache, then
+ * attention of the group's updated rows against every key of the sequence
+ * up to each row's own position (causal), read in place by the kernel. */
 static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, int kh)
 {
     const eng_model *m = c->m;
+    const eng__layer *L = &m->layers[il];
     const eng_batch *b = c->batch;
-    const int hd = m->head_dim, n_rep = m->n_head / m->n_head_kv;
-    const int64_t QD = (int64_t)m->n_head * hd;
-    const int32_t n_kv = g->pos0 + g->n, nq = g->act_n;
-    if (nq == 0) return;
-    float *scr = c->attn_scratch + (size_t)ith * c->attn_per_thread;
-    float *Kc = scr, *Vc = scr + (size_t)c->n_ctx * hd, *S = Vc + (size_t)c->n_ctx * hd;
-    /* Gather this head's keys and values for positions [0, n_kv). */
-    for (int32_t p = 0; p < n_kv; p += KV_BLOCK) {
-        int32_t cnt = n_kv - p < KV_BLOCK ? n_kv - p : KV_BLOCK;
-        const float *kb = kv_at(c, c->k_cache, il, g->seq, p);
-        const float *vb = kv_at(c, c->v_cache, il, g->seq, p);
-        for (int32_t j = 0; j < cnt; j++) {
-            memcpy(Kc + (size_t)(p + j) * hd, kb + (size_t)j * c->kvd + (size_t)kh * hd, hd * sizeof(float));
-            memcpy(Vc + (size_t)(p + j) * hd, vb + (size_t)j * c->kvd + (size_t)kh * hd, hd * sizeof(float));
-        }
-    }
-    const float scale = 1.0f / sqrtf((float)hd);
+    const int hd = m->head_dim, n_rep = m->n_head / m->n_head_kv, nr = m->n_rot;
+    const int64_t QD = (int64_t)m->n_head * hd, KVD = c->kvd;
     const int32_t *act = c->act_all ? NULL : c->act;
-    for (int r = 0; r < n_rep; r++) {
-        const int h = kh * n_rep + r;
-        const float *Q = c->q + (size_t)g->act0 * QD + (size_t)h * hd;
-        float *O = c->att + (size_t)g->act0 * QD + (size_t)h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, n_kv, hd, 1.0f, Q, (int)QD, Kc,
-                    hd, 0.0f, S, n_kv);
-        for (int32_t i = 0; i < nq; i++) {
-            float *s = S + (size_t)i * n_kv;
-            int32_t row = act ? act[g->act0 + i] : g->act0 + i;
-            const int32_t last = b->pos[row]; /* causal: keys 0..last */
-            float mx = -INFINITY;
-            for (int32_t j = 0; j <= last; j++) {
-                s[j] *= scale;
-                if (s[j] > mx) mx = s[j];
-            }
-            double sum = 0.0;
-            for (int32_t j = 0; j <= last; j++) {
-                float e = expf(s[j] - mx);
-                s[j] = e;
-                sum += (double)e;
-            }
-            const float inv = (float)(1.0 / sum);
-            for (int32_t j = 0; j <= last; j++) s[j] *= inv;
-            for (int32_t j = last + 1; j < n_kv; j++) s[j] = 0.0f;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, n_kv, 1.0f, S, n_kv, Vc,
-                    hd, 0.0f, O, (int)QD);
+    int32_t *last = c->attn_last + (size_t)ith * c->n_batch_max;
+
+    for (int32_t i = 0; i < g->act_n; i++) {
+        const int32_t t = act ? act[g->act0 + i] : g->act0 + i;
+        float *q = c->q + (size_t)(g->act0 + i) * QD + (size_t)kh * n_rep * hd;
+        if (L->bq)
+            for (int64_t e = 0; e < (int64_t)n_rep * hd; e++) q[e] += L->bq[(int64_t)kh * n_rep * hd + e];
+        rope(m, q, n_rep, c->rope_cs + (size_t)t * nr);
+        last[i] = b->pos[t];
     }
+    int32_t j0, j1;
+    group_kv_rows(c, g, &j0, &j1);
+    for (int32_t j = j0; j < j1; j++) {
+        const int32_t t = c->kvr_all ? j : c->kvr[j];
+        float *k = c->kn + (size_t)j * KVD + (size_t)kh * hd, *v = c->vn + (size_t)j * KVD + (size_t)kh * hd;
+        if (L->bk)
+            for (int e = 0; e < hd; e++) {
+                k[e] += L->bk[kh * hd + e];
+                v[e] += L->bv[kh * hd + e];
+            }
+        rope(m, k, 1, c->rope_cs + (size_t)t * nr);
+        kv_store(c, il, kh, g->seq, b->pos[t], k, v);
+    }
+    if (g->act_n == 0) return;
+    const size_t head_off = (size_t)kh * KV_BLOCK * hd;
+    eng__attn_args a = {
+        .hd = hd,
+        .n_rep = n_rep,
+        .nq = g->act_n,
+        .q = c->q + (size_t)g->act0 * QD + (size_t)kh * n_rep * hd,
+        .out = c->att + (size_t)g->act0 * QD + (size_t)kh * n_rep * hd,
+        .q_stride = (size_t)QD,
+        .last = last,
+        .k = kv_block(c, c->k_cache, il, 0) + head_off,
+        .v = kv_block(c, c->v_cache, il, 0) + head_off,
+        .blk = c->seq_blocks + (size_t)g->seq * c->max_bps,
+        .blk_stride = (size_t)KV_BLOCK * c->kvd,
+        .scale = 1.0f / sqrtf((float)hd),
+        .scratch = c->attn_scratch + (size_t)ith * c->attn_per_thread,
+    };
+    c->kern->attn(&a);
 }
 
 /* |cos| between row t's normalized input and its sequence's sink. */
@@ -363,8 +451,9 @@ static float sink_score(const eng_context *c, const float *xn, const float *sink
     return (float)(fabs(d) / sqrt(a * s));
 }
 
-/* OrthoRank phase of layer il: cache sinks, score rows, select (thread 0). */
-static void orthorank_phase(eng_context *c, int ith, int nth, int il)
+/* OrthoRank phase of layer il: cache sinks, score rows, select (thread 0).
+ * xn: the layer's normalized rows (every thread's copy is the same). */
+static void orthorank_phase(eng_context *c, int ith, int nth, int il, const float *xn)
 {
     const eng_batch *b = c->batch;
     const int64_t E = c->m->n_embd;
@@ -373,7 +462,7 @@ static void orthorank_phase(eng_context *c, int ith, int nth, int il)
     for (int32_t gi = ith; gi < c->n_groups; gi += nth) {
         const seq_group *g = &c->groups[gi];
         if (g->pos0 == 0 && eng__or_scored(c, g, il))
-            memcpy(c->sor[g->seq].sink + (size_t)il * E, c->xn + (size_t)g->row0 * E, E * sizeof(float));
+            memcpy(c->sor[g->seq].sink + (size_t)il * E, xn + (size_t)g->row0 * E, E * sizeof(float));
     }
     eng__pool_barrier(c->pool);
     eng__split(c->n_tokens, ith, nth, 1, &r0, &r1);
@@ -383,7 +472,7 @@ static void orthorank_phase(eng_context *c, int ith, int nth, int il)
         const seq_group *g = &c->groups[gi];
         float sc = NAN;
         if (eng__or_scored(c, g, il) && b->pos[t] > 0)
-            sc = sink_score(c, c->xn + t * E, c->sor[g->seq].sink + (size_t)il * E);
+            sc = sink_score(c, xn + t * E, c->sor[g->seq].sink + (size_t)il * E);
         c->scores[t] = sc;
         if (c->sor[g->seq].record) c->rec_scores[t * c->m->n_layer + il] = sc;
     }
@@ -392,55 +481,48 @@ static void orthorank_phase(eng_context *c, int ith, int nth, int il)
     eng__pool_barrier(c->pool);
 }
 
+/* Normalize rows of x (rows NULL: 0..n-1) with weight w into out[j]: split
+ * mode shares the rows and waits for the others; own mode does them all. */
+static void norm_rows(eng_context *c, int ith, int nth, const thread_state *ts, float *out, const int32_t *rows,
+                      int64_t n, const float *w)
+{
+    const int64_t E = c->m->n_embd;
+    int64_t j0 = 0, j1 = n;
+    if (!ts->own) eng__split(n, ith, nth, 1, &j0, &j1);
+    for (int64_t j = j0; j < j1; j++) rmsnorm(out + j * E, c->x + (rows ? rows[j] : j) * E, w, E, c->m->rms_eps);
+    if (!ts->own) eng__pool_barrier(c->pool);
+}
+
 static void forward_job(int ith, int nth, void *arg)
 {
     eng_context *c = arg;
     const eng_model *m = c->m;
     const eng_batch *b = c->batch;
-    const int64_t T = c->n_tokens, E = m->n_embd, F = m->n_ff, hd = m->head_dim;
-    const int64_t QD = (int64_t)m->n_head * hd, KVD = c->kvd;
-    act_cache ac = {0};
+    const int64_t T = c->n_tokens, E = m->n_embd, F = m->n_ff;
     int64_t r0, r1;
+    thread_state ts = {.own = c->own_mode};
+    ts.qact = ts.own ? c->qact_own + (size_t)ith * SMALL_T * c->qact_row : c->qact;
+    ts.xn = ts.own ? c->xn_own + (size_t)ith * SMALL_T * E : c->xn;
 
-    /* Embeddings, then the first layer's attention norm. */
+    /* Embeddings and rope tables, then the first layer's attention norm. */
     eng__split(T, ith, nth, 1, &r0, &r1);
     for (int64_t t = r0; t < r1; t++) {
         eng__mat_row(&m->tok_embd, b->token[t], c->x + t * E);
-        rmsnorm(c->xn + t * E, c->x + t * E, m->layers[0].attn_norm, E, m->rms_eps);
+        rope_table(m, b->pos[t], c->rope_cs + t * m->n_rot);
     }
     eng__pool_barrier(c->pool);
+    norm_rows(c, ith, nth, &ts, ts.xn, NULL, T, m->layers[0].attn_norm);
 
     for (int il = 0; il < m->n_layer; il++) {
         const eng__layer *L = &m->layers[il];
-        if (c->any_or) orthorank_phase(c, ith, nth, il);
+        if (c->any_or) orthorank_phase(c, ith, nth, il, ts.xn);
         const int32_t *act = c->act_all ? NULL : c->act, *kvr = c->kvr_all ? NULL : c->kvr;
         const int64_t A = c->n_act, K = c->n_kvr;
 
-        ac.src = NULL; /* xn was rewritten since any earlier conversion */
-        matmul(c, ith, nth, &L->wq, c->xn, act, A, c->q, &ac);
-        matmul(c, ith, nth, &L->wk, c->xn, kvr, K, c->kn, &ac);
-        matmul(c, ith, nth, &L->wv, c->xn, kvr, K, c->vn, &ac);
-        eng__pool_barrier(c->pool);
-
-        eng__split(A, ith, nth, 1, &r0, &r1);
-        for (int64_t j = r0; j < r1; j++) {
-            float *q = c->q + j * QD;
-            if (L->bq)
-                for (int64_t i = 0; i < QD; i++) q[i] += L->bq[i];
-            rope(m, q, m->n_head, b->pos[act ? act[j] : j]);
-        }
-        eng__split(K, ith, nth, 1, &r0, &r1);
-        for (int64_t j = r0; j < r1; j++) {
-            int64_t t = kvr ? kvr[j] : j;
-            float *k = c->kn + j * KVD, *v = c->vn + j * KVD;
-            if (L->bk) {
-                for (int64_t i = 0; i < KVD; i++) k[i] += L->bk[i];
-                for (int64_t i = 0; i < KVD; i++) v[i] += L->bv[i];
-            }
-            rope(m, k, m->n_head_kv, b->pos[t]);
-            memcpy(kv_at(c, c->k_cache, il, b->seq[t], b->pos[t]), k, KVD * sizeof(float));
-            memcpy(kv_at(c, c->v_cache, il, b->seq[t], b->pos[t]), v, KVD * sizeof(float));
-        }
+        ts.ac.src = NULL; /* xn was rewritten since any earlier conversion */
+        matmul(c, ith, nth, &ts, &L->wq, ts.xn, act, A, c->q, &r0, &r1);
+        matmul(c, ith, nth, &ts, &L->wk, ts.xn, kvr, K, c->kn, &r0, &r1);
+        matmul(c, ith, nth, &ts, &L->wv, ts.xn, kvr, K, c->vn, &r0, &r1);
         eng__pool_barrier(c->pool);
 
         const int64_t units = (int64_t)c->n_groups * m->n_head_kv;
@@ -451,53 +533,32 @@ static void forward_job(int ith, int nth, void *arg)
 
         /* Output projection and FFN on the updated rows only; the others keep
          * their residual unchanged. */
-        matmul(c, ith, nth, &L->wo, c->att, NULL, A, c->yo, &ac);
+        matmul(c, ith, nth, &ts, &L->wo, c->att, NULL, A, c->yo, &r0, &r1);
+        residual(c->x, act, c->yo, A, E, r0, r1);
         eng__pool_barrier(c->pool);
-        eng__split(A, ith, nth, 1, &r0, &r1);
-        for (int64_t j = r0; j < r1; j++) {
-            float *x = c->x + (act ? act[j] : j) * E, *y = c->yo + j * E;
-            for (int64_t i = 0; i < E; i++) x[i] += y[i];
-            rmsnorm(y, x, L->ffn_norm, E, m->rms_eps);
-        }
-        eng__pool_barrier(c->pool);
+        norm_rows(c, ith, nth, &ts, ts.own ? ts.xn : c->yo, act, A, L->ffn_norm);
 
-        ac.src = NULL;
-        matmul(c, ith, nth, &L->w_gate, c->yo, NULL, A, c->gate, &ac);
-        matmul(c, ith, nth, &L->w_up, c->yo, NULL, A, c->up, &ac);
-        eng__pool_barrier(c->pool);
-        eng__split(A, ith, nth, 1, &r0, &r1);
-        for (int64_t j = r0; j < r1; j++) {
+        ts.ac.src = NULL;
+        const float *fin = ts.own ? ts.xn : c->yo;
+        matmul(c, ith, nth, &ts, &L->w_gate, fin, NULL, A, c->gate, &r0, &r1);
+        matmul(c, ith, nth, &ts, &L->w_up, fin, NULL, A, c->up, &r0, &r1);
+        for (int64_t j = 0; j < A; j++) {
             float *g = c->gate + j * F, *u = c->up + j * F;
-            for (int64_t i = 0; i < F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            for (int64_t i = r0; i < r1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         eng__pool_barrier(c->pool);
-        matmul(c, ith, nth, &L->w_down, c->gate, NULL, A, c->yo, &ac);
-        eng__pool_barrier(c->pool);
-        eng__split(A, ith, nth, 1, &r0, &r1);
-        for (int64_t j = r0; j < r1; j++) {
-            float *x = c->x + (act ? act[j] : j) * E, *y = c->yo + j * E;
-            for (int64_t i = 0; i < E; i++) x[i] += y[i];
-        }
+        matmul(c, ith, nth, &ts, &L->w_down, c->gate, NULL, A, c->yo, &r0, &r1);
+        residual(c->x, act, c->yo, A, E, r0, r1);
         eng__pool_barrier(c->pool);
 
-        /* The next layer's attention norm over every row (or the output
-         * norm into compact rows for the tokens that want logits). */
-        if (il + 1 < m->n_layer) {
-            const float *nw = m->layers[il + 1].attn_norm;
-            eng__split(T, ith, nth, 1, &r0, &r1);
-            for (int64_t t = r0; t < r1; t++) rmsnorm(c->xn + t * E, c->x + t * E, nw, E, m->rms_eps);
-            eng__pool_barrier(c->pool);
-        }
+        /* The next layer's attention norm over every row. */
+        if (il + 1 < m->n_layer) norm_rows(c, ith, nth, &ts, ts.xn, NULL, T, m->layers[il + 1].attn_norm);
     }
 
-    eng__split(c->n_out, ith, nth, 1, &r0, &r1);
-    for (int64_t o = r0; o < r1; o++) {
-        int32_t t = c->out_src[o];
-        rmsnorm(c->xn + o * E, c->x + (int64_t)t * E, m->output_norm, E, m->rms_eps);
-    }
-    eng__pool_barrier(c->pool);
-    ac.src = NULL;
-    if (c->n_out > 0) matmul(c, ith, nth, &m->output, c->xn, NULL, c->n_out, c->logits, &ac);
+    /* The output norm into compact rows for the tokens that want logits. */
+    norm_rows(c, ith, nth, &ts, ts.xn, c->out_src, c->n_out, m->output_norm);
+    ts.ac.src = NULL;
+    if (c->n_out > 0) matmul(c, ith, nth, &ts, &m->output, ts.xn, NULL, c->n_out, c->logits, &r0, &r1);
 }
 
 eng_status eng_decode(eng_context *c, const eng_batch *b)
@@ -571,6 +632,7 @@ eng_status eng_decode(eng_context *c, const eng_batch *b)
     /* A step whose weight products are tiny (a small model decoding one
      * token) costs less than the wake-ups and barriers of sharing it. */
     double work = (double)m->n_params * (double)T;
+    c->own_mode = T <= SMALL_T;
     eng__pool_run_n(c->pool, work < 2e6 ? 1 : c->n_threads, forward_job, c);
     c->batch = NULL;
     return ENG_OK;

@@ -181,11 +181,42 @@ typedef void (*eng__gemm_fn)(int64_t n, const void *w, size_t w_stride, int64_t 
                              size_t y_stride);
 typedef void (*eng__quant_fn)(const float *src, void *dst, int64_t n);
 
+/*
+ * Attention over the block KV cache (attn.c, attn_avx512.c). The cache holds
+ * ENG_KV_BLOCK positions per block; within a block, each kv head's keys are
+ * stored transposed, [head_dim][ENG_KV_BLOCK], and its values as
+ * [ENG_KV_BLOCK][head_dim].
+ *
+ * attn(a): for every query row i < nq and head r < n_rep (the query heads of
+ *   one kv head), out = softmax(q . K^T * scale) . V over keys 0..last[i] of
+ *   one sequence, whose block b starts at k + blk[b] * blk_stride (and v + ...).
+ *   Each query's arithmetic is independent of the other queries in the call.
+ */
+#define ENG_KV_BLOCK 16
+typedef struct {
+    int hd, n_rep;
+    int32_t nq;
+    const float *q;     /* row i, head r at q + i * q_stride + r * hd */
+    float *out;         /* same layout as q */
+    size_t q_stride;
+    const int32_t *last; /* (nq) last key position each row sees */
+    const float *k, *v;  /* this layer's block 0, at this kv head */
+    const int32_t *blk;  /* the sequence's block ids */
+    size_t blk_stride;   /* floats from one block to the next */
+    float scale;
+    float *scratch;      /* ENG_ATTN_SCRATCH(hd) floats */
+} eng__attn_args;
+#define ENG_ATTN_SCRATCH(hd) ((size_t)4 * (size_t)(hd))
+typedef void (*eng__attn_fn)(const eng__attn_args *a);
+void eng__attn_scalar(const eng__attn_args *a);
+void eng__attn_avx512(const eng__attn_args *a);
+
 typedef struct {
     const char *name; /* "scalar", "avx2", "avx512" */
     eng__vec_dot_fn vec_dot[ENG_TYPE_COUNT];
     eng__gemm_fn gemm[ENG_TYPE_COUNT];
     eng__quant_fn quantize_act[ENG_TYPE_COUNT];
+    eng__attn_fn attn; /* the AVX2 level uses the scalar one */
 } eng__kernels;
 
 const eng__kernels *eng__kernels_get(eng__kernel_level lvl); /* NULL if CPU lacks it */

@@ -734,6 +734,7 @@ static void tables_init(void)
 {
     eng__kernels *k = &tab_scalar;
     k->name = "scalar";
+    k->attn = eng__attn_scalar;
     SET(k, F32, f32);
     SET(k, F16, f16);
     SET(k, BF16, bf16);
