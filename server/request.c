@@ -114,6 +114,12 @@ static bool get_number(vctx *v, const char *key, double lo, double hi, bool lo_o
         vfail(v, key, "invalid_value", "'%s' must be in %s%g, %g], got %g", key, lo_open ? "(" : "[", lo, hi, d);
         return false;
     }
+    /* The engine takes floats: an open bound must hold after rounding too. */
+    if (lo_open && !((float)d > (float)lo)) {
+        vfail(v, key, "invalid_value", "'%s' must be in (%g, %g], got %g (%g as a 32-bit float)", key, lo, hi, d,
+              (double)(float)d);
+        return false;
+    }
     *out = d;
     return true;
 }
@@ -186,7 +192,8 @@ static void parse_common(vctx *v, api_request *c, bool chat)
     long long k;
     double d;
     bool b;
-    long long max_tok = chat ? cfg->max_tokens : 16;
+    /* Defaults: the server's limit (chat), OpenAI's 16 within it (completions). */
+    long long max_tok = chat || cfg->max_tokens < 16 ? cfg->max_tokens : 16;
     const char *mt_key = "max_tokens";
     if (chat && opt(v, "max_completion_tokens")) mt_key = "max_completion_tokens";
     if (get_int(v, mt_key, chat ? 1 : 0, INT32_MAX, &k)) {
@@ -198,7 +205,7 @@ static void parse_common(vctx *v, api_request *c, bool chat)
     c->p.max_tokens = (int32_t)max_tok;
     if (get_number(v, "temperature", 0, 2, false, &d)) sp->temperature = (float)d;
     if (get_number(v, "top_p", 0, 1, false, &d)) {
-        if (d == 0) sp->temperature = 0; /* only the top token survives: greedy */
+        if ((float)d == 0) sp->temperature = 0; /* only the top token survives: greedy */
         else sp->top_p = (float)d;
     }
     if (get_int(v, "top_k", -1, INT32_MAX, &k)) sp->top_k = k < 0 ? 0 : (int32_t)k;
