@@ -12,6 +12,9 @@
 #                           case, prefixed by the harness's flag byte
 #                           (vocabulary, add/parse special), plus a few
 #                           token-id inputs (in range, clamped, out of range)
+#   OUTDIR/fuzz_request/    the request bodies of the end-to-end tests
+#                           (tests/e2e/*.py, read by request_seeds.py; needs
+#                           python3) and a few more reaching rarer fields
 #
 # Every file is small (< 128 KiB) so that libFuzzer runs fast on them.
 set -eu
@@ -20,10 +23,12 @@ if [ $# -ne 3 ]; then
     exit 2
 fi
 out=$1 td=$2 mkseeds=$3
+here=$(dirname "$0")
 export LC_ALL=C
 
 rm -rf "$out.tmp"
-mkdir -p "$out.tmp/fuzz_gguf" "$out.tmp/fuzz_model" "$out.tmp/fuzz_tokenizer" "$out.tmp/seeds"
+mkdir -p "$out.tmp/fuzz_gguf" "$out.tmp/fuzz_model" "$out.tmp/fuzz_tokenizer" "$out.tmp/fuzz_request" \
+         "$out.tmp/seeds"
 "$mkseeds" "$out.tmp/seeds" "$td"
 
 # --- fuzz_gguf / fuzz_model -------------------------------------------------
@@ -82,6 +87,14 @@ for vi in 0 1 2 3; do
 done
 printf '\063\001\000\000\000\377\377\377\177\377\377\377\377' > "$out.tmp/fuzz_tokenizer/ids-raw-bad"
 
+# --- fuzz_request -----------------------------------------------------------
+if command -v python3 >/dev/null 2>&1; then
+    python3 "$here/request_seeds.py" "$out.tmp/fuzz_request" "$here/../e2e" >/dev/null
+else
+    echo "make_corpus.sh: no python3, fuzz_request gets only a minimal seed" >&2
+    printf '{"prompt":"Hi","max_tokens":2}' > "$out.tmp/fuzz_request/minimal.json"
+fi
+
 rm -rf "$out.tmp/seeds" "$out"
 mv "$out.tmp" "$out"
-echo "corpus: $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer inputs in $out"
+echo "corpus: $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request inputs in $out"
