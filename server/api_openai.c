@@ -161,7 +161,6 @@ static size_t piece_chars(srv *s, int32_t id)
 }
 
 /* Log-probabilities lps[from..to) in the shape of the endpoint. */
-json_t *job_logprobs_json(job *j, size_t from, size_t to);
 json_t *job_logprobs_json(job *j, size_t from, size_t to)
 {
     srv *s = j->s;
@@ -220,7 +219,6 @@ json_t *job_logprobs_json(job *j, size_t from, size_t to)
     return o;
 }
 
-json_t *job_usage_json(job *j);
 json_t *job_usage_json(job *j)
 {
     json_t *u = json_object();
@@ -233,13 +231,11 @@ json_t *job_usage_json(job *j)
     return u;
 }
 
-json_t *job_orthorank_json(job *j);
 json_t *job_orthorank_json(job *j)
 {
     return orthorank_json(&j->orank, j->has_ors ? &j->ors : NULL, j->n_prompt, j->n_gen, j->s->info.n_layer);
 }
 
-json_t *job_timings_json(job *j);
 json_t *job_timings_json(job *j)
 {
     json_t *t = json_object();
@@ -251,11 +247,6 @@ json_t *job_timings_json(job *j)
     return t;
 }
 
-/* Streaming hooks, in stream.c. */
-void stream_begin(job *j);
-void stream_text(job *j, const char *text, size_t n, bool force);
-void stream_finish(job *j, const char *finish_reason);
-void stream_error(job *j, unsigned status, const char *type, const char *code, const char *msg);
 
 static const char *finish_name(job *j)
 {
