@@ -525,7 +525,7 @@ int srv_config_load(srv_config *c, int argc, char **argv)
         goto out;
     }
     if (c->api_keys_file[0] && load_keys_file(c)) goto out;
-    if (c->or_sparsity > 0 && strcmp(c->or_method, "layer_skip") && c->or_token_ratio >= 1) {
+    if (c->or_sparsity > 0 && strcmp(c->or_method, "layer_skip") && (float)c->or_token_ratio >= 1) {
         fprintf(stderr, "orthoserve: key 'orthorank_token_ratio': 1 cannot give a sparsity above 0\n");
         goto out;
     }

@@ -62,4 +62,18 @@ struct job {
     bool has_ors;
 };
 
+/* Streaming (stream.c), driven by api_openai.c: the chat role chunk, text
+ * as the textbuf releases it, the finish (and usage) chunks and [DONE], or
+ * an error record. Without a connection (hr NULL) the records just pile up
+ * in sse (the fuzz harness reads them with job_stream_read). */
+void stream_begin(job *j);
+void stream_text(job *j, const char *text, size_t n, bool force);
+void stream_finish(job *j, const char *finish_reason);
+void stream_error(job *j, unsigned status, const char *type, const char *code, const char *msg);
+/* Response pieces (api_openai.c) that stream.c also sends. */
+json_t *job_logprobs_json(job *j, size_t from, size_t to); /* lps[from..to) in the endpoint's shape */
+json_t *job_usage_json(job *j);
+json_t *job_orthorank_json(job *j);
+json_t *job_timings_json(job *j);
+
 #endif

@@ -40,6 +40,9 @@ int orthorank_parse(json_t *v, const srv_config *cfg, int32_t n_layer, orank_req
             if (!json_is_number(x)) FAIL("orthorank.token_ratio", "'orthorank.token_ratio' must be a number");
             double d = json_number_value(x);
             if (!(d > 0 && d <= 1)) FAIL("orthorank.token_ratio", "'orthorank.token_ratio' must be in (0, 1]");
+            if (!((float)d > 0)) /* the engine takes a float */
+                FAIL("orthorank.token_ratio", "'orthorank.token_ratio' must be in (0, 1], got %g (0 as a 32-bit float)",
+                     d);
             out->token_ratio = d;
         } else if (!strcmp(key, "layers")) {
             if (!json_is_array(x)) FAIL("orthorank.layers", "'orthorank.layers' must be an array of layer indices");
@@ -74,7 +77,7 @@ int orthorank_parse(json_t *v, const srv_config *cfg, int32_t n_layer, orank_req
         }
     }
     double k = out->token_ratio > 0 ? out->token_ratio : cfg->or_token_ratio;
-    if (out->sparsity > 0 && out->n_layers == 0 && strcmp(out->method, "layer_skip") && k >= 1)
+    if (out->sparsity > 0 && out->n_layers == 0 && strcmp(out->method, "layer_skip") && (float)k >= 1)
         FAIL("orthorank.token_ratio",
              "'orthorank.token_ratio' 1 updates every token, so no sparsity above 0 can be reached");
     return 0;

@@ -1,6 +1,7 @@
 /*
  * server.h - the HTTP server's shared state and the internal API between
- * its modules (http.c, api_openai.c, api_ops.c, stream.c, serve.c).
+ * its modules (http.c, api_openai.c, api_ops.c, stream.c, serve.c; request.h
+ * is the part without HTTP).
  *
  * DESIGN: everything here belongs to the libuv loop thread: the MHD daemon
  * (driven by MHD_run from a uv_poll_t on its epoll fd and a uv_timer_t),
@@ -15,6 +16,7 @@
 #include "bridge.h"
 #include "config.h"
 #include "metrics.h"
+#include "request.h"
 #include "sbuf.h"
 #include "orthoserve/engine.h"
 
@@ -122,8 +124,7 @@ void http_reply_json(hreq *r, unsigned status, json_t *body);
 void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, size_t len);
 void http_reply_error(hreq *r, unsigned status, const char *type, const char *code, const char *param,
                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-/* The one eng_status -> HTTP mapping. */
-unsigned http_status_from_eng(eng_status st, const char **type, const char **code);
+/* http_status_from_eng (the one eng_status -> HTTP mapping) is in request.h. */
 void http_reply_eng_error(hreq *r, eng_status st, const char *param, const char *msg);
 /* Streaming: start a text/event-stream response read from r->job. */
 void http_start_stream(hreq *r);
@@ -131,6 +132,7 @@ void http_suspend(hreq *r);
 void http_resume(hreq *r);
 
 /* --- api_openai.c --------------------------------------------------------- */
+/* Validate the body (request.c), then submit a job or reply with the error. */
 void api_chat(hreq *r, json_t *body);
 void api_completions(hreq *r, json_t *body);
 void api_models(hreq *r, const char *id); /* id NULL: the list */
@@ -159,22 +161,7 @@ void api_metrics(hreq *r);
 void api_tokenize(hreq *r, json_t *body);
 void api_detokenize(hreq *r, json_t *body);
 
-/* --- orthorank_json.c ---------------------------------------------------- */
-typedef struct {
-    bool present;
-    double sparsity;
-    double token_ratio; /* < 0: not given */
-    int32_t layers[256];
-    size_t n_layers;
-    char decode[16], method[16];
-} orank_req;
-/* Validate a request's "orthorank" value (NULL/absent: the server's
- * defaults from cfg). On error: returns -1 with *param naming the field and
- * msg the reason (400). */
-int orthorank_parse(json_t *v, const srv_config *cfg, int32_t n_layer, orank_req *out, const char **param,
-                    char *msg, size_t msglen);
-/* The engine settings of a parsed request (layers point into req). */
-eng_orthorank_params orthorank_params(const orank_req *req, const srv_config *cfg);
+/* --- orthorank_json.c (orank_req, orthorank_parse: request.h) ------------ */
 /* The response's "orthorank" object from what the engine reports; st NULL
  * (the request never ran) reports the settings with zero counts. */
 json_t *orthorank_json(const orank_req *req, const eng_orthorank_stats *st, int32_t n_prompt, int32_t n_gen,

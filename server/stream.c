@@ -16,15 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-json_t *job_logprobs_json(job *j, size_t from, size_t to);
-json_t *job_usage_json(job *j);
-json_t *job_orthorank_json(job *j);
-json_t *job_timings_json(job *j);
-void stream_begin(job *j);
-void stream_text(job *j, const char *text, size_t n, bool force);
-void stream_finish(job *j, const char *finish_reason);
-void stream_error(job *j, unsigned status, const char *type, const char *code, const char *msg);
-
 static void wake(job *j)
 {
     if (j->hr) http_resume(j->hr);

@@ -33,8 +33,12 @@ textbuf *textbuf_new(const char *const *stops, size_t n)
         if (!tb->stops || !tb->stop_len) goto fail;
         for (size_t i = 0; i < n; i++) {
             if (!stops[i] || !stops[i][0]) continue;
-            if (!(tb->stops[tb->n_stops] = strdup(stops[i]))) goto fail;
-            tb->stop_len[tb->n_stops++] = strlen(stops[i]);
+            /* Matched against decoded text: invalid bytes count as U+FFFD
+             * here too (a raw continuation byte could match inside a
+             * character and cut it). */
+            if (!(tb->stops[tb->n_stops] = utf8_sanitize(stops[i], strlen(stops[i]), &tb->stop_len[tb->n_stops])))
+                goto fail;
+            tb->n_stops++;
         }
     }
     return tb;
@@ -126,16 +130,21 @@ static void decode(textbuf *tb, bool final)
 }
 
 /* Move decided text from held to out: up to a stop string, or everything
- * except the longest tail that is a proper prefix of some stop string. */
+ * except the longest tail that is a proper prefix of some stop string. Of
+ * several stop strings in held, the one that ends first decides (ties: the
+ * one that starts first): that is the one a token-by-token stream completes
+ * first, so the result does not depend on how the bytes were pushed. */
 static void scan(textbuf *tb, bool final)
 {
     const char *h = tb->held.p;
     size_t n = tb->held.n;
     if (!n) return;
-    size_t best = (size_t)-1;
+    size_t best = (size_t)-1, best_end = (size_t)-1;
     for (size_t k = 0; k < tb->n_stops; k++) {
         const char *f = memmem(h, n, tb->stops[k], tb->stop_len[k]);
-        if (f && (size_t)(f - h) < best) best = (size_t)(f - h);
+        if (!f) continue;
+        size_t at = (size_t)(f - h), end = at + tb->stop_len[k];
+        if (end < best_end || (end == best_end && at < best)) best = at, best_end = end;
     }
     if (best != (size_t)-1) {
         if (!sbuf_add(&tb->out, h, best)) tb->failed = true;

@@ -4,7 +4,12 @@
  * never form a character become U+FFFD), and stop strings held back until
  * decided. Once a stop string is seen, the text before it is released, the
  * stop string and everything after it are dropped, and textbuf_stopped()
- * turns true. Single-threaded; no JSON; unit-testable and fuzzable.
+ * turns true. When several are in the text, the one that is complete first
+ * (ends first; of those, the one that starts first) decides, so the output
+ * is the same however the bytes were split into pushes. Stop strings are
+ * matched against the decoded text: their own invalid bytes count as
+ * U+FFFD. Single-threaded; no JSON; unit-testable and fuzzable
+ * (tests/fuzz/fuzz_textbuf.c).
  */
 #ifndef ORTHOSERVE_TEXTBUF_H
 #define ORTHOSERVE_TEXTBUF_H

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/fuzz.sh [SECONDS] [HARNESS...] - build the libFuzzer harnesses with
 # clang + ASan + UBSan in build-fuzz (-DORTHOSERVE_FUZZ=ON), generate the seed
-# corpora from the test data, and run each harness (default: all three) for
+# corpora from the test data, and run each harness (default: all five) for
 # SECONDS (default 60). Exits non-zero if any harness finds a crash, leak,
 # timeout or out-of-memory; the reproducer is left in
 # build-fuzz/fuzz-artifacts/<harness>/ (see docs/SECURITY.md for what to do
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 harnesses=("$@")
-[ ${#harnesses[@]} -eq 0 ] && harnesses=(fuzz_gguf fuzz_model fuzz_tokenizer)
+[ ${#harnesses[@]} -eq 0 ] && harnesses=(fuzz_gguf fuzz_model fuzz_tokenizer fuzz_request fuzz_textbuf)
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 jobs=${FUZZ_JOBS:-1}
 
@@ -41,11 +41,14 @@ for h in "${harnesses[@]}"; do
     log="$build/fuzz-logs/$h.log"
     mkdir -p "$work" "$art" "$(dirname "$log")"
     echo "=== $h: ${secs}s"
+    # A dictionary of the input's keywords, when the harness has one.
+    dict=""
+    [ -f "tests/fuzz/$h.dict" ] && dict="-dict=tests/fuzz/$h.dict"
     # First directory: where new inputs go; the others are read-only seeds.
     set +e
     # shellcheck disable=SC2086
     "$build/tests/fuzz/$h" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
-        -print_final_stats=1 -artifact_prefix="$art/" \
+        -print_final_stats=1 -artifact_prefix="$art/" $dict \
         $([ "$jobs" -gt 1 ] && echo "-jobs=$jobs -workers=$jobs") ${FUZZ_ARGS:-} "$work" "$build/fuzz-corpus/$h" "tests/fuzz/regressions/$h" >"$log" 2>&1
     rc=$?
     set -e

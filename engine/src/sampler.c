@@ -220,7 +220,7 @@ void eng_sampler_free(eng_sampler *s)
 /* Largest penalty window accepted (tokens); larger values mean "everything". */
 #define MAX_WINDOW (1 << 24)
 
-static bool params_valid(const eng_sampler_params *p, int32_t n_vocab)
+bool eng__sampler_params_ok(const eng_sampler_params *p, int32_t n_vocab)
 {
     if (isnan(p->temperature) || isinf(p->temperature)) return false;
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f)) return false;       /* also NaN */
@@ -242,7 +242,7 @@ eng_status eng_sampler_new(const eng_sampler_params *p, int32_t n_vocab, eng_sam
 {
     if (out) *out = NULL;
     if (!p || !out || n_vocab <= 0) return ENG_EINVAL;
-    if (!params_valid(p, n_vocab)) return ENG_EINVAL;
+    if (!eng__sampler_params_ok(p, n_vocab)) return ENG_EINVAL;
 
     eng_sampler *s = eng__calloc(1, sizeof *s);
     if (!s) return ENG_ENOMEM;

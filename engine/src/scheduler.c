@@ -192,15 +192,40 @@ static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, 
     request_unref(r);
 }
 
-eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out)
+/* Everything eng_sched_submit checks before it queues a request; allocates nothing. */
+static eng_status request_check(const eng_sched *s, const eng_request_params *p)
 {
-    if (!s || !p || !out || !p->on_event || !p->prompt || p->n_prompt < 1 || p->max_tokens < 0 ||
-        p->min_tokens < 0 || p->n_logprobs < -1 || p->n_logprobs > MAX_TOP_LOGPROBS)
+    if (!p->on_event || !p->prompt || p->n_prompt < 1 || p->max_tokens < 0 || p->min_tokens < 0 ||
+        p->n_logprobs < -1 || p->n_logprobs > MAX_TOP_LOGPROBS)
         return ENG_EINVAL;
-    *out = NULL;
     for (size_t i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_EINVAL;
     if (p->n_prompt + (p->max_tokens > 0 ? 1u : 0u) > (size_t)s->n_ctx) return ENG_ECTXFULL;
+    if (p->orthorank) {
+        eng_orthorank_params orp = *p->orthorank;
+        if (orp.n_layers > 0 && (!orp.layers || orp.n_layers > 4096)) return ENG_EINVAL;
+        if (orp.n_layers <= 0) orp.layers = NULL; /* submit keeps no list then */
+        if (eng__or_params_check(s->m, &orp) != ENG_OK) return ENG_EINVAL;
+    }
+    if (!eng__sampler_params_ok(&p->sampling, s->n_vocab)) return ENG_EINVAL;
+    int64_t want = (int64_t)p->n_prompt + p->max_tokens;
+    if (eng__kv_blocks_for((int32_t)(want < s->n_ctx ? want : s->n_ctx)) > eng__kv_blocks_total(s->ctx))
+        return ENG_ECTXFULL;
+    return ENG_OK;
+}
+
+eng_status eng_sched_validate(const eng_sched *s, const eng_request_params *p)
+{
+    if (!s || !p) return ENG_EINVAL;
+    return request_check(s, p);
+}
+
+eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out)
+{
+    if (!s || !p || !out) return ENG_EINVAL;
+    *out = NULL;
+    eng_status st = request_check(s, p);
+    if (st != ENG_OK) return st;
     eng_request *r = eng__calloc(1, sizeof *r);
     if (!r) return ENG_ENOMEM;
     r->p = *p;
@@ -218,10 +243,6 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
         r->orp = *p->orthorank;
         r->has_or = true;
         if (r->orp.n_layers > 0) {
-            if (!r->orp.layers || r->orp.n_layers > 4096) {
-                request_destroy(r);
-                return ENG_EINVAL;
-            }
             r->or_layers = eng__malloc((size_t)r->orp.n_layers * sizeof *r->or_layers);
             if (!r->or_layers) {
                 request_destroy(r);
@@ -233,23 +254,15 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
             r->orp.layers = NULL;
         }
     }
-    eng_status st = eng_sampler_new(&p->sampling, s->n_vocab, &r->smp);
+    st = eng_sampler_new(&p->sampling, s->n_vocab, &r->smp);
     if (st != ENG_OK) {
         request_destroy(r);
         return st;
     }
     for (size_t i = 0; i < p->n_prompt; i++) eng_sampler_accept(r->smp, p->prompt[i]);
-    if (r->has_or && eng__or_params_check(s->m, &r->orp) != ENG_OK) {
-        request_destroy(r);
-        return ENG_EINVAL;
-    }
     int64_t want = (int64_t)p->n_prompt + p->max_tokens;
     r->max_pos = (int32_t)(want < s->n_ctx ? want : s->n_ctx);
     r->kv_blocks = eng__kv_blocks_for(r->max_pos);
-    if (r->kv_blocks > eng__kv_blocks_total(s->ctx)) {
-        request_destroy(r);
-        return ENG_ECTXFULL;
-    }
     r->seq = -1;
     r->s = s;
     r->t_submit = now_s();

@@ -170,7 +170,7 @@ assert j["usage"]["completion_tokens"] == 16, j["usage"]
 assert j["choices"][0]["text"], j
 print("completion ok: %r" % j["choices"][0]["text"][:60])
 EOF
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^orthoserve_model_info{' || fail "/metrics has no model_info"
+curl -fsS "http://127.0.0.1:$PORT/metrics" | grep '^orthoserve_model_info{' >/dev/null || fail "/metrics has no model_info"
 
 # The server process (the chroot's child after exec) runs as the image's user.
 spid=$(pgrep -P "$SERVER_PID" || true)

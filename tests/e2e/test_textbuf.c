@@ -126,3 +126,52 @@ Test(textbuf, sanitize, .timeout = 10)
     free(c);
     cr_assert_eq(utf8_count("\xC3\xA9t\xC3\xA9", 5), 3);
 }
+
+/* Found by fuzz_textbuf (regressions/fuzz_textbuf/stop-overlap-chunking):
+ * with several stop strings in one push, the one that started first won,
+ * so "xxabcd" in one push stopped at "abcd" (output "xx") while the same
+ * bytes token by token stopped at "bc" (output "xxa"). The stop string
+ * completed first decides, however the bytes are split. */
+Test(textbuf, overlapping_stops_do_not_depend_on_chunking, .timeout = 10)
+{
+    const char *s[] = {"abcd", "c", "bc"};
+    const char *whole[] = {"xxabcd"}, *split[] = {"xxa", "bcd"}, *bytes[] = {"x", "x", "a", "b", "c", "d"};
+    bool st;
+    char *o = run(s, 3, whole, 1, &st);
+    cr_assert_str_eq(o, "xxa");
+    cr_assert(st);
+    free(o);
+    o = run(s, 3, split, 2, &st);
+    cr_assert_str_eq(o, "xxa");
+    free(o);
+    o = run(s, 3, bytes, 6, &st);
+    cr_assert_str_eq(o, "xxa");
+    free(o);
+    /* Same end: the longer one (it starts first). */
+    const char *s2[] = {"bc", "abc"};
+    const char *p2[] = {"zabc"};
+    o = run(s2, 2, p2, 1, &st);
+    cr_assert_str_eq(o, "z");
+    free(o);
+}
+
+/* Found by fuzz_textbuf (regressions/fuzz_textbuf/stop-invalid-utf8): a stop
+ * string that is not valid UTF-8 was matched as raw bytes against decoded
+ * text, so a lone continuation byte matched inside a character and the
+ * output ended in half of it. Stop strings are now decoded like the text. */
+Test(textbuf, stop_strings_are_matched_as_text, .timeout = 10)
+{
+    const char *s[] = {"\x80"}; /* decodes to U+FFFD */
+    const char *p[] = {"a\xC2\x80", "b\x80" "c"};
+    bool st;
+    char *o = run(s, 1, p, 2, &st);
+    cr_assert_str_eq(o, "a\xC2\x80" "b");
+    cr_assert(st);
+    free(o);
+    const char *s2[] = {"x\xE6\x9D"}; /* an unfinished character: "x" U+FFFD */
+    const char *p2[] = {"ax\xE6\x9D\xB1", "x\xE6\x9D"};
+    o = run(s2, 1, p2, 2, &st);
+    cr_assert_str_eq(o, "ax\xE6\x9D\xB1");
+    cr_assert(st); /* the unfinished tail became U+FFFD at the end */
+    free(o);
+}

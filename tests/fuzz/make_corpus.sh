@@ -12,6 +12,13 @@
 #                           case, prefixed by the harness's flag byte
 #                           (vocabulary, add/parse special), plus a few
 #                           token-id inputs (in range, clamped, out of range)
+#   OUTDIR/fuzz_request/    the request bodies of the end-to-end tests
+#                           (tests/e2e/*.py, read by request_seeds.py; needs
+#                           python3) and a few more reaching rarer fields
+#   OUTDIR/fuzz_textbuf/    stop strings + token byte streams in the
+#                           harness's layout (fuzz_textbuf.c): splits of
+#                           multi-byte characters, invalid bytes, stops
+#                           across pushes, overlapping stops, U+FFFD stops
 #
 # Every file is small (< 128 KiB) so that libFuzzer runs fast on them.
 set -eu
@@ -20,10 +27,12 @@ if [ $# -ne 3 ]; then
     exit 2
 fi
 out=$1 td=$2 mkseeds=$3
+here=$(dirname "$0")
 export LC_ALL=C
 
 rm -rf "$out.tmp"
-mkdir -p "$out.tmp/fuzz_gguf" "$out.tmp/fuzz_model" "$out.tmp/fuzz_tokenizer" "$out.tmp/seeds"
+mkdir -p "$out.tmp/fuzz_gguf" "$out.tmp/fuzz_model" "$out.tmp/fuzz_tokenizer" "$out.tmp/fuzz_request" \
+         "$out.tmp/fuzz_textbuf" "$out.tmp/seeds"
 "$mkseeds" "$out.tmp/seeds" "$td"
 
 # --- fuzz_gguf / fuzz_model -------------------------------------------------
@@ -82,6 +91,38 @@ for vi in 0 1 2 3; do
 done
 printf '\063\001\000\000\000\377\377\377\177\377\377\377\377' > "$out.tmp/fuzz_tokenizer/ids-raw-bad"
 
+# --- fuzz_request -----------------------------------------------------------
+if command -v python3 >/dev/null 2>&1; then
+    python3 "$here/request_seeds.py" "$out.tmp/fuzz_request" "$here/../e2e" >/dev/null
+else
+    echo "make_corpus.sh: no python3, fuzz_request gets only a minimal seed" >&2
+    printf '{"prompt":"Hi","max_tokens":2}' > "$out.tmp/fuzz_request/minimal.json"
+fi
+
+# --- fuzz_textbuf -----------------------------------------------------------
+# Layout (see fuzz_textbuf.c): flag byte (bits 0-2: stop strings, 3: chat
+# framing, 4: echo, 5: include_usage, 6: take only at the end), then per stop
+# string a length byte and its bytes, then a count byte and that many push
+# sizes (used in turn), then the token bytes.
+tb() { # NAME, then printf format and arguments
+    n=$1
+    shift
+    # shellcheck disable=SC2059
+    printf "$@" > "$out.tmp/fuzz_textbuf/$n"
+}
+tb plain '\000\001\003Once upon a time, there was a girl.'
+tb utf8-split '\010\003\001\002\001caf\303\251 \346\235\261\344\272\254 \360\237\230\200!'
+tb invalid '\000\002\001\003a\377b\300\257c\355\240\200d\364\220\200\200e\346\235'
+tb stop-across '\011\012named Lily\003\011\006\001a girl named Lily who'
+tb stop-two '\022\001\012\004STOP\002\005\001line one\nline STOP two'
+tb stop-overlap '\003\004abcd\001c\002bc\001\003xxabcd'
+tb stop-prefix '\002\002ab\003abc\001\001zab abc'
+tb stop-fffd '\031\003\357\277\275\001\001ok\377more'
+tb stop-utf8 '\001\002\303\251\001\001caf\303\251 au lait'
+tb stop-at-start '\001\001O\000Once'
+tb echo-usage '\070\000\002\004\002Hello <|im_end|> world'
+tb take-at-end '\101\003end\001\002the end is near'
+
 rm -rf "$out.tmp/seeds" "$out"
 mv "$out.tmp" "$out"
-echo "corpus: $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer inputs in $out"
+echo "corpus: $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf inputs in $out"

@@ -229,6 +229,73 @@ Test(scheduler, queue_bound_and_context_limits, .timeout = 60)
     eng_model_free(m);
 }
 
+typedef struct {
+    const char *what;
+    eng_status want;
+    eng_request_params p;
+} vcase;
+
+/* eng_sched_validate answers what eng_sched_submit would, without queueing. */
+Test(scheduler, validate_agrees_with_submit, .timeout = 60)
+{
+    eng_model *m = load();
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_seq_max = 2;
+    sp.n_ctx = 64;
+    sp.n_kv_tokens = 48; /* less than one full context: a long request cannot ever fit */
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[8] = {1, 300, 301, 302, 303, 304, 305, 306};
+    int32_t bad_ids[2] = {1, 99999}, layers[2] = {1, 1};
+    eng_orthorank_params orp = eng_orthorank_default_params();
+    collector c;
+    coll_init(&c);
+    vcase cases[12];
+    size_t n = 0;
+    eng_request_params ok = greedy_params(prompt, 8, 4, &c), p;
+    cases[n++] = (vcase){"plain", ENG_OK, ok};
+    p = ok, p.prompt = bad_ids, p.n_prompt = 2;
+    cases[n++] = (vcase){"token id out of range", ENG_EINVAL, p};
+    p = ok, p.on_event = NULL;
+    cases[n++] = (vcase){"no callback", ENG_EINVAL, p};
+    p = ok, p.n_logprobs = 21;
+    cases[n++] = (vcase){"n_logprobs 21", ENG_EINVAL, p};
+    p = ok, p.sampling.top_p = 0;
+    cases[n++] = (vcase){"top_p 0", ENG_EINVAL, p};
+    p = ok, p.sampling.repeat_penalty = 0;
+    cases[n++] = (vcase){"repeat_penalty 0", ENG_EINVAL, p};
+    p = ok, p.orthorank = &orp;
+    cases[n++] = (vcase){"dense orthorank", ENG_OK, p};
+    static eng_orthorank_params bad_ratio, dup_layers;
+    bad_ratio = eng_orthorank_default_params();
+    bad_ratio.token_ratio = 0;
+    dup_layers = eng_orthorank_default_params();
+    dup_layers.layers = layers;
+    dup_layers.n_layers = 2;
+    p = ok, p.orthorank = &bad_ratio;
+    cases[n++] = (vcase){"token_ratio 0", ENG_EINVAL, p};
+    p = ok, p.orthorank = &dup_layers;
+    cases[n++] = (vcase){"layer listed twice", ENG_EINVAL, p};
+    p = ok, p.max_tokens = 57;
+    cases[n++] = (vcase){"prompt + 57 > KV budget 48", ENG_ECTXFULL, p};
+    p = ok, p.n_prompt = 8, p.max_tokens = 40;
+    cases[n++] = (vcase){"prompt + 40 fits the budget", ENG_OK, p};
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(eng_sched_validate(s, &cases[i].p), cases[i].want, "validate: %s", cases[i].what);
+        eng_request *r = NULL;
+        coll_init(&c);
+        cr_assert_eq(eng_sched_submit(s, &cases[i].p, &r), cases[i].want, "submit: %s", cases[i].what);
+        if (r) {
+            coll_wait(&c);
+            eng_request_release(r);
+        }
+    }
+    cr_assert_eq(eng_sched_validate(NULL, &ok), ENG_EINVAL);
+    cr_assert_eq(eng_sched_validate(s, NULL), ENG_EINVAL);
+    eng_sched_free(s);
+    eng_model_free(m);
+}
+
 Test(scheduler, cancel_frees_kv_within_a_step, .timeout = 60)
 {
     eng_model *m = load();

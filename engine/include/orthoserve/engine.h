@@ -490,6 +490,12 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
  * *out holds a reference the caller must drop with eng_request_release();
  * exactly one DONE event follows, always. Thread-safe. */
 eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out);
+/* What eng_sched_submit would answer for p, without queueing anything:
+ * ENG_OK, ENG_EINVAL (bad params: token ids, sampler or OrthoRank settings,
+ * missing callback) or ENG_ECTXFULL (the prompt cannot fit the context, or
+ * the request's KV need exceeds the whole budget). The queue's state
+ * (ENG_EBUSY, ENG_ESTOPPED) is not looked at. Allocates nothing. Thread-safe. */
+eng_status eng_sched_validate(const eng_sched *s, const eng_request_params *p);
 /* Ask for the request to stop (thread-safe, idempotent, any time before release). */
 void eng_request_cancel(eng_request *r);
 /* Drop the caller's reference (after which r must not be used). */

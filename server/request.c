@@ -1,0 +1,588 @@
+/*
+ * request.c - the completion endpoints' request bodies, validated field by
+ * field into engine parameters (request.h). Every error names its field in
+ * "param". The order of the checks decides which error a body with several
+ * faults gets; tests/e2e/test_bad_input.py pins it.
+ */
+#include "request.h"
+#include "sbuf.h"
+#include "textbuf.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+unsigned http_status_from_eng(eng_status st, const char **type, const char **code)
+{
+    const char *t = "server_error", *c = NULL;
+    unsigned http = 500;
+    switch (st) {
+    case ENG_OK: http = 200; t = NULL; break;
+    case ENG_EINVAL: http = 400; t = "invalid_request_error"; break;
+    case ENG_ECTXFULL: http = 400; t = "invalid_request_error"; c = "context_length_exceeded"; break;
+    case ENG_EUNSUPPORTED: http = 400; t = "invalid_request_error"; c = "not_supported"; break;
+    case ENG_EBUSY: http = 429; t = "rate_limit_error"; c = "queue_full"; break;
+    case ENG_ESTOPPED: http = 503; t = "unavailable_error"; c = "draining"; break;
+    case ENG_ECANCELED: http = 503; t = "unavailable_error"; c = "cancelled"; break;
+    case ENG_ENOMEM: http = 503; t = "unavailable_error"; c = "out_of_memory"; break;
+    case ENG_EIO: case ENG_EFORMAT: case ENG_ERANGE: http = 500; t = "server_error"; break;
+    }
+    if (type) *type = t;
+    if (code) *code = c;
+    return http;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void set_error(api_error *e, unsigned status, const char *type, const char *code, const char *param,
+                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void set_error(api_error *e, unsigned status, const char *type, const char *code, const char *param,
+                      const char *fmt, ...)
+{
+    e->status = status;
+    e->type = type;
+    e->code = code;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+/* An engine call failed (the same reply as http_reply_eng_error). */
+static void set_eng_error(api_error *e, eng_status st, const char *param, const char *msg)
+{
+    const char *type, *code;
+    unsigned http = http_status_from_eng(st, &type, &code);
+    set_error(e, http, type ? type : "server_error", code, param, "%s", msg ? msg : eng_strerror(st));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Field validation                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const api_limits *lim;
+    json_t *body;
+    api_error *err;
+    bool failed;
+} vctx;
+
+#define VFAIL(...)                                                                                            \
+    do {                                                                                                      \
+        vfail(__VA_ARGS__);                                                                                   \
+        return;                                                                                               \
+    } while (0)
+
+/* A 400 naming its field; the first failure wins. Messages are cut at 400
+ * bytes (the longer limit of set_error is for the few others). */
+static void vfail(vctx *v, const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void vfail(vctx *v, const char *param, const char *code, const char *fmt, ...)
+{
+    if (v->failed) return;
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    v->failed = true;
+    set_error(v->err, 400, "invalid_request_error", code, param, "%s", msg);
+}
+
+/* The value of an optional field, NULL when absent or null. */
+static json_t *opt(vctx *v, const char *key)
+{
+    json_t *x = json_object_get(v->body, key);
+    return x && !json_is_null(x) ? x : NULL;
+}
+
+static bool get_number(vctx *v, const char *key, double lo, double hi, bool lo_open, double *out)
+{
+    json_t *x = opt(v, key);
+    if (!x || v->failed) return false;
+    if (!json_is_number(x)) {
+        vfail(v, key, "invalid_type", "'%s' must be a number", key);
+        return false;
+    }
+    double d = json_number_value(x);
+    if (!(lo_open ? d > lo : d >= lo) || !(d <= hi)) {
+        vfail(v, key, "invalid_value", "'%s' must be in %s%g, %g], got %g", key, lo_open ? "(" : "[", lo, hi, d);
+        return false;
+    }
+    /* The engine takes floats: an open bound must hold after rounding too. */
+    if (lo_open && !((float)d > (float)lo)) {
+        vfail(v, key, "invalid_value", "'%s' must be in (%g, %g], got %g (%g as a 32-bit float)", key, lo, hi, d,
+              (double)(float)d);
+        return false;
+    }
+    *out = d;
+    return true;
+}
+
+static bool get_int(vctx *v, const char *key, long long lo, long long hi, long long *out)
+{
+    json_t *x = opt(v, key);
+    if (!x || v->failed) return false;
+    long long k;
+    if (json_is_integer(x)) {
+        k = json_integer_value(x);
+    } else if (json_is_real(x) && json_real_value(x) == floor(json_real_value(x)) &&
+               fabs(json_real_value(x)) < 9e15) {
+        k = (long long)json_real_value(x);
+    } else {
+        vfail(v, key, "invalid_type", "'%s' must be an integer", key);
+        return false;
+    }
+    if (k < lo || k > hi) {
+        vfail(v, key, "invalid_value", "'%s' must be an integer in [%lld, %lld], got %lld", key, lo, hi, k);
+        return false;
+    }
+    *out = k;
+    return true;
+}
+
+static bool get_bool(vctx *v, const char *key, bool *out)
+{
+    json_t *x = opt(v, key);
+    if (!x || v->failed) return false;
+    if (!json_is_boolean(x)) {
+        vfail(v, key, "invalid_type", "'%s' must be a boolean", key);
+        return false;
+    }
+    *out = json_is_true(x);
+    return true;
+}
+
+static bool model_name_ok(const api_limits *lim, const char *name)
+{
+    return !strcmp(name, lim->model_id) || !strcmp(name, lim->model_file);
+}
+
+/* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
+static void parse_common(vctx *v, api_request *c, bool chat)
+{
+    const api_limits *lim = v->lim;
+    const srv_config *cfg = lim->cfg;
+    c->p.n_logprobs = -1;
+    c->p.sampling = eng_sampler_default_params();
+    eng_sampler_params *sp = &c->p.sampling;
+    /* OpenAI semantics: temperature 1, top_p 1, no top-k / min-p unless asked. */
+    sp->temperature = 1.0f;
+    sp->top_k = 0;
+    sp->top_p = 1.0f;
+    sp->min_p = 0.0f;
+    sp->seed = 0; /* the submitter draws one unless the body gives it */
+
+    json_t *x;
+    if ((x = json_object_get(v->body, "model")) && !json_is_null(x)) {
+        if (!json_is_string(x)) VFAIL(v, "model", "invalid_type", "'model' must be a string");
+        if (!model_name_ok(lim, json_string_value(x))) {
+            v->failed = true;
+            set_error(v->err, 404, "not_found_error", "model_not_found", "model",
+                      "the model '%s' does not exist (this server serves '%s')", json_string_value(x),
+                      lim->model_id);
+            return;
+        }
+    }
+    long long k;
+    double d;
+    bool b;
+    /* Defaults: the server's limit (chat), OpenAI's 16 within it (completions). */
+    long long max_tok = chat || cfg->max_tokens < 16 ? cfg->max_tokens : 16;
+    const char *mt_key = "max_tokens";
+    if (chat && opt(v, "max_completion_tokens")) mt_key = "max_completion_tokens";
+    if (get_int(v, mt_key, chat ? 1 : 0, INT32_MAX, &k)) {
+        if (k > cfg->max_tokens)
+            VFAIL(v, mt_key, "invalid_value", "'%s' must be at most %ld on this server, got %lld", mt_key,
+                  cfg->max_tokens, k);
+        max_tok = k;
+    }
+    c->p.max_tokens = (int32_t)max_tok;
+    if (get_number(v, "temperature", 0, 2, false, &d)) sp->temperature = (float)d;
+    if (get_number(v, "top_p", 0, 1, false, &d)) {
+        if ((float)d == 0) sp->temperature = 0; /* only the top token survives: greedy */
+        else sp->top_p = (float)d;
+    }
+    if (get_int(v, "top_k", -1, INT32_MAX, &k)) sp->top_k = k < 0 ? 0 : (int32_t)k;
+    if (get_number(v, "min_p", 0, 1, false, &d)) sp->min_p = (float)d;
+    if (get_number(v, "presence_penalty", -2, 2, false, &d)) sp->presence_penalty = (float)d;
+    if (get_number(v, "frequency_penalty", -2, 2, false, &d)) sp->frequency_penalty = (float)d;
+    if (get_number(v, "repetition_penalty", 0, 100, true, &d)) sp->repeat_penalty = (float)d;
+    if (get_number(v, "repeat_penalty", 0, 100, true, &d)) sp->repeat_penalty = (float)d;
+    if (get_int(v, "repeat_last_n", -1, INT32_MAX, &k)) sp->repeat_last_n = (int32_t)k;
+    if ((x = opt(v, "seed"))) {
+        if (!json_is_integer(x)) VFAIL(v, "seed", "invalid_type", "'seed' must be an integer");
+        sp->seed = (uint64_t)json_integer_value(x);
+        c->seeded = true;
+    }
+    if (get_int(v, "n", 1, INT32_MAX, &k) && k != 1)
+        VFAIL(v, "n", "invalid_value", "only n=1 is supported, got n=%lld", k);
+    if (!chat && get_int(v, "best_of", 1, INT32_MAX, &k) && k != 1)
+        VFAIL(v, "best_of", "invalid_value", "only best_of=1 is supported");
+    if (get_int(v, "min_tokens", 0, INT32_MAX, &k)) c->p.min_tokens = (int32_t)k;
+    if (get_bool(v, "ignore_eos", &b)) c->p.ignore_eos = b;
+    if (get_bool(v, "stream", &b)) c->stream = b;
+    if ((x = opt(v, "stream_options"))) {
+        if (!json_is_object(x)) VFAIL(v, "stream_options", "invalid_type", "'stream_options' must be an object");
+        if (!c->stream)
+            VFAIL(v, "stream_options", "invalid_value", "'stream_options' is only allowed when 'stream' is true");
+        json_t *iu = json_object_get(x, "include_usage");
+        if (iu && !json_is_null(iu)) {
+            if (!json_is_boolean(iu))
+                VFAIL(v, "stream_options.include_usage", "invalid_type",
+                      "'stream_options.include_usage' must be a boolean");
+            c->include_usage = json_is_true(iu);
+        }
+    }
+    if ((x = opt(v, "user")) && !json_is_string(x)) VFAIL(v, "user", "invalid_type", "'user' must be a string");
+    if (v->failed) return;
+
+    /* stop: a string or an array of strings. */
+    if ((x = opt(v, "stop"))) {
+        if (json_is_string(x)) {
+            c->stops = malloc(sizeof *c->stops);
+            if (c->stops) c->stops[c->n_stops++] = json_string_value(x);
+        } else if (json_is_array(x)) {
+            if (json_array_size(x) > 16) VFAIL(v, "stop", "invalid_value", "'stop' may hold at most 16 strings");
+            c->stops = malloc((json_array_size(x) + 1) * sizeof *c->stops);
+            size_t i;
+            json_t *e;
+            json_array_foreach(x, i, e) {
+                if (!json_is_string(e))
+                    VFAIL(v, "stop", "invalid_type", "'stop' must be a string or an array of strings");
+                if (c->stops) c->stops[c->n_stops++] = json_string_value(e);
+            }
+        } else {
+            VFAIL(v, "stop", "invalid_type", "'stop' must be a string or an array of strings");
+        }
+    }
+    /* logit_bias: {"token id": bias in [-100, 100]} */
+    if ((x = opt(v, "logit_bias"))) {
+        if (!json_is_object(x))
+            VFAIL(v, "logit_bias", "invalid_type", "'logit_bias' must be an object mapping token ids to numbers");
+        int32_t nv = eng_vocab_n_tokens(lim->vocab);
+        c->bias = calloc(json_object_size(x) + 1, sizeof *c->bias);
+        const char *key;
+        json_t *e;
+        json_object_foreach(x, key, e) {
+            char *end;
+            long id = strtol(key, &end, 10);
+            if (!key[0] || *end || id < 0 || id >= nv)
+                VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' key '%s' is not a token id in [0, %d)", key,
+                      nv);
+            if (!json_is_number(e) || !(json_number_value(e) >= -100 && json_number_value(e) <= 100))
+                VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' values must be numbers in [-100, 100]");
+            if (c->bias) c->bias[sp->n_logit_bias++] = (eng_logit_bias){(int32_t)id, (float)json_number_value(e)};
+        }
+        sp->logit_bias = c->bias;
+    }
+    if ((x = opt(v, "response_format"))) {
+        json_t *t = json_is_object(x) ? json_object_get(x, "type") : NULL;
+        if (!json_is_string(t))
+            VFAIL(v, "response_format", "invalid_type", "'response_format' must be an object with a string 'type'");
+        const char *ts = json_string_value(t);
+        if (!strcmp(ts, "json_object") || !strcmp(ts, "json_schema"))
+            VFAIL(v, "response_format.type", "not_supported",
+                  "response_format type '%s' is not supported by this server (only 'text')", ts);
+        if (strcmp(ts, "text"))
+            VFAIL(v, "response_format.type", "invalid_value",
+                  "'response_format.type' must be 'text', 'json_object' or 'json_schema'");
+    }
+    const char *param = NULL;
+    char msg[300];
+    if (orthorank_parse(json_object_get(v->body, "orthorank"), cfg, lim->n_layer, &c->orank, &param, msg,
+                        sizeof msg))
+        VFAIL(v, param, "invalid_value", "%s", msg);
+}
+
+static int32_t *tokenize(const eng_vocab *vocab, const char *text, size_t len, bool parse_special, size_t *n)
+{
+    size_t cap = len + 8;
+    for (int tries = 0; tries < 2; tries++) {
+        int32_t *ids = malloc(cap * sizeof *ids);
+        if (!ids) return NULL;
+        eng_status st = eng_tokenize(vocab, text, len, true, parse_special, ids, cap, n);
+        if (st == ENG_OK) return ids;
+        free(ids);
+        if (st != ENG_ERANGE) return NULL;
+        cap = *n;
+    }
+    return NULL;
+}
+
+/* The prompt's checks that need its tokens; takes ownership of ids. */
+static int set_prompt(vctx *v, api_request *c, int32_t *ids, size_t n_ids)
+{
+    const api_limits *lim = v->lim;
+    c->prompt = ids;
+    c->p.prompt = ids;
+    c->p.n_prompt = n_ids;
+    if (n_ids == 0) {
+        set_error(v->err, 400, "invalid_request_error", "invalid_value", c->prompt_param,
+                  "the prompt is empty (and the model adds no BOS token)");
+        return -1;
+    }
+    if ((int64_t)n_ids + (c->p.max_tokens > 0 ? 1 : 0) > lim->n_ctx) {
+        set_error(v->err, 400, "invalid_request_error", "context_length_exceeded", c->prompt_param,
+                  "this model's maximum context length is %d tokens, but the %s is %zu tokens%s", lim->n_ctx,
+                  c->chat ? "conversation" : "prompt", n_ids,
+                  c->p.max_tokens > 0 ? " (and at least one must be generated)" : "");
+        return -1;
+    }
+    return 0;
+}
+
+void api_request_free(api_request *req)
+{
+    if (!req) return;
+    free(req->prompt);
+    free(req->bias);
+    free(req->stops);
+    free(req->echo_text);
+    memset(req, 0, sizeof *req);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Endpoints                                                                */
+/* ------------------------------------------------------------------------ */
+
+int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err)
+{
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    out->chat = true;
+    out->prompt_param = "messages";
+    vctx v = {lim, body, err, false};
+    eng_chat_msg *cm = NULL;
+    char **owned = NULL;
+    size_t n = 0;
+    json_t *msgs = json_object_get(body, "messages");
+    if (!msgs || json_is_null(msgs)) {
+        vfail(&v, "messages", "missing_field", "'messages' is required");
+        goto out;
+    }
+    if (!json_is_array(msgs)) {
+        vfail(&v, "messages", "invalid_type", "'messages' must be an array");
+        goto out;
+    }
+    n = json_array_size(msgs);
+    if (!n) {
+        vfail(&v, "messages", "invalid_value", "'messages' must not be empty");
+        goto out;
+    }
+    json_t *x;
+    if ((x = opt(&v, "tools")) && (!json_is_array(x) || json_array_size(x))) {
+        vfail(&v, "tools", "not_supported", "tools are not supported by this server");
+        goto out;
+    }
+    if ((x = opt(&v, "functions")) && (!json_is_array(x) || json_array_size(x))) {
+        vfail(&v, "functions", "not_supported", "functions are not supported by this server");
+        goto out;
+    }
+
+    cm = calloc(n, sizeof *cm);
+    owned = calloc(n, sizeof *owned);
+    char param[64];
+    if (!cm || !owned) {
+        set_error(err, 500, "server_error", NULL, NULL, "out of memory");
+        v.failed = true;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(msgs, i);
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        if (!json_is_object(m)) {
+            vfail(&v, param, "invalid_type", "'%s' must be an object", param);
+            goto out;
+        }
+        json_t *role = json_object_get(m, "role");
+        snprintf(param, sizeof param, "messages[%zu].role", i);
+        if (!json_is_string(role)) {
+            vfail(&v, param, role ? "invalid_type" : "missing_field", "'%s' must be a string", param);
+            goto out;
+        }
+        const char *rs = json_string_value(role);
+        if (!strcmp(rs, "developer")) rs = "system";
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+            vfail(&v, param, "invalid_value", "'%s' must be 'system', 'user' or 'assistant' (got '%s')", param, rs);
+            goto out;
+        }
+        cm[i].role = rs;
+        json_t *content = json_object_get(m, "content");
+        snprintf(param, sizeof param, "messages[%zu].content", i);
+        if (json_is_string(content)) {
+            cm[i].content = json_string_value(content);
+        } else if (json_is_array(content)) {
+            sbuf t = {0};
+            size_t k;
+            json_t *part;
+            sbuf_add(&t, "", 0);
+            json_array_foreach(content, k, part) {
+                json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+                if (!json_is_object(part) || !json_is_string(type)) {
+                    free(t.p);
+                    vfail(&v, param, "invalid_type", "'%s[%zu]' must be a content part object with a 'type'", param,
+                          k);
+                    goto out;
+                }
+                if (strcmp(json_string_value(type), "text")) {
+                    free(t.p);
+                    vfail(&v, param, "not_supported", "content parts of type '%s' are not supported (only 'text')",
+                          json_string_value(type));
+                    goto out;
+                }
+                if (!json_is_string(text)) {
+                    free(t.p);
+                    vfail(&v, param, "invalid_type", "'%s[%zu].text' must be a string", param, k);
+                    goto out;
+                }
+                if (k) sbuf_add(&t, "\n", 1);
+                sbuf_add(&t, json_string_value(text), json_string_length(text));
+            }
+            owned[i] = t.p;
+            cm[i].content = t.p;
+        } else if ((!content || json_is_null(content)) && !strcmp(rs, "assistant")) {
+            cm[i].content = "";
+        } else {
+            vfail(&v, param, content ? "invalid_type" : "missing_field",
+                  "'%s' must be a string or an array of text parts", param);
+            goto out;
+        }
+    }
+    parse_common(&v, out, true);
+    if (v.failed) goto out;
+    bool lp = false;
+    long long top = 0;
+    get_bool(&v, "logprobs", &lp);
+    if (get_int(&v, "top_logprobs", 0, 20, &top) && !lp) {
+        vfail(&v, "top_logprobs", "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
+        goto out;
+    }
+    if (v.failed) goto out;
+    out->p.n_logprobs = lp ? (int32_t)top : -1;
+    char *prompt_text = NULL;
+    size_t prompt_len = 0;
+    eng_status st = eng_chat_apply(lim->chat_fmt, cm, n, true, &prompt_text, &prompt_len);
+    if (st != ENG_OK) {
+        set_eng_error(err, st, "messages", "the messages could not be rendered with the chat template");
+        v.failed = true;
+        goto out;
+    }
+    size_t n_ids = 0;
+    int32_t *ids = tokenize(lim->vocab, prompt_text, prompt_len, true, &n_ids);
+    eng_free(prompt_text);
+    if (!ids) {
+        set_error(err, 500, "server_error", NULL, NULL, "tokenization failed");
+        v.failed = true;
+        goto out;
+    }
+    if (set_prompt(&v, out, ids, n_ids)) v.failed = true;
+out:
+    for (size_t i = 0; owned && i < n; i++) free(owned[i]);
+    free(owned);
+    free(cm);
+    if (v.failed) {
+        api_request_free(out);
+        return -1;
+    }
+    return 0;
+}
+
+int api_parse_completions(const api_limits *lim, json_t *body, api_request *out, api_error *err)
+{
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    out->prompt_param = "prompt";
+    vctx v = {lim, body, err, false};
+    json_t *pr = json_object_get(body, "prompt");
+    if (!pr || json_is_null(pr)) {
+        vfail(&v, "prompt", "missing_field", "'prompt' is required");
+        return -1;
+    }
+    if (opt(&v, "suffix")) {
+        vfail(&v, "suffix", "not_supported", "'suffix' (insertion) is not supported by this server");
+        return -1;
+    }
+    /* An array of one prompt is that prompt. */
+    if (json_is_array(pr) && json_array_size(pr) == 1 &&
+        (json_is_string(json_array_get(pr, 0)) || json_is_array(json_array_get(pr, 0))))
+        pr = json_array_get(pr, 0);
+    parse_common(&v, out, false);
+    long long lpn = -1;
+    bool echo = false;
+    if (!v.failed) get_int(&v, "logprobs", 0, 20, &lpn);
+    if (!v.failed) get_bool(&v, "echo", &echo);
+    if (v.failed) goto fail;
+    out->p.n_logprobs = (int32_t)lpn;
+    out->echo = echo;
+    out->p.prompt_logprobs = echo && lpn >= 0;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    if (json_is_string(pr)) {
+        ids = tokenize(lim->vocab, json_string_value(pr), json_string_length(pr), false, &n_ids);
+        if (!ids) {
+            set_error(err, 500, "server_error", NULL, NULL, "tokenization failed");
+            goto fail;
+        }
+        if (echo) {
+            out->echo_text = strndup(json_string_value(pr), json_string_length(pr));
+            out->echo_len = json_string_length(pr);
+        }
+    } else if (json_is_array(pr)) {
+        size_t n = json_array_size(pr);
+        if (!n) {
+            vfail(&v, "prompt", "invalid_value", "'prompt' must not be empty");
+            goto fail;
+        }
+        int32_t nv = eng_vocab_n_tokens(lim->vocab);
+        ids = malloc(n * sizeof *ids);
+        for (size_t i = 0; ids && i < n; i++) {
+            json_t *e = json_array_get(pr, i);
+            if (!json_is_integer(e)) {
+                free(ids);
+                vfail(&v, "prompt", "invalid_type",
+                      "'prompt' must be a string, an array of token ids, or an array of one of those "
+                      "(several prompts per request are not supported)");
+                goto fail;
+            }
+            if (json_integer_value(e) < 0 || json_integer_value(e) >= nv) {
+                free(ids);
+                vfail(&v, "prompt", "invalid_value", "'prompt[%zu]' is not a token id in [0, %d)", i, nv);
+                goto fail;
+            }
+            ids[i] = (int32_t)json_integer_value(e);
+        }
+        n_ids = n;
+        if (echo && ids) {
+            size_t cap = n * 16 + 16, len = 0;
+            char *buf = malloc(cap);
+            if (buf && eng_detokenize(lim->vocab, ids, n, false, false, buf, cap, &len) == ENG_ERANGE) {
+                free(buf);
+                cap = len + 1;
+                buf = malloc(cap);
+                if (buf && eng_detokenize(lim->vocab, ids, n, false, false, buf, cap, &len) != ENG_OK) len = 0;
+            }
+            if (buf) out->echo_text = utf8_sanitize(buf, len, &out->echo_len);
+            free(buf);
+        }
+    } else {
+        vfail(&v, "prompt", "invalid_type",
+              "'prompt' must be a string, an array of token ids, or an array of one of those");
+        goto fail;
+    }
+    if (!ids) {
+        set_error(err, 500, "server_error", NULL, NULL, "out of memory");
+        goto fail;
+    }
+    if (echo && !out->echo_text) out->echo_text = strdup("");
+    if (set_prompt(&v, out, ids, n_ids)) goto fail;
+    return 0;
+fail:
+    api_request_free(out);
+    return -1;
+}

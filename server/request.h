@@ -1,0 +1,93 @@
+/*
+ * request.h - validation of the completion endpoints' request bodies
+ * (/v1/chat/completions, /v1/completions) into what the scheduler needs.
+ *
+ * Pure functions of the body and a few server facts (api_limits): no HTTP,
+ * no scheduler, no randomness. On success the api_request holds engine
+ * parameters the scheduler accepts (eng_sched_validate) once the submitter
+ * has filled in what only it knows: the callback, the OrthoRank settings'
+ * storage (orthorank_params of req->orank) and a random seed when the body
+ * gave none. On failure the api_error holds the HTTP status, OpenAI error
+ * type and code, the field at fault and the message. http.c replies with
+ * it, the fuzz harness tests/fuzz/fuzz_request.c checks it. Loop thread or
+ * any thread: nothing here keeps state.
+ */
+#ifndef ORTHOSERVE_REQUEST_H
+#define ORTHOSERVE_REQUEST_H
+
+#include "config.h"
+#include "orthoserve/engine.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The "orthorank" request settings (orthorank_json.c). */
+typedef struct {
+    bool present;
+    double sparsity;
+    double token_ratio; /* < 0: not given */
+    int32_t layers[256];
+    size_t n_layers;
+    char decode[16], method[16];
+} orank_req;
+/* Validate a request's "orthorank" value (NULL/absent: the server's
+ * defaults from cfg). On error: returns -1 with *param naming the field and
+ * msg the reason (400). */
+int orthorank_parse(json_t *v, const srv_config *cfg, int32_t n_layer, orank_req *out, const char **param,
+                    char *msg, size_t msglen);
+/* The engine settings of a parsed request (layers point into req). */
+eng_orthorank_params orthorank_params(const orank_req *req, const srv_config *cfg);
+
+/* What a request is validated against: the served model and the limits. */
+typedef struct {
+    const srv_config *cfg;      /* max_tokens, OrthoRank defaults */
+    const eng_vocab *vocab;     /* token ids, tokenization */
+    eng_chat_format chat_fmt;   /* renders "messages" */
+    int32_t n_ctx;              /* positions per sequence */
+    int32_t n_layer;            /* for "orthorank.layers" */
+    const char *model_id;       /* names "model" may give */
+    const char *model_file;
+} api_limits;
+
+/* A validated request. Owns prompt, bias, stops (the array; the strings are
+ * views into the body, which must outlive the request) and echo_text. */
+typedef struct {
+    bool chat;
+    /* The engine parameters: prompt, max_tokens, min_tokens, ignore_eos,
+     * sampling (logit_bias points at bias), n_logprobs, prompt_logprobs.
+     * on_event, user and orthorank are left NULL for the submitter. */
+    eng_request_params p;
+    bool seeded;                /* the body gave "seed"; else sampling.seed is 0 */
+    int32_t *prompt;            /* n_prompt >= 1 token ids in [0, n_vocab) */
+    eng_logit_bias *bias;
+    const char **stops;         /* at most 16, for textbuf_new */
+    size_t n_stops;
+    bool stream, include_usage;
+    bool echo;                  /* completions: the prompt goes first */
+    char *echo_text;            /* its text (valid UTF-8) when echo, else NULL */
+    size_t echo_len;
+    orank_req orank;
+    const char *prompt_param;   /* "messages" or "prompt": names the prompt in later errors */
+} api_request;
+
+/* Why a request was refused: an OpenAI error object and the HTTP status. */
+typedef struct {
+    unsigned status;            /* 400, 404; 500/503 when memory ran out */
+    const char *type;           /* "invalid_request_error", "not_found_error", "server_error", ... */
+    const char *code;           /* "invalid_value", "missing_field", ...; NULL: none */
+    char param[64];             /* the field at fault ("messages[2].content"); "": none */
+    char message[512];
+} api_error;
+
+/* Validate a body (a JSON object) of either endpoint. 0 with *out filled
+ * (free with api_request_free), or -1 with *err filled (*out needs no free). */
+int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err);
+int api_parse_completions(const api_limits *lim, json_t *body, api_request *out, api_error *err);
+void api_request_free(api_request *req);
+
+/* The one eng_status -> HTTP mapping (status, error type and code). */
+unsigned http_status_from_eng(eng_status st, const char **type, const char **code);
+
+#endif
