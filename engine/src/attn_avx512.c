@@ -105,9 +105,20 @@ AI void tile(int NT, const eng__attn_args *a, const int32_t *qi)
         if (nk[t] > nk_max) nk_max = nk[t];
     }
     const __m512 scale = _mm512_set1_ps(a->scale);
+    const size_t head_bytes = (size_t)hd * B * sizeof(float);
     for (int32_t b = 0; b * B < nk_max; b++) {
         const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
         const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
+        if ((b + 1) * B < nk_max) {
+            /* blocks are scattered: ask for the next one's keys and values
+             * (into L2) while this one is computed */
+            const char *nk_ = (const char *)(a->k + (size_t)a->blk[b + 1] * a->blk_stride);
+            const char *nv_ = (const char *)(a->v + (size_t)a->blk[b + 1] * a->blk_stride);
+            for (size_t o = 0; o < head_bytes; o += 64) {
+                _mm_prefetch(nk_ + o, _MM_HINT_T1);
+                _mm_prefetch(nv_ + o, _MM_HINT_T1);
+            }
+        }
         __m512 s[TILE];
         scores(NT, hd, q, K, s);
         for (int t = 0; t < NT; t++) {
