@@ -98,7 +98,8 @@ static double run_batch(eng_context *c, const int32_t *tok, int n, int pos0)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-s SPARSITY] MODEL.gguf...\n");
+    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-s SPARSITY] [-M 0|1] MODEL.gguf...\n"
+                    "  -M 0: read the model into memory (huge pages) instead of mapping the file (-M 1, default)\n");
     exit(2);
 }
 
@@ -173,6 +174,7 @@ int main(int argc, char **argv)
 {
     int runs = 5, n_prompt = 512, n_gen = 128, threads[8] = {1, 2}, n_thr = 2, i0 = 1;
     float sparsity = 0;
+    bool use_mmap = true;
     for (; i0 < argc && argv[i0][0] == '-'; i0 += 2) {
         if (i0 + 1 >= argc) usage();
         const char *o = argv[i0], *v = argv[i0 + 1];
@@ -180,6 +182,7 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "-p")) n_prompt = atoi(v);
         else if (!strcmp(o, "-n")) n_gen = atoi(v);
         else if (!strcmp(o, "-s")) sparsity = (float)atof(v);
+        else if (!strcmp(o, "-M")) use_mmap = atoi(v) != 0;
         else if (!strcmp(o, "-t")) {
             n_thr = 0;
             for (char *s = (char *)v; *s && n_thr < 8; s++) {
@@ -210,6 +213,7 @@ int main(int argc, char **argv)
         char err[512] = "";
         eng_model *m = NULL;
         eng_model_params mp = eng_model_default_params();
+        mp.use_mmap = use_mmap;
         if (eng_model_load(argv[mi], &mp, &m, err, sizeof err) != ENG_OK) {
             fprintf(stderr, "bench: %s: %s\n", argv[mi], err);
             return 1;
@@ -267,6 +271,7 @@ int main(int argc, char **argv)
             char err[512] = "";
             eng_model *m = NULL;
             eng_model_params mp = eng_model_default_params();
+            mp.use_mmap = use_mmap;
             if (eng_model_load(argv[mi], &mp, &m, err, sizeof err) != ENG_OK) {
                 fprintf(stderr, "bench: %s: %s\n", argv[mi], err);
                 return 1;

@@ -383,7 +383,7 @@ eng_status eng__gguf_open_mem(const void *buf, size_t size, eng__gguf **out, cha
  * rewritten while the server runs). */
 static eng_status read_all(int fd, size_t size, const char *path, void **out, char *err, size_t errlen)
 {
-    uint8_t *buf = eng__aligned_alloc(4096, size);
+    uint8_t *buf = eng__huge_alloc(size);
     if (!buf) {
         eng__errf(err, errlen, "out of memory reading '%s' (%zu bytes)", path, size);
         return ENG_ENOMEM;
@@ -395,7 +395,7 @@ static eng_status read_all(int fd, size_t size, const char *path, void **out, ch
         if (n <= 0) {
             eng__errf(err, errlen, "cannot read '%s': %s", path,
                       n < 0 ? strerror(errno) : "the file shrank while it was read");
-            eng__aligned_free(buf);
+            eng__huge_free(buf, size);
             return ENG_EIO;
         }
         got += (size_t)n;
@@ -441,7 +441,7 @@ static eng_status open_file(const char *path, bool use_mmap, eng__gguf **out, ch
     eng__gguf *g = eng__calloc(1, sizeof *g);
     if (!g) {
         if (use_mmap) munmap(map, (size_t)sb.st_size);
-        else eng__aligned_free(map);
+        else eng__huge_free(map, (size_t)sb.st_size);
         eng__errf(err, errlen, "out of memory");
         return ENG_ENOMEM;
     }
@@ -466,7 +466,7 @@ void eng__gguf_close(eng__gguf *g)
 {
     if (!g) return;
     if (g->mapped) munmap((void *)g->base, g->size);
-    if (g->owned) eng__aligned_free((void *)g->base);
+    if (g->owned) eng__huge_free((void *)g->base, g->size);
     free(g->kv);
     free(g->tensors);
     free(g);

@@ -31,6 +31,10 @@ void eng__log(eng_log_level lvl, const char *fmt, ...) __attribute__((format(pri
 /* Allocation wrappers: every engine allocation goes through these so a fault
  * injection knob (ORTHOSERVE_FAIL_ALLOC_AT) can make the N-th call fail. */
 void *eng__malloc(size_t n);
+/* n bytes of zeroed anonymous memory on 2 MiB huge pages where the kernel
+ * allows (MADV_HUGEPAGE); free with eng__huge_free(p, n). */
+void *eng__huge_alloc(size_t n);
+void eng__huge_free(void *p, size_t n);
 void *eng__calloc(size_t n, size_t sz);
 void *eng__realloc(void *p, size_t n);
 void *eng__aligned_alloc(size_t align, size_t n); /* free with eng__aligned_free */

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 
 const char *eng_strerror(eng_status st)
@@ -98,6 +99,35 @@ void *eng__aligned_alloc(size_t align, size_t n)
 }
 
 void eng__aligned_free(void *p) { free(p); }
+
+/*
+ * Big read-mostly buffers (weights read into memory): anonymous memory
+ * aligned to 2 MiB and advised for transparent huge pages. Decoding streams
+ * every weight once per token; with 4 KiB pages that is a TLB miss (and a
+ * page walk) every 4 KiB, with 2 MiB pages almost none.
+ */
+#define HUGE_SZ ((size_t)2 << 20)
+static size_t huge_len(size_t n) { return (n + HUGE_SZ - 1) & ~(HUGE_SZ - 1); }
+
+void *eng__huge_alloc(size_t n)
+{
+    if (alloc_should_fail()) return NULL;
+    size_t len = huge_len(n ? n : 1);
+    uint8_t *p = mmap(NULL, len + HUGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *a = (uint8_t *)(((uintptr_t)p + HUGE_SZ - 1) & ~(uintptr_t)(HUGE_SZ - 1));
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (p + len + HUGE_SZ > a + len) munmap(a + len, (size_t)(p + len + HUGE_SZ - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE); /* advice only: fine if THP is off */
+#endif
+    return a;
+}
+
+void eng__huge_free(void *p, size_t n)
+{
+    if (p) munmap(p, huge_len(n ? n : 1));
+}
 void eng_free(void *p) { free(p); }
 
 char *eng__strndup(const char *s, size_t n)
