@@ -18,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -511,13 +512,28 @@ static void set_request_id(hreq *r, const char *in)
  * logged and counted as status 408, as MHD cannot answer before the body); a
  * connection still sending headers is shut down by the sweep, and MHD, seeing
  * the end of the stream, closes it. An idle keep-alive connection is closed
- * at the same moment MHD's own timeout would close it. */
+ * at the same moment MHD's own timeout would close it.
+ *
+ * A client that sends part of a request and closes at once is noticed by
+ * the sweep too. libmicrohttpd 0.9.75 (epoll, edge-triggered) takes a short
+ * recv() as "no longer readable" without waiting for EAGAIN; when the peer's
+ * FIN arrived before that read, it came with the same edge, no later edge
+ * follows, and MHD never reads the end of the stream: the socket sat in
+ * CLOSE_WAIT until idle_timeout, and one whose headers were in also held a
+ * request slot that eviction cannot take (a few dozen such clients, which
+ * cost the sender nothing, kept everyone else out with 503 for a minute).
+ * So while MHD waits for request bytes (h->reading), the sweep peeks at the
+ * socket; at the end of the stream it shuts the socket down, MHD sees the
+ * hang-up and closes the connection (a request in progress ends as 499).
+ * Connections whose request is complete are not peeked: a suspended one has
+ * the disconnect watch, and one being answered finds out when it writes. */
 typedef struct hconn {
     struct hconn *prev, *next;
     int fd;
     bool shut;       /* shut down here (MHD closes it at its next run) */
     double t_wait;   /* since when a request is awaited */
     bool in_request; /* its headers are in: on_access / on_completed own it */
+    bool reading;    /* MHD waits for request bytes (headers or body) from the peer */
 } hconn;
 
 /* Past max_connections a new connection first evicts the connection that
@@ -568,6 +584,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         h->fd = ci ? ci->connect_fd : -1;
         h->t_wait = now_mono();
+        h->reading = true;
         h->next = s->conns;
         if (s->conns) s->conns->prev = h;
         s->conns = h;
@@ -590,14 +607,26 @@ static hconn *conn_of(struct MHD_Connection *c)
     return ci ? ci->socket_context : NULL;
 }
 
+/* Whether the peer has closed its end (or reset the connection) and left
+ * nothing unread. */
+static bool peer_gone(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return true;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
 void http_sweep(srv *s, double now)
 {
-    for (hconn *h = s->conns; h; h = h->next)
-        if (!h->in_request && !h->shut && now - h->t_wait > s->cfg->idle_timeout) {
+    for (hconn *h = s->conns; h; h = h->next) {
+        if (h->shut || h->fd < 0) continue;
+        if ((!h->in_request && now - h->t_wait > s->cfg->idle_timeout) || (h->reading && peer_gone(h->fd))) {
             shutdown(h->fd, SHUT_RDWR);
             h->shut = true;
             s->n_conns--;
         }
+    }
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -660,6 +689,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         r->body_n += n;
         return MHD_YES;
     }
+    /* The final call: the whole request is in. */
+    hconn *h = conn_of(c);
+    if (h) h->reading = false;
     if (r->responded || r->job) return MHD_YES;
     dispatch(r, method);
     return MHD_YES;
@@ -685,6 +717,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     hconn *h = conn_of(c);
     if (h) {
         h->in_request = false;
+        h->reading = true; /* kept alive: the next request's bytes are awaited */
         h->t_wait = now_mono();
     }
     if (r->job) job_detach(r->job, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "client_disconnect");

@@ -27,7 +27,9 @@ Afterwards (all must hold, else exit 1):
     and at least one when there were any;
   - requests running, waiting and orthoserve_kv_tokens_used are back to 0;
   - the server's RSS is within max(8 MiB, 10%) of its post-warm-up value
-    and its open file descriptors are exactly as many as after warm-up.
+    and its open file descriptors are exactly as many as after warm-up
+    (counted after the last request to the server; a connection still open
+    idle_timeout + 3 s later is a leak).
 The figures are printed at the end. For diagnosis: SOAK_NO_CHAOS=1 leaves
 the chaos thread out, SOAK_CHAOS_KINDS=0,1,2 picks its kinds (0 disconnect
 before the answer, 1 half body, 2 dropped stream); on a descriptor mismatch
@@ -81,6 +83,33 @@ def rss_bytes(pid):
 
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def tcp_states():
+    """inode -> (local, remote, state) for every TCP socket (/proc/net/tcp{,6})."""
+    out = {}
+    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(f):
+            for line in open(f).read().splitlines()[1:]:
+                t = line.split()
+                out[t[9]] = (t[1], t[2], "state " + t[3])
+    return out
+
+
+def connection_sockets(pid):
+    """The server's TCP sockets other than listening ones (state 0A)."""
+    st = tcp_states()
+    out = []
+    for d in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, d))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            ino = link[8:-1]
+            if ino in st and st[ino][2] != "state 0A":
+                out.append((d,) + st[ino])
+    return out
 
 
 def mib(x):
@@ -203,7 +232,13 @@ def main():
         for name, r in warm.items():
             check(r["accounting_ok"], "warm-up %s: accounting identity broken" % name)
         m0 = wait_idle(s)
-        time.sleep(0.5)
+        # The baseline holds no client connection (the warm-up's and wait_idle's
+        # own are closed by their clients; give the server idle_timeout).
+        deadline = time.time() + IDLE + 3
+        while connection_sockets(pid) and time.time() < deadline:
+            time.sleep(0.05)
+        left = connection_sockets(pid)
+        check(not left, "connections still open %d s after the warm-up: %s" % (IDLE + 3, left))
         rss0, fd0 = rss_bytes(pid), fd_count(pid)
         fds0 = sorted("%s -> %s" % (d, os.readlink("/proc/%d/fd/%s" % (pid, d))) for d in os.listdir("/proc/%d/fd" % pid))
 
@@ -227,11 +262,14 @@ def main():
         sampling.set()
         soak_time = time.time() - t_soak
         m1 = wait_idle(s)
-        # Connections the clients closed are gone at once; give stragglers idle_timeout.
+        # Descriptors are counted after the last request made to the server
+        # (wait_idle's /metrics), with none in between: a connection its client
+        # closed is gone at once, a straggler gets idle_timeout. (Counting right
+        # after a request, as this test once did, catches that request's own
+        # connection before the server has seen its client close it.)
         deadline = time.time() + IDLE + 3
-        while fd_count(pid) > fd0 and time.time() < deadline:
-            time.sleep(0.2)
-        m1 = wait_idle(s)
+        while fd_count(pid) != fd0 and time.time() < deadline:
+            time.sleep(0.05)
         rss1, fd1 = rss_bytes(pid), fd_count(pid)
         check(s.proc.poll() is None, "the server exited: %s" % s.log_text()[-2000:])
 
@@ -287,33 +325,15 @@ def main():
         # --- the process --------------------------------------------------------------
         margin = max(RSS_MARGIN_ABS, RSS_MARGIN_REL * rss0)
         check(rss1 <= rss0 + margin, "RSS grew from %s to %s (margin %s)" % (mib(rss0), mib(rss1), mib(margin)))
-        known_issue = None
         if fd1 != fd0:
-            # Count again from the very listing that is reported: an fd that was
-            # closing when fd1 was taken is not growth.
-            time.sleep(0.5)
+            # Any difference fails; the report names each descriptor and, for
+            # sockets, its TCP state (/proc/net/tcp: 01 established, 08 close-wait).
             links = sorted("%s -> %s" % (d, os.readlink("/proc/%d/fd/%s" % (pid, d)))
                            for d in os.listdir("/proc/%d/fd" % pid))
-            fd1 = len(links)
-        if fd1 != fd0:
-            tcp = [l.split() for f in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(f)
-                   for l in open(f).read().splitlines()[1:]]
-            inodes = {x.split("[")[1].rstrip("]") for x in links if "socket:[" in x}
-            socks = [(t[1], t[2], "state " + t[3], "inode " + t[9]) for t in tcp if t[9] in inodes]
-            # KNOWN ISSUE (open, see docs/SECURITY.md "Known issues"): about once
-            # per ~10,000 client aborts, libmicrohttpd 0.9.75 in external epoll
-            # mode keeps one peer-closed connection (CLOSE_WAIT) until shutdown
-            # although it reported the connection closed to us; our suspends and
-            # resumes balance. Exactly that signature - one extra fd, a server-side
-            # TCP socket in CLOSE_WAIT (state 08) - is reported, not failed;
-            # anything else (more fds, other kinds) fails.
-            server_port = "%04X" % s.port
-            extra = [x for x in socks if x[0].endswith(":" + server_port) and x[2] == "state 08"]
-            if fd1 == fd0 + 1 and len(extra) == 1:
-                known_issue = extra[0]
-            else:
-                check(False, "open fds %d after warm-up (%s), %d after the soak: %s; sockets %s"
-                      % (fd0, fds0, fd1, links, socks))
+            st = tcp_states()
+            socks = [(x,) + st.get(x.split("[")[1].rstrip("]"), ()) for x in links if "socket:[" in x]
+            check(False, "open fds %d after warm-up (%s), %d after the soak (%s); sockets %s"
+                  % (fd0, fds0, fd1, links, socks))
 
         # --- figures ------------------------------------------------------------------
         print("=== soak: %.0f s loaded (+%.0f s warm-up), total %.0f s ===" % (soak_time, WARMUP, time.time() - t0))
@@ -333,8 +353,6 @@ def main():
         print("RSS after warm-up %s, peak %s, after the soak %s (margin %s)"
               % (mib(rss0), mib(rss_peak[0]), mib(rss1), mib(margin)))
         print("open fds after warm-up %d, after the soak %d" % (fd0, fd1))
-        if known_issue:
-            print("KNOWN ISSUE: one peer-closed connection left in CLOSE_WAIT by libmicrohttpd: %s" % (known_issue,))
         print("after the soak: running %d, waiting %d, kv_tokens_used %d"
               % (m1.get("orthoserve_requests_running", -1), m1.get("orthoserve_requests_waiting", -1),
                  m1.get("orthoserve_kv_tokens_used", -1)))
