@@ -46,7 +46,6 @@ AI float ldh(const uint8_t *p)
 
 AI __m256i lu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
-AI __m512i lu512(const void *p) { return _mm512_loadu_si512(p); }
 
 /* Fixed-order horizontal sum (same sequence for every caller). */
 AI float hsum16(__m512 v)

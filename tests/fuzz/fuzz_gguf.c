@@ -8,6 +8,7 @@
  * first and last byte of every tensor's data. With ASan over the exact-size
  * input buffer, any view that leaves the buffer is a crash.
  */
+#include "fuzz.h"
 #include "internal.h"
 #include "known_bugs.h"
 
@@ -15,16 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "fuzz_gguf: invariant failed: %s (%s:%d)\n", #c,      \
-                    __FILE__, __LINE__);                                           \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
 
 static volatile uint64_t sink;
 

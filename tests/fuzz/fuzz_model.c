@@ -11,6 +11,7 @@
  * To keep executions fast, models whose weight products would be large are
  * loaded and checked but not run (see MAX_PARAMS).
  */
+#include "fuzz.h"
 #include "internal.h"
 #include "known_bugs.h"
 
@@ -20,16 +21,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "fuzz_model: invariant failed: %s (%s:%d)\n", #c,     \
-                    __FILE__, __LINE__);                                           \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
 
 /* Weight elements the forward step may multiply (2 tokens: ~2x this many MACs). */
 #define MAX_PARAMS (8u << 20)

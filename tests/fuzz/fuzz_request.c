@@ -31,6 +31,7 @@
  * - the same body gives the same answer twice (no hidden state);
  * - everything is freed (LeakSanitizer).
  */
+#include "fuzz.h"
 #include "request.h"
 #include "textbuf.h"
 
@@ -41,20 +42,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef ORTHOSERVE_TESTDATA
-#define ORTHOSERVE_TESTDATA "../shared/testdata"
-#endif
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                              \
-    do {                                                                                                      \
-        if (!(c)) {                                                                                           \
-            fprintf(stderr, "fuzz_request: invariant failed: %s (%s:%d)\n", #c, __FILE__, __LINE__);          \
-            abort();                                                                                          \
-        }                                                                                                     \
-    } while (0)
 
 #define N_VARIANTS 2
 

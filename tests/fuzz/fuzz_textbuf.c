@@ -36,6 +36,7 @@
  *   text, echo first) concatenates to the output, with one finish_reason
  *   ("stop" exactly when stopped) and the usage chunk when asked.
  */
+#include "fuzz.h"
 #include "job.h"
 #include "textbuf.h"
 
@@ -44,15 +45,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                              \
-    do {                                                                                                      \
-        if (!(c)) {                                                                                           \
-            fprintf(stderr, "fuzz_textbuf: invariant failed: %s (%s:%d)\n", #c, __FILE__, __LINE__);          \
-            abort();                                                                                          \
-        }                                                                                                     \
-    } while (0)
 
 #define MAX_STOPS 7
 

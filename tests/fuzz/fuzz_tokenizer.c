@@ -17,27 +17,13 @@
  * SentencePiece vocabularies with byte fallback give back valid UTF-8 input
  * bytes (detokenize(tokenize(text)) == text, no special parsing/rendering).
  */
+#include "fuzz.h"
 #include "internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef ORTHOSERVE_TESTDATA
-#define ORTHOSERVE_TESTDATA "../shared/testdata"
-#endif
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "fuzz_tokenizer: invariant failed: %s (%s:%d)\n", #c, \
-                    __FILE__, __LINE__);                                           \
-            abort();                                                               \
-        }                                                                          \
-    } while (0)
 
 static const char *const vocab_files[4] = {
     "models/stories260K.gguf",
