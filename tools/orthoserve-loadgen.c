@@ -561,7 +561,8 @@ static void sse_event(slot *s, const char *data, size_t len, double now)
         return;
     }
     json_error_t jerr;
-    json_t *o = json_loadb(data, len, 0, &jerr);
+    /* JSON_ALLOW_NUL: text may hold U+0000 (\u0000), e.g. a <0x00> byte token */
+    json_t *o = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
     if (!json_is_object(o)) {
         set_problem(s, "bad JSON in SSE event%s", NULL);
         json_decref(o);
@@ -860,7 +861,7 @@ static void finish(lg *g, slot *s, CURLcode res, const char *abort_why, double n
         n_out = s->usage_out >= 0 ? s->usage_out : s->n_chunks;
     } else {
         json_error_t jerr;
-        json_t *r = json_loadb(s->body_in.p ? s->body_in.p : "", s->body_in.n, 0, &jerr);
+        json_t *r = json_loadb(s->body_in.p ? s->body_in.p : "", s->body_in.n, JSON_ALLOW_NUL, &jerr);
         json_t *ch = json_object_get(r, "choices");
         if (!s->problem[0] && (!json_is_array(ch) || json_array_size(ch) == 0))
             set_problem(s, "response without choices%s", NULL);

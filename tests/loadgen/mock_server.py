@@ -104,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
                 choice = {"index": 0, "message": {"role": "assistant", "content": " tok" * mt},
                           "finish_reason": "length"}
             else:
-                choice = {"index": 0, "text": " tok" * mt, "finish_reason": "length"}
+                choice = {"index": 0, "text": " t\x00k" + " tok" * (mt - 1), "finish_reason": "length"}
             self.send_json(200, {"id": "x", "object": obj, "created": 0, "model": "mock",
                                  "choices": [choice], "usage": usage})
             bump("ok")
@@ -122,8 +122,11 @@ class Handler(BaseHTTPRequestHandler):
             for i in range(mt):
                 time.sleep(delay)
                 fin = "length" if i == mt - 1 else None
-                c = ({"index": 0, "delta": {"content": " tok"}, "finish_reason": fin} if chat
-                     else {"index": 0, "text": " tok", "finish_reason": fin})
+                # some tokens hold a NUL, which JSON carries as \u0000 (a byte
+                # token <0x00> does that in real models)
+                tok = " t\x00k" if i % 5 == 2 else " tok"
+                c = ({"index": 0, "delta": {"content": tok}, "finish_reason": fin} if chat
+                     else {"index": 0, "text": tok, "finish_reason": fin})
                 data = b"data: " + json.dumps({"object": obj, "choices": [c]}).encode() + b"\n\n"
                 # Split some events across writes to exercise incremental parsing.
                 if i % 3 == 1:
