@@ -61,6 +61,8 @@ static void generate_usage(FILE *f)
             "                           (keys: sparsity token_ratio layers=3:1 decode method min_tokens seed);\n"
             "                           the OrthoRank stats go to stderr\n"
             "      --ids                print generated token ids instead of text\n"
+            "      --no-mmap            read the model into memory instead of mapping it\n"
+            "      --no-repack          keep the weights in the file's layout (see config key repack)\n"
             "  -v, --verbose            engine log messages on stderr\n");
 }
 
@@ -70,9 +72,9 @@ int cli_generate(int argc, char **argv)
     long n_predict = 64, n_ctx = 0, threads = 2, top_k = 0;
     double temp = 0, top_p = 1, min_p = 0, rep = 1;
     unsigned long long seed = 0;
-    bool ignore_eos = false, print_ids = false, verbose = false;
+    bool ignore_eos = false, print_ids = false, verbose = false, use_mmap = true, repack = true;
     const char *or_spec = NULL;
-    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_IGNORE, O_IDS, O_ORANK };
+    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_IGNORE, O_IDS, O_ORANK, O_NOMMAP, O_NOREPACK };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"n-predict", required_argument, 0, 'n'},  {"ctx-size", required_argument, 0, 'c'},
@@ -81,7 +83,8 @@ int cli_generate(int argc, char **argv)
         {"min-p", required_argument, 0, O_MINP},   {"repeat-penalty", required_argument, 0, O_REP},
         {"seed", required_argument, 0, O_SEED},    {"ignore-eos", no_argument, 0, O_IGNORE},
         {"ids", no_argument, 0, O_IDS},            {"verbose", no_argument, 0, 'v'},
-        {"orthorank", required_argument, 0, O_ORANK},
+        {"orthorank", required_argument, 0, O_ORANK}, {"no-mmap", no_argument, 0, O_NOMMAP},
+        {"no-repack", no_argument, 0, O_NOREPACK},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     optind = 1;
     int ch;
@@ -107,6 +110,8 @@ int cli_generate(int argc, char **argv)
         case O_IGNORE: ignore_eos = true; break;
         case O_IDS: print_ids = true; break;
         case O_ORANK: or_spec = optarg; break;
+        case O_NOMMAP: use_mmap = false; break;
+        case O_NOREPACK: repack = false; break;
         case 'v': verbose = true; break;
         case 'h': generate_usage(stdout); return 0;
         default: generate_usage(stderr); return 2;
@@ -129,6 +134,8 @@ int cli_generate(int argc, char **argv)
     int8_t *want = NULL;
     eng_model_params mp = eng_model_default_params();
     mp.n_threads = (int32_t)threads;
+    mp.use_mmap = use_mmap;
+    mp.repack = repack;
     double t0 = cli_now();
     eng_status st = eng_model_load(model, &mp, &m, err, sizeof err);
     if (st != ENG_OK) {

@@ -24,6 +24,7 @@ typedef struct {
     long port;
     long threads;         /* compute threads */
     bool mmap;            /* map the model (default); false: read it into memory */
+    bool repack;          /* repack weight matrices for the kernels at load (default) */
     long ctx_size;        /* positions per sequence; 0: the model's */
     long parallel;        /* sequences decoded together */
     long batch_size;      /* token budget of one scheduler step */

@@ -362,6 +362,7 @@ static void load_work(uv_work_t *w)
     eng_model_params mp = eng_model_default_params();
     mp.n_threads = (int32_t)s->cfg->threads;
     mp.use_mmap = s->cfg->mmap;
+    mp.repack = s->cfg->repack;
     eng_status st = eng_model_load(s->cfg->model, &mp, &s->model, s->load_err, sizeof s->load_err);
     if (st != ENG_OK && !s->load_err[0]) snprintf(s->load_err, sizeof s->load_err, "%s", eng_strerror(st));
     if (st != ENG_OK) return;

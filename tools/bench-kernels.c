@@ -137,7 +137,7 @@ static void model_decode(int nth, const eng__kernels *k, int t)
 static void *run_job(void *arg)
 {
     job *j = arg;
-    int64_t per = (j->nr / j->nth + 3) & ~(int64_t)3;
+    int64_t per = (j->nr / j->nth + 15) & ~(int64_t)15; /* whole packed groups */
     int64_t r0 = per * j->ith, r1 = r0 + per < j->nr ? r0 + per : j->nr;
     for (int rep = 0; rep < j->reps && r0 < r1; rep++)
         j->fn(j->n, j->w + (size_t)r0 * j->ws, j->ws, r1 - r0, j->x, j->xs, j->nx, j->y + r0,
@@ -251,7 +251,7 @@ int main(int argc, char **argv)
             int vt = info->vec_type;
             size_t ws = eng__row_size(t, n), xs = eng__row_size(vt, n);
             /* decode: ~96 MB of weights */
-            int64_t nr_dec = ((int64_t)(dec_mb * (1 << 20)) / (int64_t)ws + 3) & ~(int64_t)3;
+            int64_t nr_dec = ((int64_t)(dec_mb * (1 << 20)) / (int64_t)ws + 15) & ~(int64_t)15;
             int dec_reps = dec_mb < 96 ? (int)(96 / dec_mb) : 1;
             int64_t nr_pre = lv == 0 ? 64 : 1024;
             int64_t nr_max = nr_dec > nr_pre ? nr_dec : nr_pre;
@@ -281,6 +281,22 @@ int main(int argc, char **argv)
             if (r512 >= 0) printf("%14.1f\n", r512);
             else printf("%14s\n", "-");
         next:
+            if (k->gemm_packed[t]) { /* the same matrix repacked (internal.h), as the model loads it */
+                uint8_t *wp = eng__aligned_alloc(64, ws * (size_t)nr_max);
+                for (int64_t g = 0; g + 16 <= nr_max; g += 16)
+                    eng__pack16(t, w + (size_t)g * ws, ws, wp + (size_t)g * ws);
+                td = time_gemm(nth, k->gemm_packed[t], n, wp, ws, nr_dec, x, xs, 1, y, dec_reps);
+                gbs = (double)ws * (double)nr_dec / td * 1e-9;
+                printf("%-7s %-6s %12.2f", k->name, "packed", gbs);
+                if (!dec_only) {
+                    double p64 = time_gemm(nth, k->gemm_packed[t], n, wp, ws, nr_pre, x, xs, 64, y, 1);
+                    double p512 = time_gemm(nth, k->gemm_packed[t], n, wp, ws, nr_pre, x, xs, 512, y, 1);
+                    printf(" %14.1f %14.1f", 2.0 * (double)n * (double)nr_pre * 64 / p64 * 1e-9,
+                           2.0 * (double)n * (double)nr_pre * 512 / p512 * 1e-9);
+                }
+                printf("\n");
+                eng__aligned_free(wp);
+            }
             fflush(stdout);
             free(tmp);
             eng__aligned_free(w);

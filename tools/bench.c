@@ -2,7 +2,10 @@
  * bench.c - engine benchmark: prefill and decode speed of GGUF models next to
  * the machine's own limits, measured in the same run.
  *
- *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] [-s SPARSITY] MODEL.gguf [MODEL.gguf ...]
+ *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] [-s SPARSITY] [-M 0|1] [-R 0|1] MODEL.gguf [...]
+ *
+ * -M 0: read the model into memory (huge pages) instead of mapping it;
+ * -R 0: keep the file's weight layout instead of repacking (model.c).
  *
  * For each thread count it measures the FP32-FMA, BF16-dot and int8-VNNI
  * peaks (tight loops of independent AVX-512 instructions) and the memory read
@@ -98,8 +101,9 @@ static double run_batch(eng_context *c, const int32_t *tok, int n, int pos0)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-s SPARSITY] [-M 0|1] MODEL.gguf...\n"
-                    "  -M 0: read the model into memory (huge pages) instead of mapping the file (-M 1, default)\n");
+    fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-s SPARSITY] [-M 0|1] [-R 0|1] MODEL.gguf...\n"
+                    "  -M 0: read the model into memory (huge pages) instead of mapping the file (-M 1, default)\n"
+                    "  -R 0: keep the weights in the file's layout instead of repacking them (-R 1, default)\n");
     exit(2);
 }
 
@@ -174,7 +178,7 @@ int main(int argc, char **argv)
 {
     int runs = 5, n_prompt = 512, n_gen = 128, threads[8] = {1, 2}, n_thr = 2, i0 = 1;
     float sparsity = 0;
-    bool use_mmap = true;
+    bool use_mmap = true, repack = true;
     for (; i0 < argc && argv[i0][0] == '-'; i0 += 2) {
         if (i0 + 1 >= argc) usage();
         const char *o = argv[i0], *v = argv[i0 + 1];
@@ -183,6 +187,7 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "-n")) n_gen = atoi(v);
         else if (!strcmp(o, "-s")) sparsity = (float)atof(v);
         else if (!strcmp(o, "-M")) use_mmap = atoi(v) != 0;
+        else if (!strcmp(o, "-R")) repack = atoi(v) != 0;
         else if (!strcmp(o, "-t")) {
             n_thr = 0;
             for (char *s = (char *)v; *s && n_thr < 8; s++) {
@@ -196,8 +201,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: the peak loops need AVX-512 with VNNI and BF16\n");
         return 1;
     }
-    printf("kernels: %s; runs: %d (median); prompt %d tokens, decode %d tokens\n\n", eng_kernel_name(),
-           runs, n_prompt, n_gen);
+    printf("kernels: %s; runs: %d (median); prompt %d tokens, decode %d tokens; weights %s, %s\n\n",
+           eng_kernel_name(), runs, n_prompt, n_gen, use_mmap ? "mapped" : "read into memory",
+           repack ? "repacked" : "in the file layout");
     double pk_fma[8], pk_bf16[8], pk_vnni[8];
     printf("| threads | FP32 FMA GFLOP/s | BF16 dot GFLOP/s | int8 VNNI GOP/s | read GB/s |\n|---|---|---|---|---|\n");
     for (int ti = 0; ti < n_thr; ti++) {
@@ -214,6 +220,7 @@ int main(int argc, char **argv)
         eng_model *m = NULL;
         eng_model_params mp = eng_model_default_params();
         mp.use_mmap = use_mmap;
+        mp.repack = repack;
         if (eng_model_load(argv[mi], &mp, &m, err, sizeof err) != ENG_OK) {
             fprintf(stderr, "bench: %s: %s\n", argv[mi], err);
             return 1;
@@ -272,6 +279,7 @@ int main(int argc, char **argv)
             eng_model *m = NULL;
             eng_model_params mp = eng_model_default_params();
             mp.use_mmap = use_mmap;
+        mp.repack = repack;
             if (eng_model_load(argv[mi], &mp, &m, err, sizeof err) != ENG_OK) {
                 fprintf(stderr, "bench: %s: %s\n", argv[mi], err);
                 return 1;

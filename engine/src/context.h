@@ -9,7 +9,7 @@
 
 #define KV_BLOCK ENG_KV_BLOCK
 #define SMALL_T 8    /* steps of at most this many rows run in "own" mode (forward.c) */
-#define ROW_ALIGN 16 /* weight rows per thread chunk: multiple of the gemm tiles */
+#define ROW_ALIGN 16 /* weight rows per thread chunk: multiple of the gemm tiles and of ENG_PACK_ROWS */
 
 typedef struct {
     int32_t seq, row0, n, pos0; /* batch rows [row0, row0+n) of seq, first position pos0 */

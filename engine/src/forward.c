@@ -312,6 +312,8 @@ typedef struct {
  * Rows are gathered while converting, so a layer that updates only some
  * tokens runs its products on a compact matrix of just those rows.
  */
+_Static_assert(ROW_ALIGN % ENG_PACK_ROWS == 0, "thread chunks must start on a packed group");
+
 static void matmul(eng_context *c, int ith, int nth, thread_state *ts, const eng__mat *W, const float *X,
                    const int32_t *rows, int64_t nx, float *Y, int64_t *r0, int64_t *r1)
 {
@@ -350,9 +352,16 @@ static void matmul(eng_context *c, int ith, int nth, thread_state *ts, const eng
         xs = c->qact_row;
     }
     eng__split(W->n_out, ith, nth, ROW_ALIGN, r0, r1);
-    if (*r1 > *r0)
-        c->kern->gemm[W->type](W->n_in, W->data + (size_t)*r0 * W->row_bytes, W->row_bytes,
-                               *r1 - *r0, xa, xs, nx, Y + *r0, (size_t)W->n_out);
+    /* rows below n_packed are packed groups (ROW_ALIGN keeps r0 on one) */
+    int64_t pe = *r1 < W->n_packed ? *r1 : W->n_packed, r = *r0;
+    if (pe > r) {
+        c->kern->gemm_packed[W->type](W->n_in, W->data + (size_t)r * W->row_bytes, W->row_bytes,
+                                      pe - r, xa, xs, nx, Y + r, (size_t)W->n_out);
+        r = pe;
+    }
+    if (*r1 > r)
+        c->kern->gemm[W->type](W->n_in, W->data + (size_t)r * W->row_bytes, W->row_bytes,
+                               *r1 - r, xa, xs, nx, Y + r, (size_t)W->n_out);
 }
 
 /* x[rows[j]][r] += y[j][r] for this thread's output rows r in [r0, r1). */

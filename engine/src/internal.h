@@ -35,6 +35,9 @@ void *eng__malloc(size_t n);
  * allows (MADV_HUGEPAGE); free with eng__huge_free(p, n). */
 void *eng__huge_alloc(size_t n);
 void eng__huge_free(void *p, size_t n);
+/* Drop this process's pages of a read-only file mapping inside [p, p + n)
+ * (they stay in the page cache and fault back in if touched). */
+void eng__drop_pages(const void *p, size_t n);
 void *eng__calloc(size_t n, size_t sz);
 void *eng__realloc(void *p, size_t n);
 void *eng__aligned_alloc(size_t align, size_t n); /* free with eng__aligned_free */
@@ -219,9 +222,44 @@ typedef struct {
     const char *name; /* "scalar", "avx2", "avx512" */
     eng__vec_dot_fn vec_dot[ENG_TYPE_COUNT];
     eng__gemm_fn gemm[ENG_TYPE_COUNT];
+    eng__gemm_fn gemm_packed[ENG_TYPE_COUNT]; /* packed rows (below), or NULL */
     eng__quant_fn quantize_act[ENG_TYPE_COUNT];
     eng__attn_fn attn; /* the AVX2 level uses the scalar one */
 } eng__kernels;
+
+/*
+ * Packed weights (repacked at load, model.c). Decode streams 16 weight rows
+ * at a time; read from the file layout those are 16 interleaved streams,
+ * which the hardware prefetchers follow badly, and every block's bytes must
+ * be shuffled in registers before the integer dot products. For Q8_0, Q4_K
+ * and Q6_K a matrix's rows can instead be stored in groups of ENG_PACK_ROWS:
+ * group g takes exactly the bytes of its 16 rows in the file layout
+ * (16 * row_bytes from g * 16 * row_bytes), reordered so that one linear
+ * stream feeds 16 output rows, lanes = rows ("[x][row]" below: 4-byte unit x
+ * of each of the 16 rows, row-minor):
+ *   Q8_0, per block (544 B): quants [dword 0..7][row] as unsigned bytes
+ *         (q ^ 0x80, the vpdpbusd operand), then the rows' 16 fp16 scales;
+ *   Q4_K, per superblock (2304 B): the 16-byte headers [dword 0..3][row]
+ *         (d|dmin, scales 0..3, 4..7, 8..11), then the quants of each of the
+ *         4 32-byte groups as [dword 0..7][row] (nibbles left packed);
+ *   Q6_K, per superblock (3360 B): scales [dword 0..3][row], then for each
+ *         half h and dword t of its 32-byte groups, in the order decode reads
+ *         them: [ql dword t of bytes 64h..][ql of 64h + 32..][qh of 128 + 32h..]
+ *         (each [row], 192 B), then the 16 fp16 d.
+ * Rows past the last whole group keep the file layout.
+ *
+ * eng__pack16 / eng__unpack16 convert one group (portable C, any CPU).
+ * gemm_packed[t] is gemm over nr % 16 == 0 packed rows (w_stride is still
+ * the file's row size), bit-identical to gemm on the unpacked rows; NULL
+ * where the level has none, and then the model keeps the file layout.
+ * eng__gemm_packed_ref is its scalar reference (unpack, then vec_dot).
+ */
+#define ENG_PACK_ROWS 16
+bool eng__packable(int type);
+void eng__pack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst);
+void eng__unpack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst);
+void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t nr,
+                          const void *x, size_t x_stride, int64_t nx, float *y, size_t y_stride);
 
 const eng__kernels *eng__kernels_get(eng__kernel_level lvl); /* NULL if CPU lacks it */
 const eng__kernels *eng__kernels_best(void);

@@ -18,7 +18,7 @@
 
 eng_model_params eng_model_default_params(void)
 {
-    eng_model_params p = {.n_threads = 2, .use_mmap = true};
+    eng_model_params p = {.n_threads = 2, .use_mmap = true, .repack = true};
     return p;
 }
 
@@ -275,6 +275,84 @@ static eng_status bind_tensors(eng_model *m, char *err, size_t errlen)
     return ENG_OK;
 }
 
+/*
+ * Reorder the matrices the kernels can stream in packed groups (internal.h,
+ * "Packed weights"). A model read into memory is packed in place; a mapped
+ * one into one anonymous buffer (huge pages where granted), after which the
+ * mapping's pages of those tensors are dropped from this process (they stay
+ * in the page cache). The token embedding is never packed (rows are read one
+ * at a time), nor therefore a tied output matrix. Best effort: without the
+ * memory for it the model keeps the file layout (same results, slower).
+ */
+static void repack(eng_model *m)
+{
+    const eng__kernels *k = eng__kernels_best();
+    const int64_t nm = 1 + 7 * (int64_t)m->n_layer;
+    eng__mat **mats = eng__calloc((size_t)nm, sizeof *mats);
+    if (!mats) {
+        eng__log(ENG_LOG_WARN, "out of memory: weights kept in the file layout (slower decoding)");
+        return;
+    }
+    int64_t n = 0;
+    if (!m->tied) mats[n++] = &m->output;
+    for (int32_t il = 0; il < m->n_layer; il++) {
+        eng__layer *L = &m->layers[il];
+        eng__mat *lm[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) mats[n++] = lm[i];
+    }
+    const bool in_place = m->gguf->owned;
+    size_t total = 0, max_group = 0;
+    int64_t np = 0;
+    for (int64_t i = 0; i < n; i++) {
+        eng__mat *w = mats[i];
+        if (!eng__packable(w->type) || !k->gemm_packed[w->type] || w->n_out < ENG_PACK_ROWS) {
+            mats[i] = NULL;
+            continue;
+        }
+        size_t gb = ENG_PACK_ROWS * w->row_bytes;
+        if (gb > max_group) max_group = gb;
+        total += ((size_t)w->n_out * w->row_bytes + 63) & ~(size_t)63;
+        np++;
+    }
+    uint8_t *tmp = np ? eng__malloc(max_group) : NULL;
+    uint8_t *buf = np && !in_place ? eng__huge_alloc(total) : NULL;
+    if (np && (!tmp || (!in_place && !buf))) {
+        eng__log(ENG_LOG_WARN, "out of memory repacking %.1f MiB of weights: kept in the file layout "
+                 "(slower decoding)", (double)total / (1024.0 * 1024.0));
+        goto done;
+    }
+    size_t off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        eng__mat *w = mats[i];
+        if (!w) continue;
+        const size_t gb = ENG_PACK_ROWS * w->row_bytes, bytes = (size_t)w->n_out * w->row_bytes;
+        const int64_t ng = w->n_out / ENG_PACK_ROWS;
+        uint8_t *dst = in_place ? (uint8_t *)(uintptr_t)w->data : buf + off;
+        for (int64_t g = 0; g < ng; g++) {
+            memcpy(tmp, w->data + (size_t)g * gb, gb);
+            eng__pack16(w->type, tmp, w->row_bytes, dst + (size_t)g * gb);
+        }
+        if (!in_place) {
+            memcpy(dst + (size_t)ng * gb, w->data + (size_t)ng * gb, bytes - (size_t)ng * gb);
+            eng__drop_pages(w->data, bytes);
+            off += (bytes + 63) & ~(size_t)63;
+        }
+        w->data = dst;
+        w->n_packed = ng * ENG_PACK_ROWS;
+    }
+    m->pack_buf = buf;
+    m->pack_size = total;
+    m->n_packed_mats = np;
+    buf = NULL;
+    if (np)
+        eng__log(ENG_LOG_INFO, "repacked %lld weight matrices for the %s kernels (%s)", (long long)np,
+                 k->name, in_place ? "in place" : "copied from the mapping");
+done:
+    if (buf) eng__huge_free(buf, total);
+    free(tmp);
+    free(mats);
+}
+
 eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model **out,
                           char *err, size_t errlen)
 {
@@ -294,6 +372,7 @@ eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model
     if (st != ENG_OK) goto fail;
     if ((st = load_hparams(m, err, errlen)) != ENG_OK) goto fail;
     if ((st = bind_tensors(m, err, errlen)) != ENG_OK) goto fail;
+    if (p->repack) repack(m);
     eng__or_plan_fallback(m);
     if ((st = eng__vocab_from_gguf(m->gguf, &m->vocab, err, errlen)) != ENG_OK) goto fail;
     if (eng_vocab_n_tokens(m->vocab) > m->n_vocab) {
@@ -327,6 +406,7 @@ void eng_model_free(eng_model *m)
     free(m->or_skip_order);
     free(m->or_thresh);
     eng__gguf_close(m->gguf);
+    if (m->pack_buf) eng__huge_free(m->pack_buf, m->pack_size);
     free(m);
 }
 
@@ -358,5 +438,15 @@ const eng_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
 
 void eng__mat_row(const eng__mat *m, int64_t row, float *out)
 {
-    eng__type(m->type)->to_float(m->data + (size_t)row * m->row_bytes, out, m->n_in);
+    const eng__type_info *ti = eng__type(m->type);
+    if (row >= m->n_packed) {
+        ti->to_float(m->data + (size_t)row * m->row_bytes, out, m->n_in);
+        return;
+    }
+    uint8_t *rows = eng__malloc(ENG_PACK_ROWS * m->row_bytes);
+    ENG_ASSERT(rows); /* only tests read packed rows one at a time */
+    int64_t g = row / ENG_PACK_ROWS;
+    eng__unpack16(m->type, m->data + (size_t)g * ENG_PACK_ROWS * m->row_bytes, m->row_bytes, rows);
+    ti->to_float(rows + (size_t)(row - g * ENG_PACK_ROWS) * m->row_bytes, out, m->n_in);
+    free(rows);
 }

@@ -6,12 +6,13 @@
 
 #include "internal.h"
 
-/* A weight matrix: n_out rows of n_in elements of one ggml type, row-major in
- * the mapping (GGUF ne[0] = n_in, ne[1] = n_out). */
+/* A weight matrix: n_out rows of n_in elements of one ggml type, row-major
+ * (GGUF ne[0] = n_in, ne[1] = n_out); rows [0, n_packed) are in packed
+ * groups of 16 (internal.h), the rest in the file layout. */
 typedef struct {
     const uint8_t *data;
     int type;
-    int64_t n_in, n_out;
+    int64_t n_in, n_out, n_packed;
     size_t row_bytes;
 } eng__mat;
 
@@ -43,6 +44,9 @@ struct eng_model {
     int32_t n_threads;
     bool unsupported; /* a binding failed on an unsupported type (load-time only) */
     uint64_t n_params, n_bytes;
+    uint8_t *pack_buf; /* repacked matrices (mmap models), or NULL */
+    size_t pack_size;
+    int64_t n_packed_mats;
     /* OrthoRank plan (orthorank.c): layer orders, decode thresholds */
     int32_t *or_order, n_or_order;
     int32_t *or_skip_order, n_or_skip_order;

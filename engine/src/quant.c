@@ -715,6 +715,96 @@ SCALAR_GEMM(q5_k)
 SCALAR_GEMM(q6_k)
 
 /* ------------------------------------------------------------------------ */
+/* Packed weights (layouts: internal.h)                                     */
+/* ------------------------------------------------------------------------ */
+
+bool eng__packable(int type)
+{
+    return type == ENG_TYPE_Q8_0 || type == ENG_TYPE_Q4_K || type == ENG_TYPE_Q6_K;
+}
+
+/* Copy one unit of len bytes between the file layout (f) and the packed
+ * group (g), in the direction asked; Q8_0 quants flip their sign bit. */
+static void unit(bool pack, uint8_t *f, uint8_t *g, size_t len, bool flip)
+{
+    uint8_t t[4];
+    if (pack) memcpy(t, f, len);
+    else memcpy(t, g, len);
+    if (flip)
+        for (size_t i = 0; i < len; i++) t[i] ^= 0x80;
+    memcpy(pack ? g : f, t, len);
+}
+
+/* The [x][row] run of one 16-row group: n 4-byte units of each row, from
+ * offset fo of the row's block (file) to offset go of the group's block,
+ * unit u's 64 bytes (16 rows) at go + u * ustride. */
+static void runs(bool pack, uint8_t *f, size_t row_bytes, uint8_t *g, size_t fo, size_t go, int n,
+                 size_t ustride, bool flip)
+{
+    for (int k = 0; k < ENG_PACK_ROWS; k++)
+        for (int u = 0; u < n; u++)
+            unit(pack, f + (size_t)k * row_bytes + fo + 4 * (size_t)u, g + go + ustride * (size_t)u + 4 * (size_t)k,
+                 4, flip);
+}
+
+/* One 16-row group, either way: f = the rows in the file layout (row k at
+ * f + k * row_bytes), g = the packed group (16 * row_bytes bytes). */
+static void group_xfer(bool pack, int type, uint8_t *f, size_t row_bytes, uint8_t *g)
+{
+    const size_t bs = eng__type(type)->type_size, nb = row_bytes / bs;
+    for (size_t b = 0; b < nb; b++) {
+        uint8_t *fb = f + b * bs, *gb = g + b * bs * ENG_PACK_ROWS;
+        switch (type) {
+        case ENG_TYPE_Q8_0: /* d(2) qs(32) */
+            runs(pack, fb, row_bytes, gb, 2, 0, 8, 64, true);
+            for (int k = 0; k < ENG_PACK_ROWS; k++) unit(pack, fb + (size_t)k * row_bytes, gb + 512 + 2 * k, 2, false);
+            break;
+        case ENG_TYPE_Q4_K: /* d(2) dmin(2) scales(12) qs(128) */
+            runs(pack, fb, row_bytes, gb, 0, 0, 4, 64, false);
+            for (int grp = 0; grp < 4; grp++) runs(pack, fb, row_bytes, gb, 16 + 32 * grp, 256 + 512 * grp, 8, 64, false);
+            break;
+        case ENG_TYPE_Q6_K: /* ql(128) qh(64) scales(16) d(2) */
+            runs(pack, fb, row_bytes, gb, 192, 0, 4, 64, false);
+            for (int h = 0; h < 2; h++) { /* (ql, ql + 32, qh) dword triplets */
+                runs(pack, fb, row_bytes, gb, 64 * h, 256 + 1536 * h, 8, 192, false);
+                runs(pack, fb, row_bytes, gb, 64 * h + 32, 256 + 1536 * h + 64, 8, 192, false);
+                runs(pack, fb, row_bytes, gb, 128 + 32 * h, 256 + 1536 * h + 128, 8, 192, false);
+            }
+            for (int k = 0; k < ENG_PACK_ROWS; k++) unit(pack, fb + (size_t)k * row_bytes + 208, gb + 3328 + 2 * k, 2, false);
+            break;
+        default: ENG_ASSERT(!"type has no packed layout");
+        }
+    }
+}
+
+void eng__pack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst)
+{
+    group_xfer(true, type, (uint8_t *)(uintptr_t)src, row_bytes, dst);
+}
+
+void eng__unpack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst)
+{
+    group_xfer(false, type, dst, row_bytes, (uint8_t *)(uintptr_t)src);
+}
+
+void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
+                          size_t xs, int64_t nx, float *y, size_t ys)
+{
+    ENG_ASSERT(nr % ENG_PACK_ROWS == 0);
+    const eng__vec_dot_fn dot = eng__kernels_get(ENG_KL_SCALAR)->vec_dot[type];
+    uint8_t *rows = malloc(ws * ENG_PACK_ROWS);
+    ENG_ASSERT(rows);
+    for (int64_t g = 0; g < nr / ENG_PACK_ROWS; g++) {
+        eng__unpack16(type, (const uint8_t *)w + (size_t)g * ENG_PACK_ROWS * ws, ws, rows);
+        for (int k = 0; k < ENG_PACK_ROWS; k++)
+            for (int64_t j = 0; j < nx; j++)
+                y[(size_t)j * ys + (size_t)(g * ENG_PACK_ROWS + k)] =
+                    dot(n, rows + (size_t)k * ws, (const uint8_t *)x + (size_t)j * xs);
+    }
+    free(rows);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Kernel tables                                                            */
 /* ------------------------------------------------------------------------ */
 

@@ -369,10 +369,11 @@ AI void tr16x8(const uint8_t *p, const size_t *off, __m512i out[8])
 }
 
 /* Prefill: pack 16 rows (nv valid; the others repeat row 0 and are never
- * stored) of all blocks: per block 8 zmm of transposed unsigned quants
- * (dword g of each row) + 1 zmm of float scales. */
-AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, __m512i *dst,
-                 size_t dstride /* zmm between blocks */)
+ * stored) of all blocks into the packed Q8_0 group layout (internal.h: per
+ * block 8 x 64 bytes of unsigned quants [dword][row], then 16 fp16 scales),
+ * which is what the prefill tile reads; Q4_0's nibbles are unpacked to bytes
+ * on the way, so both types share the tile. */
+AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, uint8_t *dst)
 {
     const int bs = qbsz(T);
     size_t off[16];
@@ -383,28 +384,27 @@ AI void q_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
     const __mmask16 vm = (__mmask16)((1u << nv) - 1);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = w + (size_t)bs * (size_t)b;
-        __m512i *d = dst + (size_t)b * dstride;
+        uint8_t *d = dst + 544 * (size_t)b;
         if (T == Q_Q8_0) {
             __m512i o[8];
             tr16x8(p + 2, off, o);
             UNROLL for (int g = 0; g < 8; g++)
-                _mm512_store_si512(d + g, _mm512_xor_si512(o[g], _mm512_set1_epi8((char)0x80)));
+                _mm512_storeu_si512(d + 64 * g, _mm512_xor_si512(o[g], _mm512_set1_epi8((char)0x80)));
         } else {
             UNROLL for (int g = 0; g < 4; g++) {
                 __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), vm, idx,
                                                         p + 2 + 4 * g, 1);
-                _mm512_store_si512(d + g, _mm512_and_si512(v, _mm512_set1_epi8(0xf)));
-                _mm512_store_si512(d + g + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4),
-                                                               _mm512_set1_epi8(0xf)));
+                _mm512_storeu_si512(d + 64 * g, _mm512_and_si512(v, _mm512_set1_epi8(0xf)));
+                _mm512_storeu_si512(d + 64 * (g + 4), _mm512_and_si512(_mm512_srli_epi16(v, 4),
+                                                                      _mm512_set1_epi8(0xf)));
             }
         }
-        _mm512_store_ps((float *)(d + 8), q_scales16(p, off, ws, 0));
+        for (int k = 0; k < 16; k++) memcpy(d + 512 + 2 * k, p + off[k], 2);
     }
 }
 
-/* MRV x 16 rows (packed, stride 9 zmm per 16-row group, 9 * MRV per block)
- * times NXJ x rows. */
-AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
+/* MRV groups of 16 packed rows (gp[v], Q8_0 group layout) times NXJ x rows. */
+AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const uint8_t *const *gp,
                    const uint8_t *x, size_t xs, const xblk *xb, int64_t xbs, float *y,
                    size_t ys, __mmask16 m_last)
 {
@@ -412,7 +412,8 @@ AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
     UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) acc[v][j] =
         _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const __m512i *pb = wp + (size_t)b * 9 * MRV;
+        const uint8_t *pb[2];
+        UNROLL for (int v = 0; v < MRV; v++) pb[v] = gp[v] + 544 * (size_t)b;
         __m512i ia[2][6];
         UNROLL for (int j = 0; j < NXJ; j++) {
             __m512i c = _mm512_set1_epi32(xb[j * xbs + b].corr);
@@ -421,7 +422,7 @@ AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
         const uint8_t *xq = x + 34 * b + 2;
         UNROLL for (int g = 0; g < 8; g++) {
             __m512i wv[2];
-            UNROLL for (int v = 0; v < MRV; v++) wv[v] = _mm512_load_si512(pb + 9 * v + g);
+            UNROLL for (int v = 0; v < MRV; v++) wv[v] = _mm512_loadu_si512(pb[v] + 64 * g);
             UNROLL for (int j = 0; j < NXJ; j++) {
                 int32_t xd;
                 memcpy(&xd, xq + j * xs + 4 * g, 4);
@@ -430,13 +431,13 @@ AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
                     _mm512_dpbusd_epi32(ia[v][j], wv[v], xv);
             }
         }
+        __m512 dw[2];
+        UNROLL for (int v = 0; v < MRV; v++) dw[v] = _mm512_cvtph_ps(lu(pb[v] + 512));
         UNROLL for (int j = 0; j < NXJ; j++) {
             __m512 dx = _mm512_set1_ps(xb[j * xbs + b].dx);
-            UNROLL for (int v = 0; v < MRV; v++) {
-                __m512 dw = _mm512_load_ps((const float *)(pb + 9 * v + 8));
-                acc[v][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[v][j]), _mm512_mul_ps(dw, dx),
+            UNROLL for (int v = 0; v < MRV; v++)
+                acc[v][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[v][j]), _mm512_mul_ps(dw[v], dx),
                                             acc[v][j]);
-            }
         }
     }
     UNROLL for (int j = 0; j < NXJ; j++) UNROLL for (int v = 0; v < MRV; v++) {
@@ -445,20 +446,43 @@ AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
     }
 }
 
-AI void q_pre_cols(const int MRV, int64_t nb, const __m512i *wp, const uint8_t *x, size_t xs,
+AI void q_pre_cols(const int MRV, int64_t nb, const uint8_t *const *gp, const uint8_t *x, size_t xs,
                    int64_t nx, const xblk *xb, float *y, size_t ys, __mmask16 m_last)
 {
     int64_t j = 0;
     for (; j + 6 <= nx; j += 6)
-        q_pre_tile(MRV, 6, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last);
+        q_pre_tile(MRV, 6, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last);
     switch (nx - j) {
-    case 5: q_pre_tile(MRV, 5, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 4: q_pre_tile(MRV, 4, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 3: q_pre_tile(MRV, 3, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 2: q_pre_tile(MRV, 2, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 1: q_pre_tile(MRV, 1, nb, wp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 5: q_pre_tile(MRV, 5, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 4: q_pre_tile(MRV, 4, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 3: q_pre_tile(MRV, 3, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 2: q_pre_tile(MRV, 2, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
+    case 1: q_pre_tile(MRV, 1, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
     default: break;
     }
+}
+
+/* Decode from a packed Q8_0 group: 16 rows x one x row; the group is one
+ * linear stream, each block 8 vpdpbusd (dword g of x broadcast against dword
+ * g of the 16 rows) straight into row lanes: no shuffles, no gathers. */
+AI void q_dec_packed(int64_t nb, const uint8_t *g, const uint8_t *x, const xblk *xb, float *y)
+{
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += 544) {
+        const uint8_t *xq = x + 34 * b + 2;
+        __m512i a0 = _mm512_set1_epi32(xb[b].corr), a1 = _mm512_setzero_si512();
+        UNROLL for (int k = 0; k < 8; k += 2) {
+            int32_t d0, d1;
+            memcpy(&d0, xq + 4 * k, 4);
+            memcpy(&d1, xq + 4 * k + 4, 4);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(g + 64 * k), _mm512_set1_epi32(d0));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(g + 64 * k + 64), _mm512_set1_epi32(d1));
+        }
+        __m512 dw = _mm512_cvtph_ps(lu(g + 512));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)),
+                              _mm512_mul_ps(dw, _mm512_set1_ps(xb[b].dx)), acc);
+    }
+    _mm512_storeu_ps(y, acc);
 }
 
 #define Q_PREFILL_MIN_NX 4
@@ -467,6 +491,34 @@ static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const voi
                       int64_t nx, float *y, size_t ys);
 static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
                       int64_t nx, float *y, size_t ys);
+
+/* Y over row groups: the prefill tile on pairs of packed groups (then one),
+ * rows [0, nr) with the last group holding nv_last valid rows. pack(i, buf)
+ * returns group i in the packed layout (in place, or packed into buf). */
+#define Q_GROUPS(PACKED_GROUP)                                                               \
+    do {                                                                                     \
+        for (int64_t r = 0; r < nr; r += 32) {                                               \
+            int left = nr - r < 32 ? (int)(nr - r) : 32;                                     \
+            const uint8_t *gp[2];                                                            \
+            gp[0] = PACKED_GROUP(r, left < 16 ? left : 16, 0);                              \
+            if (left > 16) {                                                                 \
+                gp[1] = PACKED_GROUP(r + 16, left - 16, 1);                                  \
+                q_pre_cols(2, nb, gp, x, xs, nx, xb, y + r, ys,                              \
+                           (__mmask16)((1u << (left - 16)) - 1));                            \
+            } else                                                                           \
+                q_pre_cols(1, nb, gp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << left) - 1)); \
+        }                                                                                    \
+    } while (0)
+
+/* The x side: per (row, block) the sum correction and scale; NULL if out of
+ * memory (the caller then goes one x row at a time, same arithmetic). */
+static xblk *q_xblk(const int T, int64_t nb, const uint8_t *x, size_t xs, int64_t nx, xblk *sbuf)
+{
+    size_t nxb = (size_t)nb * (size_t)nx;
+    xblk *xb = nxb <= 1024 ? sbuf : malloc(nxb * sizeof *xb);
+    if (xb) fill_xblk(T, nb, x, xs, nx, xb);
+    return xb;
+}
 
 AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
                size_t xs, int64_t nx, float *y, size_t ys)
@@ -479,31 +531,20 @@ AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
         return;
     }
     xblk sbuf[1024];
-    size_t nxb = (size_t)nb * (size_t)nx;
-    xblk *xb = nxb <= 1024 ? sbuf : malloc(nxb * sizeof *xb);
-    __m512i *wp = NULL;
-    if (nx >= Q_PREFILL_MIN_NX) wp = _mm_malloc((size_t)nb * 18 * 64, 64);
-    if (!xb) { /* no memory: one x row at a time (same arithmetic) */
+    uint8_t *wp = NULL;
+    if (nx >= Q_PREFILL_MIN_NX) wp = _mm_malloc((size_t)nb * 2 * 544, 64);
+    xblk *xb = q_xblk(T, nb, x, xs, nx, sbuf);
+    if (!xb) {
         _mm_free(wp);
         ENG_ASSERT(nb <= 1024);
         for (int64_t j = 0; j < nx; j++)
             (T == Q_Q8_0 ? q8_0_gemm : q4_0_gemm)(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
         return;
     }
-    fill_xblk(T, nb, x, xs, nx, xb);
     if (wp) {
-        for (int64_t r = 0; r < nr; r += 32) {
-            int left = nr - r < 32 ? (int)(nr - r) : 32;
-            if (left > 16) {
-                q_pack16(T, 16, nb, w + (size_t)r * ws, ws, wp, 18);
-                q_pack16(T, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + 9, 18);
-                q_pre_cols(2, nb, wp, x, xs, nx, xb, y + r, ys,
-                           (__mmask16)((1u << (left - 16)) - 1));
-            } else {
-                q_pack16(T, left, nb, w + (size_t)r * ws, ws, wp, 9);
-                q_pre_cols(1, nb, wp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << left) - 1));
-            }
-        }
+#define PACK_INTO_WP(r, nv, slot) (q_pack16(T, (nv), nb, w + (size_t)(r) * ws, ws, wp + (slot) * (size_t)nb * 544), wp + (slot) * (size_t)nb * 544)
+        Q_GROUPS(PACK_INTO_WP);
+#undef PACK_INTO_WP
     } else {
         for (int64_t r = 0; r < nr; r += 16) {
             int nv = nr - r < 16 ? (int)(nr - r) : 16;
@@ -518,6 +559,38 @@ AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
         }
     }
     _mm_free(wp);
+    if (xb != sbuf) free(xb);
+}
+
+/* gemm over packed Q8_0 rows (nr % 16 == 0; ws = the file's row size). */
+static void q8_0_gemm_packed(int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
+                             size_t xs, int64_t nx, float *y, size_t ys)
+{
+    const uint8_t *w = wv, *x = xv;
+    int64_t nb = n / 32;
+    ENG_ASSERT(nr % 16 == 0);
+    if (nb <= 0 || nr <= 0 || nx <= 0) {
+        for (int64_t j = 0; j < nx; j++)
+            for (int64_t r = 0; r < nr; r++) y[j * ys + r] = 0.0f;
+        return;
+    }
+    xblk sbuf[1024];
+    xblk *xb = q_xblk(Q_Q8_0, nb, x, xs, nx, sbuf);
+    if (!xb) {
+        ENG_ASSERT(nb <= 1024);
+        for (int64_t j = 0; j < nx; j++)
+            q8_0_gemm_packed(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
+        return;
+    }
+    if (nx >= Q_PREFILL_MIN_NX) {
+#define GROUP_IN_PLACE(r, nv, slot) (w + (size_t)(r) * ws)
+        Q_GROUPS(GROUP_IN_PLACE);
+#undef GROUP_IN_PLACE
+    } else {
+        for (int64_t r = 0; r < nr; r += 16)
+            for (int64_t j = 0; j < nx; j++)
+                q_dec_packed(nb, w + (size_t)r * ws, x + j * xs, xb + j * nb, y + j * ys + r);
+    }
     if (xb != sbuf) free(xb);
 }
 
@@ -654,6 +727,45 @@ AI __m128i k_bs32(const uint8_t *xb)
     return _mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
+/* vpshufb controls: + 4i to every byte of dword i of each 128-bit lane
+ * (0x80 bytes stay >= 0x80, i.e. zero) */
+AI __m512i k_lane4(void)
+{
+    return _mm512_setr_epi32(0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808,
+                             0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404,
+                             0x08080808, 0x0c0c0c0c);
+}
+
+/* Q4_K / Q5_K headers of 16 rows, lanes = rows (H[c] = dword c of each row's
+ * 16-byte header d|dmin, scales[12]): the 6-bit scales as bytes of each
+ * lane's dword (sl: sub-blocks 0..3, sh: 4..7) and the mins (ml, mh). */
+AI void k4_hdr(const __m512i H[4], __m512i *sl, __m512i *sh, __m512i *ml, __m512i *mh)
+{
+    const __m512i c3f = _mm512_set1_epi8(0x3f), c0f = _mm512_set1_epi8(0xf), c30 = _mm512_set1_epi8(0x30);
+    *sl = _mm512_and_si512(H[1], c3f);
+    *ml = _mm512_and_si512(H[2], c3f);
+    /* (a & 0x0f) | (b & 0x30): vpternlog bit select (c0f ? a : b) */
+    *sh = _mm512_ternarylogic_epi32(c0f, H[3], _mm512_and_si512(_mm512_srli_epi32(H[1], 2), c30), 0xca);
+    *mh = _mm512_ternarylogic_epi32(c0f, _mm512_srli_epi32(H[3], 4),
+                                    _mm512_and_si512(_mm512_srli_epi32(H[2], 2), c30), 0xca);
+}
+
+/* msum = sum_s m_s * (sum of sub-block s's 32 x quants) of 16 rows, in lanes:
+ * mins as int16 pairs (m_0, m_1), (m_2, m_3) of each half times the matching
+ * pairs of Q8_K block sums. */
+AI __m512i k4_msum(__m512i ml, __m512i mh, const uint8_t *xb)
+{
+    const __m512i lane = k_lane4();
+    const __m512i p01 = _mm512_add_epi8(_mm512_set1_epi32((int)0x80018000u), lane),
+                  p23 = _mm512_add_epi8(_mm512_set1_epi32((int)0x80038002u), lane);
+    int32_t bp[4] __attribute__((aligned(16)));
+    _mm_store_si128((__m128i *)bp, k_bs32(xb));
+    __m512i Mv = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(ml, p01), _mm512_set1_epi32(bp[0]));
+    Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(ml, p23), _mm512_set1_epi32(bp[1]));
+    Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(mh, p01), _mm512_set1_epi32(bp[2]));
+    return _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(mh, p23), _mm512_set1_epi32(bp[3]));
+}
+
 /* fp16 pair (d, dmin) of 16 rows -> floats; Q6_K: d only (from the dword at 206). */
 AI void k_scales16(const int T, const uint8_t *p, __m512i idx, __mmask16 vm, __m512 *d,
                    __m512 *dmin)
@@ -711,16 +823,9 @@ AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
             H[1] = _mm512_unpackhi_epi64(t0, t2);
             H[2] = _mm512_unpacklo_epi64(t1, t3);
             H[3] = _mm512_unpackhi_epi64(t1, t3);
-            const __m512i c3f = _mm512_set1_epi8(0x3f), c0f = _mm512_set1_epi8(0xf),
-                          c30 = _mm512_set1_epi8(0x30);
-            __m512i sl = _mm512_and_si512(H[1], c3f), ml = _mm512_and_si512(H[2], c3f);
-            /* (a & 0x0f) | (b & 0x30): vpternlog bit select (c0f ? a : b) */
-            __m512i sh = _mm512_ternarylogic_epi32(c0f, H[3], _mm512_and_si512(_mm512_srli_epi32(H[1], 2), c30), 0xca);
-            __m512i mh = _mm512_ternarylogic_epi32(c0f, _mm512_srli_epi32(H[3], 4),
-                                                   _mm512_and_si512(_mm512_srli_epi32(H[2], 2), c30), 0xca);
-            /* vpshufb controls: + 4i to every byte of dword i of each 128-bit lane
-             * (0x80 bytes stay >= 0x80, i.e. zero) */
-            const __m512i lane = _mm512_setr_epi32(0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c);
+            __m512i sl, sh, ml, mh;
+            k4_hdr(H, &sl, &sh, &ml, &mh);
+            const __m512i lane = k_lane4();
             /* byte t of each dword -> int16 pair (b_t, b_t) */
             UNROLL for (int t = 0; t < 4; t++) {
                 const __m512i ctl = _mm512_add_epi8(
@@ -728,16 +833,7 @@ AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
                 _mm512_store_si512(tbl[t], _mm512_shuffle_epi8(sl, ctl));
                 _mm512_store_si512(tbl[t + 4], _mm512_shuffle_epi8(sh, ctl));
             }
-            /* mins as int16 pairs (m_0, m_1), (m_2, m_3) of each half, times the
-             * matching bs32 pairs */
-            const __m512i p01 = _mm512_add_epi8(_mm512_set1_epi32((int)0x80018000u), lane),
-                          p23 = _mm512_add_epi8(_mm512_set1_epi32((int)0x80038002u), lane);
-            int32_t bp[4] __attribute__((aligned(16)));
-            _mm_store_si128((__m128i *)bp, k_bs32(xb));
-            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(ml, p01), _mm512_set1_epi32(bp[0]));
-            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(ml, p23), _mm512_set1_epi32(bp[1]));
-            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(mh, p01), _mm512_set1_epi32(bp[2]));
-            Mv = _mm512_dpwssd_epi32(Mv, _mm512_shuffle_epi8(mh, p23), _mm512_set1_epi32(bp[3]));
+            Mv = k4_msum(ml, mh, xb);
         }
         __m256i R[4], xr[8];
         UNROLL for (int g = 0; g < 8; g++) xr[g] = lu(xb + 4 + 32 * g);
@@ -766,6 +862,103 @@ AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
     _mm512_mask_storeu_ps(y, vm, acc);
 }
 
+/* Sub-block scale byte t (0..3) of each lane's dword, as int32 lanes:
+ * unsigned (Q4_K's 6-bit scales) or sign-extended (Q6_K's int8). */
+AI __m512i byte_u32(__m512i v, int t)
+{
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8 * t), _mm512_set1_epi32(0xff));
+}
+AI __m512i byte_s32(__m512i v, int t) { return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * t), 24); }
+
+AI __m512i bcx(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* Decode from a packed Q4_K / Q6_K group (layouts: internal.h): 16 rows x
+ * one x row. Dword g of x is broadcast against dword g of the 16 rows, so the
+ * integer sums land in row lanes directly; the group is one linear stream. */
+AI void k_dec_packed(const int T, int64_t nb, const uint8_t *g, const uint8_t *x, float *y)
+{
+    const __m512i m4 = _mm512_set1_epi8(0xf);
+    const size_t gbs = T == K_Q4 ? 2304 : 3360;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += gbs) {
+        const uint8_t *xb = x + 292 * (size_t)b, *xq = xb + 4;
+        float dxs;
+        memcpy(&dxs, xb, 4);
+        const __m512 dx = _mm512_set1_ps(dxs);
+        __m512i isum = _mm512_setzero_si512();
+        if (T == K_Q4) {
+            __m512i H[4], sl, sh, ml, mh;
+            UNROLL for (int c = 0; c < 4; c++) H[c] = _mm512_loadu_si512(g + 64 * c);
+            k4_hdr(H, &sl, &sh, &ml, &mh);
+            UNROLL for (int grp = 0; grp < 4; grp++) {
+                __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+                const uint8_t *q = g + 256 + 512 * grp, *xg = xq + 64 * grp;
+                UNROLL for (int j = 0; j < 8; j++) {
+                    __m512i v = _mm512_loadu_si512(q + 64 * j);
+                    lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, m4), bcx(xg + 4 * j));
+                    hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
+                                             bcx(xg + 32 + 4 * j));
+                }
+                const int s0 = 2 * grp, s1 = 2 * grp + 1;
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(lo, byte_u32(s0 < 4 ? sl : sh, s0 & 3)));
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(hi, byte_u32(s1 < 4 ? sl : sh, s1 & 3)));
+            }
+            __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(H[0]));
+            __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(H[0], 16)));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, dx), acc);
+            acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(k4_msum(ml, mh, xb)), _mm512_mul_ps(dmin, dx), acc);
+        } else {
+            const __m512i c30 = _mm512_set1_epi8(0x30);
+            __m512i S[4];
+            UNROLL for (int c = 0; c < 4; c++) S[c] = _mm512_loadu_si512(g + 64 * c);
+            UNROLL for (int h = 0; h < 2; h++) {
+                /* ia[qd][e]: sub-block 8h + 2qd + e */
+                __m512i ia[4][2];
+                UNROLL for (int qd = 0; qd < 4; qd++) ia[qd][0] = ia[qd][1] = _mm512_setzero_si512();
+                UNROLL for (int t = 0; t < 8; t++) {
+                    const uint8_t *q3 = g + 256 + 1536 * h + 192 * t;
+                    __m512i L0 = _mm512_loadu_si512(q3), L1 = _mm512_loadu_si512(q3 + 64);
+                    __m512i Hh = _mm512_loadu_si512(q3 + 128);
+                    __m512i q[4];
+                    /* m4 ? nibble : high bits (vpternlog bit select) */
+                    q[0] = _mm512_ternarylogic_epi32(m4, L0, _mm512_and_si512(_mm512_slli_epi16(Hh, 4), c30), 0xca);
+                    q[1] = _mm512_ternarylogic_epi32(m4, L1, _mm512_and_si512(_mm512_slli_epi16(Hh, 2), c30), 0xca);
+                    q[2] = _mm512_ternarylogic_epi32(m4, _mm512_srli_epi16(L0, 4), _mm512_and_si512(Hh, c30), 0xca);
+                    q[3] = _mm512_ternarylogic_epi32(m4, _mm512_srli_epi16(L1, 4),
+                                                     _mm512_and_si512(_mm512_srli_epi16(Hh, 2), c30), 0xca);
+                    UNROLL for (int qd = 0; qd < 4; qd++) ia[qd][t >= 4] = _mm512_dpbusd_epi32(
+                        ia[qd][t >= 4], q[qd], bcx(xq + 128 * h + 32 * qd + 4 * t));
+                }
+                UNROLL for (int qd = 0; qd < 4; qd++) UNROLL for (int e = 0; e < 2; e++) {
+                    const int sb = 8 * h + 2 * qd + e;
+                    isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(ia[qd][e], byte_s32(S[sb / 4], sb & 3)));
+                }
+            }
+            /* - 32 * sum_s sc_s * bsum_s: int16 pairs (sc_4c, sc_4c+2) and
+             * (sc_4c+1, sc_4c+3) of each dword against the matching bsums */
+            int16_t bs[16];
+            memcpy(bs, xb + 260, 32);
+            __m512i C = _mm512_setzero_si512();
+            UNROLL for (int c = 0; c < 4; c++) {
+                __m512i ev = _mm512_srai_epi16(_mm512_slli_epi16(S[c], 8), 8), od = _mm512_srai_epi16(S[c], 8);
+                int32_t pe = (int32_t)((uint32_t)(uint16_t)bs[4 * c] | ((uint32_t)(uint16_t)bs[4 * c + 2] << 16));
+                int32_t po = (int32_t)((uint32_t)(uint16_t)bs[4 * c + 1] | ((uint32_t)(uint16_t)bs[4 * c + 3] << 16));
+                C = _mm512_dpwssd_epi32(C, ev, _mm512_set1_epi32(pe));
+                C = _mm512_dpwssd_epi32(C, od, _mm512_set1_epi32(po));
+            }
+            isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(C, 5));
+            __m512 d = _mm512_cvtph_ps(lu(g + 3328));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, dx), acc);
+        }
+    }
+    _mm512_storeu_ps(y, acc);
+}
+
 /*
  * Prefill pack of 16 rows, per superblock (KP zmm):
  *   Q[64]: dword g (elements 4g..4g+3, unsigned quants) of the 16 rows
@@ -777,8 +970,9 @@ AI void k_dec16(const int T, const int full, int nv, int64_t nb, const uint8_t *
 AI int k_nsb(const int T) { return T == K_Q6 ? 16 : 8; }
 AI int k_kp(const int T) { return 64 + k_nsb(T) + 8 + 2; }
 
-AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, __m512i *dst,
-                 size_t dstride)
+/* P: w is a packed group (internal.h) instead of rows in the file layout. */
+AI void k_pack16(const int T, const int P, int nv, int64_t nb, const uint8_t *w, size_t ws,
+                 __m512i *dst, size_t dstride)
 {
     const int bsz = kbsz(T), nsb = k_nsb(T);
     const __m512i idx = idx16(ws);
@@ -787,7 +981,7 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
     size_t off[16];
     for (int k = 0; k < 16; k++) off[k] = k < nv ? (size_t)k * ws : 0;
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = w + (size_t)bsz * (size_t)b;
+        const uint8_t *p = w + (size_t)bsz * (size_t)b * (P ? 16 : 1);
         __m512i *Q = dst + (size_t)b * dstride, *SC = Q + 64, *MN = SC + nsb;
         __m512 *D = (__m512 *)(MN + 8);
         if (T != K_Q6) {
@@ -796,7 +990,8 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
             if (T == K_Q5) tr16x8(p + 16, off, hb);
             UNROLL for (int grp = 0; grp < 4; grp++) {
                 __m512i o[8];
-                tr16x8(qs + 32 * grp, off, o);
+                if (P) UNROLL for (int l = 0; l < 8; l++) o[l] = _mm512_loadu_si512(p + 256 + 512 * grp + 64 * l);
+                else tr16x8(qs + 32 * grp, off, o);
                 UNROLL for (int l = 0; l < 8; l++) {
                     __m512i lo = _mm512_and_si512(o[l], m4), hi = _mm512_and_si512(_mm512_srli_epi16(o[l], 4), m4);
                     if (T == K_Q5) {
@@ -811,7 +1006,9 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
             int32_t sc[8][16], mn[8][16];
             for (int k = 0; k < 16; k++) {
                 uint64_t s8, m8;
-                k4_scales(p + (size_t)(k < nv ? k : 0) * ws + 4, &s8, &m8);
+                uint8_t hdr[16];
+                if (P) for (int c = 0; c < 4; c++) memcpy(hdr + 4 * c, p + 64 * c + 4 * k, 4);
+                k4_scales(P ? hdr + 4 : p + (size_t)(k < nv ? k : 0) * ws + 4, &s8, &m8);
                 for (int s = 0; s < 8; s++) {
                     sc[s][k] = (int32_t)((s8 >> (8 * s)) & 0xff);
                     mn[s][k] = (int32_t)((m8 >> (8 * s)) & 0xff) * 0x10001;
@@ -824,9 +1021,15 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
         } else {
             UNROLL for (int h = 0; h < 2; h++) {
                 __m512i L0[8], L1[8], Hh[8];
-                tr16x8(p + 64 * h, off, L0);
-                tr16x8(p + 64 * h + 32, off, L1);
-                tr16x8(p + 128 + 32 * h, off, Hh);
+                if (P) UNROLL for (int t = 0; t < 8; t++) {
+                    L0[t] = _mm512_loadu_si512(p + 256 + 1536 * h + 192 * t);
+                    L1[t] = _mm512_loadu_si512(p + 256 + 1536 * h + 192 * t + 64);
+                    Hh[t] = _mm512_loadu_si512(p + 256 + 1536 * h + 192 * t + 128);
+                } else {
+                    tr16x8(p + 64 * h, off, L0);
+                    tr16x8(p + 64 * h + 32, off, L1);
+                    tr16x8(p + 128 + 32 * h, off, Hh);
+                }
                 UNROLL for (int t = 0; t < 8; t++) {
                     __m512i H = Hh[t];
                     Q[32 * h + t] = _mm512_or_si512(_mm512_and_si512(L0[t], m4), _mm512_slli_epi16(_mm512_and_si512(H, m3), 4));
@@ -837,7 +1040,9 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
             }
             int32_t sc[16][16], mn[8][16];
             for (int k = 0; k < 16; k++) {
-                const int8_t *s8 = (const int8_t *)(p + (size_t)(k < nv ? k : 0) * ws + 192);
+                int8_t s8[16];
+                if (P) for (int c = 0; c < 4; c++) memcpy(s8 + 4 * c, p + 64 * c + 4 * k, 4);
+                else memcpy(s8, p + (size_t)(k < nv ? k : 0) * ws + 192, 16);
                 for (int s = 0; s < 16; s++) sc[s][k] = s8[s];
                 for (int s = 0; s < 8; s++)
                     mn[s][k] = (int32_t)(((uint32_t)(uint16_t)(int16_t)(-32 * s8[2 * s])) |
@@ -847,7 +1052,15 @@ AI void k_pack16(const int T, int nv, int64_t nb, const uint8_t *w, size_t ws, _
             for (int s = 0; s < 8; s++) _mm512_store_si512(MN + s, _mm512_loadu_si512(mn[s]));
         }
         __m512 d, dmin;
-        k_scales16(T, p, idx, vm, &d, &dmin);
+        if (!P) k_scales16(T, p, idx, vm, &d, &dmin);
+        else if (T == K_Q6) {
+            d = _mm512_cvtph_ps(lu(p + 3328));
+            dmin = _mm512_setzero_ps();
+        } else {
+            __m512i H0 = _mm512_loadu_si512(p);
+            d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(H0));
+            dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(H0, 16)));
+        }
         _mm512_store_ps((float *)D, d);
         _mm512_store_ps((float *)(D + 1), dmin);
     }
@@ -947,11 +1160,11 @@ AI void k_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
         for (int64_t r = 0; r < nr; r += 32) {
             int left = nr - r < 32 ? (int)(nr - r) : 32;
             if (left > 16) {
-                k_pack16(T, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
-                k_pack16(T, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
+                k_pack16(T, 0, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
+                k_pack16(T, 0, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
                 k_pre_cols(T, 2, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << (left - 16)) - 1));
             } else {
-                k_pack16(T, left, nb, w + (size_t)r * ws, ws, wp, kp);
+                k_pack16(T, 0, left, nb, w + (size_t)r * ws, ws, wp, kp);
                 k_pre_cols(T, 1, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << left) - 1));
             }
         }
@@ -965,6 +1178,46 @@ AI void k_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
             else k_dec16(T, 0, nv, nb, w + (size_t)r * ws, ws, x + j * xs, y + j * ys + r);
         }
     }
+}
+
+/* gemm over packed Q4_K / Q6_K rows (nr % 16 == 0; ws = the file's row size). */
+AI void k_gemm_packed(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
+                      size_t xs, int64_t nx, float *y, size_t ys)
+{
+    const uint8_t *w = wv, *x = xv;
+    int64_t nb = n / 256;
+    const int kp = k_kp(T);
+    ENG_ASSERT(nr % 16 == 0);
+    __m512i *wp = NULL;
+    if (nx >= K_PREFILL_MIN_NX && nb > 0) wp = _mm_malloc((size_t)nb * 2 * kp * 64, 64);
+    if (wp) {
+        for (int64_t r = 0; r < nr; r += 32) {
+            if (nr - r > 16) {
+                k_pack16(T, 1, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
+                k_pack16(T, 1, 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
+                k_pre_cols(T, 2, nb, wp, x, xs, nx, y + r, ys, 0xffff);
+            } else {
+                k_pack16(T, 1, 16, nb, w + (size_t)r * ws, ws, wp, kp);
+                k_pre_cols(T, 1, nb, wp, x, xs, nx, y + r, ys, 0xffff);
+            }
+        }
+        _mm_free(wp);
+        return;
+    }
+    for (int64_t r = 0; r < nr; r += 16)
+        for (int64_t j = 0; j < nx; j++) k_dec_packed(T, nb, w + (size_t)r * ws, x + j * xs, y + j * ys + r);
+}
+
+static void q4_k_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
+                             size_t xs, int64_t nx, float *y, size_t ys)
+{
+    k_gemm_packed(K_Q4, n, w, ws, nr, x, xs, nx, y, ys);
+}
+
+static void q6_k_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
+                             size_t xs, int64_t nx, float *y, size_t ys)
+{
+    k_gemm_packed(K_Q6, n, w, ws, nr, x, xs, nx, y, ys);
 }
 
 #define K_FUNCS(name, T)                                                                     \
@@ -999,5 +1252,8 @@ void eng__quant_avx512_init(eng__kernels *k)
     SETK(Q5_K, q5_k);
     SETK(Q6_K, q6_k);
 #undef SETK
+    k->gemm_packed[ENG_TYPE_Q8_0] = q8_0_gemm_packed;
+    k->gemm_packed[ENG_TYPE_Q4_K] = q4_k_gemm_packed;
+    k->gemm_packed[ENG_TYPE_Q6_K] = q6_k_gemm_packed;
     k->attn = eng__attn_avx512;
 }

@@ -128,6 +128,12 @@ void eng__huge_free(void *p, size_t n)
 {
     if (p) munmap(p, huge_len(n ? n : 1));
 }
+
+void eng__drop_pages(const void *p, size_t n)
+{
+    const uintptr_t pg = 4096, a = ((uintptr_t)p + pg - 1) & ~(pg - 1), e = ((uintptr_t)p + n) & ~(pg - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED); /* advice only */
+}
 void eng_free(void *p) { free(p); }
 
 char *eng__strndup(const char *s, size_t n)

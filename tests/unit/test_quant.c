@@ -783,3 +783,115 @@ Test(quant, golden_dequant_sha256, .timeout = 600)
         json_decref(gj);
     }
 }
+
+/* ------------------------------------------------------------------------ */
+/* packed weights (internal.h, "Packed weights")                            */
+/* ------------------------------------------------------------------------ */
+
+static const int k_packable[] = {ENG_TYPE_Q8_0, ENG_TYPE_Q4_K, ENG_TYPE_Q6_K};
+
+Test(quant, packable_types)
+{
+    for (int t = 0; t < ENG_TYPE_COUNT; t++) {
+        bool want = t == ENG_TYPE_Q8_0 || t == ENG_TYPE_Q4_K || t == ENG_TYPE_Q6_K;
+        cr_assert_eq(eng__packable(t), want, "type %d", t);
+        const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
+        if (k) cr_assert_eq(k->gemm_packed[t] != NULL, want, "avx512 gemm_packed of type %d", t);
+        cr_assert_null(eng__kernels_get(ENG_KL_SCALAR)->gemm_packed[t]);
+    }
+}
+
+/* The layout is the one internal.h documents: a few fields of each type
+ * checked where the comment says they are, then unpack(pack(x)) == x. */
+Test(quant, pack_layout_and_roundtrip)
+{
+    uint64_t s = 99;
+    for (size_t i = 0; i < sizeof k_packable / sizeof k_packable[0]; i++) {
+        const int t = k_packable[i];
+        const int64_t n = eng__type(t)->blck * 3;
+        const size_t ws = eng__row_size(t, n), bs = eng__type(t)->type_size, gbs = 16 * bs;
+        uint8_t *rows = malloc(16 * ws), *p = malloc(16 * ws), *back = malloc(16 * ws);
+        for (size_t q = 0; q < 16 * ws; q++) rows[q] = (uint8_t)(td_rand(&s) >> 56);
+        eng__pack16(t, rows, ws, p);
+        for (int b = 0; b < 3; b++)
+            for (int k = 0; k < 16; k++) {
+                const uint8_t *r = rows + (size_t)k * ws + (size_t)b * bs, *g = p + (size_t)b * gbs;
+                if (t == ENG_TYPE_Q8_0) {
+                    cr_assert_eq(memcmp(g + 512 + 2 * k, r, 2), 0);
+                    for (int j = 0; j < 8; j++)
+                        for (int u = 0; u < 4; u++)
+                            cr_assert_eq(g[64 * j + 4 * k + u], r[2 + 4 * j + u] ^ 0x80);
+                } else if (t == ENG_TYPE_Q4_K) {
+                    for (int c = 0; c < 4; c++) cr_assert_eq(memcmp(g + 64 * c + 4 * k, r + 4 * c, 4), 0);
+                    for (int grp = 0; grp < 4; grp++)
+                        for (int j = 0; j < 8; j++)
+                            cr_assert_eq(memcmp(g + 256 + 512 * grp + 64 * j + 4 * k, r + 16 + 32 * grp + 4 * j, 4), 0);
+                } else {
+                    for (int c = 0; c < 4; c++) cr_assert_eq(memcmp(g + 64 * c + 4 * k, r + 192 + 4 * c, 4), 0);
+                    for (int h = 0; h < 2; h++)
+                        for (int j = 0; j < 8; j++) {
+                            const uint8_t *tr = g + 256 + 1536 * h + 192 * j + 4 * k;
+                            cr_assert_eq(memcmp(tr, r + 64 * h + 4 * j, 4), 0);
+                            cr_assert_eq(memcmp(tr + 64, r + 64 * h + 32 + 4 * j, 4), 0);
+                            cr_assert_eq(memcmp(tr + 128, r + 128 + 32 * h + 4 * j, 4), 0);
+                        }
+                    cr_assert_eq(memcmp(g + 3328 + 2 * k, r + 208, 2), 0);
+                }
+            }
+        eng__unpack16(t, p, ws, back);
+        cr_assert_eq(memcmp(back, rows, 16 * ws), 0, "%s: unpack(pack(x)) != x", eng_type_name(t));
+        free(rows);
+        free(p);
+        free(back);
+    }
+}
+
+/* gemm_packed (and its scalar reference) on packed rows == gemm / vec_dot on
+ * the same rows unpacked, bit for bit: decode (nx < 4) and the prefill tiles
+ * (pairs of groups and a lone last group, 1..6 x rows and remainders). */
+Test(quant, packed_gemm_matches_unpacked)
+{
+    const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
+    if (!k) cr_skip_test("CPU lacks AVX-512");
+    const eng__kernels *sc = eng__kernels_get(ENG_KL_SCALAR);
+    uint64_t s = 4242;
+    for (size_t i = 0; i < sizeof k_packable / sizeof k_packable[0]; i++) {
+        const int t = k_packable[i], vt = eng__type(t)->vec_type;
+        for (int c = 0; c < n_count(t); c++) {
+            const int64_t n = test_n(t, c);
+            static const int shapes[][2] = {{16, 1}, {16, 2}, {32, 3}, {16, 4}, {48, 5}, {32, 7}, {64, 13}};
+            for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+                const int nr = shapes[sh][0], nx = shapes[sh][1];
+                if (n >= 4096 && nr * nx > 100) continue;
+                const size_t ws = eng__row_size(t, n), xs = eng__row_size(vt, n) + 32 * (sh & 1);
+                uint8_t *w = malloc((size_t)nr * ws), *wp = malloc((size_t)nr * ws), *x = malloc((size_t)nx * xs);
+                for (int r = 0; r < nr; r++) rand_weights(t, w + (size_t)r * ws, n, &s);
+                for (int j = 0; j < nx; j++) rand_act(t, x + (size_t)j * xs, n, &s);
+                for (int g = 0; g < nr / 16; g++) eng__pack16(t, w + (size_t)g * 16 * ws, ws, wp + (size_t)g * 16 * ws);
+                const size_t ys = (size_t)nr + 5, ny = ys * (size_t)nx;
+                float *y = malloc(sizeof(float) * ny), *yp = malloc(sizeof(float) * ny), *yr = malloc(sizeof(float) * ny);
+                for (size_t q = 0; q < ny; q++) y[q] = yp[q] = yr[q] = -12345.0f;
+                k->gemm[t](n, w, ws, nr, x, xs, nx, y, ys);
+                k->gemm_packed[t](n, wp, ws, nr, x, xs, nx, yp, ys);
+                eng__gemm_packed_ref(t, n, wp, ws, nr, x, xs, nx, yr, ys);
+                for (int j = 0; j < nx; j++)
+                    for (size_t r = 0; r < ys; r++) {
+                        size_t q = (size_t)j * ys + r;
+                        cr_assert_eq(fbits(yp[q]), fbits(y[q]), "%s n=%ld nr=%d nx=%d (r=%zu j=%d): packed %.9g != gemm %.9g",
+                                     eng_type_name(t), (long)n, nr, nx, r, j, yp[q], y[q]);
+                        if (r < (size_t)nr)
+                            cr_assert_eq(fbits(yr[q]), fbits(sc->vec_dot[t](n, w + r * ws, x + (size_t)j * xs)),
+                                         "%s: scalar packed reference != scalar vec_dot", eng_type_name(t));
+                        else
+                            cr_assert_eq(yr[q], -12345.0f);
+                    }
+                free(w);
+                free(wp);
+                free(x);
+                free(y);
+                free(yp);
+                free(yr);
+            }
+        }
+    }
+}
