@@ -40,7 +40,7 @@ static const copt OPTS[] = {
      "memory-map the model file; false: read it into memory (a file truncated or rewritten while "
      "serving cannot then crash the server)"},
     {"repack", CT_BOOL, OFF(repack), "repack", 0, 0, 0, "true",
-     "reorder Q8_0/Q4_K/Q6_K weight matrices at load into the layout the AVX-512 kernels stream "
+     "reorder F16/Q8_0/Q4_K/Q6_K weight matrices at load into the layout the AVX-512 kernels stream "
      "fastest (same results; with mmap those matrices are copied into memory)"},
     {"ctx_size", CT_INT, OFF(ctx_size), "ctx-size", 'c', 0, 1 << 22, "0",
      "context positions per sequence; 0 = the model's training context"},

@@ -231,12 +231,14 @@ typedef struct {
  * Packed weights (repacked at load, model.c). Decode streams 16 weight rows
  * at a time; read from the file layout those are 16 interleaved streams,
  * which the hardware prefetchers follow badly, and every block's bytes must
- * be shuffled in registers before the integer dot products. For Q8_0, Q4_K
- * and Q6_K a matrix's rows can instead be stored in groups of ENG_PACK_ROWS:
+ * be shuffled in registers before the dot products. For F16 (rows of a
+ * multiple of 16 elements), Q8_0, Q4_K and Q6_K a matrix's rows can instead
+ * be stored in groups of ENG_PACK_ROWS:
  * group g takes exactly the bytes of its 16 rows in the file layout
  * (16 * row_bytes from g * 16 * row_bytes), reordered so that one linear
  * stream feeds 16 output rows, lanes = rows ("[x][row]" below: 4-byte unit x
  * of each of the 16 rows, row-minor):
+ *   F16, per 16 elements (512 B): [element 0..15][row], 2-byte units;
  *   Q8_0, per block (544 B): quants [dword 0..7][row] as unsigned bytes
  *         (q ^ 0x80, the vpdpbusd operand), then the rows' 16 fp16 scales;
  *   Q4_K, per superblock (2304 B): the 16-byte headers [dword 0..3][row]
@@ -255,7 +257,7 @@ typedef struct {
  * eng__gemm_packed_ref is its scalar reference (unpack, then vec_dot).
  */
 #define ENG_PACK_ROWS 16
-bool eng__packable(int type);
+bool eng__packable(int type, int64_t n); /* rows of n elements of this type */
 void eng__pack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst);
 void eng__unpack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst);
 void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t nr,

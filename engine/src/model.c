@@ -305,7 +305,7 @@ static void repack(eng_model *m)
     int64_t np = 0;
     for (int64_t i = 0; i < n; i++) {
         eng__mat *w = mats[i];
-        if (!eng__packable(w->type) || !k->gemm_packed[w->type] || w->n_out < ENG_PACK_ROWS) {
+        if (!eng__packable(w->type, w->n_in) || !k->gemm_packed[w->type] || w->n_out < ENG_PACK_ROWS) {
             mats[i] = NULL;
             continue;
         }

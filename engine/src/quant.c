@@ -718,9 +718,10 @@ SCALAR_GEMM(q6_k)
 /* Packed weights (layouts: internal.h)                                     */
 /* ------------------------------------------------------------------------ */
 
-bool eng__packable(int type)
+bool eng__packable(int type, int64_t n)
 {
-    return type == ENG_TYPE_Q8_0 || type == ENG_TYPE_Q4_K || type == ENG_TYPE_Q6_K;
+    return (type == ENG_TYPE_F16 && n > 0 && n % 16 == 0) || type == ENG_TYPE_Q8_0 ||
+           type == ENG_TYPE_Q4_K || type == ENG_TYPE_Q6_K;
 }
 
 /* Copy one unit of len bytes between the file layout (f) and the packed
@@ -735,26 +736,35 @@ static void unit(bool pack, uint8_t *f, uint8_t *g, size_t len, bool flip)
     memcpy(pack ? g : f, t, len);
 }
 
-/* The [x][row] run of one 16-row group: n 4-byte units of each row, from
- * offset fo of the row's block (file) to offset go of the group's block,
- * unit u's 64 bytes (16 rows) at go + u * ustride. */
-static void runs(bool pack, uint8_t *f, size_t row_bytes, uint8_t *g, size_t fo, size_t go, int n,
-                 size_t ustride, bool flip)
+/* The [x][row] run of one 16-row group: n units of len bytes of each row,
+ * from offset fo of the row's block (file) to offset go of the group's
+ * block, unit u of the 16 rows at go + u * ustride. */
+static void runs_len(bool pack, uint8_t *f, size_t row_bytes, uint8_t *g, size_t fo, size_t go, int n,
+                     size_t len, size_t ustride, bool flip)
 {
     for (int k = 0; k < ENG_PACK_ROWS; k++)
         for (int u = 0; u < n; u++)
-            unit(pack, f + (size_t)k * row_bytes + fo + 4 * (size_t)u, g + go + ustride * (size_t)u + 4 * (size_t)k,
-                 4, flip);
+            unit(pack, f + (size_t)k * row_bytes + fo + len * (size_t)u,
+                 g + go + ustride * (size_t)u + len * (size_t)k, len, flip);
+}
+
+static void runs(bool pack, uint8_t *f, size_t row_bytes, uint8_t *g, size_t fo, size_t go, int n,
+                 size_t ustride, bool flip)
+{
+    runs_len(pack, f, row_bytes, g, fo, go, n, 4, ustride, flip);
 }
 
 /* One 16-row group, either way: f = the rows in the file layout (row k at
  * f + k * row_bytes), g = the packed group (16 * row_bytes bytes). */
 static void group_xfer(bool pack, int type, uint8_t *f, size_t row_bytes, uint8_t *g)
 {
-    const size_t bs = eng__type(type)->type_size, nb = row_bytes / bs;
+    const size_t bs = type == ENG_TYPE_F16 ? 32 : eng__type(type)->type_size, nb = row_bytes / bs;
     for (size_t b = 0; b < nb; b++) {
         uint8_t *fb = f + b * bs, *gb = g + b * bs * ENG_PACK_ROWS;
         switch (type) {
+        case ENG_TYPE_F16: /* 16 elements */
+            runs_len(pack, fb, row_bytes, gb, 0, 0, 16, 2, 32, false);
+            break;
         case ENG_TYPE_Q8_0: /* d(2) qs(32) */
             runs(pack, fb, row_bytes, gb, 2, 0, 8, 64, true);
             for (int k = 0; k < ENG_PACK_ROWS; k++) unit(pack, fb + (size_t)k * row_bytes, gb + 512 + 2 * k, 2, false);

@@ -168,6 +168,81 @@ AI void f16_tile(TILE_ARGS)
 }
 DEFINE_GEMM(f16, 4)
 
+/* Packed F16 (internal.h): per 16 elements, [element l][row k] halfs.
+ * Decode keeps f16_tile's per-pair recipe exactly: for each row, lane l of
+ * its accumulator takes elements 16c + l in order (here A[l], lanes = rows),
+ * then the same fixed tree as hsum16, done on the 16 vectors at once. */
+AI void f16_dec_packed(int64_t n, const uint8_t *g, const float *x, float *y)
+{
+    __m512 A[16];
+    UNROLL for (int l = 0; l < 16; l++) A[l] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16, g += 512)
+        UNROLL for (int l = 0; l < 16; l++)
+            A[l] = _mm512_fmadd_ps(_mm512_cvtph_ps(lu(g + 32 * l)), _mm512_set1_ps(x[i + l]), A[l]);
+    UNROLL for (int l = 0; l < 8; l++) A[l] = _mm512_add_ps(A[l], A[l + 8]);
+    UNROLL for (int l = 0; l < 4; l++) A[l] = _mm512_add_ps(A[l], A[l + 4]);
+    UNROLL for (int l = 0; l < 2; l++) A[l] = _mm512_add_ps(A[l], A[l + 2]);
+    _mm512_storeu_ps(y, _mm512_add_ps(A[0], A[1]));
+}
+
+/* One packed F16 group back to 16 rows (row k at dst + k * ds): per 16
+ * elements a 16 x 16 transpose of 16-bit values (unpack 16/32/64, lanes). */
+static void f16_unpack_group(int64_t n, const uint8_t *g, uint8_t *dst, size_t ds)
+{
+    for (int64_t c = 0; c < n / 16; c++, g += 512) {
+        __m256i R[16], A[16], B[4][4], C[2][4][2];
+        UNROLL for (int l = 0; l < 16; l++) R[l] = lu(g + 32 * l);
+        UNROLL for (int i = 0; i < 8; i++) {
+            A[2 * i] = _mm256_unpacklo_epi16(R[2 * i], R[2 * i + 1]);
+            A[2 * i + 1] = _mm256_unpackhi_epi16(R[2 * i], R[2 * i + 1]);
+        }
+        /* A[2i + h]: k in {4h..4h+3} (and + 8), dwords (l = 2i, 2i + 1) */
+        UNROLL for (int j = 0; j < 4; j++) UNROLL for (int h = 0; h < 2; h++) {
+            B[j][2 * h] = _mm256_unpacklo_epi32(A[4 * j + h], A[4 * j + 2 + h]);
+            B[j][2 * h + 1] = _mm256_unpackhi_epi32(A[4 * j + h], A[4 * j + 2 + h]);
+        }
+        /* B[j][m]: k in {2m, 2m + 1} (and + 8), qwords (l = 4j..4j+3) */
+        UNROLL for (int jj = 0; jj < 2; jj++) UNROLL for (int m = 0; m < 4; m++) {
+            C[jj][m][0] = _mm256_unpacklo_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
+            C[jj][m][1] = _mm256_unpackhi_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
+        }
+        /* C[jj][m][e]: lane 0 row 2m + e, lane 1 row 8 + 2m + e; l = 8jj..8jj+7 */
+        UNROLL for (int m = 0; m < 4; m++) UNROLL for (int e = 0; e < 2; e++) {
+            const int k = 2 * m + e;
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)k * ds + 32 * (size_t)c),
+                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x20));
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)(k + 8) * ds + 32 * (size_t)c),
+                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x31));
+        }
+    }
+}
+
+/* gemm over packed F16 rows (nr % 16 == 0, n % 16 == 0; ws = 2n). Decode
+ * straight from the groups; prefill (nx >= 4) unpacks up to 4 groups at a
+ * time into a buffer the L2 holds and runs the file-layout tiles on it
+ * (fewer groups per pass would stream the activations once more each). */
+#define F16_UNPACK_GROUPS 4
+static void f16_gemm_packed(int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
+                            size_t xs, int64_t nx, float *y, size_t ys)
+{
+    const uint8_t *w = wv, *x = xv;
+    ENG_ASSERT(nr % 16 == 0 && n % 16 == 0);
+    uint8_t *rows = nx >= 4 ? _mm_malloc(F16_UNPACK_GROUPS * 16 * ws, 64) : NULL;
+    if (rows) {
+        for (int64_t r = 0; r < nr; r += F16_UNPACK_GROUPS * 16) {
+            int64_t m = nr - r < F16_UNPACK_GROUPS * 16 ? nr - r : F16_UNPACK_GROUPS * 16;
+            for (int64_t g = 0; g < m; g += 16)
+                f16_unpack_group(n, w + (size_t)(r + g) * ws, rows + (size_t)g * ws, ws);
+            f16_gemm(n, rows, ws, m, x, xs, nx, y + r, ys);
+        }
+        _mm_free(rows);
+        return;
+    }
+    for (int64_t r = 0; r < nr; r += 16)
+        for (int64_t j = 0; j < nx; j++)
+            f16_dec_packed(n, w + (size_t)r * ws, (const float *)(x + (size_t)j * xs), y + (size_t)j * ys + r);
+}
+
 AI void bf16_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t *w, size_t ws,
                   const uint8_t *x, size_t xs, int64_t i, __mmask32 m)
 {
@@ -1252,6 +1327,7 @@ void eng__quant_avx512_init(eng__kernels *k)
     SETK(Q5_K, q5_k);
     SETK(Q6_K, q6_k);
 #undef SETK
+    k->gemm_packed[ENG_TYPE_F16] = f16_gemm_packed;
     k->gemm_packed[ENG_TYPE_Q8_0] = q8_0_gemm_packed;
     k->gemm_packed[ENG_TYPE_Q4_K] = q4_k_gemm_packed;
     k->gemm_packed[ENG_TYPE_Q6_K] = q6_k_gemm_packed;

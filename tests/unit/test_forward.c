@@ -395,7 +395,8 @@ static void check_repack_bitwise(const char *path, const int32_t *ids, size_t n)
 
 Test(forward, repacked_weights_bitwise, .timeout = 120)
 {
-    static const char *const names[] = {"tiny256-Q8_0", "tiny256-Q4_K_M", "tiny256-Q6_K", "tiny256-tied-Q8_0"};
+    static const char *const names[] = {"tiny256-F16", "tiny256-Q8_0", "tiny256-Q4_K_M", "tiny256-Q6_K",
+                                        "tiny256-tied-Q8_0"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char rel[256];
         snprintf(rel, sizeof rel, "golden/%s.json", names[i]);

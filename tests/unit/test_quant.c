@@ -788,17 +788,20 @@ Test(quant, golden_dequant_sha256, .timeout = 600)
 /* packed weights (internal.h, "Packed weights")                            */
 /* ------------------------------------------------------------------------ */
 
-static const int k_packable[] = {ENG_TYPE_Q8_0, ENG_TYPE_Q4_K, ENG_TYPE_Q6_K};
+static const int k_packable[] = {ENG_TYPE_F16, ENG_TYPE_Q8_0, ENG_TYPE_Q4_K, ENG_TYPE_Q6_K};
 
 Test(quant, packable_types)
 {
     for (int t = 0; t < ENG_TYPE_COUNT; t++) {
-        bool want = t == ENG_TYPE_Q8_0 || t == ENG_TYPE_Q4_K || t == ENG_TYPE_Q6_K;
-        cr_assert_eq(eng__packable(t), want, "type %d", t);
+        bool want = t == ENG_TYPE_F16 || t == ENG_TYPE_Q8_0 || t == ENG_TYPE_Q4_K || t == ENG_TYPE_Q6_K;
+        cr_assert_eq(eng__packable(t, 4096), want, "type %d", t);
         const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
         if (k) cr_assert_eq(k->gemm_packed[t] != NULL, want, "avx512 gemm_packed of type %d", t);
         cr_assert_null(eng__kernels_get(ENG_KL_SCALAR)->gemm_packed[t]);
     }
+    /* F16 rows are packed 16 elements at a time */
+    cr_assert(!eng__packable(ENG_TYPE_F16, 40));
+    cr_assert(eng__packable(ENG_TYPE_F16, 48));
 }
 
 /* The layout is the one internal.h documents: a few fields of each type
@@ -808,15 +811,18 @@ Test(quant, pack_layout_and_roundtrip)
     uint64_t s = 99;
     for (size_t i = 0; i < sizeof k_packable / sizeof k_packable[0]; i++) {
         const int t = k_packable[i];
-        const int64_t n = eng__type(t)->blck * 3;
-        const size_t ws = eng__row_size(t, n), bs = eng__type(t)->type_size, gbs = 16 * bs;
+        const int64_t n = t == ENG_TYPE_F16 ? 48 : eng__type(t)->blck * 3;
+        const size_t ws = eng__row_size(t, n), bs = t == ENG_TYPE_F16 ? 32 : eng__type(t)->type_size,
+                     gbs = 16 * bs;
         uint8_t *rows = malloc(16 * ws), *p = malloc(16 * ws), *back = malloc(16 * ws);
         for (size_t q = 0; q < 16 * ws; q++) rows[q] = (uint8_t)(td_rand(&s) >> 56);
         eng__pack16(t, rows, ws, p);
         for (int b = 0; b < 3; b++)
             for (int k = 0; k < 16; k++) {
                 const uint8_t *r = rows + (size_t)k * ws + (size_t)b * bs, *g = p + (size_t)b * gbs;
-                if (t == ENG_TYPE_Q8_0) {
+                if (t == ENG_TYPE_F16) {
+                    for (int l = 0; l < 16; l++) cr_assert_eq(memcmp(g + 32 * l + 2 * k, r + 2 * l, 2), 0);
+                } else if (t == ENG_TYPE_Q8_0) {
                     cr_assert_eq(memcmp(g + 512 + 2 * k, r, 2), 0);
                     for (int j = 0; j < 8; j++)
                         for (int u = 0; u < 4; u++)
@@ -859,7 +865,8 @@ Test(quant, packed_gemm_matches_unpacked)
         const int t = k_packable[i], vt = eng__type(t)->vec_type;
         for (int c = 0; c < n_count(t); c++) {
             const int64_t n = test_n(t, c);
-            static const int shapes[][2] = {{16, 1}, {16, 2}, {32, 3}, {16, 4}, {48, 5}, {32, 7}, {64, 13}};
+            if (!eng__packable(t, n)) continue; /* F16: n % 16 */
+            static const int shapes[][2] = {{16, 1}, {16, 2}, {32, 3}, {16, 4}, {48, 5}, {32, 7}, {64, 13}, {80, 4}};
             for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
                 const int nr = shapes[sh][0], nx = shapes[sh][1];
                 if (n >= 4096 && nr * nx > 100) continue;

@@ -228,7 +228,7 @@ typedef struct {
     int32_t n_threads; /* compute threads for contexts made from this model (>= 1) */
     bool use_mmap;     /* map the file read-only (default); false: read it into memory, so a
                         * file truncated or rewritten while in use cannot fault (SIGBUS) */
-    bool repack;       /* reorder Q8_0 / Q4_K / Q6_K weight matrices at load into the
+    bool repack;       /* reorder F16 / Q8_0 / Q4_K / Q6_K weight matrices at load into the
                         * interleaved layout the AVX-512 kernels stream fastest (default);
                         * with use_mmap those matrices are copied into anonymous memory
                         * (their size again, while the file stays in the page cache).
