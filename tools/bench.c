@@ -12,7 +12,9 @@
  * bandwidth; for each model, prefill tokens/s of a P-token prompt and decode
  * tokens/s of N tokens (median of RUNS), with the bandwidth measured right
  * before and after each decode run. Ratios: decode vs the bandwidth bound
- * (weight bytes read per token / bandwidth) and the prefill weight-product
+ * (weight bytes read per token / bandwidth; the median over runs of each
+ * run's speed against the bandwidth measured around it, since the machine's
+ * 2-thread bandwidth can change between runs) and the prefill weight-product
  * FLOP rate vs the int8 peak (quantized weights) or the BF16 peak (F16/BF16).
  * With -s, every run also measures OrthoRank at that sparsity (k = 1/3,
  * decode policy threshold) right after the dense measurement, and reports
@@ -239,7 +241,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench: cannot create a context\n");
                 return 1;
             }
-            double pf[100], dc[100], bw_lo = 1e30, bw_hi = 0, bound_sum = 0;
+            double pf[100], dc[100], ratio[100], bw_lo = 1e30, bw_hi = 0, bound_sum = 0;
             run_batch(c, tok, n_prompt < 32 ? n_prompt : 32, 0); /* warm up: page in the weights */
             eng_seq_truncate(c, 0, 0);
             for (int r = 0; r < runs; r++) {
@@ -253,17 +255,19 @@ int main(int argc, char **argv)
                 dc[r] = (double)n_gen / t;
                 double bw = 0.5 * (b0 + b1);
                 bound_sum += bw / bytes_per_token(m);
+                ratio[r] = dc[r] / (bw / bytes_per_token(m)); /* this run against its own bandwidth */
                 if (b0 < bw_lo) bw_lo = b0;
                 if (b1 < bw_lo) bw_lo = b1;
                 if (b0 > bw_hi) bw_hi = b0;
                 if (b1 > bw_hi) bw_hi = b1;
             }
-            double pfm = median(pf, runs), dcm = median(dc, runs), bound = bound_sum / runs;
+            double pfm = median(pf, runs), dcm = median(dc, runs), bound = bound_sum / runs,
+                   of_bound = median(ratio, runs);
             double gflops = matmul_flops(m, n_prompt) / ((double)n_prompt / pfm) / 1e9;
             double peak = (q ? pk_vnni[ti] : pk_bf16[ti]) / 1e9;
             printf("| %s | %s | %d | %.1f | %.0f | %.1f%% of %s | %.1f | %.0f / %.0f | %.1f | %.1f%% |\n", base,
                    m->file_type, threads[ti], pfm, gflops, 100.0 * gflops / peak, q ? "int8" : "BF16", dcm,
-                   bw_lo / 1e9, bw_hi / 1e9, bound, 100.0 * dcm / bound);
+                   bw_lo / 1e9, bw_hi / 1e9, bound, 100.0 * of_bound);
             fflush(stdout);
             eng_context_free(c);
         }

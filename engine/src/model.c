@@ -438,15 +438,6 @@ const eng_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
 
 void eng__mat_row(const eng__mat *m, int64_t row, float *out)
 {
-    const eng__type_info *ti = eng__type(m->type);
-    if (row >= m->n_packed) {
-        ti->to_float(m->data + (size_t)row * m->row_bytes, out, m->n_in);
-        return;
-    }
-    uint8_t *rows = eng__malloc(ENG_PACK_ROWS * m->row_bytes);
-    ENG_ASSERT(rows); /* only tests read packed rows one at a time */
-    int64_t g = row / ENG_PACK_ROWS;
-    eng__unpack16(m->type, m->data + (size_t)g * ENG_PACK_ROWS * m->row_bytes, m->row_bytes, rows);
-    ti->to_float(rows + (size_t)(row - g * ENG_PACK_ROWS) * m->row_bytes, out, m->n_in);
-    free(rows);
+    ENG_ASSERT(row >= m->n_packed); /* the embedding is never repacked (repack above) */
+    eng__type(m->type)->to_float(m->data + (size_t)row * m->row_bytes, out, m->n_in);
 }

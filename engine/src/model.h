@@ -55,7 +55,7 @@ struct eng_model {
     char or_source[16];
 };
 
-/* Dequantize row `row` of m into out (m->n_in floats). */
+/* Dequantize row `row` of m into out (m->n_in floats); m not repacked. */
 void eng__mat_row(const eng__mat *m, int64_t row, float *out);
 
 #endif
