@@ -314,9 +314,9 @@ static void repack(eng_model *m)
         total += ((size_t)w->n_out * w->row_bytes + 63) & ~(size_t)63;
         np++;
     }
-    uint8_t *tmp = np ? eng__malloc(max_group) : NULL;
+    uint8_t *tmp = np && in_place ? eng__malloc(max_group) : NULL; /* a group's rows, in place */
     uint8_t *buf = np && !in_place ? eng__huge_alloc(total) : NULL;
-    if (np && (!tmp || (!in_place && !buf))) {
+    if (np && (in_place ? !tmp : !buf)) {
         eng__log(ENG_LOG_WARN, "out of memory repacking %.1f MiB of weights: kept in the file layout "
                  "(slower decoding)", (double)total / (1024.0 * 1024.0));
         goto done;
@@ -329,8 +329,9 @@ static void repack(eng_model *m)
         const int64_t ng = w->n_out / ENG_PACK_ROWS;
         uint8_t *dst = in_place ? (uint8_t *)(uintptr_t)w->data : buf + off;
         for (int64_t g = 0; g < ng; g++) {
-            memcpy(tmp, w->data + (size_t)g * gb, gb);
-            eng__pack16(w->type, tmp, w->row_bytes, dst + (size_t)g * gb);
+            const uint8_t *src = w->data + (size_t)g * gb;
+            if (in_place) src = memcpy(tmp, src, gb);
+            eng__pack16(w->type, src, w->row_bytes, dst + (size_t)g * gb);
         }
         if (!in_place) {
             memcpy(dst + (size_t)ng * gb, w->data + (size_t)ng * gb, bytes - (size_t)ng * gb);
