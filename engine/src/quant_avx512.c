@@ -23,6 +23,12 @@
  *   Signs: the unsigned vpdpbusd operand is w ^ 0x80 (Q8_0, minus
  *   128 * sum(x_b)) or the quant itself (Q4_0 minus 8 * sum(x_b); K-quants,
  *   Q6_K minus 32 * sum(sc * bsum)); x stays signed.
+ *
+ * gemm_packed (F16, Q8_0, Q4_K, Q6_K; weights repacked at load, layouts in
+ *   internal.h): the same per-pair recipes. Decode broadcasts a dword of x
+ *   against the same dword of 16 rows, so the integer sums (F16: the 16
+ *   per-element-class accumulators) are already in row lanes; prefill feeds
+ *   the packed groups to the tiles above (Q8_0 reads them as they are).
  */
 #include "internal.h"
 
@@ -282,9 +288,11 @@ DEFINE_GEMM(bf16, 4)
  *    registers to one lane per row (shuffle/add tree), then one cvt + fma per
  *    16 rows and block;
  *  - prefill: the weight rows of a 16/32-row strip are transposed once per
- *    call into [block][dword g][row] order, and the microkernel broadcasts 4
- *    activation bytes against 16 rows at a time: 2 x 16 rows x 6 x rows of
- *    int32 accumulators, one cvt + fma per (16 rows, x row, block).
+ *    call into the packed Q8_0 group layout ([block][dword g][row], then
+ *    the 16 fp16 scales), and the microkernel broadcasts 4 activation bytes
+ *    against 16 rows at a time: 2 x 16 rows x 6 x rows of int32
+ *    accumulators, one cvt + fma per (16 rows, x row, block). Repacked
+ *    Q8_0 weights are already in that layout.
  */
 
 typedef struct {
