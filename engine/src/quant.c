@@ -767,7 +767,7 @@ static void group_xfer(bool pack, int type, uint8_t *f, size_t row_bytes, uint8_
             break;
         case ENG_TYPE_Q8_0: /* d(2) qs(32) */
             runs(pack, fb, row_bytes, gb, 2, 0, 8, 64, true);
-            for (int k = 0; k < ENG_PACK_ROWS; k++) unit(pack, fb + (size_t)k * row_bytes, gb + 512 + 2 * k, 2, false);
+            runs_len(pack, fb, row_bytes, gb, 0, 512, 1, 2, 0, false); /* d */
             break;
         case ENG_TYPE_Q4_K: /* d(2) dmin(2) scales(12) qs(128) */
             runs(pack, fb, row_bytes, gb, 0, 0, 4, 64, false);
@@ -780,7 +780,7 @@ static void group_xfer(bool pack, int type, uint8_t *f, size_t row_bytes, uint8_
                 runs(pack, fb, row_bytes, gb, 64 * h + 32, 256 + 1536 * h + 64, 8, 192, false);
                 runs(pack, fb, row_bytes, gb, 128 + 32 * h, 256 + 1536 * h + 128, 8, 192, false);
             }
-            for (int k = 0; k < ENG_PACK_ROWS; k++) unit(pack, fb + (size_t)k * row_bytes + 208, gb + 3328 + 2 * k, 2, false);
+            runs_len(pack, fb, row_bytes, gb, 208, 3328, 1, 2, 0, false); /* d */
             break;
         default: ENG_ASSERT(!"type has no packed layout");
         }

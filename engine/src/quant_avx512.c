@@ -575,23 +575,8 @@ static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const voi
 static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
                       int64_t nx, float *y, size_t ys);
 
-/* Y over row groups: the prefill tile on pairs of packed groups (then one),
- * rows [0, nr) with the last group holding nv_last valid rows. pack(i, buf)
- * returns group i in the packed layout (in place, or packed into buf). */
-#define Q_GROUPS(PACKED_GROUP)                                                               \
-    do {                                                                                     \
-        for (int64_t r = 0; r < nr; r += 32) {                                               \
-            int left = nr - r < 32 ? (int)(nr - r) : 32;                                     \
-            const uint8_t *gp[2];                                                            \
-            gp[0] = PACKED_GROUP(r, left < 16 ? left : 16, 0);                              \
-            if (left > 16) {                                                                 \
-                gp[1] = PACKED_GROUP(r + 16, left - 16, 1);                                  \
-                q_pre_cols(2, nb, gp, x, xs, nx, xb, y + r, ys,                              \
-                           (__mmask16)((1u << (left - 16)) - 1));                            \
-            } else                                                                           \
-                q_pre_cols(1, nb, gp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << left) - 1)); \
-        }                                                                                    \
-    } while (0)
+static void q8_0_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
+                             size_t xs, int64_t nx, float *y, size_t ys);
 
 /* The x side: per (row, block) the sum correction and scale; NULL if out of
  * memory (the caller then goes one x row at a time, same arithmetic). */
@@ -603,11 +588,16 @@ static xblk *q_xblk(const int T, int64_t nb, const uint8_t *x, size_t xs, int64_
     return xb;
 }
 
-AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
-               size_t xs, int64_t nx, float *y, size_t ys)
+/* Q8_0 / Q4_0 rows in the file layout (P = 0), or packed Q8_0 rows (P = 1:
+ * whole groups, nr % 16 == 0, read as they are). Prefill runs the tile on
+ * pairs of 16-row groups (then one); file-layout rows are packed into a
+ * two-group buffer first. */
+AI void q_gemm(const int T, const int P, int64_t n, const void *wv, size_t ws, int64_t nr,
+               const void *xv, size_t xs, int64_t nx, float *y, size_t ys)
 {
     const uint8_t *w = wv, *x = xv;
     int64_t nb = n / 32;
+    ENG_ASSERT(!P || nr % 16 == 0);
     if (nb <= 0 || nr <= 0 || nx <= 0) {
         for (int64_t j = 0; j < nx; j++)
             for (int64_t r = 0; r < nr; r++) y[j * ys + r] = 0.0f;
@@ -615,29 +605,44 @@ AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
     }
     xblk sbuf[1024];
     uint8_t *wp = NULL;
-    if (nx >= Q_PREFILL_MIN_NX) wp = _mm_malloc((size_t)nb * 2 * 544, 64);
+    if (!P && nx >= Q_PREFILL_MIN_NX) wp = _mm_malloc((size_t)nb * 2 * 544, 64);
     xblk *xb = q_xblk(T, nb, x, xs, nx, sbuf);
     if (!xb) {
         _mm_free(wp);
         ENG_ASSERT(nb <= 1024);
-        for (int64_t j = 0; j < nx; j++)
-            (T == Q_Q8_0 ? q8_0_gemm : q4_0_gemm)(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
+        eng__gemm_fn one = P ? q8_0_gemm_packed : T == Q_Q8_0 ? q8_0_gemm : q4_0_gemm;
+        for (int64_t j = 0; j < nx; j++) one(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
         return;
     }
-    if (wp) {
-#define PACK_INTO_WP(r, nv, slot) (q_pack16(T, (nv), nb, w + (size_t)(r) * ws, ws, wp + (slot) * (size_t)nb * 544), wp + (slot) * (size_t)nb * 544)
-        Q_GROUPS(PACK_INTO_WP);
-#undef PACK_INTO_WP
+    if (nx >= Q_PREFILL_MIN_NX && (P || wp)) {
+        for (int64_t r = 0; r < nr; r += 32) {
+            int left = nr - r < 32 ? (int)(nr - r) : 32;
+            const uint8_t *gp[2] = {NULL, NULL};
+            for (int v = 0; v < 2 && 16 * v < left; v++) {
+                const uint8_t *rows = w + (size_t)(r + 16 * v) * ws;
+                if (P) {
+                    gp[v] = rows;
+                    continue;
+                }
+                uint8_t *buf = wp + (size_t)v * (size_t)nb * 544;
+                q_pack16(T, left - 16 * v < 16 ? left - 16 * v : 16, nb, rows, ws, buf);
+                gp[v] = buf;
+            }
+            if (left > 16)
+                q_pre_cols(2, nb, gp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << (left - 16)) - 1));
+            else
+                q_pre_cols(1, nb, gp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << left) - 1));
+        }
     } else {
         for (int64_t r = 0; r < nr; r += 16) {
             int nv = nr - r < 16 ? (int)(nr - r) : 16;
+            const uint8_t *g = w + (size_t)r * ws;
             for (int64_t j = 0; j < nx; j++) {
-                if (nv == 16)
-                    q_dec16(T, 1, 16, nb, w + (size_t)r * ws, ws, x + j * xs, xb + j * nb,
-                            y + j * ys + r);
-                else
-                    q_dec16(T, 0, nv, nb, w + (size_t)r * ws, ws, x + j * xs, xb + j * nb,
-                            y + j * ys + r);
+                const uint8_t *xr = x + j * xs;
+                float *yr = y + j * ys + r;
+                if (P) q_dec_packed(nb, g, xr, xb + j * nb, yr);
+                else if (nv == 16) q_dec16(T, 1, 16, nb, g, ws, xr, xb + j * nb, yr);
+                else q_dec16(T, 0, nv, nb, g, ws, xr, xb + j * nb, yr);
             }
         }
     }
@@ -645,48 +650,22 @@ AI void q_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
     if (xb != sbuf) free(xb);
 }
 
-/* gemm over packed Q8_0 rows (nr % 16 == 0; ws = the file's row size). */
-static void q8_0_gemm_packed(int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
+static void q8_0_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
                              size_t xs, int64_t nx, float *y, size_t ys)
 {
-    const uint8_t *w = wv, *x = xv;
-    int64_t nb = n / 32;
-    ENG_ASSERT(nr % 16 == 0);
-    if (nb <= 0 || nr <= 0 || nx <= 0) {
-        for (int64_t j = 0; j < nx; j++)
-            for (int64_t r = 0; r < nr; r++) y[j * ys + r] = 0.0f;
-        return;
-    }
-    xblk sbuf[1024];
-    xblk *xb = q_xblk(Q_Q8_0, nb, x, xs, nx, sbuf);
-    if (!xb) {
-        ENG_ASSERT(nb <= 1024);
-        for (int64_t j = 0; j < nx; j++)
-            q8_0_gemm_packed(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
-        return;
-    }
-    if (nx >= Q_PREFILL_MIN_NX) {
-#define GROUP_IN_PLACE(r, nv, slot) (w + (size_t)(r) * ws)
-        Q_GROUPS(GROUP_IN_PLACE);
-#undef GROUP_IN_PLACE
-    } else {
-        for (int64_t r = 0; r < nr; r += 16)
-            for (int64_t j = 0; j < nx; j++)
-                q_dec_packed(nb, w + (size_t)r * ws, x + j * xs, xb + j * nb, y + j * ys + r);
-    }
-    if (xb != sbuf) free(xb);
+    q_gemm(Q_Q8_0, 1, n, w, ws, nr, x, xs, nx, y, ys);
 }
 
 static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
                       int64_t nx, float *y, size_t ys)
 {
-    q_gemm(Q_Q8_0, n, w, ws, nr, x, xs, nx, y, ys);
+    q_gemm(Q_Q8_0, 0, n, w, ws, nr, x, xs, nx, y, ys);
 }
 
 static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
                       int64_t nx, float *y, size_t ys)
 {
-    q_gemm(Q_Q4_0, n, w, ws, nr, x, xs, nx, y, ys);
+    q_gemm(Q_Q4_0, 0, n, w, ws, nr, x, xs, nx, y, ys);
 }
 
 static float q8_0_dot(int64_t n, const void *w, const void *x)
@@ -1231,23 +1210,26 @@ AI void k_pre_cols(const int T, const int MRV, int64_t nb, const __m512i *wp, co
 
 #define K_PREFILL_MIN_NX 4
 
-AI void k_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
-               size_t xs, int64_t nx, float *y, size_t ys)
+/* K-quant rows in the file layout (P = 0), or packed Q4_K / Q6_K rows (P = 1:
+ * whole groups, nr % 16 == 0). */
+AI void k_gemm(const int T, const int P, int64_t n, const void *wv, size_t ws, int64_t nr,
+               const void *xv, size_t xs, int64_t nx, float *y, size_t ys)
 {
     const uint8_t *w = wv, *x = xv;
     int64_t nb = n / 256;
     const int kp = k_kp(T);
+    ENG_ASSERT(!P || nr % 16 == 0);
     __m512i *wp = NULL;
     if (nx >= K_PREFILL_MIN_NX && nb > 0) wp = _mm_malloc((size_t)nb * 2 * kp * 64, 64);
     if (wp) {
         for (int64_t r = 0; r < nr; r += 32) {
             int left = nr - r < 32 ? (int)(nr - r) : 32;
             if (left > 16) {
-                k_pack16(T, 0, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
-                k_pack16(T, 0, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
+                k_pack16(T, P, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
+                k_pack16(T, P, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
                 k_pre_cols(T, 2, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << (left - 16)) - 1));
             } else {
-                k_pack16(T, 0, left, nb, w + (size_t)r * ws, ws, wp, kp);
+                k_pack16(T, P, left, nb, w + (size_t)r * ws, ws, wp, kp);
                 k_pre_cols(T, 1, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << left) - 1));
             }
         }
@@ -1256,58 +1238,32 @@ AI void k_gemm(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, co
     }
     for (int64_t r = 0; r < nr; r += 16) {
         int nv = nr - r < 16 ? (int)(nr - r) : 16;
+        const uint8_t *g = w + (size_t)r * ws;
         for (int64_t j = 0; j < nx; j++) {
-            if (nv == 16) k_dec16(T, 1, 16, nb, w + (size_t)r * ws, ws, x + j * xs, y + j * ys + r);
-            else k_dec16(T, 0, nv, nb, w + (size_t)r * ws, ws, x + j * xs, y + j * ys + r);
+            if (P) k_dec_packed(T, nb, g, x + j * xs, y + j * ys + r);
+            else if (nv == 16) k_dec16(T, 1, 16, nb, g, ws, x + j * xs, y + j * ys + r);
+            else k_dec16(T, 0, nv, nb, g, ws, x + j * xs, y + j * ys + r);
         }
     }
-}
-
-/* gemm over packed Q4_K / Q6_K rows (nr % 16 == 0; ws = the file's row size). */
-AI void k_gemm_packed(const int T, int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
-                      size_t xs, int64_t nx, float *y, size_t ys)
-{
-    const uint8_t *w = wv, *x = xv;
-    int64_t nb = n / 256;
-    const int kp = k_kp(T);
-    ENG_ASSERT(nr % 16 == 0);
-    __m512i *wp = NULL;
-    if (nx >= K_PREFILL_MIN_NX && nb > 0) wp = _mm_malloc((size_t)nb * 2 * kp * 64, 64);
-    if (wp) {
-        for (int64_t r = 0; r < nr; r += 32) {
-            if (nr - r > 16) {
-                k_pack16(T, 1, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
-                k_pack16(T, 1, 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
-                k_pre_cols(T, 2, nb, wp, x, xs, nx, y + r, ys, 0xffff);
-            } else {
-                k_pack16(T, 1, 16, nb, w + (size_t)r * ws, ws, wp, kp);
-                k_pre_cols(T, 1, nb, wp, x, xs, nx, y + r, ys, 0xffff);
-            }
-        }
-        _mm_free(wp);
-        return;
-    }
-    for (int64_t r = 0; r < nr; r += 16)
-        for (int64_t j = 0; j < nx; j++) k_dec_packed(T, nb, w + (size_t)r * ws, x + j * xs, y + j * ys + r);
 }
 
 static void q4_k_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
                              size_t xs, int64_t nx, float *y, size_t ys)
 {
-    k_gemm_packed(K_Q4, n, w, ws, nr, x, xs, nx, y, ys);
+    k_gemm(K_Q4, 1, n, w, ws, nr, x, xs, nx, y, ys);
 }
 
 static void q6_k_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
                              size_t xs, int64_t nx, float *y, size_t ys)
 {
-    k_gemm_packed(K_Q6, n, w, ws, nr, x, xs, nx, y, ys);
+    k_gemm(K_Q6, 1, n, w, ws, nr, x, xs, nx, y, ys);
 }
 
 #define K_FUNCS(name, T)                                                                     \
     static void name##_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,  \
                             size_t xs, int64_t nx, float *y, size_t ys)                      \
     {                                                                                        \
-        k_gemm(T, n, w, ws, nr, x, xs, nx, y, ys);                                           \
+        k_gemm(T, 0, n, w, ws, nr, x, xs, nx, y, ys);                                        \
     }                                                                                        \
     static float name##_dot(int64_t n, const void *w, const void *x)                         \
     {                                                                                        \
