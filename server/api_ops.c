@@ -2,7 +2,9 @@
  * api_ops.c - the operational endpoints: /health, /ready, /metrics, and
  * llama-server's /tokenize and /detokenize.
  */
+#include "api_ops.h"
 #include "server.h"
+#include "srv_metrics.h"
 #include "textbuf.h"
 
 #include <stdlib.h>
@@ -61,9 +63,9 @@ void api_ready(hreq *r)
 void api_metrics(hreq *r)
 {
     srv *s = r->s;
-    srv_metrics_refresh(s);
+    srv_metrics_refresh(&s->mx, s->sched, s->http.n_reqs);
     size_t n = 0;
-    char *txt = metrics_render(s->mx, &n);
+    char *txt = srv_metrics_render(&s->mx, &n);
     if (!txt) {
         http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
@@ -98,8 +100,9 @@ static json_t *piece_json(const eng_vocab *v, int32_t id)
     return a;
 }
 
-void api_tokenize(hreq *r, json_t *body)
+void api_tokenize(hreq *r)
 {
+    json_t *body = r->json;
     if (!model_ready(r)) return;
     json_t *c = json_object_get(body, "content");
     if (!json_is_string(c)) {
@@ -145,8 +148,9 @@ void api_tokenize(hreq *r, json_t *body)
     http_reply_json(r, 200, o);
 }
 
-void api_detokenize(hreq *r, json_t *body)
+void api_detokenize(hreq *r)
 {
+    json_t *body = r->json;
     if (!model_ready(r)) return;
     json_t *t = json_object_get(body, "tokens");
     if (!json_is_array(t)) {

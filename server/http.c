@@ -1,6 +1,8 @@
 /*
- * http.c - libmicrohttpd driven from the libuv loop: routing, body limits,
- * API keys, CORS, error bodies, suspend/resume and the disconnect watch.
+ * http.c - libmicrohttpd driven from the libuv loop: routing by the route
+ * table, body limits, API keys, CORS, replies, suspend/resume and the
+ * disconnect watch. Handlers are reached only through the table's rows and
+ * the hooks they attach (http.h).
  *
  * DESIGN: MHD runs in external-polling epoll mode (MHD_USE_EPOLL |
  * MHD_ALLOW_SUSPEND_RESUME, no MHD threads). A uv_poll_t watches MHD's epoll
@@ -8,13 +10,14 @@
  * MHD callback (access handler, content reader, request-completed) runs on
  * the loop thread. A request waiting for the engine is suspended; while it
  * is, MHD does not watch its socket, so a uv_poll_t on the socket reports a
- * client that hangs up (UV_DISCONNECT) and the job is cancelled at once.
+ * client that hangs up (UV_DISCONNECT); hooks.on_hangup cancels its work.
  * Error responses decided from the headers are held until the body has been
  * read (so the client is never reset mid-send), except 413 for a declared
  * Content-Length over the limit, which is answered at once.
  */
-#include "server.h"
-#include "textbuf.h"
+#include "http.h"
+#include "reply.h"
+#include "request.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -42,16 +45,16 @@ double now_mono(void)
 
 static void on_mhd_timer(uv_timer_t *t);
 
-void http_run(srv *s)
+void http_run(http_server *h)
 {
-    if (!s->mhd) return;
-    MHD_run(s->mhd);
+    if (!h->mhd) return;
+    MHD_run(h->mhd);
     MHD_UNSIGNED_LONG_LONG ms;
-    if (MHD_get_timeout(s->mhd, &ms) == MHD_YES) {
+    if (MHD_get_timeout(h->mhd, &ms) == MHD_YES) {
         if (ms > 3600000) ms = 3600000;
-        uv_timer_start(&s->mhd_timer, on_mhd_timer, (uint64_t)ms, 0);
+        uv_timer_start(&h->mhd_timer, on_mhd_timer, (uint64_t)ms, 0);
     } else {
-        uv_timer_stop(&s->mhd_timer);
+        uv_timer_stop(&h->mhd_timer);
     }
 }
 
@@ -84,7 +87,7 @@ static void on_watch(uv_poll_t *p, int status, int events)
     (void)events;
     (void)status;
     watch_close(r);
-    if (r->job) job_cancel(r->job, "client_disconnect");
+    if (r->hooks && r->hooks->on_hangup) r->hooks->on_hangup(r);
 }
 
 void http_suspend(hreq *r)
@@ -96,7 +99,7 @@ void http_suspend(hreq *r)
     if (!ci || r->watch) return;
     uv_poll_t *w = malloc(sizeof *w);
     if (!w) return;
-    if (uv_poll_init_socket(r->s->loop, w, ci->connect_fd)) {
+    if (uv_poll_init_socket(r->h->loop, w, ci->connect_fd)) {
         free(w);
         return;
     }
@@ -113,7 +116,13 @@ void http_resume(hreq *r)
     MHD_resume_connection(r->conn);
     /* MHD handles a resumed connection in its next MHD_run: make that soon
      * (a zero timer coalesces many resumes into one run). */
-    uv_timer_start(&r->s->mhd_timer, on_mhd_timer, 0, 0);
+    uv_timer_start(&r->h->mhd_timer, on_mhd_timer, 0, 0);
+}
+
+void http_attach(hreq *r, const http_hooks *hooks, void *ctx)
+{
+    r->hooks = hooks;
+    r->ctx = ctx;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -127,10 +136,10 @@ static void add_common_headers(hreq *r, struct MHD_Response *resp, unsigned stat
         if (strcmp(r->cors_origin, "*")) MHD_add_response_header(resp, "Vary", "Origin");
     }
     MHD_add_response_header(resp, "X-Request-Id", r->id);
-    if (status == 405 && r->allow) MHD_add_response_header(resp, "Allow", r->allow);
+    if (status == 405 && r->allow[0]) MHD_add_response_header(resp, "Allow", r->allow);
     if (status == 429 || status == 503) {
         char ra[32];
-        snprintf(ra, sizeof ra, "%ld", r->s->cfg->retry_after);
+        snprintf(ra, sizeof ra, "%ld", r->h->cfg->retry_after);
         MHD_add_response_header(resp, "Retry-After", ra);
     }
 }
@@ -164,9 +173,8 @@ void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, si
 
 void http_reply_json(hreq *r, unsigned status, json_t *body)
 {
-    /* 9 significant digits round-trip every float32 the engine produces. */
-    char *txt = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-    json_decref(body);
+    size_t n;
+    char *txt = reply_dump(body, &n);
     if (!txt) {
         static const char oom[] =
             "{\"error\":{\"message\":\"could not encode the response\",\"type\":\"server_error\",\"param\":null,"
@@ -177,8 +185,8 @@ void http_reply_json(hreq *r, unsigned status, json_t *body)
             queue(r, 500, NULL);
             return;
         }
+        n = strlen(txt);
     }
-    size_t n = strlen(txt);
     /* Responses end with a newline, as curl users expect. */
     char *t2 = realloc(txt, n + 2);
     if (t2) {
@@ -189,18 +197,6 @@ void http_reply_json(hreq *r, unsigned status, json_t *body)
     http_reply_text(r, status, "application/json", txt, n);
 }
 
-static json_t *error_body(const char *msg, const char *type, const char *param, const char *code)
-{
-    json_t *e = json_object();
-    json_object_set_new(e, "message", json_string(msg));
-    json_object_set_new(e, "type", json_string(type));
-    json_object_set_new(e, "param", param ? json_string(param) : json_null());
-    json_object_set_new(e, "code", code ? json_string(code) : json_null());
-    json_t *o = json_object();
-    json_object_set_new(o, "error", e);
-    return o;
-}
-
 void http_reply_error(hreq *r, unsigned status, const char *type, const char *code, const char *param,
                       const char *fmt, ...)
 {
@@ -209,11 +205,7 @@ void http_reply_error(hreq *r, unsigned status, const char *type, const char *co
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    /* Messages may quote user input: keep them valid UTF-8. */
-    size_t n;
-    char *clean = utf8_sanitize(msg, strlen(msg), &n);
-    http_reply_json(r, status, error_body(clean ? clean : "error", type, param, code));
-    free(clean);
+    http_reply_json(r, status, reply_error(msg, type, param, code));
 }
 
 void http_reply_eng_error(hreq *r, eng_status st, const char *param, const char *msg)
@@ -233,8 +225,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     hreq *r = cls;
     (void)pos;
-    if (!r->job) return MHD_CONTENT_READER_END_WITH_ERROR;
-    long n = job_stream_read(r->job, buf, max);
+    if (!r->hooks || !r->hooks->read) return MHD_CONTENT_READER_END_WITH_ERROR;
+    long n = r->hooks->read(r, buf, max);
     if (n > 0) return (ssize_t)n;
     if (n < 0) return MHD_CONTENT_READER_END_OF_STREAM;
     /* Nothing yet: sleep until the bridge brings the next event. */
@@ -257,49 +249,42 @@ void http_start_stream(hreq *r)
 /* Routing                                                                  */
 /* ------------------------------------------------------------------------ */
 
-typedef enum {
-    R_NONE,
-    R_HEALTH,
-    R_READY,
-    R_METRICS,
-    R_MODELS,
-    R_MODEL,
-    R_CHAT,
-    R_COMPLETIONS,
-    R_TOKENIZE,
-    R_DETOKENIZE,
-    R_ORTHORANK
-} route_id;
-
-typedef struct {
-    const char *path;
-    route_id id;
-    const char *method; /* "GET" or "POST" */
-    const char *label;
-} route;
-
-static const route ROUTES[] = {
-    {"/health", R_HEALTH, "GET", "health"},
-    {"/ready", R_READY, "GET", "ready"},
-    {"/metrics", R_METRICS, "GET", "metrics"},
-    {"/v1/models", R_MODELS, "GET", "models"},
-    {"/models", R_MODELS, "GET", "models"},
-    {"/v1/chat/completions", R_CHAT, "POST", "chat_completions"},
-    {"/chat/completions", R_CHAT, "POST", "chat_completions"},
-    {"/v1/completions", R_COMPLETIONS, "POST", "completions"},
-    {"/completions", R_COMPLETIONS, "POST", "completions"},
-    {"/tokenize", R_TOKENIZE, "POST", "tokenize"},
-    {"/detokenize", R_DETOKENIZE, "POST", "detokenize"},
-    {"/v1/orthorank", R_ORTHORANK, "GET", "orthorank"},
-};
-
-static const route *find_route(const char *path)
+static bool path_matches(const http_route *rt, const char *path)
 {
-    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
-        if (!strcmp(ROUTES[i].path, path)) return &ROUTES[i];
-    static const route model = {"/v1/models/", R_MODEL, "GET", "models"};
-    if (!strncmp(path, "/v1/models/", 11) && path[11]) return &model;
-    return NULL;
+    if (!rt->prefix) return !strcmp(rt->path, path);
+    size_t n = strlen(rt->path);
+    return !strncmp(path, rt->path, n) && path[n];
+}
+
+/* A GET route serves HEAD too. */
+static bool method_matches(const http_route *rt, const char *method)
+{
+    if (!strcmp(rt->method, "GET")) return !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    return !strcmp(rt->method, method);
+}
+
+/* Look r's path up in the table: r->route (the row for method too, or
+ * NULL), r->endpoint and r->allow (the path's methods). Returns the first
+ * row of the path (NULL: unknown path). */
+static const http_route *route(hreq *r, const char *method)
+{
+    const http_server *h = r->h;
+    const http_route *first = NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < h->n_routes; i++) {
+        const http_route *rt = &h->routes[i];
+        if (!path_matches(rt, r->path)) continue;
+        if (!first) first = rt;
+        if (!r->route && method_matches(rt, method)) r->route = rt;
+        k += (size_t)snprintf(r->allow + k, sizeof r->allow - k, "%s, ",
+                              !strcmp(rt->method, "GET") ? "GET, HEAD" : rt->method);
+        if (k >= sizeof r->allow) k = sizeof r->allow - 1;
+    }
+    if (!first) return NULL;
+    snprintf(r->allow + k, sizeof r->allow - k, "OPTIONS");
+    r->endpoint = (r->route ? r->route : first)->label;
+    if (r->route && r->route->prefix) r->path_rest = r->path + strlen(r->route->path);
+    return first;
 }
 
 /* Constant-time in the configured key's length, whatever the candidate. */
@@ -313,7 +298,7 @@ static bool key_equal(const char *cand, size_t clen, const char *key)
 
 static bool authorized(hreq *r)
 {
-    const srv_config *c = r->s->cfg;
+    const srv_config *c = r->h->cfg;
     if (!c->api_keys.n) return true;
     for (size_t i = 0; i < c->public_paths.n; i++)
         if (!strcmp(c->public_paths.v[i], r->path)) return true;
@@ -328,11 +313,11 @@ static bool authorized(hreq *r)
     return ok;
 }
 
-static const char *cors_match(srv *s, const char *origin)
+static const char *cors_match(const srv_config *cfg, const char *origin)
 {
     if (!origin) return NULL;
-    for (size_t i = 0; i < s->cfg->cors_origins.n; i++) {
-        const char *o = s->cfg->cors_origins.v[i];
+    for (size_t i = 0; i < cfg->cors_origins.n; i++) {
+        const char *o = cfg->cors_origins.v[i];
         if (!strcmp(o, "*")) return "*";
         if (!strcmp(o, origin)) return o;
     }
@@ -352,20 +337,19 @@ static bool json_content_type(const char *ct)
     return false;
 }
 
-static void set_early(hreq *r, int status, const char *type, const char *code, const char *param, const char *msg)
+static void set_early(hreq *r, int status, const char *type, const char *code, const char *msg)
 {
     r->early_status = status;
     r->early_type = type;
     r->early_code = code;
-    r->early_param = param;
     snprintf(r->early_msg, sizeof r->early_msg, "%s", msg);
 }
 
-static void reply_preflight(hreq *r, const route *rt)
+static void reply_preflight(hreq *r)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (resp && r->cors_origin) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Methods", rt->method[0] == 'G' ? "GET, HEAD, OPTIONS" : "POST, OPTIONS");
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->allow);
         const char *req_h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
         MHD_add_response_header(resp, "Access-Control-Allow-Headers",
                                 req_h ? req_h : "Authorization, Content-Type");
@@ -374,104 +358,92 @@ static void reply_preflight(hreq *r, const route *rt)
     queue(r, 204, resp);
 }
 
-/* Header-time checks. Returns true when a response (or a held error) is decided. */
+/* Header-time checks: an answer (413 at once) or an error held until the
+ * body is in (set_early), or nothing when the request may go on. */
 static void first_call(hreq *r, const char *method)
 {
-    srv *s = r->s;
-    const route *rt = find_route(r->path);
-    r->endpoint = rt ? rt->label : "other";
-    r->cors_origin = cors_match(s, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin"));
+    const srv_config *cfg = r->h->cfg;
+    const http_route *path_route = route(r, method);
+    r->cors_origin = cors_match(cfg, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin"));
     const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
     if (cl) {
         char *end;
         unsigned long long v = strtoull(cl, &end, 10);
-        if (v > (unsigned long long)s->cfg->max_body_bytes) {
+        if (v > (unsigned long long)cfg->max_body_bytes) {
             r->body_over = true;
             http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
-                             "the request body is larger than the limit of %ld bytes", s->cfg->max_body_bytes);
+                             "the request body is larger than the limit of %ld bytes", cfg->max_body_bytes);
             return;
         }
     }
-    if (!rt) {
-        set_early(r, 404, "not_found_error", "not_found", NULL, "no such endpoint");
+    if (!path_route) {
+        set_early(r, 404, "not_found_error", "not_found", "");
         snprintf(r->early_msg, sizeof r->early_msg, "no such endpoint: %s %s", method, r->path);
         return;
     }
     if (!strcmp(method, "OPTIONS")) return; /* preflight: no auth */
-    bool is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
-    bool want_get = !strcmp(rt->method, "GET");
-    if ((want_get && !is_get) || (!want_get && strcmp(method, "POST"))) {
-        set_early(r, 405, "invalid_request_error", "method_not_allowed", NULL, "");
-        r->allow = want_get ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+    if (!r->route) {
+        set_early(r, 405, "invalid_request_error", "method_not_allowed", "");
         snprintf(r->early_msg, sizeof r->early_msg, "method %s is not allowed on %s (use %s)", method, r->path,
-                 rt->method);
+                 path_route->method);
         return;
     }
     if (!authorized(r)) {
-        set_early(r, 401, "authentication_error", "invalid_api_key", NULL,
+        set_early(r, 401, "authentication_error", "invalid_api_key",
                   "invalid or missing API key: send 'Authorization: Bearer <key>'");
         return;
     }
-    if (!want_get && !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
-        set_early(r, 415, "invalid_request_error", "unsupported_media_type", NULL,
+    if (!strcmp(r->route->method, "POST") &&
+        !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
+        set_early(r, 415, "invalid_request_error", "unsupported_media_type",
                   "the request body must be JSON (Content-Type: application/json)");
         return;
     }
 }
 
+/* The body of a POST route: a JSON object, or an error reply (NULL). */
+static json_t *parse_body(hreq *r)
+{
+    json_error_t je;
+    if (!r->body_n) {
+        http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the request body is empty");
+        return NULL;
+    }
+    json_t *body = json_loadb(r->body, r->body_n, JSON_REJECT_DUPLICATES, &je);
+    if (!body) {
+        http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL,
+                         "the request body is not valid JSON: %s (at byte %d)", je.text, je.position);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    return body;
+}
+
+/* The whole request is in: the held error, the preflight, or the handler. */
 static void dispatch(hreq *r, const char *method)
 {
-    srv *s = r->s;
-    const route *rt = find_route(r->path);
     if (r->early_status) {
-        http_reply_error(r, (unsigned)r->early_status, r->early_type, r->early_code, r->early_param, "%s",
-                         r->early_msg);
+        http_reply_error(r, (unsigned)r->early_status, r->early_type, r->early_code, NULL, "%s", r->early_msg);
         return;
     }
     if (r->body_over) {
         http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
-                         "the request body is larger than the limit of %ld bytes", s->cfg->max_body_bytes);
+                         "the request body is larger than the limit of %ld bytes", r->h->cfg->max_body_bytes);
         return;
     }
     if (!strcmp(method, "OPTIONS")) {
-        reply_preflight(r, rt);
+        reply_preflight(r);
         return;
     }
-    json_t *body = NULL;
-    if (!strcmp(rt->method, "POST")) {
-        json_error_t je;
-        if (!r->body_n) {
-            http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the request body is empty");
-            return;
-        }
-        body = json_loadb(r->body, r->body_n, JSON_REJECT_DUPLICATES, &je);
-        if (!body) {
-            http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL,
-                             "the request body is not valid JSON: %s (at byte %d)", je.text, je.position);
-            return;
-        }
-        if (!json_is_object(body)) {
-            json_decref(body);
-            http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL,
-                             "the request body must be a JSON object");
-            return;
-        }
-    }
-    switch (rt->id) {
-    case R_HEALTH: api_health(r); break;
-    case R_READY: api_ready(r); break;
-    case R_METRICS: api_metrics(r); break;
-    case R_MODELS: api_models(r, NULL); break;
-    case R_MODEL: api_models(r, r->path + 11); break;
-    case R_CHAT: api_chat(r, body); break;
-    case R_COMPLETIONS: api_completions(r, body); break;
-    case R_TOKENIZE: api_tokenize(r, body); break;
-    case R_DETOKENIZE: api_detokenize(r, body); break;
-    case R_ORTHORANK: api_orthorank(r); break;
-    case R_NONE: break;
-    }
-    json_decref(body);
-    if (!r->responded && !r->job)
+    if (!strcmp(r->route->method, "POST") && !(r->json = parse_body(r))) return;
+    r->route->fn(r);
+    json_decref(r->json);
+    r->json = NULL;
+    if (!r->responded && !r->hooks)
         http_reply_error(r, 500, "server_error", NULL, NULL, "the request was not answered");
 }
 
@@ -481,22 +453,22 @@ static void dispatch(hreq *r, const char *method)
  * replicas and restarts in practice. */
 static void set_request_id(hreq *r, const char *in)
 {
-    static unsigned boot;
+    http_server *h = r->h;
     if (in) {
         size_t n = 0;
         while (n <= 128 && in[n] > 0x20 && in[n] < 0x7f) n++;
         if (n && n <= 128 && !in[n]) {
             memcpy(r->id, in, n + 1);
-            r->s->seq++;
+            h->seq++;
             return;
         }
     }
-    while (!boot) {
+    while (!h->boot) {
         FILE *f = fopen("/dev/urandom", "rb");
-        if (!f || fread(&boot, sizeof boot, 1, f) != 1) boot = (unsigned)time(NULL) ^ (unsigned)getpid();
+        if (!f || fread(&h->boot, sizeof h->boot, 1, f) != 1) h->boot = (unsigned)time(NULL) ^ (unsigned)getpid();
         if (f) fclose(f);
     }
-    snprintf(r->id, sizeof r->id, "req-%08x-%llu", boot, (unsigned long long)++r->s->seq);
+    snprintf(r->id, sizeof r->id, "req-%08x-%llu", h->boot, (unsigned long long)++h->seq);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -545,59 +517,57 @@ typedef struct hconn {
  * backlog. Nothing has been read from a new socket when this runs, so the
  * 503 written here cannot mix with MHD's output. */
 #define CONN_HEADROOM 64
-static void refuse_or_evict(srv *s, hconn *fresh, double now)
+static void refuse_or_evict(http_server *h, hconn *fresh, double now)
 {
-    static double last_warn;
-    static unsigned long long n_evicted, n_refused;
     hconn *old = NULL;
-    for (hconn *h = s->conns; h; h = h->next)
-        if (h != fresh && !h->in_request && !h->shut && (!old || h->t_wait < old->t_wait)) old = h;
+    for (hconn *c = h->conns; c; c = c->next)
+        if (c != fresh && !c->in_request && !c->shut && (!old || c->t_wait < old->t_wait)) old = c;
     if (old) {
         shutdown(old->fd, SHUT_RDWR);
         old->shut = true;
-        s->n_conns--;
-        n_evicted++;
+        h->n_conns--;
+        h->n_evicted++;
     } else {
         static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
                                    "Content-Length: 0\r\n\r\n";
         if (send(fresh->fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* closed anyway */ }
         shutdown(fresh->fd, SHUT_RDWR);
         fresh->shut = true;
-        s->n_conns--;
-        n_refused++;
+        h->n_conns--;
+        h->n_refused++;
     }
-    if (now - last_warn >= 10) {
-        last_warn = now;
-        srv_logl(s, SRV_LOG_WARN,
+    if (now - h->last_warn >= 10) {
+        h->last_warn = now;
+        log_line(h->log, SRV_LOG_WARN,
                  "max_connections (%ld) reached: %llu idle connection(s) closed, %llu new one(s) refused so far",
-                 s->cfg->max_connections, n_evicted, n_refused);
+                 h->cfg->max_connections, h->n_evicted, h->n_refused);
     }
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
-    srv *s = cls;
-    hconn *h = *socket_context;
+    http_server *h = cls;
+    hconn *hc = *socket_context;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        if (!(h = calloc(1, sizeof *h))) return;
+        if (!(hc = calloc(1, sizeof *hc))) return;
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        h->fd = ci ? ci->connect_fd : -1;
-        h->t_wait = now_mono();
-        h->reading = true;
-        h->next = s->conns;
-        if (s->conns) s->conns->prev = h;
-        s->conns = h;
-        *socket_context = h;
-        if (++s->n_conns > (size_t)s->cfg->max_connections) refuse_or_evict(s, h, h->t_wait);
+        hc->fd = ci ? ci->connect_fd : -1;
+        hc->t_wait = now_mono();
+        hc->reading = true;
+        hc->next = h->conns;
+        if (h->conns) h->conns->prev = hc;
+        h->conns = hc;
+        *socket_context = hc;
+        if (++h->n_conns > (size_t)h->cfg->max_connections) refuse_or_evict(h, hc, hc->t_wait);
         return;
     }
-    if (!h) return;
-    if (h->prev) h->prev->next = h->next;
-    else s->conns = h->next;
-    if (h->next) h->next->prev = h->prev;
-    if (!h->shut) s->n_conns--;
-    free(h);
+    if (!hc) return;
+    if (hc->prev) hc->prev->next = hc->next;
+    else h->conns = hc->next;
+    if (hc->next) hc->next->prev = hc->prev;
+    if (!hc->shut) h->n_conns--;
+    free(hc);
     *socket_context = NULL;
 }
 
@@ -617,89 +587,102 @@ static bool peer_gone(int fd)
     return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
-void http_sweep(srv *s, double now)
+void http_sweep(http_server *h, double now)
 {
-    for (hconn *h = s->conns; h; h = h->next) {
-        if (h->shut || h->fd < 0) continue;
-        if ((!h->in_request && now - h->t_wait > s->cfg->idle_timeout) || (h->reading && peer_gone(h->fd))) {
-            shutdown(h->fd, SHUT_RDWR);
-            h->shut = true;
-            s->n_conns--;
+    for (hconn *c = h->conns; c; c = c->next) {
+        if (c->shut || c->fd < 0) continue;
+        if ((!c->in_request && now - c->t_wait > h->cfg->idle_timeout) || (c->reading && peer_gone(c->fd))) {
+            shutdown(c->fd, SHUT_RDWR);
+            c->shut = true;
+            h->n_conns--;
         }
     }
+}
+
+/* The headers are in: a new hreq, and the header-time checks. */
+static hreq *new_request(http_server *h, struct MHD_Connection *c, const char *url, const char *method)
+{
+    hreq *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->h = h;
+    r->s = h->app;
+    r->conn = c;
+    r->t0 = now_mono();
+    hconn *hc = conn_of(c);
+    r->t_arrive = hc ? hc->t_wait : r->t0;
+    if (hc) hc->in_request = true;
+    snprintf(r->method, sizeof r->method, "%s", method);
+    /* The path without a query string. */
+    size_t n = strcspn(url, "?");
+    if (n >= sizeof r->path) n = sizeof r->path - 1;
+    memcpy(r->path, url, n);
+    r->path[n] = 0;
+    set_request_id(r, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id"));
+    r->gen.ttft = r->gen.sparsity = -1;
+    r->next = h->reqs;
+    if (h->reqs) h->reqs->prev = r;
+    h->reqs = r;
+    h->n_reqs++;
+    first_call(r, method);
+    return r;
+}
+
+/* A piece of the body: kept up to max_body_bytes. MHD_NO closes the connection. */
+static enum MHD_Result add_body(hreq *r, const char *data, size_t n)
+{
+    const srv_config *cfg = r->h->cfg;
+    if (!r->responded && now_mono() - r->t_arrive > cfg->idle_timeout) {
+        /* MHD would send a response only after the whole body: close
+         * instead (logged and counted as 408). */
+        r->status = 408;
+        return MHD_NO;
+    }
+    if (r->responded || r->early_status || r->body_over) return MHD_YES; /* discard */
+    if (r->body_n + n > (size_t)cfg->max_body_bytes) {
+        r->body_over = true;
+        free(r->body);
+        r->body = NULL;
+        r->body_n = r->body_cap = 0;
+        return MHD_YES;
+    }
+    if (r->body_n + n + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < r->body_n + n + 1) cap *= 2;
+        char *nb = realloc(r->body, cap);
+        if (!nb) return MHD_NO;
+        r->body = nb;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_n, data, n);
+    r->body_n += n;
+    return MHD_YES;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
-    srv *s = cls;
     hreq *r = *con_cls;
     (void)version;
     if (!r) {
-        r = calloc(1, sizeof *r);
-        if (!r) return MHD_NO;
-        r->s = s;
-        r->conn = c;
-        r->t0 = now_mono();
-        hconn *h = conn_of(c);
-        r->t_arrive = h ? h->t_wait : r->t0;
-        if (h) h->in_request = true;
-        snprintf(r->method, sizeof r->method, "%s", method);
-        /* The path without a query string. */
-        size_t n = strcspn(url, "?");
-        if (n >= sizeof r->path) n = sizeof r->path - 1;
-        memcpy(r->path, url, n);
-        r->path[n] = 0;
-        set_request_id(r, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id"));
-        r->ttft = r->sparsity = -1;
-        r->next = s->reqs;
-        if (s->reqs) s->reqs->prev = r;
-        s->reqs = r;
-        s->n_reqs++;
-        *con_cls = r;
-        first_call(r, method);
-        return MHD_YES;
+        *con_cls = r = new_request(cls, c, url, method);
+        return r ? MHD_YES : MHD_NO;
     }
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (!r->responded && now_mono() - r->t_arrive > s->cfg->idle_timeout) {
-            /* MHD would send a response only after the whole body: close
-             * instead (logged and counted as 408). */
-            r->status = 408;
-            return MHD_NO;
-        }
-        if (r->responded || r->early_status || r->body_over) return MHD_YES; /* discard */
-        if (r->body_n + n > (size_t)s->cfg->max_body_bytes) {
-            r->body_over = true;
-            free(r->body);
-            r->body = NULL;
-            r->body_n = r->body_cap = 0;
-            return MHD_YES;
-        }
-        if (r->body_n + n + 1 > r->body_cap) {
-            size_t cap = r->body_cap ? r->body_cap : 4096;
-            while (cap < r->body_n + n + 1) cap *= 2;
-            char *nb = realloc(r->body, cap);
-            if (!nb) return MHD_NO;
-            r->body = nb;
-            r->body_cap = cap;
-        }
-        memcpy(r->body + r->body_n, upload_data, n);
-        r->body_n += n;
-        return MHD_YES;
+        return add_body(r, upload_data, n);
     }
-    /* The final call: the whole request is in. */
-    hconn *h = conn_of(c);
-    if (h) h->reading = false;
-    if (r->responded || r->job) return MHD_YES;
+    /* The final call (again after each resume): the whole request is in. */
+    hconn *hc = conn_of(c);
+    if (hc) hc->reading = false;
+    if (r->responded || r->hooks) return MHD_YES;
     dispatch(r, method);
     return MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    srv *s = cls;
+    http_server *h = cls;
     hreq *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
@@ -712,24 +695,23 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
          * instead of lingering in CLOSE_WAIT for ever. */
         r->suspended = false;
         MHD_resume_connection(c);
-        uv_timer_start(&s->mhd_timer, on_mhd_timer, 0, 0);
+        uv_timer_start(&h->mhd_timer, on_mhd_timer, 0, 0);
     }
-    hconn *h = conn_of(c);
-    if (h) {
-        h->in_request = false;
-        h->reading = true; /* kept alive: the next request's bytes are awaited */
-        h->t_wait = now_mono();
+    hconn *hc = conn_of(c);
+    if (hc) {
+        hc->in_request = false;
+        hc->reading = true; /* kept alive: the next request's bytes are awaited */
+        hc->t_wait = now_mono();
     }
-    if (r->job) job_detach(r->job, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "client_disconnect");
+    bool aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    if (r->hooks && r->hooks->on_close) r->hooks->on_close(r, aborted ? "client_disconnect" : NULL);
     int status = r->status ? r->status : 499; /* 499: the client went away before any response */
-    char st[8];
-    snprintf(st, sizeof st, "%d", status);
-    metric_add(s->m_requests, r->endpoint ? r->endpoint : "other", st, 1);
-    srv_log_request(s, r, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    srv_metrics_request(h->mx, r->endpoint, status);
+    log_request(h->log, r->id, r->method, r->path, status, now_mono() - r->t0, aborted, &r->gen);
     if (r->prev) r->prev->next = r->next;
-    else s->reqs = r->next;
+    else h->reqs = r->next;
     if (r->next) r->next->prev = r->prev;
-    s->n_reqs--;
+    h->n_reqs--;
     free(r->body);
     free(r);
 }
@@ -740,71 +722,72 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    http_server *h = cls;
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
-    srv_logl(cls, SRV_LOG_WARN, "http: %s", msg);
+    log_line(h->log, SRV_LOG_WARN, "http: %s", msg);
 }
 
-int http_start(srv *s)
+int http_start(http_server *h)
 {
+    const srv_config *cfg = h->cfg;
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
     char port[16];
-    snprintf(port, sizeof port, "%ld", s->cfg->port);
-    int gai = getaddrinfo(s->cfg->host, port, &hints, &ai);
+    snprintf(port, sizeof port, "%ld", cfg->port);
+    int gai = getaddrinfo(cfg->host, port, &hints, &ai);
     if (gai) {
-        fprintf(stderr, "orthoserve: cannot resolve host '%s': %s\n", s->cfg->host, gai_strerror(gai));
+        fprintf(stderr, "orthoserve: cannot resolve host '%s': %s\n", cfg->host, gai_strerror(gai));
         return -1;
     }
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     /* MHD's own messages go through the server's log (format, level). */
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->mhd = MHD_start_daemon(flags, (uint16_t)s->cfg->port, NULL, NULL, on_access, s,
-                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+    h->mhd = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, h,
+                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
                               MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg->max_connections + CONN_HEADROOM,
-                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(s->cfg->idle_timeout + 0.5),
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections + CONN_HEADROOM,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(cfg->idle_timeout + 0.5),
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
                               MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
                               MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!s->mhd) {
-        fprintf(stderr, "orthoserve: cannot listen on %s:%ld (in use, or not allowed)\n", s->cfg->host,
-                s->cfg->port);
+    if (!h->mhd) {
+        fprintf(stderr, "orthoserve: cannot listen on %s:%ld (in use, or not allowed)\n", cfg->host, cfg->port);
         return -1;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : (int)s->cfg->port;
-    di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : (int)cfg->port;
+    di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (!di) {
         fprintf(stderr, "orthoserve: MHD has no epoll fd\n");
-        MHD_stop_daemon(s->mhd);
-        s->mhd = NULL;
+        MHD_stop_daemon(h->mhd);
+        h->mhd = NULL;
         return -1;
     }
-    uv_timer_init(s->loop, &s->mhd_timer);
-    s->mhd_timer.data = s;
-    uv_poll_init(s->loop, &s->mhd_poll, di->epoll_fd);
-    s->mhd_poll.data = s;
-    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
-    http_run(s);
+    uv_timer_init(h->loop, &h->mhd_timer);
+    h->mhd_timer.data = h;
+    uv_poll_init(h->loop, &h->mhd_poll, di->epoll_fd);
+    h->mhd_poll.data = h;
+    uv_poll_start(&h->mhd_poll, UV_READABLE, on_mhd_poll);
+    http_run(h);
     return 0;
 }
 
-void http_stop(srv *s)
+void http_stop(http_server *h)
 {
-    if (!s->mhd) return;
+    if (!h->mhd) return;
     /* MHD_stop_daemon with suspended connections is an API violation. */
-    for (hreq *r = s->reqs; r; r = r->next) http_resume(r);
-    MHD_run(s->mhd);
-    uv_poll_stop(&s->mhd_poll);
-    uv_timer_stop(&s->mhd_timer);
-    MHD_stop_daemon(s->mhd);
-    s->mhd = NULL;
+    for (hreq *r = h->reqs; r; r = r->next) http_resume(r);
+    MHD_run(h->mhd);
+    uv_poll_stop(&h->mhd_poll);
+    uv_timer_stop(&h->mhd_timer);
+    MHD_stop_daemon(h->mhd);
+    h->mhd = NULL;
 }

@@ -1,30 +1,34 @@
 /*
- * job.h - one generation request between the HTTP side and the engine
- * (api_openai.c, stream.c). Loop thread only.
+ * job.h - one generation request between the HTTP side and the engine:
+ * its state, its lifetime, and what each engine event changes in it.
+ * Loop thread only.
  *
- * Lifetime: created by a completion handler, submitted to the scheduler,
- * fed by bridge events. It is freed when both its DONE event has been
- * handled and its connection has completed (hr == NULL), whichever is last.
+ * Lifetime: created by a completion handler (job_new), submitted to the
+ * scheduler, attached to its request (job_attach), fed by bridge events
+ * (job_*_event; api_openai.c turns them into output). It is freed when both
+ * its DONE event has been handled and its request has closed (hr == NULL),
+ * whichever is last.
  */
 #ifndef ORTHOSERVE_JOB_H
 #define ORTHOSERVE_JOB_H
 
-#include "server.h"
+#include "bridge.h"
+#include "http.h"
+#include "reply.h"
+#include "request.h"
+#include "sbuf.h"
 #include "textbuf.h"
+#include "orthoserve/engine.h"
 
-typedef struct {
-    int32_t token;
-    float lp;
-    bool null_lp; /* the first prompt token has no log-probability */
-    int32_t n_top;
-    int32_t top_ids[20];
-    float top_lps[20];
-    size_t offset; /* text_offset: code points before this token */
-} lp_entry;
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct job job;
 
 struct job {
     srv *s;
-    hreq *hr; /* NULL once the connection is gone */
+    hreq *hr; /* NULL once the request is gone */
     job *prev, *next;
     eng_request *er;
     bridge_user bu;
@@ -39,7 +43,7 @@ struct job {
     lp_entry *lps;                      /* log-probabilities, in order */
     size_t n_lps, cap_lps, lps_sent;    /* lps_sent: already streamed */
     size_t tok_chars;                   /* text_offset counter */
-    sbuf sse;                           /* SSE bytes not yet read by MHD */
+    sbuf sse;                           /* SSE bytes not yet read by MHD (stream.c appends) */
     size_t sse_off;
     bool sse_end;
     bool echo_sent;
@@ -62,18 +66,42 @@ struct job {
     bool has_ors;
 };
 
-/* Streaming (stream.c), driven by api_openai.c: the chat role chunk, text
- * as the textbuf releases it, the finish (and usage) chunks and [DONE], or
- * an error record. Without a connection (hr NULL) the records just pile up
- * in sse (the fuzz harness reads them with job_stream_read). */
-void stream_begin(job *j);
-void stream_text(job *j, const char *text, size_t n, bool force);
-void stream_finish(job *j, const char *finish_reason);
-void stream_error(job *j, unsigned status, const char *type, const char *code, const char *msg);
-/* Response pieces (api_openai.c) that stream.c also sends. */
+/* A job for the validated request req of r (takes req's echo text; draws
+ * the response id, and the seed when the body gave none, from s->rng).
+ * Not yet linked, submitted or attached. NULL when memory ran out. */
+job *job_new(hreq *r, api_request *req);
+void job_free(job *j);
+/* Link into s->jobs once submitted; job_finish_event unlinks. */
+void job_link(job *j);
+/* j keeps r open: r's hang-up cancels j, r's close detaches it, and r's
+ * stream reads j's SSE bytes. */
+void job_attach(job *j, hreq *r);
+/* Cancel a live job (reason: metrics label, e.g. "client_disconnect"). */
+void job_cancel(job *j, const char *reason);
+/* Cancel every live job whose deadline passed. */
+void jobs_sweep(srv *s, double now);
+/* Copy up to max pending SSE bytes; returns bytes copied, 0 when nothing is
+ * pending, -1 at the end of the stream. */
+long job_stream_read(job *j, char *buf, size_t max);
+
+/* Engine events, recorded into the job. job_token_event returns false
+ * when the token is ignored (after a stop string or the end); its text is
+ * then waiting in j->tb. job_done_event records the end and unlinks j. */
+void job_prompt_event(job *j, const eng_event *ev);
+bool job_token_event(job *j, const eng_event *ev);
+void job_done_event(job *j, const eng_event *ev);
+
+/* After DONE: cancelled (not by a stop string), and the finish reason
+ * ("stop", "length", "cancelled", "error"); the effective OrthoRank
+ * sparsity (< 0: nothing was processed). */
+bool job_cancelled(const job *j);
+const char *job_finish(const job *j);
+double job_sparsity(const job *j);
+
+/* Response pieces from the job's state (reply.c builds the JSON). */
+reply_head job_head(const job *j);
+reply_counts job_counts(const job *j);
 json_t *job_logprobs_json(job *j, size_t from, size_t to); /* lps[from..to) in the endpoint's shape */
-json_t *job_usage_json(job *j);
 json_t *job_orthorank_json(job *j);
-json_t *job_timings_json(job *j);
 
 #endif

@@ -4,6 +4,7 @@
  * engine counted from what its kernels skipped (never from the request), and
  * GET /v1/orthorank.
  */
+#include "orthorank_json.h"
 #include "server.h"
 
 #include <math.h>

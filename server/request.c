@@ -158,7 +158,7 @@ static bool get_bool(vctx *v, const char *key, bool *out)
     return true;
 }
 
-static bool model_name_ok(const api_limits *lim, const char *name)
+bool api_model_name_ok(const api_limits *lim, const char *name)
 {
     return !strcmp(name, lim->model_id) || !strcmp(name, lim->model_file);
 }
@@ -181,7 +181,7 @@ static void parse_common(vctx *v, api_request *c, bool chat)
     json_t *x;
     if ((x = json_object_get(v->body, "model")) && !json_is_null(x)) {
         if (!json_is_string(x)) VFAIL(v, "model", "invalid_type", "'model' must be a string");
-        if (!model_name_ok(lim, json_string_value(x))) {
+        if (!api_model_name_ok(lim, json_string_value(x))) {
             v->failed = true;
             set_error(v->err, 404, "not_found_error", "model_not_found", "model",
                       "the model '%s' does not exist (this server serves '%s')", json_string_value(x),

@@ -86,6 +86,9 @@ typedef struct {
 int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err);
 int api_parse_completions(const api_limits *lim, json_t *body, api_request *out, api_error *err);
 void api_request_free(api_request *req);
+/* Whether name (a body's "model", a /v1/models/{id}) names the served model:
+ * its id or its file name. */
+bool api_model_name_ok(const api_limits *lim, const char *name);
 
 /* The one eng_status -> HTTP mapping (status, error type and code). */
 unsigned http_status_from_eng(eng_status st, const char **type, const char **code);

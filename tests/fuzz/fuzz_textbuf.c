@@ -38,6 +38,8 @@
  */
 #include "fuzz.h"
 #include "job.h"
+#include "server.h"
+#include "stream.h"
 #include "textbuf.h"
 
 #include <jansson.h>
