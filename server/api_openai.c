@@ -74,7 +74,7 @@ static void reply_failure(job *j)
         code = "shutdown";
         snprintf(msg, sizeof msg, "the request was cancelled (%s)", j->cancel_reason);
     } else {
-        st = http_status_from_eng(j->status, &type, &code);
+        st = reply_status_from_eng(j->status, &type, &code);
         if (!type) type = "server_error";
         snprintf(msg, sizeof msg, "generation failed: %s", eng_strerror(j->status));
     }

@@ -17,7 +17,6 @@
  */
 #include "http.h"
 #include "reply.h"
-#include "request.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -211,7 +210,7 @@ void http_reply_error(hreq *r, unsigned status, const char *type, const char *co
 void http_reply_eng_error(hreq *r, eng_status st, const char *param, const char *msg)
 {
     const char *type, *code;
-    unsigned http = http_status_from_eng(st, &type, &code);
+    unsigned http = reply_status_from_eng(st, &type, &code);
     if (st == ENG_EBUSY && !msg) msg = "the server is busy: too many requests are queued; retry later";
     if (st == ENG_ESTOPPED && !msg) msg = "the server is shutting down";
     http_reply_error(r, http, type ? type : "server_error", code, param, "%s", msg ? msg : eng_strerror(st));

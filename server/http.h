@@ -127,7 +127,7 @@ void http_reply_json(hreq *r, unsigned status, json_t *body);
 void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, size_t len);
 void http_reply_error(hreq *r, unsigned status, const char *type, const char *code, const char *param,
                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-/* An engine status through the one eng_status -> HTTP mapping (request.h). */
+/* An engine status through the one eng_status -> HTTP mapping (reply.h). */
 void http_reply_eng_error(hreq *r, eng_status st, const char *param, const char *msg);
 
 /* Keep r open: hooks (static) and the handler's pointer. */

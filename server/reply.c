@@ -208,6 +208,26 @@ void reply_stream_end(const reply_head *h, const char *finish, const reply_count
     json_object_set_new(last, "timings", reply_timings(c));
 }
 
+unsigned reply_status_from_eng(eng_status st, const char **type, const char **code)
+{
+    const char *t = "server_error", *c = NULL;
+    unsigned http = 500;
+    switch (st) {
+    case ENG_OK: http = 200; t = NULL; break;
+    case ENG_EINVAL: http = 400; t = "invalid_request_error"; break;
+    case ENG_ECTXFULL: http = 400; t = "invalid_request_error"; c = "context_length_exceeded"; break;
+    case ENG_EUNSUPPORTED: http = 400; t = "invalid_request_error"; c = "not_supported"; break;
+    case ENG_EBUSY: http = 429; t = "rate_limit_error"; c = "queue_full"; break;
+    case ENG_ESTOPPED: http = 503; t = "unavailable_error"; c = "draining"; break;
+    case ENG_ECANCELED: http = 503; t = "unavailable_error"; c = "cancelled"; break;
+    case ENG_ENOMEM: http = 503; t = "unavailable_error"; c = "out_of_memory"; break;
+    case ENG_EIO: case ENG_EFORMAT: case ENG_ERANGE: http = 500; t = "server_error"; break;
+    }
+    if (type) *type = t;
+    if (code) *code = c;
+    return http;
+}
+
 json_t *reply_error(const char *msg, const char *type, const char *param, const char *code)
 {
     size_t n;

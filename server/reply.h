@@ -68,6 +68,10 @@ json_t *reply_chunk(const reply_head *h, const char *text, size_t n, bool role, 
 void reply_stream_end(const reply_head *h, const char *finish, const reply_counts *c, json_t *orthorank,
                       json_t *out);
 
+/* The one eng_status -> HTTP mapping: the status, and the OpenAI error type
+ * and code (either may be NULL: ENG_OK has no type, most have no code). */
+unsigned reply_status_from_eng(eng_status st, const char **type, const char **code);
+
 /* {"error": {"message", "type", "param", "code"}}; msg is made valid UTF-8
  * (it may quote user input); param and code may be NULL. */
 json_t *reply_error(const char *msg, const char *type, const char *param, const char *code);

@@ -5,6 +5,7 @@
  * faults gets; tests/e2e/test_bad_input.py pins it.
  */
 #include "request.h"
+#include "reply.h"
 #include "sbuf.h"
 #include "textbuf.h"
 
@@ -13,26 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-unsigned http_status_from_eng(eng_status st, const char **type, const char **code)
-{
-    const char *t = "server_error", *c = NULL;
-    unsigned http = 500;
-    switch (st) {
-    case ENG_OK: http = 200; t = NULL; break;
-    case ENG_EINVAL: http = 400; t = "invalid_request_error"; break;
-    case ENG_ECTXFULL: http = 400; t = "invalid_request_error"; c = "context_length_exceeded"; break;
-    case ENG_EUNSUPPORTED: http = 400; t = "invalid_request_error"; c = "not_supported"; break;
-    case ENG_EBUSY: http = 429; t = "rate_limit_error"; c = "queue_full"; break;
-    case ENG_ESTOPPED: http = 503; t = "unavailable_error"; c = "draining"; break;
-    case ENG_ECANCELED: http = 503; t = "unavailable_error"; c = "cancelled"; break;
-    case ENG_ENOMEM: http = 503; t = "unavailable_error"; c = "out_of_memory"; break;
-    case ENG_EIO: case ENG_EFORMAT: case ENG_ERANGE: http = 500; t = "server_error"; break;
-    }
-    if (type) *type = t;
-    if (code) *code = c;
-    return http;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -57,7 +38,7 @@ static void set_error(api_error *e, unsigned status, const char *type, const cha
 static void set_eng_error(api_error *e, eng_status st, const char *param, const char *msg)
 {
     const char *type, *code;
-    unsigned http = http_status_from_eng(st, &type, &code);
+    unsigned http = reply_status_from_eng(st, &type, &code);
     set_error(e, http, type ? type : "server_error", code, param, "%s", msg ? msg : eng_strerror(st));
 }
 

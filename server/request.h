@@ -90,7 +90,4 @@ void api_request_free(api_request *req);
  * its id or its file name. */
 bool api_model_name_ok(const api_limits *lim, const char *name);
 
-/* The one eng_status -> HTTP mapping (status, error type and code). */
-unsigned http_status_from_eng(eng_status st, const char **type, const char **code);
-
 #endif
