@@ -71,7 +71,7 @@ struct job {
  * Not yet linked, submitted or attached. NULL when memory ran out. */
 job *job_new(hreq *r, api_request *req);
 void job_free(job *j);
-/* Link into s->jobs once submitted; job_finish_event unlinks. */
+/* Link into s->jobs once submitted; job_done_event unlinks. */
 void job_link(job *j);
 /* j keeps r open: r's hang-up cancels j, r's close detaches it, and r's
  * stream reads j's SSE bytes. */
