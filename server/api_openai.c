@@ -141,7 +141,7 @@ static void lp_from_event(job *j, const eng_event *ev, lp_entry *e)
     memset(e, 0, sizeof *e);
     e->token = ev->token;
     e->lp = ev->logprob;
-    e->n_top = ev->n_top < 20 ? ev->n_top : 20;
+    e->n_top = ev->n_top < ENG_MAX_TOP_LOGPROBS ? ev->n_top : ENG_MAX_TOP_LOGPROBS;
     if (e->n_top > j->n_logprobs) e->n_top = j->n_logprobs;
     for (int32_t i = 0; i < e->n_top; i++) {
         e->top_ids[i] = ev->top_ids[i];
@@ -233,7 +233,7 @@ json_t *job_usage_json(job *j)
 
 json_t *job_orthorank_json(job *j)
 {
-    return orthorank_json(&j->orank, j->has_ors ? &j->ors : NULL, j->n_prompt, j->n_gen, j->s->info.n_layer);
+    return orthorank_json(&j->orthorank);
 }
 
 json_t *job_timings_json(job *j)
@@ -359,17 +359,13 @@ static void on_done(job *j, const eng_event *ev)
     j->t_generate = ev->t_generate;
     j->n_cached = ev->n_cached;
     if (ev->n_prompt > 0) j->n_prompt = ev->n_prompt;
-    if (ev->orthorank) {
-        j->ors = *ev->orthorank;
-        int32_t nl = j->ors.n_layers > 256 ? 256 : j->ors.n_layers;
-        if (nl > 0) memcpy(j->ors_layers, ev->orthorank->layers, (size_t)nl * sizeof(int32_t));
-        j->ors.n_layers = nl;
-        j->ors.layers = j->ors_layers;
-        j->has_ors = true;
-        metric_add(s->m_or_total, "prefill", NULL, (double)j->ors.prefill_total);
-        metric_add(s->m_or_total, "decode", NULL, (double)j->ors.decode_total);
-        metric_add(s->m_or_skipped, "prefill", NULL, (double)j->ors.prefill_skipped);
-        metric_add(s->m_or_skipped, "decode", NULL, (double)j->ors.decode_skipped);
+    const eng_orthorank_stats *stats = ev->orthorank; /* the bridge's copy */
+    if (stats) {
+        j->orthorank = *stats;
+        metric_add(s->m_or_total, "prefill", NULL, (double)stats->prefill_total);
+        metric_add(s->m_or_total, "decode", NULL, (double)stats->decode_total);
+        metric_add(s->m_or_skipped, "prefill", NULL, (double)stats->prefill_skipped);
+        metric_add(s->m_or_skipped, "decode", NULL, (double)stats->decode_skipped);
     }
     metric_add(s->m_prompt_tokens, NULL, NULL, j->n_prompt);
     metric_add(s->m_cached_tokens, NULL, NULL, j->n_cached);
@@ -380,10 +376,7 @@ static void on_done(job *j, const eng_event *ev)
         metric_add(s->m_cancelled, j->cancel_reason, NULL, 1);
     }
     /* Per-request histograms: every admitted generation, whatever its end. */
-    double sparsity = -1;
-    if (j->has_ors && j->ors.prefill_total + j->ors.decode_total > 0)
-        sparsity = (double)(j->ors.prefill_skipped + j->ors.decode_skipped) /
-                   (double)(j->ors.prefill_total + j->ors.decode_total);
+    double sparsity = stats && stats->prefill_total + stats->decode_total > 0 ? stats->sparsity_effective : -1;
     metric_add(s->m_finished, cancelled ? "cancelled" : ev->finish == ENG_FINISH_ERROR ? "error" : finish_name(j), NULL,
                1);
     metric_observe(s->h_e2e, NULL, now_mono() - j->t_start);
@@ -469,7 +462,7 @@ static bool server_ready(hreq *r)
 static api_limits limits_of(srv *s)
 {
     return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .n_ctx = s->n_ctx,
-                        .n_layer = s->info.n_layer, .model_id = s->model_id, .model_file = s->model_file};
+                        .model = s->model, .model_id = s->model_id, .model_file = s->model_file};
 }
 
 static void reply_request_error(hreq *r, const api_error *e)
@@ -497,7 +490,6 @@ static void submit(hreq *r, api_request *req)
     j->echo_len = req->echo_len;
     req->echo_text = NULL;
     j->n_logprobs = req->p.n_logprobs;
-    j->orank = req->orank;
     j->n_prompt = (int32_t)n_prompt;
     j->first_prompt_token = req->prompt[0];
     j->created = (long long)time(NULL);
@@ -518,8 +510,7 @@ static void submit(hreq *r, api_request *req)
         j->tok_chars = piece_chars(s, req->prompt[0]);
     }
     if (!req->seeded) req->p.sampling.seed = rng_next();
-    j->orp = orthorank_params(&j->orank, s->cfg);
-    req->p.orthorank = &j->orp;
+    req->p.orthorank = &req->orthorank;
     req->p.on_event = bridge_event_cb;
     req->p.user = &j->bu;
     eng_status st = eng_sched_submit(s->sched, &req->p, &j->er);

@@ -17,8 +17,8 @@ typedef struct {
     float lp;
     bool null_lp; /* the first prompt token has no log-probability */
     int32_t n_top;
-    int32_t top_ids[20];
-    float top_lps[20];
+    int32_t top_ids[ENG_MAX_TOP_LOGPROBS];
+    float top_lps[ENG_MAX_TOP_LOGPROBS];
     size_t offset; /* text_offset: code points before this token */
 } lp_entry;
 
@@ -34,7 +34,6 @@ struct job {
     textbuf *tb;
     char id[64];
     long long created;
-    orank_req orank;
     sbuf text;                          /* whole text (non-streaming) */
     lp_entry *lps;                      /* log-probabilities, in order */
     size_t n_lps, cap_lps, lps_sent;    /* lps_sent: already streamed */
@@ -56,10 +55,7 @@ struct job {
     double t_queue, t_prompt, t_generate;
     double t_start;             /* monotonic: the HTTP request's arrival */
     double t_first, t_last;     /* monotonic: first / latest token event on the loop; 0: none yet */
-    eng_orthorank_params orp;   /* what was submitted (layers point into orank) */
-    eng_orthorank_stats ors;    /* what the engine reported at DONE */
-    int32_t ors_layers[256];
-    bool has_ors;
+    eng_orthorank_stats orthorank; /* what the engine reported at DONE */
 };
 
 /* Streaming (stream.c), driven by api_openai.c: the chat role chunk, text

@@ -293,9 +293,9 @@ static void parse_common(vctx *v, api_request *c, bool chat)
             VFAIL(v, "response_format.type", "invalid_value",
                   "'response_format.type' must be 'text', 'json_object' or 'json_schema'");
     }
-    const char *param = NULL;
-    char msg[300];
-    if (orthorank_parse(json_object_get(v->body, "orthorank"), cfg, lim->n_layer, &c->orank, &param, msg,
+    char param[64], msg[300];
+    c->orthorank = cfg->orthorank;
+    if (orthorank_parse(json_object_get(v->body, "orthorank"), lim->model, &c->orthorank, param, sizeof param, msg,
                         sizeof msg))
         VFAIL(v, param, "invalid_value", "%s", msg);
 }
@@ -459,7 +459,7 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
     bool lp = false;
     long long top = 0;
     get_bool(&v, "logprobs", &lp);
-    if (get_int(&v, "top_logprobs", 0, 20, &top) && !lp) {
+    if (get_int(&v, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top) && !lp) {
         vfail(&v, "top_logprobs", "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
         goto out;
     }
@@ -515,7 +515,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
     parse_common(&v, out, false);
     long long lpn = -1;
     bool echo = false;
-    if (!v.failed) get_int(&v, "logprobs", 0, 20, &lpn);
+    if (!v.failed) get_int(&v, "logprobs", 0, ENG_MAX_TOP_LOGPROBS, &lpn);
     if (!v.failed) get_bool(&v, "echo", &echo);
     if (v.failed) goto fail;
     out->p.n_logprobs = (int32_t)lpn;

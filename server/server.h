@@ -161,11 +161,9 @@ void api_metrics(hreq *r);
 void api_tokenize(hreq *r, json_t *body);
 void api_detokenize(hreq *r, json_t *body);
 
-/* --- orthorank_json.c (orank_req, orthorank_parse: request.h) ------------ */
-/* The response's "orthorank" object from what the engine reports; st NULL
- * (the request never ran) reports the settings with zero counts. */
-json_t *orthorank_json(const orank_req *req, const eng_orthorank_stats *st, int32_t n_prompt, int32_t n_gen,
-                       int32_t n_layer);
+/* --- orthorank_json.c (orthorank_parse: request.h) ----------------------- */
+/* The response's "orthorank" object from what the engine reported. */
+json_t *orthorank_json(const eng_orthorank_stats *st);
 /* GET /v1/orthorank: the loaded plan and the defaults. */
 void api_orthorank(hreq *r);
 

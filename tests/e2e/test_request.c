@@ -44,7 +44,7 @@ static void setup_with(const char *const *flags)
     sp.n_ctx = cfg.ctx_size > 0 ? (int32_t)cfg.ctx_size : info.n_ctx_train;
     cr_assert_eq(eng_sched_new(model, &sp, &sched), ENG_OK);
     lim = (api_limits){.cfg = &cfg, .vocab = eng_model_vocab(model), .chat_fmt = ENG_CHAT_PLAIN, .n_ctx = sp.n_ctx,
-                       .n_layer = info.n_layer, .model_id = "stories260K.gguf", .model_file = "stories260K.gguf"};
+                       .model = model, .model_id = "stories260K.gguf", .model_file = "stories260K.gguf"};
 }
 
 static void setup(void) { setup_with(NULL); }
@@ -69,8 +69,7 @@ static int parse(bool chat, const char *text, api_request *q, api_error *e, json
 static eng_status engine_says(api_request *q)
 {
     eng_request_params p = q->p;
-    eng_orthorank_params orp = orthorank_params(&q->orank, &cfg);
-    p.orthorank = &orp;
+    p.orthorank = &q->orthorank;
     p.on_event = on_event;
     return eng_sched_validate(sched, &p);
 }
