@@ -4,9 +4,10 @@
  * DESIGN: bridge_event_cb is the eng_request_params.on_event of every
  * request; it runs on the scheduler thread, copies the event (top-logprob
  * arrays and OrthoRank stats included) into a node, appends it to a
- * mutex-protected list and calls uv_async_send. uv_async_send coalesces, so the loop's async callback
- * takes the whole list under the lock and then delivers the events, in the
- * order they were posted, to the handler outside the lock. Nothing else of
+ * mutex-protected list and calls uv_async_send. uv_async_send coalesces,
+ * so the loop's async callback takes the whole list under the lock and then
+ * delivers the events, in the order they were posted, to the handler
+ * outside the lock. Nothing else of
  * the bridge is touched off the loop thread.
  */
 #ifndef ORTHOSERVE_BRIDGE_H

@@ -163,6 +163,31 @@ static bool model_name_ok(const api_limits *lim, const char *name)
     return !strcmp(name, lim->model_id) || !strcmp(name, lim->model_file);
 }
 
+/* logit_bias: {"token id": bias in [-100, 100]} */
+static void parse_logit_bias(vctx *v, api_request *c)
+{
+    eng_sampler_params *sp = &c->p.sampling;
+    json_t *x = opt(v, "logit_bias");
+    if (!x) return;
+    if (!json_is_object(x))
+        VFAIL(v, "logit_bias", "invalid_type", "'logit_bias' must be an object mapping token ids to numbers");
+    int32_t nv = eng_vocab_n_tokens(v->lim->vocab);
+    c->bias = calloc(json_object_size(x) + 1, sizeof *c->bias);
+    const char *key;
+    json_t *e;
+    json_object_foreach(x, key, e) {
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (!key[0] || *end || id < 0 || id >= nv)
+            VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' key '%s' is not a token id in [0, %d)", key,
+                  nv);
+        if (!json_is_number(e) || !(json_number_value(e) >= -100 && json_number_value(e) <= 100))
+            VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' values must be numbers in [-100, 100]");
+        if (c->bias) c->bias[sp->n_logit_bias++] = (eng_logit_bias){(int32_t)id, (float)json_number_value(e)};
+    }
+    sp->logit_bias = c->bias;
+}
+
 /* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
 static void parse_common(vctx *v, api_request *c, bool chat)
 {
@@ -261,26 +286,8 @@ static void parse_common(vctx *v, api_request *c, bool chat)
             VFAIL(v, "stop", "invalid_type", "'stop' must be a string or an array of strings");
         }
     }
-    /* logit_bias: {"token id": bias in [-100, 100]} */
-    if ((x = opt(v, "logit_bias"))) {
-        if (!json_is_object(x))
-            VFAIL(v, "logit_bias", "invalid_type", "'logit_bias' must be an object mapping token ids to numbers");
-        int32_t nv = eng_vocab_n_tokens(lim->vocab);
-        c->bias = calloc(json_object_size(x) + 1, sizeof *c->bias);
-        const char *key;
-        json_t *e;
-        json_object_foreach(x, key, e) {
-            char *end;
-            long id = strtol(key, &end, 10);
-            if (!key[0] || *end || id < 0 || id >= nv)
-                VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' key '%s' is not a token id in [0, %d)", key,
-                      nv);
-            if (!json_is_number(e) || !(json_number_value(e) >= -100 && json_number_value(e) <= 100))
-                VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' values must be numbers in [-100, 100]");
-            if (c->bias) c->bias[sp->n_logit_bias++] = (eng_logit_bias){(int32_t)id, (float)json_number_value(e)};
-        }
-        sp->logit_bias = c->bias;
-    }
+    parse_logit_bias(v, c);
+    if (v->failed) return;
     if ((x = opt(v, "response_format"))) {
         json_t *t = json_is_object(x) ? json_object_get(x, "type") : NULL;
         if (!json_is_string(t))

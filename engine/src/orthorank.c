@@ -193,7 +193,8 @@ eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p
     }
     /* the seed: every value is valid */
     *field = fields[F_TOKEN_RATIO].name;
-    if (p->n_layers == 0 && (float)p->sparsity > 0 && p->method != ENG_ORTHORANK_METHOD_LAYER_SKIP &&
+    /* any sparsity above 0 asks for some (even one that is 0 as a float) */
+    if (p->n_layers == 0 && p->sparsity > 0 && p->method != ENG_ORTHORANK_METHOD_LAYER_SKIP &&
         (float)p->token_ratio >= 1)
         return fail(msg, len, "1 updates every token, so no sparsity above 0 can be reached");
     *field = NULL;
