@@ -338,8 +338,11 @@ void srv_config_usage(FILE *f)
             eng_orthorank_field_kind k = orthorank_field(o)->kind;
             t = k == ENG_ORTHORANK_FIELD_NUMBER ? CT_DBL : k == ENG_ORTHORANK_FIELD_INTEGER ? CT_INT : CT_STR;
         }
-        const char *arg = t == CT_BOOL ? "[BOOL]" : t == CT_INT ? "N" : t == CT_DBL ? (strstr(o->key, "timeout") ? "SEC" : "X") :
-                          t == CT_LIST ? "VALUE" : "TEXT";
+        const char *arg = t == CT_BOOL  ? "[BOOL]"
+                          : t == CT_INT ? "N"
+                          : t == CT_DBL ? (strstr(o->key, "timeout") ? "SEC" : "X")
+                          : t == CT_LIST ? "VALUE"
+                                         : "TEXT";
         if (!strcmp(o->key, "model")) arg = "FILE";
         if (!strcmp(o->key, "alias")) arg = "NAME";
         if (!strcmp(o->key, "api_keys")) arg = "KEY";

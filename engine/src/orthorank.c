@@ -164,36 +164,45 @@ eng_status eng_orthorank_set_layers(eng_orthorank_params *p, const eng_model *m,
     return ENG_OK;
 }
 
+/* Field i of p as it stands. */
+static eng_status field_ok(const eng_model *m, const eng_orthorank_params *p, int i, char *msg, size_t len)
+{
+    const eng_orthorank_field *f = &fields[i];
+    const int32_t max = m ? m->n_layer : ENG_MAX_LAYERS;
+    double v[ENG_MAX_LAYERS];
+    switch (i) {
+    case F_SPARSITY: return number_ok(f, p->sparsity, msg, len);
+    case F_TOKEN_RATIO: return number_ok(f, p->token_ratio, msg, len);
+    case F_MIN_TOKENS: return number_ok(f, p->min_tokens, msg, len);
+    case F_DECODE:
+        if ((unsigned)p->decode > ENG_ORTHORANK_DECODE_OFF) return fail(msg, len, "must be %s", f->expect);
+        return ENG_OK;
+    case F_METHOD:
+        if ((unsigned)p->method > ENG_ORTHORANK_METHOD_INVERSE) return fail(msg, len, "must be %s", f->expect);
+        return ENG_OK;
+    case F_LAYERS:
+        if (p->n_layers < 0 || p->n_layers > max) /* refused before any is read */
+            return layers_ok(NULL, p->n_layers < 0 ? SIZE_MAX : (size_t)p->n_layers, max, m != NULL, msg, len);
+        for (int32_t j = 0; j < p->n_layers; j++) v[j] = p->layers[j];
+        return layers_ok(v, (size_t)p->n_layers, max, m != NULL, msg, len);
+    default: return ENG_OK; /* the seed: every value is valid */
+    }
+}
+
 eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p, const char **field, char *msg,
                                size_t len)
 {
-    const char *dummy;
-    if (!field) field = &dummy;
+    const char *unused;
+    if (!field) field = &unused;
     *field = NULL;
     if (!p) return ENG_EINVAL;
-    const double num[] = {[F_SPARSITY] = p->sparsity, [F_TOKEN_RATIO] = p->token_ratio,
-                          [F_MIN_TOKENS] = (double)p->min_tokens};
     for (int i = 0; i < N_FIELDS; i++) {
         *field = fields[i].name;
-        eng_status st = ENG_OK;
-        if (i == F_SPARSITY || i == F_TOKEN_RATIO || i == F_MIN_TOKENS) st = number_ok(&fields[i], num[i], msg, len);
-        if (i == F_DECODE && (unsigned)p->decode > ENG_ORTHORANK_DECODE_OFF) st = fail(msg, len, "must be %s", fields[i].expect);
-        if (i == F_METHOD && (unsigned)p->method > ENG_ORTHORANK_METHOD_INVERSE) st = fail(msg, len, "must be %s", fields[i].expect);
-        if (i == F_LAYERS) {
-            int32_t max = m ? m->n_layer : ENG_MAX_LAYERS;
-            if (p->n_layers < 0 || p->n_layers > max) {
-                st = layers_ok(NULL, p->n_layers < 0 ? SIZE_MAX : (size_t)p->n_layers, max, m != NULL, msg, len);
-            } else {
-                double v[ENG_MAX_LAYERS];
-                for (int32_t j = 0; j < p->n_layers; j++) v[j] = p->layers[j];
-                st = layers_ok(v, (size_t)p->n_layers, max, m != NULL, msg, len);
-            }
-        }
+        eng_status st = field_ok(m, p, i, msg, len);
         if (st != ENG_OK) return st;
     }
-    /* the seed: every value is valid */
+    /* Any sparsity above 0 asks for some (even one that is 0 as a float). */
     *field = fields[F_TOKEN_RATIO].name;
-    /* any sparsity above 0 asks for some (even one that is 0 as a float) */
     if (p->n_layers == 0 && p->sparsity > 0 && p->method != ENG_ORTHORANK_METHOD_LAYER_SKIP &&
         (float)p->token_ratio >= 1)
         return fail(msg, len, "1 updates every token, so no sparsity above 0 can be reached");

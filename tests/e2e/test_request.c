@@ -210,3 +210,39 @@ Test(request, floats_the_engine_takes, .init = setup, .fini = teardown, .timeout
     api_request_free(&q);
     json_decref(body);
 }
+
+/* OrthoRank: the config's defaults (one struct), the body's fields on top. */
+Test(request, orthorank_fields_on_top_of_the_defaults, .fini = teardown, .timeout = 30)
+{
+    setup_with((const char *const[]){"--orthorank-sparsity", "0.2", "--orthorank-method", "random",
+                                      "--orthorank-min-tokens", "8", NULL});
+    api_request q;
+    api_error e;
+    json_t *body;
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\"}", &q, &e, &body), 0, "%s", e.message);
+    cr_assert_eq(memcmp(&q.orthorank, &cfg.orthorank, sizeof q.orthorank), 0, "no object: the defaults");
+    cr_assert_eq(q.orthorank.sparsity, 0.2);
+    cr_assert_eq(q.orthorank.method, ENG_ORTHORANK_METHOD_RANDOM);
+    cr_assert_eq(q.orthorank.min_tokens, 8);
+    api_request_free(&q);
+    json_decref(body);
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\",\"orthorank\":{\"token_ratio\":0.5,\"layers\":[4,1],"
+                              "\"decode\":\"full\"}}",
+                       &q, &e, &body),
+                 0, "%s", e.message);
+    cr_assert_eq(q.orthorank.sparsity, 0.2, "kept");
+    cr_assert_eq(q.orthorank.method, ENG_ORTHORANK_METHOD_RANDOM, "kept");
+    cr_assert_eq(q.orthorank.token_ratio, 0.5);
+    cr_assert_eq(q.orthorank.decode, ENG_ORTHORANK_DECODE_FULL);
+    cr_assert_eq(q.orthorank.n_layers, 2);
+    cr_assert_eq(q.orthorank.layers[0], 4);
+    cr_assert_eq(q.orthorank.layers[1], 1);
+    cr_assert_eq(engine_says(&q), ENG_OK);
+    api_request_free(&q);
+    json_decref(body);
+    /* the config's defaults count in the whole check: k = 1 with its sparsity 0.2 */
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\",\"orthorank\":{\"token_ratio\":1}}", &q, &e, &body), -1);
+    cr_assert_str_eq(e.param, "orthorank.token_ratio");
+    cr_assert_str_eq(e.message, "'orthorank.token_ratio' 1 updates every token, so no sparsity above 0 can be reached");
+    json_decref(body);
+}
