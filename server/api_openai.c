@@ -87,7 +87,7 @@ static void observe_end(job *j)
 {
     srv_metrics_gen g = {.n_prompt = j->n_prompt, .n_gen = j->n_gen, .n_cached = j->n_cached,
                          .finish = job_finish(j), .cancel_reason = j->cancel_reason,
-                         .ors = j->has_ors ? &j->ors : NULL, .e2e = now_mono() - j->t_start, .queue = j->t_queue,
+                         .orthorank = &j->orthorank, .e2e = now_mono() - j->t_start, .queue = j->t_queue,
                          .tpot = j->n_gen >= 2 ? (j->t_last - j->t_first) / (j->n_gen - 1) : -1,
                          .sparsity = job_sparsity(j)};
     srv_metrics_generation(&j->s->mx, &g);
@@ -156,7 +156,7 @@ static bool server_ready(hreq *r)
 static api_limits limits_of(srv *s)
 {
     return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .n_ctx = s->n_ctx,
-                        .n_layer = s->info.n_layer, .model_id = s->model_id, .model_file = s->model_file};
+                        .model = s->model, .model_id = s->model_id, .model_file = s->model_file};
 }
 
 static void reply_submit_error(hreq *r, const api_request *req, eng_status st)
@@ -180,8 +180,7 @@ static void submit(hreq *r, api_request *req)
         http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    j->orp = orthorank_params(&j->orank, s->cfg);
-    req->p.orthorank = &j->orp;
+    req->p.orthorank = &req->orthorank;
     req->p.on_event = bridge_event_cb;
     req->p.user = &j->bu;
     eng_status st = eng_sched_submit(s->sched, &req->p, &j->er);

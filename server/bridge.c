@@ -61,19 +61,15 @@ void bridge_event_cb(const eng_event *ev, void *user)
     e->next = NULL;
     e->ev = *ev;
     e->ev.user = bu->user;
-    int32_t n = ev->n_top > 20 ? 20 : (ev->n_top < 0 ? 0 : ev->n_top);
+    int32_t n = ev->n_top > ENG_MAX_TOP_LOGPROBS ? ENG_MAX_TOP_LOGPROBS : (ev->n_top < 0 ? 0 : ev->n_top);
     e->ev.n_top = n;
     if (n && ev->top_ids) memcpy(e->top_ids, ev->top_ids, (size_t)n * sizeof(int32_t));
     if (n && ev->top_logprobs) memcpy(e->top_lps, ev->top_logprobs, (size_t)n * sizeof(float));
     e->ev.top_ids = e->top_ids;
     e->ev.top_logprobs = e->top_lps;
     if (ev->orthorank) {
-        e->ors = *ev->orthorank;
-        int32_t nl = e->ors.n_layers > 256 ? 256 : e->ors.n_layers;
-        if (nl > 0 && ev->orthorank->layers) memcpy(e->ors_layers, ev->orthorank->layers, (size_t)nl * sizeof(int32_t));
-        e->ors.n_layers = nl;
-        e->ors.layers = e->ors_layers;
-        e->ev.orthorank = &e->ors;
+        e->orthorank = *ev->orthorank;
+        e->ev.orthorank = &e->orthorank;
     }
     pthread_mutex_lock(&b->lock);
     if (b->tail) b->tail->next = e;

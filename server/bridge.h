@@ -3,10 +3,11 @@
  *
  * DESIGN: bridge_event_cb is the eng_request_params.on_event of every
  * request; it runs on the scheduler thread, copies the event (top-logprob
- * arrays included) into a node, appends it to a mutex-protected list and
- * calls uv_async_send. uv_async_send coalesces, so the loop's async callback
- * takes the whole list under the lock and then delivers the events, in the
- * order they were posted, to the handler outside the lock. Nothing else of
+ * arrays and OrthoRank stats included) into a node, appends it to a
+ * mutex-protected list and calls uv_async_send. uv_async_send coalesces,
+ * so the loop's async callback takes the whole list under the lock and then
+ * delivers the events, in the order they were posted, to the handler
+ * outside the lock. Nothing else of
  * the bridge is touched off the loop thread.
  */
 #ifndef ORTHOSERVE_BRIDGE_H
@@ -17,14 +18,13 @@
 #include <pthread.h>
 #include <uv.h>
 
-/* An owned copy of an eng_event; top arrays point into the same node. */
+/* An owned copy of an eng_event; its pointers point into the same node. */
 typedef struct bridge_event {
     struct bridge_event *next;
-    eng_event ev; /* ev.top_ids / ev.top_logprobs point at the arrays below */
-    int32_t top_ids[20];
-    float top_lps[20];
-    eng_orthorank_stats ors; /* DONE: ev.orthorank points here */
-    int32_t ors_layers[256];
+    eng_event ev; /* ev.top_ids / ev.top_logprobs / ev.orthorank point at the fields below */
+    int32_t top_ids[ENG_MAX_TOP_LOGPROBS];
+    float top_lps[ENG_MAX_TOP_LOGPROBS];
+    eng_orthorank_stats orthorank; /* DONE: the one copy of the stats off the scheduler thread */
 } bridge_event;
 
 typedef void (*bridge_handler)(const eng_event *ev, void *user);

@@ -17,7 +17,9 @@
 
 extern char **environ;
 
-typedef enum { CT_STR, CT_INT, CT_DBL, CT_BOOL, CT_LIST } ctype;
+/* CT_ORTHORANK: a field of the OrthoRank defaults, named by the key after
+ * "orthorank_"; the engine's field list gives its kind and range. */
+typedef enum { CT_STR, CT_INT, CT_DBL, CT_BOOL, CT_LIST, CT_ORTHORANK } ctype;
 
 typedef struct {
     const char *key;  /* JSON key; env ORTHOSERVE_<KEY> */
@@ -84,17 +86,17 @@ static const copt OPTS[] = {
      "log line format on stderr: text or json (one JSON object per line)"},
     {"log_level", CT_STR, OFF(log_level), "log-level", 0, 0, 0, "info",
      "least severe log messages shown: error, warn, info or debug"},
-    {"orthorank_sparsity", CT_DBL, OFF(or_sparsity), "orthorank-sparsity", 0, 0, 0.9, "0",
+    {"orthorank_sparsity", CT_ORTHORANK, OFF(orthorank), "orthorank-sparsity", 0, 0, 0, "0",
      "OrthoRank sparsity of requests that set none (0: dense)"},
-    {"orthorank_token_ratio", CT_DBL, OFF(or_token_ratio), "orthorank-token-ratio", 0, 0.001, 1, "0.3333333333",
+    {"orthorank_token_ratio", CT_ORTHORANK, OFF(orthorank), "orthorank-token-ratio", 0, 0, 0, "0.3333333333",
      "OrthoRank token ratio k of requests that set none"},
-    {"orthorank_decode", CT_STR, OFF(or_decode), "orthorank-decode", 0, 0, 0, "threshold",
+    {"orthorank_decode", CT_ORTHORANK, OFF(orthorank), "orthorank-decode", 0, 0, 0, "threshold",
      "OrthoRank decode policy default: threshold, full or off"},
-    {"orthorank_method", CT_STR, OFF(or_method), "orthorank-method", 0, 0, 0, "orthorank",
+    {"orthorank_method", CT_ORTHORANK, OFF(orthorank), "orthorank-method", 0, 0, 0, "orthorank",
      "OrthoRank method default: orthorank, layer_skip, random or inverse"},
-    {"orthorank_min_tokens", CT_INT, OFF(or_min_tokens), "orthorank-min-tokens", 0, 0, 1 << 20, "16",
+    {"orthorank_min_tokens", CT_ORTHORANK, OFF(orthorank), "orthorank-min-tokens", 0, 0, 0, "16",
      "prompt chunks shorter than this run densely"},
-    {"orthorank_plan", CT_STR, OFF(or_plan), "orthorank-plan", 0, 0, 0, "",
+    {"orthorank_plan", CT_STR, OFF(orthorank_plan), "orthorank-plan", 0, 0, 0, "",
      "layer plan from 'orthoserve calibrate'; default: MODEL.orthorank.json beside the model if present"},
 };
 #define N_OPTS (sizeof OPTS / sizeof OPTS[0])
@@ -145,9 +147,20 @@ static bool parse_bool(const char *s, bool *out)
     return false;
 }
 
+/* The engine's field of a CT_ORTHORANK row. */
+static const eng_orthorank_field *orthorank_field(const copt *o)
+{
+    static const char prefix[] = "orthorank_";
+    size_t n = strlen(o->key);
+    if (n < sizeof prefix || strncmp(o->key, prefix, sizeof prefix - 1)) return NULL;
+    return eng_orthorank_field_find(o->key + (sizeof prefix - 1), n - (sizeof prefix - 1));
+}
+
 static void range_msg(const copt *o, char *err, size_t errlen, const char *what)
 {
-    if (o->type == CT_INT)
+    if (o->type == CT_ORTHORANK)
+        snprintf(err, errlen, "expected %s%s%s", orthorank_field(o)->expect, what ? ", got " : "", what ? what : "");
+    else if (o->type == CT_INT)
         snprintf(err, errlen, "expected an integer in [%.0f, %.0f]%s%s", o->lo, o->hi, what ? ", got " : "",
                  what ? what : "");
     else if (o->type == CT_DBL)
@@ -159,6 +172,34 @@ static void range_msg(const copt *o, char *err, size_t errlen, const char *what)
         snprintf(err, errlen, "expected an array of strings (or a comma-separated string)");
     else
         snprintf(err, errlen, "expected a string");
+}
+
+/* A CT_ORTHORANK field from text (numbers parsed as strictly as the other
+ * rows' numbers), or from a JSON number (v), through the engine's setters. */
+static int set_orthorank(srv_config *c, const copt *o, const char *s, const double *v, char *err, size_t errlen)
+{
+    const eng_orthorank_field *f = orthorank_field(o);
+    char why[160], num[64];
+    eng_status st;
+    if (f->kind == ENG_ORTHORANK_FIELD_NAME) {
+        st = eng_orthorank_set_name(&c->orthorank, f, s, strlen(s), why, sizeof why);
+    } else if (v) {
+        snprintf(num, sizeof num, "%g", *v);
+        s = num;
+        st = eng_orthorank_set_number(&c->orthorank, f, *v, why, sizeof why);
+    } else {
+        char *end;
+        errno = 0;
+        double x = f->kind == ENG_ORTHORANK_FIELD_INTEGER ? (double)strtol(s, &end, 10) : strtod(s, &end);
+        if (errno || end == s || *end || !isfinite(x)) {
+            range_msg(o, err, errlen, s);
+            return -1;
+        }
+        st = eng_orthorank_set_number(&c->orthorank, f, x, why, sizeof why);
+    }
+    if (st == ENG_OK) return 0;
+    snprintf(err, errlen, "%s, got %s", why, s);
+    return -1;
 }
 
 /* Set from text (environment, command line, defaults). append: for lists,
@@ -205,6 +246,8 @@ static int set_text(srv_config *c, const copt *o, const char *s, bool append, ch
     case CT_LIST:
         if (!append) list_clear((srv_strlist *)p);
         return list_add_csv((srv_strlist *)p, s);
+    case CT_ORTHORANK:
+        return set_orthorank(c, o, s, NULL, err, errlen);
     }
     return -1;
 }
@@ -241,6 +284,16 @@ static int set_json(srv_config *c, const copt *o, json_t *v, char *err, size_t e
         list_clear(l);
         json_array_foreach(v, i, e) if (list_add(l, json_string_value(e), json_string_length(e))) return -1;
         return 0;
+    }
+    case CT_ORTHORANK: {
+        eng_orthorank_field_kind k = orthorank_field(o)->kind;
+        if (k == ENG_ORTHORANK_FIELD_NAME) {
+            if (!json_is_string(v)) break;
+            return set_orthorank(c, o, json_string_value(v), NULL, err, errlen);
+        }
+        if (k == ENG_ORTHORANK_FIELD_INTEGER ? !json_is_integer(v) : !json_is_number(v)) break;
+        double x = json_number_value(v);
+        return set_orthorank(c, o, NULL, &x, err, errlen);
     }
     }
 bad:
@@ -280,8 +333,16 @@ void srv_config_usage(FILE *f)
     for (size_t i = 0; i < N_OPTS; i++) {
         const copt *o = &OPTS[i];
         char flag[64];
-        const char *arg = o->type == CT_BOOL ? "[BOOL]" : o->type == CT_INT ? "N" : o->type == CT_DBL ? (strstr(o->key, "timeout") ? "SEC" : "X") :
-                          o->type == CT_LIST ? "VALUE" : "TEXT";
+        ctype t = o->type;
+        if (t == CT_ORTHORANK) {
+            eng_orthorank_field_kind k = orthorank_field(o)->kind;
+            t = k == ENG_ORTHORANK_FIELD_NUMBER ? CT_DBL : k == ENG_ORTHORANK_FIELD_INTEGER ? CT_INT : CT_STR;
+        }
+        const char *arg = t == CT_BOOL  ? "[BOOL]"
+                          : t == CT_INT ? "N"
+                          : t == CT_DBL ? (strstr(o->key, "timeout") ? "SEC" : "X")
+                          : t == CT_LIST ? "VALUE"
+                                         : "TEXT";
         if (!strcmp(o->key, "model")) arg = "FILE";
         if (!strcmp(o->key, "alias")) arg = "NAME";
         if (!strcmp(o->key, "api_keys")) arg = "KEY";
@@ -406,6 +467,7 @@ int srv_config_load(srv_config *c, int argc, char **argv)
 {
     char err[256];
     memset(c, 0, sizeof *c);
+    c->orthorank = eng_orthorank_default_params(); /* the fields no key sets */
     for (size_t i = 0; i < N_OPTS; i++)
         if (set_text(c, &OPTS[i], OPTS[i].def, false, err, sizeof err)) return -1;
 
@@ -509,16 +571,6 @@ int srv_config_load(srv_config *c, int argc, char **argv)
         fprintf(stderr, "orthoserve serve: a model is required (-m FILE, key 'model')\n");
         goto out;
     }
-    if (strcmp(c->or_decode, "threshold") && strcmp(c->or_decode, "full") && strcmp(c->or_decode, "off")) {
-        fprintf(stderr, "orthoserve: key 'orthorank_decode': '%s' is not one of threshold, full, off\n", c->or_decode);
-        goto out;
-    }
-    if (strcmp(c->or_method, "orthorank") && strcmp(c->or_method, "layer_skip") && strcmp(c->or_method, "random") &&
-        strcmp(c->or_method, "inverse")) {
-        fprintf(stderr, "orthoserve: key 'orthorank_method': '%s' is not one of orthorank, layer_skip, random, inverse\n",
-                c->or_method);
-        goto out;
-    }
     if (!one_of(c->log_format, "text", "json", NULL)) {
         fprintf(stderr, "orthoserve: key 'log_format': '%s' is not one of text, json\n", c->log_format);
         goto out;
@@ -528,8 +580,9 @@ int srv_config_load(srv_config *c, int argc, char **argv)
         goto out;
     }
     if (c->api_keys_file[0] && load_keys_file(c)) goto out;
-    if (c->or_sparsity > 0 && strcmp(c->or_method, "layer_skip") && (float)c->or_token_ratio >= 1) {
-        fprintf(stderr, "orthoserve: key 'orthorank_token_ratio': 1 cannot give a sparsity above 0\n");
+    const char *field;
+    if (eng_orthorank_check(NULL, &c->orthorank, &field, err, sizeof err) != ENG_OK) {
+        fprintf(stderr, "orthoserve: key 'orthorank_%s': %s\n", field, err);
         goto out;
     }
     rc = 0;

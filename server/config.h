@@ -9,6 +9,8 @@
 #ifndef ORTHOSERVE_CONFIG_H
 #define ORTHOSERVE_CONFIG_H
 
+#include "orthoserve/engine.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -47,12 +49,10 @@ typedef struct {
     bool verbose;            /* engine log messages (the same as log_level "debug") */
     char *log_format;        /* "text" | "json" (one JSON object per line) */
     char *log_level;         /* "error" | "warn" | "info" | "debug" */
-    double or_sparsity;      /* default OrthoRank settings of requests that set none */
-    double or_token_ratio;
-    char *or_decode;         /* "threshold" | "full" | "off" */
-    char *or_method;         /* "orthorank" | "layer_skip" | "random" | "inverse" */
-    long or_min_tokens;
-    char *or_plan;           /* plan file; "": MODEL.orthorank.json beside the model if present */
+    eng_orthorank_params orthorank; /* every request's OrthoRank settings before its own (keys
+                                     * orthorank_<field>: sparsity, token_ratio, decode, method,
+                                     * min_tokens), checked without a model */
+    char *orthorank_plan;    /* plan file; "": MODEL.orthorank.json beside the model if present */
     char *config_file;       /* the file that was read, or NULL */
 } srv_config;
 

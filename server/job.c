@@ -67,7 +67,6 @@ job *job_new(hreq *r, api_request *req)
     j->echo_len = req->echo_len;
     req->echo_text = NULL;
     j->n_logprobs = req->p.n_logprobs;
-    j->orank = req->orank;
     j->n_prompt = (int32_t)req->p.n_prompt;
     j->first_prompt_token = req->prompt[0];
     j->created = (long long)time(NULL);
@@ -179,7 +178,7 @@ static void lp_from_event(job *j, const eng_event *ev, lp_entry *e)
     memset(e, 0, sizeof *e);
     e->token = ev->token;
     e->lp = ev->logprob;
-    e->n_top = ev->n_top < 20 ? ev->n_top : 20;
+    e->n_top = ev->n_top < ENG_MAX_TOP_LOGPROBS ? ev->n_top : ENG_MAX_TOP_LOGPROBS;
     if (e->n_top > j->n_logprobs) e->n_top = j->n_logprobs;
     for (int32_t i = 0; i < e->n_top; i++) {
         e->top_ids[i] = ev->top_ids[i];
@@ -238,14 +237,7 @@ void job_done_event(job *j, const eng_event *ev)
     j->t_generate = ev->t_generate;
     j->n_cached = ev->n_cached;
     if (ev->n_prompt > 0) j->n_prompt = ev->n_prompt;
-    if (ev->orthorank) {
-        j->ors = *ev->orthorank;
-        int32_t nl = j->ors.n_layers > 256 ? 256 : j->ors.n_layers;
-        if (nl > 0) memcpy(j->ors_layers, ev->orthorank->layers, (size_t)nl * sizeof(int32_t));
-        j->ors.n_layers = nl;
-        j->ors.layers = j->ors_layers;
-        j->has_ors = true;
-    }
+    if (ev->orthorank) j->orthorank = *ev->orthorank; /* the bridge's copy: the one hop */
     if (job_cancelled(j) && !j->cancel_reason) j->cancel_reason = j->s->state != SRV_READY ? "shutdown" : "unknown";
     job_unlink(j);
 }
@@ -262,9 +254,8 @@ const char *job_finish(const job *j)
 
 double job_sparsity(const job *j)
 {
-    uint64_t total = j->ors.prefill_total + j->ors.decode_total;
-    if (!j->has_ors || !total) return -1;
-    return (double)(j->ors.prefill_skipped + j->ors.decode_skipped) / (double)total;
+    if (!j->orthorank.prefill_total && !j->orthorank.decode_total) return -1;
+    return j->orthorank.sparsity_effective;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -290,5 +281,5 @@ json_t *job_logprobs_json(job *j, size_t from, size_t to)
 
 json_t *job_orthorank_json(job *j)
 {
-    return orthorank_json(&j->orank, j->has_ors ? &j->ors : NULL, j->n_prompt, j->n_gen, j->s->info.n_layer);
+    return orthorank_json(&j->orthorank);
 }

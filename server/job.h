@@ -38,7 +38,6 @@ struct job {
     textbuf *tb;
     char id[64];
     long long created;
-    orank_req orank;
     sbuf text;                          /* whole text (non-streaming) */
     lp_entry *lps;                      /* log-probabilities, in order */
     size_t n_lps, cap_lps, lps_sent;    /* lps_sent: already streamed */
@@ -60,10 +59,7 @@ struct job {
     double t_queue, t_prompt, t_generate;
     double t_start;             /* monotonic: the HTTP request's arrival */
     double t_first, t_last;     /* monotonic: first / latest token event on the loop; 0: none yet */
-    eng_orthorank_params orp;   /* what was submitted (layers point into orank) */
-    eng_orthorank_stats ors;    /* what the engine reported at DONE */
-    int32_t ors_layers[256];
-    bool has_ors;
+    eng_orthorank_stats orthorank; /* what the engine reported at DONE */
 };
 
 /* A job for the validated request req of r (takes req's echo text; draws

@@ -39,8 +39,8 @@ typedef struct {
     float lp;
     bool null_lp; /* the first prompt token has no log-probability */
     int32_t n_top;
-    int32_t top_ids[20];
-    float top_lps[20];
+    int32_t top_ids[ENG_MAX_TOP_LOGPROBS];
+    float top_lps[ENG_MAX_TOP_LOGPROBS];
     size_t offset; /* text_offset: code points before this token */
 } lp_entry;
 

@@ -16,6 +16,84 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------------ */
+/* "orthorank": the engine's field list says which fields exist, what they  */
+/* hold and why a value is refused; nothing about them is repeated here.    */
+/* ------------------------------------------------------------------------ */
+
+/* One field's JSON value into p; why says what is wrong (after the field's name). */
+static eng_status set_field(eng_orthorank_params *p, const eng_model *m, const eng_orthorank_field *f, json_t *x,
+                            char *why, size_t len)
+{
+    switch (f->kind) {
+    case ENG_ORTHORANK_FIELD_NUMBER:
+    case ENG_ORTHORANK_FIELD_INTEGER:
+        if (!json_is_number(x)) break;
+        return eng_orthorank_set_number(p, f, json_number_value(x), why, len);
+    case ENG_ORTHORANK_FIELD_NAME:
+        return eng_orthorank_set_name(p, f, json_string_value(x), json_string_length(x), why, len);
+    case ENG_ORTHORANK_FIELD_LAYERS: {
+        if (!json_is_array(x)) break;
+        /* More values than ENG_MAX_LAYERS are more than any model has
+         * layers: refused before they are read. */
+        double v[ENG_MAX_LAYERS];
+        size_t n = json_array_size(x);
+        for (size_t i = 0; i < n && i < ENG_MAX_LAYERS; i++) {
+            json_t *e = json_array_get(x, i);
+            v[i] = json_is_integer(e) ? (double)json_integer_value(e) : NAN;
+        }
+        return eng_orthorank_set_layers(p, m, v, n, why, len);
+    }
+    }
+    snprintf(why, len, "must be %s", f->expect);
+    return ENG_EINVAL;
+}
+
+/* "sparsity, token_ratio, ...": the fields a request may set. */
+static void request_fields(char *buf, size_t cap)
+{
+    size_t n, o = 0;
+    const eng_orthorank_field *fs = eng_orthorank_fields(&n);
+    buf[0] = 0;
+    for (size_t i = 0; i < n && o < cap; i++)
+        if (fs[i].per_request) o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? ", " : "", fs[i].name);
+}
+
+int orthorank_parse(json_t *v, const eng_model *m, eng_orthorank_params *p, char *param, size_t param_len,
+                    char *msg, size_t len)
+{
+    if (!v || json_is_null(v)) return 0;
+    snprintf(param, param_len, "orthorank");
+    if (!json_is_object(v)) {
+        snprintf(msg, len, "'orthorank' must be an object");
+        return -1;
+    }
+    char why[256];
+    const char *key;
+    json_t *x;
+    json_object_foreach(v, key, x) {
+        const eng_orthorank_field *f = eng_orthorank_field_find(key, strlen(key));
+        if (!f || !f->per_request) {
+            char known[128];
+            request_fields(known, sizeof known);
+            snprintf(msg, len, "unknown field 'orthorank.%s' (known: %s)", key, known);
+            return -1;
+        }
+        if (set_field(p, m, f, x, why, sizeof why) != ENG_OK) {
+            snprintf(param, param_len, "orthorank.%s", f->name);
+            snprintf(msg, len, "'orthorank.%s' %s", f->name, why);
+            return -1;
+        }
+    }
+    const char *field;
+    if (eng_orthorank_check(m, p, &field, why, sizeof why) != ENG_OK) {
+        snprintf(param, param_len, "orthorank.%s", field);
+        snprintf(msg, len, "'orthorank.%s' %s", field, why);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
 /* ------------------------------------------------------------------------ */
 
@@ -144,6 +222,31 @@ bool api_model_name_ok(const api_limits *lim, const char *name)
     return !strcmp(name, lim->model_id) || !strcmp(name, lim->model_file);
 }
 
+/* logit_bias: {"token id": bias in [-100, 100]} */
+static void parse_logit_bias(vctx *v, api_request *c)
+{
+    eng_sampler_params *sp = &c->p.sampling;
+    json_t *x = opt(v, "logit_bias");
+    if (!x) return;
+    if (!json_is_object(x))
+        VFAIL(v, "logit_bias", "invalid_type", "'logit_bias' must be an object mapping token ids to numbers");
+    int32_t nv = eng_vocab_n_tokens(v->lim->vocab);
+    c->bias = calloc(json_object_size(x) + 1, sizeof *c->bias);
+    const char *key;
+    json_t *e;
+    json_object_foreach(x, key, e) {
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (!key[0] || *end || id < 0 || id >= nv)
+            VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' key '%s' is not a token id in [0, %d)", key,
+                  nv);
+        if (!json_is_number(e) || !(json_number_value(e) >= -100 && json_number_value(e) <= 100))
+            VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' values must be numbers in [-100, 100]");
+        if (c->bias) c->bias[sp->n_logit_bias++] = (eng_logit_bias){(int32_t)id, (float)json_number_value(e)};
+    }
+    sp->logit_bias = c->bias;
+}
+
 /* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
 static void parse_common(vctx *v, api_request *c, bool chat)
 {
@@ -242,26 +345,8 @@ static void parse_common(vctx *v, api_request *c, bool chat)
             VFAIL(v, "stop", "invalid_type", "'stop' must be a string or an array of strings");
         }
     }
-    /* logit_bias: {"token id": bias in [-100, 100]} */
-    if ((x = opt(v, "logit_bias"))) {
-        if (!json_is_object(x))
-            VFAIL(v, "logit_bias", "invalid_type", "'logit_bias' must be an object mapping token ids to numbers");
-        int32_t nv = eng_vocab_n_tokens(lim->vocab);
-        c->bias = calloc(json_object_size(x) + 1, sizeof *c->bias);
-        const char *key;
-        json_t *e;
-        json_object_foreach(x, key, e) {
-            char *end;
-            long id = strtol(key, &end, 10);
-            if (!key[0] || *end || id < 0 || id >= nv)
-                VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' key '%s' is not a token id in [0, %d)", key,
-                      nv);
-            if (!json_is_number(e) || !(json_number_value(e) >= -100 && json_number_value(e) <= 100))
-                VFAIL(v, "logit_bias", "invalid_value", "'logit_bias' values must be numbers in [-100, 100]");
-            if (c->bias) c->bias[sp->n_logit_bias++] = (eng_logit_bias){(int32_t)id, (float)json_number_value(e)};
-        }
-        sp->logit_bias = c->bias;
-    }
+    parse_logit_bias(v, c);
+    if (v->failed) return;
     if ((x = opt(v, "response_format"))) {
         json_t *t = json_is_object(x) ? json_object_get(x, "type") : NULL;
         if (!json_is_string(t))
@@ -274,9 +359,9 @@ static void parse_common(vctx *v, api_request *c, bool chat)
             VFAIL(v, "response_format.type", "invalid_value",
                   "'response_format.type' must be 'text', 'json_object' or 'json_schema'");
     }
-    const char *param = NULL;
-    char msg[300];
-    if (orthorank_parse(json_object_get(v->body, "orthorank"), cfg, lim->n_layer, &c->orank, &param, msg,
+    char param[64], msg[300];
+    c->orthorank = cfg->orthorank;
+    if (orthorank_parse(json_object_get(v->body, "orthorank"), lim->model, &c->orthorank, param, sizeof param, msg,
                         sizeof msg))
         VFAIL(v, param, "invalid_value", "%s", msg);
 }
@@ -440,7 +525,7 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
     bool lp = false;
     long long top = 0;
     get_bool(&v, "logprobs", &lp);
-    if (get_int(&v, "top_logprobs", 0, 20, &top) && !lp) {
+    if (get_int(&v, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top) && !lp) {
         vfail(&v, "top_logprobs", "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
         goto out;
     }
@@ -496,7 +581,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
     parse_common(&v, out, false);
     long long lpn = -1;
     bool echo = false;
-    if (!v.failed) get_int(&v, "logprobs", 0, 20, &lpn);
+    if (!v.failed) get_int(&v, "logprobs", 0, ENG_MAX_TOP_LOGPROBS, &lpn);
     if (!v.failed) get_bool(&v, "echo", &echo);
     if (v.failed) goto fail;
     out->p.n_logprobs = (int32_t)lpn;

@@ -5,10 +5,10 @@
  * Pure functions of the body and a few server facts (api_limits): no HTTP,
  * no scheduler, no randomness. On success the api_request holds engine
  * parameters the scheduler accepts (eng_sched_validate) once the submitter
- * has filled in what only it knows: the callback, the OrthoRank settings'
- * storage (orthorank_params of req->orank) and a random seed when the body
- * gave none. On failure the api_error holds the HTTP status, OpenAI error
- * type and code, the field at fault and the message. http.c replies with
+ * has filled in what only it knows: the callback, the OrthoRank settings
+ * (p.orthorank = &req->orthorank) and a random seed when the body gave
+ * none. On failure the api_error holds the HTTP status, OpenAI error type
+ * and code, the field at fault and the message. http.c replies with
  * it, the fuzz harness tests/fuzz/fuzz_request.c checks it. Loop thread or
  * any thread: nothing here keeps state.
  */
@@ -23,30 +23,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The "orthorank" request settings (orthorank_json.c). */
-typedef struct {
-    bool present;
-    double sparsity;
-    double token_ratio; /* < 0: not given */
-    int32_t layers[256];
-    size_t n_layers;
-    char decode[16], method[16];
-} orank_req;
-/* Validate a request's "orthorank" value (NULL/absent: the server's
- * defaults from cfg). On error: returns -1 with *param naming the field and
- * msg the reason (400). */
-int orthorank_parse(json_t *v, const srv_config *cfg, int32_t n_layer, orank_req *out, const char **param,
-                    char *msg, size_t msglen);
-/* The engine settings of a parsed request (layers point into req). */
-eng_orthorank_params orthorank_params(const orank_req *req, const srv_config *cfg);
+/* A request's "orthorank" value (NULL/absent: nothing) set on top of *p,
+ * which holds the server's defaults, and checked against the model
+ * (the engine's field list). On error: returns -1 with param naming the field
+ * ("orthorank.layers") and msg the reason (400). */
+int orthorank_parse(json_t *v, const eng_model *m, eng_orthorank_params *p, char *param, size_t param_len,
+                    char *msg, size_t len);
 
 /* What a request is validated against: the served model and the limits. */
 typedef struct {
     const srv_config *cfg;      /* max_tokens, OrthoRank defaults */
+    const eng_model *model;     /* OrthoRank settings are checked against it */
     const eng_vocab *vocab;     /* token ids, tokenization */
     eng_chat_format chat_fmt;   /* renders "messages" */
     int32_t n_ctx;              /* positions per sequence */
-    int32_t n_layer;            /* for "orthorank.layers" */
     const char *model_id;       /* names "model" may give */
     const char *model_file;
 } api_limits;
@@ -68,7 +58,7 @@ typedef struct {
     bool echo;                  /* completions: the prompt goes first */
     char *echo_text;            /* its text (valid UTF-8) when echo, else NULL */
     size_t echo_len;
-    orank_req orank;
+    eng_orthorank_params orthorank; /* the server's defaults with the body's "orthorank" on top */
     const char *prompt_param;   /* "messages" or "prompt": names the prompt in later errors */
 } api_request;
 

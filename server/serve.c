@@ -155,9 +155,9 @@ static void load_work(uv_work_t *w)
      * else the engine's documented fallback order. */
     char err[512] = "";
     int rc;
-    if (s->cfg->or_plan[0]) {
-        rc = plan_load(s->cfg->or_plan, s->model, err, sizeof err);
-        if (rc == 0) snprintf(s->plan_file, sizeof s->plan_file, "%s", s->cfg->or_plan);
+    if (s->cfg->orthorank_plan[0]) {
+        rc = plan_load(s->cfg->orthorank_plan, s->model, err, sizeof err);
+        if (rc == 0) snprintf(s->plan_file, sizeof s->plan_file, "%s", s->cfg->orthorank_plan);
     } else {
         rc = plan_load_default(s->cfg->model, s->model, err, sizeof err);
         if (rc == 1) { /* loaded: err holds its path */

@@ -160,11 +160,11 @@ void srv_metrics_next_token(srv_metrics *m, double seconds) { metric_observe(m->
 
 void srv_metrics_generation(srv_metrics *m, const srv_metrics_gen *g)
 {
-    if (g->ors) {
-        metric_add(m->or_total, "prefill", NULL, (double)g->ors->prefill_total);
-        metric_add(m->or_total, "decode", NULL, (double)g->ors->decode_total);
-        metric_add(m->or_skipped, "prefill", NULL, (double)g->ors->prefill_skipped);
-        metric_add(m->or_skipped, "decode", NULL, (double)g->ors->decode_skipped);
+    if (g->orthorank) {
+        metric_add(m->or_total, "prefill", NULL, (double)g->orthorank->prefill_total);
+        metric_add(m->or_total, "decode", NULL, (double)g->orthorank->decode_total);
+        metric_add(m->or_skipped, "prefill", NULL, (double)g->orthorank->prefill_skipped);
+        metric_add(m->or_skipped, "decode", NULL, (double)g->orthorank->decode_skipped);
     }
     metric_add(m->prompt_tokens, NULL, NULL, g->n_prompt);
     metric_add(m->cached_tokens, NULL, NULL, g->n_cached);

@@ -49,7 +49,7 @@ typedef struct {
     int32_t n_prompt, n_gen, n_cached;
     const char *finish;          /* "stop", "length", "cancelled" or "error" */
     const char *cancel_reason;   /* when cancelled: "client_disconnect", "timeout", "shutdown", ... */
-    const eng_orthorank_stats *ors; /* NULL: the engine reported none */
+    const eng_orthorank_stats *orthorank; /* NULL: the engine reported none */
     double e2e, queue;           /* seconds: arrival to end; waiting for a slot */
     double tpot;                 /* seconds per token after the first; < 0: fewer than 2 tokens */
     double sparsity;             /* effective OrthoRank sparsity; < 0: nothing was processed */

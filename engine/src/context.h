@@ -16,23 +16,18 @@ typedef struct {
     int32_t act0, act_n;        /* this layer: its updated rows are act[act0 .. act0+act_n) */
 } seq_group;
 
-/* OrthoRank state of one sequence (see eng_seq_set_orthorank). */
+/* OrthoRank state of one sequence (orthorank.c; see eng_seq_set_orthorank). */
 typedef struct {
-    bool on;                 /* some layer is sparsified */
-    bool record;             /* record sink scores of every layer (calibration) */
-    eng_or_method method;
-    eng_or_decode decode;
-    float sparsity, ratio;
+    bool on;                   /* some layer is sparsified */
+    bool record;               /* record sink scores of every layer (calibration) */
     int32_t min_tokens, n_prompt;
     uint64_t rng;
-    uint8_t *layer_on;       /* (n_layer) */
-    int32_t *layers;         /* (n_layer) plan-ordered list of sparsified layers */
-    int32_t n_layers;
-    float *self_thresh;      /* (n_layer) selection cut of the last prompt chunk, NAN if none */
-    float *sink;             /* (n_layer, n_embd) the sink's normalized input per layer */
-    uint64_t pf_tok, pf_tot, pf_skip, dc_tok, dc_tot, dc_skip;
-    double fl_tot, fl_saved;
-} seq_or;
+    eng_orthorank_stats stats; /* the settings in force (method, decode, sparsity, token ratio,
+                                * layers) and what was counted */
+    uint8_t *layer_on;         /* (n_layer) */
+    float *self_thresh;        /* (n_layer) selection cut of the last prompt chunk, NAN if none */
+    float *sink;               /* (n_layer, n_embd) the sink's normalized input per layer */
+} seq_orthorank;
 
 struct eng_context {
     eng_model *m;
@@ -66,16 +61,17 @@ struct eng_context {
     int32_t n_groups;
     const eng_batch *batch; /* during a decode */
     int32_t n_tokens;
-    /* OrthoRank */
-    seq_or *sor;            /* (n_seq_max) */
-    bool any_or;            /* some group of this batch is sparsified or recorded */
-    float *scores;          /* (T) sink scores of the current layer, NAN if unscored */
-    float *rec_scores;      /* (T, n_layer) recorded scores */
-    int32_t *act, n_act;    /* rows updated in the current layer */
-    int32_t *kvr, n_kvr;    /* rows whose K/V the current layer writes */
-    bool act_all, kvr_all;  /* the lists are 0..T-1 */
-    int32_t *sel_tmp;       /* (T) selection scratch */
-    double fl_layer, fl_kv; /* weight-product FLOPs of one token-layer, and of its K/V part */
+    /* OrthoRank (orthorank.c) */
+    seq_orthorank *orthorank;  /* (n_seq_max) */
+    bool orthorank_active;     /* this step: some group is sparsified or recorded */
+    float *scores;             /* (T) sink scores of the current layer, NAN if unscored */
+    float *rec_scores;         /* (T, n_layer) recorded scores */
+    int32_t *sel_tmp;          /* (3T) selection scratch */
+    double flops_layer, flops_kv; /* weight-product FLOPs of one token-layer, and of its K/V part */
+    /* The current layer's selection (with the groups' act0/act_n), which forward.c follows */
+    int32_t *act, n_act;       /* rows updated */
+    int32_t *kvr, n_kvr;       /* rows whose K/V the layer writes */
+    bool act_all, kvr_all;     /* the lists are 0..T-1 */
 };
 
 /* forward.c: position pos of seq at layer il, as K and V rows of kvd floats
@@ -83,13 +79,19 @@ struct eng_context {
 void eng__kv_get(const eng_context *c, int il, int32_t seq, int32_t pos, float *k, float *v);
 
 /* orthorank.c */
-eng_status eng__or_ctx_init(eng_context *c);
-void eng__or_ctx_free(eng_context *c);
-/* Thread 0, once per layer after the scores are in: build act/kvr lists and
- * the groups' act ranges, count stats. */
-void eng__or_select(eng_context *c, int il);
-/* Whether rows of group g need sink scores at layer il. */
-bool eng__or_scored(const eng_context *c, const seq_group *g, int il);
-void eng__or_plan_fallback(eng_model *m);
+eng_status eng__orthorank_ctx_init(eng_context *c);
+void eng__orthorank_ctx_free(eng_context *c);
+void eng__orthorank_plan_fallback(eng_model *m);
+/* eng_decode, once the batch's groups are known: every row of every layer
+ * unless some sequence is sparsified or recorded (then the layers choose);
+ * counts the stats of a dense step. */
+void eng__orthorank_step(eng_context *c);
+/* The forward job, every thread, at layer il before its Q/K/V products
+ * (xn: the layer's normalized rows, the same in every thread's copy): sink
+ * scores, then the selection for the layer (act/kvr lists, the groups' act
+ * ranges) and its stats. Nothing unless the step is active. */
+void eng__orthorank_layer(eng_context *c, int ith, int nth, int il, const float *xn);
+/* The selection part of it (thread 0, scores in place); for tests. */
+void eng__orthorank_select(eng_context *c, int il);
 
 #endif

@@ -115,7 +115,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
         !c->xn || !c->q || !c->att || !c->kn || !c->vn || !c->gate || !c->up || !c->qact ||
         !c->attn_scratch || !c->attn_last || !c->qact_own || !c->xn_own || !c->rope_cs || !c->logits || !c->out_row || !c->out_src || !c->groups || !c->yo)
         goto nomem;
-    if (eng__or_ctx_init(c) != ENG_OK) goto nomem;
+    if (eng__orthorank_ctx_init(c) != ENG_OK) goto nomem;
     if (eng__pool_new(n_threads, &c->pool) != ENG_OK) goto nomem;
     /* Free list as a stack handing out low block numbers first. */
     for (int32_t i = 0; i < c->n_blocks; i++) c->free_blocks[i] = c->n_blocks - 1 - i;
@@ -145,7 +145,7 @@ void eng_context_free(eng_context *c)
     eng__aligned_free(c->gate);
     eng__aligned_free(c->up);
     eng__aligned_free(c->yo);
-    eng__or_ctx_free(c);
+    eng__orthorank_ctx_free(c);
     eng__aligned_free(c->qact);
     eng__aligned_free(c->attn_scratch);
     free(c->attn_last);
@@ -449,50 +449,6 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
     c->kern->attn(&a);
 }
 
-/* |cos| between row t's normalized input and its sequence's sink. */
-static float sink_score(const eng_context *c, const float *xn, const float *sink)
-{
-    const int64_t E = c->m->n_embd;
-    double d = 0, a = 0, s = 0;
-    for (int64_t i = 0; i < E; i++) {
-        d += (double)xn[i] * sink[i];
-        a += (double)xn[i] * xn[i];
-        s += (double)sink[i] * sink[i];
-    }
-    if (a == 0 || s == 0) return 0.0f;
-    return (float)(fabs(d) / sqrt(a * s));
-}
-
-/* OrthoRank phase of layer il: cache sinks, score rows, select (thread 0).
- * xn: the layer's normalized rows (every thread's copy is the same). */
-static void orthorank_phase(eng_context *c, int ith, int nth, int il, const float *xn)
-{
-    const eng_batch *b = c->batch;
-    const int64_t E = c->m->n_embd;
-    int64_t r0, r1;
-    /* sinks first: a chunk that holds position 0 scores against it */
-    for (int32_t gi = ith; gi < c->n_groups; gi += nth) {
-        const seq_group *g = &c->groups[gi];
-        if (g->pos0 == 0 && eng__or_scored(c, g, il))
-            memcpy(c->sor[g->seq].sink + (size_t)il * E, xn + (size_t)g->row0 * E, E * sizeof(float));
-    }
-    eng__pool_barrier(c->pool);
-    eng__split(c->n_tokens, ith, nth, 1, &r0, &r1);
-    int32_t gi = 0;
-    for (int64_t t = r0; t < r1; t++) {
-        while (c->groups[gi].row0 + c->groups[gi].n <= t) gi++;
-        const seq_group *g = &c->groups[gi];
-        float sc = NAN;
-        if (eng__or_scored(c, g, il) && b->pos[t] > 0)
-            sc = sink_score(c, xn + t * E, c->sor[g->seq].sink + (size_t)il * E);
-        c->scores[t] = sc;
-        if (c->sor[g->seq].record) c->rec_scores[t * c->m->n_layer + il] = sc;
-    }
-    eng__pool_barrier(c->pool);
-    if (ith == 0) eng__or_select(c, il);
-    eng__pool_barrier(c->pool);
-}
-
 /* Normalize rows of x (rows NULL: 0..n-1) with weight w into out[j]: split
  * mode shares the rows and waits for the others; own mode does them all. */
 static void norm_rows(eng_context *c, int ith, int nth, const thread_state *ts, float *out, const int32_t *rows,
@@ -527,7 +483,7 @@ static void forward_job(int ith, int nth, void *arg)
 
     for (int il = 0; il < m->n_layer; il++) {
         const eng__layer *L = &m->layers[il];
-        if (c->any_or) orthorank_phase(c, ith, nth, il, ts.xn);
+        eng__orthorank_layer(c, ith, nth, il, ts.xn);
         const int32_t *act = c->act_all ? NULL : c->act, *kvr = c->kvr_all ? NULL : c->kvr;
         const int64_t A = c->n_act, K = c->n_kvr;
 
@@ -618,29 +574,7 @@ eng_status eng_decode(eng_context *c, const eng_batch *b)
     }
     c->batch = b;
     c->n_tokens = T;
-    /* Dense unless some sequence in the batch is sparsified or recorded. */
-    c->any_or = false;
-    for (int32_t i = 0; i < c->n_groups; i++) {
-        seq_or *so = &c->sor[c->groups[i].seq];
-        if (so->on || so->record) c->any_or = true;
-        c->groups[i].act0 = c->groups[i].row0;
-        c->groups[i].act_n = c->groups[i].n;
-    }
-    c->act_all = c->kvr_all = true;
-    c->n_act = c->n_kvr = T;
-    if (!c->any_or) {
-        /* token counts for the stats of dense sequences */
-        for (int32_t i = 0; i < c->n_groups; i++) {
-            const seq_group *g = &c->groups[i];
-            seq_or *so = &c->sor[g->seq];
-            int32_t np = g->pos0 < so->n_prompt ? (so->n_prompt - g->pos0 < g->n ? so->n_prompt - g->pos0 : g->n) : 0;
-            so->pf_tok += (uint64_t)np;
-            so->dc_tok += (uint64_t)(g->n - np);
-            so->pf_tot += (uint64_t)np * (uint64_t)m->n_layer;
-            so->dc_tot += (uint64_t)(g->n - np) * (uint64_t)m->n_layer;
-            so->fl_tot += (double)g->n * m->n_layer * c->fl_layer;
-        }
-    }
+    eng__orthorank_step(c);
     /* A step whose weight products are tiny (a small model decoding one
      * token) costs less than the wake-ups and barriers of sharing it. */
     double work = (double)m->n_params * (double)T;

@@ -302,8 +302,6 @@ int32_t eng__kv_blocks_total(const eng_context *c);
 int32_t eng__ctx_n_seq(const eng_context *c);
 int32_t eng__ctx_n_batch(const eng_context *c);
 const eng_model *eng__ctx_model(const eng_context *c);
-/* The checks eng_seq_set_orthorank makes, without a context (orthorank.c). */
-eng_status eng__or_params_check(const eng_model *m, const eng_orthorank_params *p);
 /* The checks eng_sampler_new makes, without allocating (sampler.c). */
 bool eng__sampler_params_ok(const eng_sampler_params *p, int32_t n_vocab);
 

@@ -184,7 +184,7 @@ static eng_status load_hparams(eng_model *m, char *err, size_t errlen)
         }
     }
     if (m->n_head_kv < 0) m->n_head_kv = m->n_head;
-    if (m->n_embd <= 0 || m->n_layer <= 0 || m->n_layer > 1024 || m->n_ff <= 0 ||
+    if (m->n_embd <= 0 || m->n_layer <= 0 || m->n_layer > ENG_MAX_LAYERS || m->n_ff <= 0 ||
         m->n_head <= 0 || m->n_head_kv <= 0 || m->n_embd % m->n_head != 0 ||
         m->n_head % m->n_head_kv != 0) {
         eng__errf(err, errlen,
@@ -374,7 +374,7 @@ eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model
     if ((st = load_hparams(m, err, errlen)) != ENG_OK) goto fail;
     if ((st = bind_tensors(m, err, errlen)) != ENG_OK) goto fail;
     if (p->repack) repack(m);
-    eng__or_plan_fallback(m);
+    eng__orthorank_plan_fallback(m);
     if ((st = eng__vocab_from_gguf(m->gguf, &m->vocab, err, errlen)) != ENG_OK) goto fail;
     if (eng_vocab_n_tokens(m->vocab) > m->n_vocab) {
         eng__errf(err, errlen, "the tokenizer has %d tokens but the embedding only %d rows",
@@ -403,9 +403,6 @@ void eng_model_free(eng_model *m)
     eng_vocab_free(m->vocab);
     free(m->layers);
     free(m->chat_template);
-    free(m->or_order);
-    free(m->or_skip_order);
-    free(m->or_thresh);
     eng__gguf_close(m->gguf);
     if (m->pack_buf) eng__huge_free(m->pack_buf, m->pack_size);
     free(m);

@@ -26,6 +26,16 @@ typedef struct {
 
 typedef enum { ENG_ROPE_NORM = 0, ENG_ROPE_NEOX = 1 } eng__rope_kind;
 
+/* A model's OrthoRank layer plan (eng_orthorank_plan, held in place). */
+typedef struct {
+    int32_t order[ENG_MAX_LAYERS], n_order;           /* OrthoRank layer order */
+    int32_t skip_order[ENG_MAX_LAYERS], n_skip_order; /* layer-skipping order */
+    float thresholds[ENG_MAX_LAYERS];                 /* (n_layer), NAN where unknown */
+    bool has_thresholds;
+    float threshold_ratio;
+    char source[16];                                  /* "calibrated" or "fallback" */
+} eng__orthorank_plan;
+
 struct eng_model {
     eng__gguf *gguf;
     eng_vocab *vocab;
@@ -47,12 +57,7 @@ struct eng_model {
     uint8_t *pack_buf; /* repacked matrices (mmap models), or NULL */
     size_t pack_size;
     int64_t n_packed_mats;
-    /* OrthoRank plan (orthorank.c): layer orders, decode thresholds */
-    int32_t *or_order, n_or_order;
-    int32_t *or_skip_order, n_or_skip_order;
-    float *or_thresh;        /* (n_layer), NAN where unknown; NULL: none */
-    float or_thresh_ratio;
-    char or_source[16];
+    eng__orthorank_plan orthorank; /* orthorank.c */
 };
 
 /* Dequantize row `row` of m into out (m->n_in floats); m not repacked. */

@@ -1,62 +1,213 @@
 /*
- * orthorank.c - OrthoRank token selection (docs/ORTHORANK.md): layer plans,
- * per-sequence settings, the per-layer choice of which rows a layer updates,
- * decode thresholds, and the stats every response reports.
+ * orthorank.c - OrthoRank token selection (docs/ORTHORANK.md): the settings
+ * (their one field list, setters and checks), layer plans, per-sequence
+ * state, the per-layer work of the forward pass (sink scores, the choice of
+ * which rows a layer updates and which write K/V, decode thresholds) and the
+ * stats every response reports.
  *
- * The compute side lives in forward.c: at a sparsified layer it scores rows
- * (|cos| of the attention-normalized input to the sequence's sink, cached
- * per layer when position 0 passes), calls eng__or_select on thread 0, and
- * then runs the Q/O/FFN products on the compact matrix of the selected rows
- * while K/V are still computed and cached for every row. What is counted
- * here as skipped is exactly what forward.c then leaves out.
+ * forward.c calls eng__orthorank_step once per eng_decode and
+ * eng__orthorank_layer once per layer, then runs the Q/O/FFN products on the
+ * compact matrix of the rows in c->act while K/V are computed and cached for
+ * the rows in c->kvr. What is counted here as skipped is exactly what
+ * forward.c then leaves out.
  */
 #include "context.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* ------------------------------------------------------------------------ */
+/* Settings: the field list, setters, checks                                */
+/* ------------------------------------------------------------------------ */
+
 eng_orthorank_params eng_orthorank_default_params(void)
 {
-    eng_orthorank_params p = {.sparsity = 0.0f, .token_ratio = 1.0f / 3.0f, .layers = NULL,
-                              .n_layers = 0, .decode = ENG_OR_DECODE_THRESHOLD,
-                              .method = ENG_OR_ORTHORANK, .min_tokens = 16, .seed = 0};
+    eng_orthorank_params p;
+    memset(&p, 0, sizeof p);
+    p.sparsity = 0.0;
+    p.token_ratio = 1.0 / 3.0;
+    p.decode = ENG_ORTHORANK_DECODE_THRESHOLD;
+    p.method = ENG_ORTHORANK_METHOD_ORTHORANK;
+    p.min_tokens = 16;
     return p;
 }
 
-static const char *const method_names[] = {"orthorank", "layer_skip", "random", "inverse"};
-static const char *const decode_names[] = {"threshold", "full", "off"};
+static const char *const method_names[] = {"orthorank", "layer_skip", "random", "inverse", NULL};
+static const char *const decode_names[] = {"threshold", "full", "off", NULL};
 
-const char *eng_or_method_name(eng_or_method m)
+const char *eng_orthorank_method_name(eng_orthorank_method m)
 {
-    return (unsigned)m < 4 ? method_names[m] : "?";
+    return (unsigned)m <= ENG_ORTHORANK_METHOD_INVERSE ? method_names[m] : "?";
 }
 
-const char *eng_or_decode_name(eng_or_decode d)
+const char *eng_orthorank_decode_name(eng_orthorank_decode d)
 {
-    return (unsigned)d < 3 ? decode_names[d] : "?";
+    return (unsigned)d <= ENG_ORTHORANK_DECODE_OFF ? decode_names[d] : "?";
 }
 
-static int name_index(const char *const *names, int n, const char *s, size_t len)
+/* The list, in the order of F_* (which says where each field is stored). */
+enum { F_SPARSITY, F_TOKEN_RATIO, F_LAYERS, F_DECODE, F_METHOD, F_MIN_TOKENS, F_SEED, N_FIELDS };
+static const eng_orthorank_field fields[N_FIELDS] = {
+    {"sparsity", ENG_ORTHORANK_FIELD_NUMBER, 0, 0.9, false, NULL, "a number", true},
+    {"token_ratio", ENG_ORTHORANK_FIELD_NUMBER, 0, 1, true, NULL, "a number", true},
+    {"layers", ENG_ORTHORANK_FIELD_LAYERS, 0, 0, false, NULL, "an array of layer indices", true},
+    {"decode", ENG_ORTHORANK_FIELD_NAME, 0, 0, false, decode_names, "one of \"threshold\", \"full\", \"off\"", true},
+    {"method", ENG_ORTHORANK_FIELD_NAME, 0, 0, false, method_names,
+     "one of \"orthorank\", \"layer_skip\", \"random\", \"inverse\"", true},
+    {"min_tokens", ENG_ORTHORANK_FIELD_INTEGER, 0, 1 << 20, false, NULL, "an integer", false},
+    {"seed", ENG_ORTHORANK_FIELD_INTEGER, 0, 1e18, false, NULL, "an integer", false},
+};
+
+const eng_orthorank_field *eng_orthorank_fields(size_t *n)
 {
-    for (int i = 0; i < n; i++)
-        if (strlen(names[i]) == len && !strncmp(names[i], s, len)) return i;
+    *n = N_FIELDS;
+    return fields;
+}
+
+const eng_orthorank_field *eng_orthorank_field_find(const char *name, size_t len)
+{
+    for (int i = 0; name && i < N_FIELDS; i++)
+        if (strlen(fields[i].name) == len && !strncmp(fields[i].name, name, len)) return &fields[i];
+    return NULL;
+}
+
+static eng_status fail(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static eng_status fail(char *msg, size_t len, const char *fmt, ...)
+{
+    if (msg && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, len, fmt, ap);
+        va_end(ap);
+    }
+    return ENG_EINVAL;
+}
+
+/* A NUMBER or INTEGER field's value alone. NUMBER fields are used as floats,
+ * so the float must be in range too (1e-50 is a double in (0, 1], not a float). */
+static eng_status number_ok(const eng_orthorank_field *f, double v, char *msg, size_t len)
+{
+    bool whole = f->kind == ENG_ORTHORANK_FIELD_INTEGER;
+    if (f->kind != ENG_ORTHORANK_FIELD_NUMBER && !whole) return fail(msg, len, "must be %s", f->expect);
+    bool ok = (f->lo_open ? v > f->lo : v >= f->lo) && v <= f->hi && (!whole || v == floor(v));
+    if (!ok && whole) return fail(msg, len, "must be an integer in [%.0f, %.0f]", f->lo, f->hi);
+    if (!ok) return fail(msg, len, "must be in %c%g, %g]", f->lo_open ? '(' : '[', f->lo, f->hi);
+    float x = (float)v;
+    if (!whole && !((f->lo_open ? x > f->lo : x >= f->lo) && x <= f->hi))
+        return fail(msg, len, "must be in %c%g, %g], got %g (%g as a 32-bit float)", f->lo_open ? '(' : '[', f->lo,
+                    f->hi, v, (double)x);
+    return ENG_OK;
+}
+
+eng_status eng_orthorank_set_number(eng_orthorank_params *p, const eng_orthorank_field *f, double v, char *msg,
+                                    size_t len)
+{
+    if (!p || !f) return ENG_EINVAL;
+    eng_status st = number_ok(f, v, msg, len);
+    if (st != ENG_OK) return st;
+    switch (f - fields) {
+    case F_SPARSITY: p->sparsity = v; break;
+    case F_TOKEN_RATIO: p->token_ratio = v; break;
+    case F_MIN_TOKENS: p->min_tokens = (int32_t)v; break;
+    case F_SEED: p->seed = (uint64_t)v; break;
+    default: return ENG_EINVAL;
+    }
+    return ENG_OK;
+}
+
+static int name_index(const char *const *names, const char *s, size_t n)
+{
+    for (int i = 0; s && names[i]; i++)
+        if (strlen(names[i]) == n && !strncmp(names[i], s, n)) return i;
     return -1;
 }
 
-bool eng_or_method_from_name(const char *s, size_t len, eng_or_method *out)
+eng_status eng_orthorank_set_name(eng_orthorank_params *p, const eng_orthorank_field *f, const char *s, size_t n,
+                                  char *msg, size_t len)
 {
-    int i = s ? name_index(method_names, 4, s, len) : -1;
-    if (i >= 0) *out = (eng_or_method)i;
-    return i >= 0;
+    if (!p || !f) return ENG_EINVAL;
+    int i = f->kind == ENG_ORTHORANK_FIELD_NAME ? name_index(f->names, s, n) : -1;
+    if (i < 0) return fail(msg, len, "must be %s", f->expect);
+    if (f - fields == F_DECODE) p->decode = (eng_orthorank_decode)i;
+    else p->method = (eng_orthorank_method)i;
+    return ENG_OK;
 }
 
-bool eng_or_decode_from_name(const char *s, size_t len, eng_or_decode *out)
+/* n layers (doubles: JSON numbers and parsed text alike) of a model with
+ * n_layer layers: at most n_layer, each an integer in range, no repeats. */
+static eng_status layers_ok(const double *v, size_t n, int32_t n_layer, bool model, char *msg, size_t len)
 {
-    int i = s ? name_index(decode_names, 3, s, len) : -1;
-    if (i >= 0) *out = (eng_or_decode)i;
-    return i >= 0;
+    if (n > (size_t)n_layer)
+        return model ? fail(msg, len, "lists more layers than the model has (%d)", n_layer)
+                     : fail(msg, len, "lists more layers than a model may have (%d)", n_layer);
+    bool seen[ENG_MAX_LAYERS] = {false};
+    for (size_t i = 0; i < n; i++) {
+        if (!(v[i] >= 0 && v[i] < n_layer && v[i] == floor(v[i])))
+            return fail(msg, len, "must hold integers in [0, %d)", n_layer);
+        if (seen[(int32_t)v[i]]) return fail(msg, len, "lists layer %d twice", (int32_t)v[i]);
+        seen[(int32_t)v[i]] = true;
+    }
+    return ENG_OK;
+}
+
+eng_status eng_orthorank_set_layers(eng_orthorank_params *p, const eng_model *m, const double *v, size_t n,
+                                    char *msg, size_t len)
+{
+    if (!p || (n && !v)) return ENG_EINVAL;
+    eng_status st = layers_ok(v, n, m ? m->n_layer : ENG_MAX_LAYERS, m != NULL, msg, len);
+    if (st != ENG_OK) return st;
+    for (size_t i = 0; i < n; i++) p->layers[i] = (int32_t)v[i];
+    p->n_layers = (int32_t)n;
+    return ENG_OK;
+}
+
+/* Field i of p as it stands. */
+static eng_status field_ok(const eng_model *m, const eng_orthorank_params *p, int i, char *msg, size_t len)
+{
+    const eng_orthorank_field *f = &fields[i];
+    const int32_t max = m ? m->n_layer : ENG_MAX_LAYERS;
+    double v[ENG_MAX_LAYERS];
+    switch (i) {
+    case F_SPARSITY: return number_ok(f, p->sparsity, msg, len);
+    case F_TOKEN_RATIO: return number_ok(f, p->token_ratio, msg, len);
+    case F_MIN_TOKENS: return number_ok(f, p->min_tokens, msg, len);
+    case F_DECODE:
+        if ((unsigned)p->decode > ENG_ORTHORANK_DECODE_OFF) return fail(msg, len, "must be %s", f->expect);
+        return ENG_OK;
+    case F_METHOD:
+        if ((unsigned)p->method > ENG_ORTHORANK_METHOD_INVERSE) return fail(msg, len, "must be %s", f->expect);
+        return ENG_OK;
+    case F_LAYERS:
+        if (p->n_layers < 0 || p->n_layers > max) /* refused before any is read */
+            return layers_ok(NULL, p->n_layers < 0 ? SIZE_MAX : (size_t)p->n_layers, max, m != NULL, msg, len);
+        for (int32_t j = 0; j < p->n_layers; j++) v[j] = p->layers[j];
+        return layers_ok(v, (size_t)p->n_layers, max, m != NULL, msg, len);
+    default: return ENG_OK; /* the seed: every value is valid */
+    }
+}
+
+eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p, const char **field, char *msg,
+                               size_t len)
+{
+    const char *unused;
+    if (!field) field = &unused;
+    *field = NULL;
+    if (!p) return ENG_EINVAL;
+    for (int i = 0; i < N_FIELDS; i++) {
+        *field = fields[i].name;
+        eng_status st = field_ok(m, p, i, msg, len);
+        if (st != ENG_OK) return st;
+    }
+    /* Any sparsity above 0 asks for some (even one that is 0 as a float). */
+    *field = fields[F_TOKEN_RATIO].name;
+    if (p->n_layers == 0 && p->sparsity > 0 && p->method != ENG_ORTHORANK_METHOD_LAYER_SKIP &&
+        (float)p->token_ratio >= 1)
+        return fail(msg, len, "1 updates every token, so no sparsity above 0 can be reached");
+    *field = NULL;
+    return ENG_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -66,22 +217,12 @@ bool eng_or_decode_from_name(const char *s, size_t len, eng_or_decode *out)
 static bool valid_layers(const int32_t *l, int32_t n, int32_t n_layer)
 {
     if (n < 0 || n > n_layer || (n > 0 && !l)) return false;
+    bool seen[ENG_MAX_LAYERS] = {false};
     for (int32_t i = 0; i < n; i++) {
-        if (l[i] < 0 || l[i] >= n_layer) return false;
-        for (int32_t j = 0; j < i; j++)
-            if (l[j] == l[i]) return false;
+        if (l[i] < 0 || l[i] >= n_layer || seen[l[i]]) return false;
+        seen[l[i]] = true;
     }
     return true;
-}
-
-static void plan_clear(eng_model *m)
-{
-    free(m->or_order);
-    free(m->or_skip_order);
-    free(m->or_thresh);
-    m->or_order = m->or_skip_order = NULL;
-    m->or_thresh = NULL;
-    m->n_or_order = m->n_or_skip_order = 0;
 }
 
 eng_status eng_model_set_orthorank_plan(eng_model *m, const eng_orthorank_plan *p)
@@ -91,80 +232,80 @@ eng_status eng_model_set_orthorank_plan(eng_model *m, const eng_orthorank_plan *
     if (!valid_layers(p->order, p->n_order, L) || !valid_layers(p->skip_order, p->n_skip_order, L))
         return ENG_EINVAL;
     if (p->thresholds && !(p->threshold_ratio > 0 && p->threshold_ratio <= 1)) return ENG_EINVAL;
-    int32_t *o = eng__malloc((size_t)(p->n_order + 1) * sizeof *o);
-    int32_t *so = eng__malloc((size_t)(p->n_skip_order + 1) * sizeof *so);
-    float *th = p->thresholds ? eng__malloc((size_t)L * sizeof *th) : NULL;
-    if (!o || !so || (p->thresholds && !th)) {
-        free(o);
-        free(so);
-        free(th);
-        return ENG_ENOMEM;
-    }
-    plan_clear(m);
-    if (p->n_order) memcpy(o, p->order, (size_t)p->n_order * sizeof *o);
-    if (p->n_skip_order) memcpy(so, p->skip_order, (size_t)p->n_skip_order * sizeof *so);
-    if (th) memcpy(th, p->thresholds, (size_t)L * sizeof *th);
-    m->or_order = o;
-    m->n_or_order = p->n_order;
-    m->or_skip_order = so;
-    m->n_or_skip_order = p->n_skip_order;
-    m->or_thresh = th;
-    m->or_thresh_ratio = p->threshold_ratio;
-    snprintf(m->or_source, sizeof m->or_source, "%s", p->source ? p->source : "calibrated");
+    eng__orthorank_plan *mp = &m->orthorank;
+    if (p->n_order) memcpy(mp->order, p->order, (size_t)p->n_order * sizeof *mp->order);
+    if (p->n_skip_order) memcpy(mp->skip_order, p->skip_order, (size_t)p->n_skip_order * sizeof *mp->skip_order);
+    if (p->thresholds) memcpy(mp->thresholds, p->thresholds, (size_t)L * sizeof *mp->thresholds);
+    mp->n_order = p->n_order;
+    mp->n_skip_order = p->n_skip_order;
+    mp->has_thresholds = p->thresholds != NULL;
+    mp->threshold_ratio = p->threshold_ratio;
+    snprintf(mp->source, sizeof mp->source, "%s", p->source ? p->source : "calibrated");
     return ENG_OK;
 }
 
 void eng_model_get_orthorank_plan(const eng_model *m, eng_orthorank_plan *out)
 {
-    out->order = m->or_order;
-    out->n_order = m->n_or_order;
-    out->skip_order = m->or_skip_order;
-    out->n_skip_order = m->n_or_skip_order;
-    out->thresholds = m->or_thresh;
-    out->threshold_ratio = m->or_thresh_ratio;
-    out->source = m->or_source;
+    const eng__orthorank_plan *mp = &m->orthorank;
+    out->order = mp->order;
+    out->n_order = mp->n_order;
+    out->skip_order = mp->skip_order;
+    out->n_skip_order = mp->n_skip_order;
+    out->thresholds = mp->has_thresholds ? mp->thresholds : NULL;
+    out->threshold_ratio = mp->threshold_ratio;
+    out->source = mp->source;
 }
 
 /* The documented fallback: deepest layers first, layer 0 excluded, for both
  * OrthoRank and layer skipping; no decode thresholds. */
-void eng__or_plan_fallback(eng_model *m)
+void eng__orthorank_plan_fallback(eng_model *m)
 {
     int32_t L = m->n_layer, n = L - 1 > 0 ? L - 1 : 0;
-    int32_t order[1024];
+    int32_t order[ENG_MAX_LAYERS];
     for (int32_t i = 0; i < n; i++) order[i] = L - 1 - i;
     eng_orthorank_plan p = {.order = order, .n_order = n, .skip_order = order, .n_skip_order = n,
                             .thresholds = NULL, .threshold_ratio = 0, .source = "fallback"};
-    if (eng_model_set_orthorank_plan(m, &p) != ENG_OK) {
-        /* Out of memory: no plan at all; sparsified requests then run dense. */
-        plan_clear(m);
-        snprintf(m->or_source, sizeof m->or_source, "fallback");
-    }
+    eng_status st = eng_model_set_orthorank_plan(m, &p);
+    ENG_ASSERT(st == ENG_OK);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Per-context state                                                        */
 /* ------------------------------------------------------------------------ */
 
-eng_status eng__or_ctx_init(eng_context *c)
+/* A sequence that was never set: dense, every position prompt. */
+static void seq_reset(seq_orthorank *sq)
+{
+    uint8_t *lo = sq->layer_on;
+    float *th = sq->self_thresh, *sink = sq->sink;
+    bool record = sq->record;
+    memset(sq, 0, sizeof *sq);
+    sq->layer_on = lo;
+    sq->self_thresh = th;
+    sq->sink = sink;
+    sq->record = record;
+    sq->n_prompt = INT32_MAX;
+    sq->stats.token_ratio = 1.0f;
+}
+
+eng_status eng__orthorank_ctx_init(eng_context *c)
 {
     const eng_model *m = c->m;
     const int32_t L = m->n_layer, S = c->n_seq_max, T = c->n_batch_max;
-    c->sor = eng__calloc((size_t)S, sizeof *c->sor);
+    c->orthorank = eng__calloc((size_t)S, sizeof *c->orthorank);
     c->scores = eng__malloc((size_t)T * sizeof(float));
     c->rec_scores = eng__malloc((size_t)T * L * sizeof(float));
     c->act = eng__malloc((size_t)T * sizeof(int32_t));
     c->kvr = eng__malloc((size_t)T * sizeof(int32_t));
     c->sel_tmp = eng__malloc((size_t)T * 3 * sizeof(int32_t)); /* ranked pairs + marks */
-    if (!c->sor || !c->scores || !c->rec_scores || !c->act || !c->kvr || !c->sel_tmp) return ENG_ENOMEM;
+    if (!c->orthorank || !c->scores || !c->rec_scores || !c->act || !c->kvr || !c->sel_tmp) return ENG_ENOMEM;
     for (int32_t s = 0; s < S; s++) {
-        seq_or *so = &c->sor[s];
-        so->layer_on = eng__calloc((size_t)L, 1);
-        so->layers = eng__malloc((size_t)L * sizeof(int32_t));
-        so->self_thresh = eng__malloc((size_t)L * sizeof(float));
-        so->sink = eng__calloc((size_t)L * m->n_embd, sizeof(float));
-        if (!so->layer_on || !so->layers || !so->self_thresh || !so->sink) return ENG_ENOMEM;
-        so->n_prompt = INT32_MAX;
-        so->ratio = 1.0f;
+        seq_orthorank *sq = &c->orthorank[s];
+        sq->layer_on = eng__calloc((size_t)L, 1);
+        sq->self_thresh = eng__malloc((size_t)L * sizeof(float));
+        sq->sink = eng__calloc((size_t)L * m->n_embd, sizeof(float));
+        if (!sq->layer_on || !sq->self_thresh || !sq->sink) return ENG_ENOMEM;
+        seq_reset(sq);
     }
     /* Weight-product FLOPs of one token through one layer (mean over layers). */
     double all = 0, kv = 0;
@@ -174,21 +315,20 @@ eng_status eng__or_ctx_init(eng_context *c)
         for (int i = 0; i < 7; i++) all += 2.0 * (double)ms[i]->n_in * (double)ms[i]->n_out;
         kv += 2.0 * ((double)l->wk.n_in * l->wk.n_out + (double)l->wv.n_in * l->wv.n_out);
     }
-    c->fl_layer = all / L;
-    c->fl_kv = kv / L;
+    c->flops_layer = all / L;
+    c->flops_kv = kv / L;
     return ENG_OK;
 }
 
-void eng__or_ctx_free(eng_context *c)
+void eng__orthorank_ctx_free(eng_context *c)
 {
-    if (c->sor)
+    if (c->orthorank)
         for (int32_t s = 0; s < c->n_seq_max; s++) {
-            free(c->sor[s].layer_on);
-            free(c->sor[s].layers);
-            free(c->sor[s].self_thresh);
-            free(c->sor[s].sink);
+            free(c->orthorank[s].layer_on);
+            free(c->orthorank[s].self_thresh);
+            free(c->orthorank[s].sink);
         }
-    free(c->sor);
+    free(c->orthorank);
     free(c->scores);
     free(c->rec_scores);
     free(c->act);
@@ -196,99 +336,72 @@ void eng__or_ctx_free(eng_context *c)
     free(c->sel_tmp);
 }
 
-eng_status eng__or_params_check(const eng_model *m, const eng_orthorank_params *p)
+/* The layers a sequence sparsifies: the explicit list, or as many of the
+ * plan's order as the sparsity asks for (in float, as always computed). */
+static int32_t resolve_layers(const eng_model *m, const eng_orthorank_params *p, const int32_t **src)
 {
-    if (!(p->sparsity >= 0 && p->sparsity <= 0.9f) || !(p->token_ratio > 0 && p->token_ratio <= 1) ||
-        (unsigned)p->decode > ENG_OR_DECODE_OFF || (unsigned)p->method > ENG_OR_INVERSE ||
-        p->min_tokens < 0 || !valid_layers(p->layers, p->n_layers, m->n_layer))
-        return ENG_EINVAL;
-    if (p->n_layers == 0 && p->sparsity > 0 && p->method != ENG_OR_LAYER_SKIP && p->token_ratio >= 1)
-        return ENG_EINVAL; /* k = 1 updates every token: no sparsity to be had */
-    return ENG_OK;
+    const int32_t L = m->n_layer;
+    if (p->n_layers > 0) {
+        *src = p->layers;
+        return p->n_layers;
+    }
+    const float sparsity = (float)p->sparsity, ratio = (float)p->token_ratio;
+    if (!(sparsity > 0)) return 0;
+    bool skip = p->method == ENG_ORTHORANK_METHOD_LAYER_SKIP;
+    *src = skip ? m->orthorank.skip_order : m->orthorank.order;
+    int32_t avail = skip ? m->orthorank.n_skip_order : m->orthorank.n_order;
+    double want = skip ? sparsity * L : sparsity * L / (1.0 - ratio);
+    int32_t n = (int32_t)floor(want + 0.5 + 1e-6); /* round half up, immune to 1/3 in float */
+    return n < avail ? n : avail;
 }
 
-eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p,
-                                 int32_t n_prompt)
+eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p, int32_t n_prompt)
 {
     if (!c || seq < 0 || seq >= c->n_seq_max || n_prompt < 0) return ENG_EINVAL;
     const eng_model *m = c->m;
     const int32_t L = m->n_layer;
     eng_orthorank_params d = eng_orthorank_default_params();
     if (p) {
-        if (eng__or_params_check(m, p) != ENG_OK) return ENG_EINVAL;
+        if (eng_orthorank_check(m, p, NULL, NULL, 0) != ENG_OK) return ENG_EINVAL;
         d = *p;
     }
-    seq_or *so = &c->sor[seq];
-    bool record = so->record;
-    uint8_t *lo = so->layer_on;
-    int32_t *ls = so->layers;
-    float *th = so->self_thresh, *sink = so->sink;
-    memset(so, 0, sizeof *so);
-    so->layer_on = lo;
-    so->layers = ls;
-    so->self_thresh = th;
-    so->sink = sink;
-    so->record = record;
-    so->method = d.method;
-    so->decode = d.decode;
-    so->sparsity = d.sparsity;
-    so->ratio = d.token_ratio;
-    so->min_tokens = d.min_tokens;
-    so->n_prompt = n_prompt;
-    so->rng = d.seed ^ 0x9e3779b97f4a7c15ull;
-    memset(lo, 0, (size_t)L);
-    for (int32_t i = 0; i < L; i++) th[i] = NAN;
-    if (d.decode == ENG_OR_DECODE_OFF) return ENG_OK;
-    const int32_t *src;
-    int32_t n;
-    if (d.n_layers > 0) {
-        src = d.layers;
-        n = d.n_layers;
-    } else if (d.sparsity > 0) {
-        bool skip = d.method == ENG_OR_LAYER_SKIP;
-        src = skip ? m->or_skip_order : m->or_order;
-        int32_t avail = skip ? m->n_or_skip_order : m->n_or_order;
-        double want = skip ? d.sparsity * L : d.sparsity * L / (1.0 - d.token_ratio);
-        n = (int32_t)floor(want + 0.5 + 1e-6); /* round half up, immune to 1/3 in float */
-        if (n > avail) n = avail;
-    } else {
-        return ENG_OK;
-    }
+    seq_orthorank *sq = &c->orthorank[seq];
+    seq_reset(sq);
+    sq->stats.method = d.method;
+    sq->stats.decode = d.decode;
+    sq->stats.sparsity_requested = (float)d.sparsity;
+    sq->stats.token_ratio = (float)d.token_ratio;
+    sq->min_tokens = d.min_tokens;
+    sq->n_prompt = n_prompt;
+    sq->rng = d.seed ^ 0x9e3779b97f4a7c15ull;
+    memset(sq->layer_on, 0, (size_t)L);
+    for (int32_t i = 0; i < L; i++) sq->self_thresh[i] = NAN;
+    if (d.decode == ENG_ORTHORANK_DECODE_OFF) return ENG_OK;
+    const int32_t *src = NULL;
+    int32_t n = resolve_layers(m, &d, &src);
     for (int32_t i = 0; i < n; i++) {
-        ls[i] = src[i];
-        lo[src[i]] = 1;
+        sq->stats.layers[i] = src[i];
+        sq->layer_on[src[i]] = 1;
     }
-    so->n_layers = n;
-    so->on = n > 0;
+    sq->stats.n_layers = n;
+    sq->on = n > 0;
     return ENG_OK;
 }
 
 eng_status eng_seq_get_orthorank_stats(const eng_context *c, int32_t seq, eng_orthorank_stats *o)
 {
     if (!c || !o || seq < 0 || seq >= c->n_seq_max) return ENG_EINVAL;
-    const seq_or *so = &c->sor[seq];
-    memset(o, 0, sizeof *o);
-    o->method = so->method;
-    o->decode = so->decode;
-    o->sparsity_requested = so->sparsity;
-    o->token_ratio = so->ratio;
-    o->layers = so->layers;
-    o->n_layers = so->n_layers;
-    o->layer_order_source = c->m->or_source;
-    o->prefill_tokens = so->pf_tok;
-    o->prefill_total = so->pf_tot;
-    o->prefill_skipped = so->pf_skip;
-    o->decode_tokens = so->dc_tok;
-    o->decode_total = so->dc_tot;
-    o->decode_skipped = so->dc_skip;
-    o->flops_total = so->fl_tot;
-    o->flops_saved = so->fl_saved;
+    *o = c->orthorank[seq].stats;
+    snprintf(o->layer_order_source, sizeof o->layer_order_source, "%s", c->m->orthorank.source);
+    uint64_t total = o->prefill_total + o->decode_total, skipped = o->prefill_skipped + o->decode_skipped;
+    o->sparsity_effective = total ? (double)skipped / (double)total : 0.0;
+    o->flops_saved_fraction = o->flops_total > 0 ? o->flops_saved / o->flops_total : 0.0;
     return ENG_OK;
 }
 
 void eng_seq_record_scores(eng_context *c, int32_t seq, bool on)
 {
-    if (c && seq >= 0 && seq < c->n_seq_max) c->sor[seq].record = on;
+    if (c && seq >= 0 && seq < c->n_seq_max) c->orthorank[seq].record = on;
 }
 
 const float *eng_get_scores(const eng_context *c, int32_t i)
@@ -298,7 +411,7 @@ const float *eng_get_scores(const eng_context *c, int32_t i)
     for (int32_t g = 0; g < c->n_groups; g++) {
         const seq_group *gr = &c->groups[g];
         if (i >= gr->row0 && i < gr->row0 + gr->n)
-            return c->sor[gr->seq].record ? c->rec_scores + (size_t)i * c->m->n_layer : NULL;
+            return c->orthorank[gr->seq].record ? c->rec_scores + (size_t)i * c->m->n_layer : NULL;
     }
     return NULL;
 }
@@ -307,12 +420,13 @@ const float *eng_get_scores(const eng_context *c, int32_t i)
 /* Selection                                                                */
 /* ------------------------------------------------------------------------ */
 
-bool eng__or_scored(const eng_context *c, const seq_group *g, int il)
+/* Whether rows of group g need sink scores at layer il. */
+static bool scored(const eng_context *c, const seq_group *g, int il)
 {
-    const seq_or *so = &c->sor[g->seq];
-    if (so->record) return true;
-    return so->on && so->layer_on[il] &&
-           (so->method == ENG_OR_ORTHORANK || so->method == ENG_OR_INVERSE);
+    const seq_orthorank *sq = &c->orthorank[g->seq];
+    if (sq->record) return true;
+    return sq->on && sq->layer_on[il] &&
+           (sq->stats.method == ENG_ORTHORANK_METHOD_ORTHORANK || sq->stats.method == ENG_ORTHORANK_METHOD_INVERSE);
 }
 
 static uint64_t rng_next(uint64_t *s)
@@ -341,11 +455,12 @@ static int cmp_ranked(const void *a, const void *b)
  * other rows, plus the last prompt token, which the first generated token
  * depends on. With k = 1 that is every row: the dense layer. Marks chosen
  * rows in `mark` (indexed row - g->row0). */
-static void select_prompt(eng_context *c, const seq_group *g, seq_or *so, int il, uint8_t *mark)
+static void select_prompt(eng_context *c, const seq_group *g, seq_orthorank *sq, int il, uint8_t *mark)
 {
     const eng_batch *b = c->batch;
+    const eng_orthorank_method method = sq->stats.method;
     ranked *cand = (ranked *)c->sel_tmp; /* 2 int32 per row fit one ranked */
-    int32_t nc = 0, budget = (int32_t)lround((double)so->ratio * g->n);
+    int32_t nc = 0, budget = (int32_t)lround((double)sq->stats.token_ratio * g->n);
     for (int32_t i = 0; i < g->n; i++) {
         int32_t t = g->row0 + i;
         if (b->pos[t] == 0) { /* the sink */
@@ -354,9 +469,9 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_or *so, int il
             continue;
         }
         float key;
-        switch (so->method) {
-        case ENG_OR_INVERSE: key = -c->scores[t]; break;
-        case ENG_OR_RANDOM: key = (float)(rng_next(&so->rng) >> 40); break;
+        switch (method) {
+        case ENG_ORTHORANK_METHOD_INVERSE: key = -c->scores[t]; break;
+        case ENG_ORTHORANK_METHOD_RANDOM: key = (float)(rng_next(&sq->rng) >> 40); break;
         default: key = c->scores[t]; break;
         }
         if (isnan(key)) key = INFINITY;
@@ -368,31 +483,56 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_or *so, int il
     for (int32_t i = 0; i < budget; i++) mark[cand[i].row - g->row0] = 1;
     /* The cut is the decode threshold: orthorank updates scores below it,
      * inverse (ranked by -score) scores at or above it. */
-    if (budget > 0 && so->method == ENG_OR_ORTHORANK) so->self_thresh[il] = cand[budget - 1].key;
-    if (budget > 0 && so->method == ENG_OR_INVERSE) so->self_thresh[il] = -cand[budget - 1].key;
-    int32_t last = so->n_prompt - 1 - g->pos0;
+    if (budget > 0 && method == ENG_ORTHORANK_METHOD_ORTHORANK) sq->self_thresh[il] = cand[budget - 1].key;
+    if (budget > 0 && method == ENG_ORTHORANK_METHOD_INVERSE) sq->self_thresh[il] = -cand[budget - 1].key;
+    int32_t last = sq->n_prompt - 1 - g->pos0;
     if (last >= 0 && last < g->n) mark[last] = 1;
 }
 
 /* Whether a decode row is updated at a sparsified layer. */
-static bool decode_keeps(const eng_context *c, seq_or *so, int il, int32_t t)
+static bool decode_keeps(const eng_context *c, seq_orthorank *sq, int il, int32_t t)
 {
-    if (so->decode == ENG_OR_DECODE_FULL) return true;
-    if (so->method == ENG_OR_RANDOM)
-        return (double)(rng_next(&so->rng) >> 11) * (1.0 / 9007199254740992.0) < so->ratio;
-    const eng_model *m = c->m;
+    const eng_orthorank_method method = sq->stats.method;
+    const float ratio = sq->stats.token_ratio;
+    if (sq->stats.decode == ENG_ORTHORANK_DECODE_FULL) return true;
+    if (method == ENG_ORTHORANK_METHOD_RANDOM)
+        return (double)(rng_next(&sq->rng) >> 11) * (1.0 / 9007199254740992.0) < ratio;
+    const eng__orthorank_plan *plan = &c->m->orthorank;
     float thr = NAN;
     /* Calibrated thresholds are the k-quantile of the scores: they decide
      * for orthorank; inverse needs the (1-k)-quantile, its own prompt cut. */
-    if (so->method == ENG_OR_ORTHORANK && m->or_thresh && fabsf(m->or_thresh_ratio - so->ratio) < 1e-3f)
-        thr = m->or_thresh[il];
-    if (isnan(thr)) thr = so->self_thresh[il];
+    if (method == ENG_ORTHORANK_METHOD_ORTHORANK && plan->has_thresholds &&
+        fabsf(plan->threshold_ratio - ratio) < 1e-3f)
+        thr = plan->thresholds[il];
+    if (isnan(thr)) thr = sq->self_thresh[il];
     float s = c->scores[t];
     if (isnan(thr) || isnan(s)) return true; /* nothing to decide with: dense */
-    return so->method == ENG_OR_INVERSE ? s >= thr : s < thr;
+    return method == ENG_ORTHORANK_METHOD_INVERSE ? s >= thr : s < thr;
 }
 
-void eng__or_select(eng_context *c, int il)
+/* Mark the rows of group g that layer il updates (all of them unless the
+ * layer is sparsified for g); np of its rows are prompt rows. */
+static void select_group(eng_context *c, const seq_group *g, seq_orthorank *sq, int il, int32_t np, uint8_t *mark)
+{
+    const eng_batch *b = c->batch;
+    bool sparse = sq->on && sq->layer_on[il];
+    memset(mark, 0, (size_t)g->n);
+    if (!sparse) {
+        memset(mark, 1, (size_t)g->n);
+    } else if (sq->stats.method == ENG_ORTHORANK_METHOD_LAYER_SKIP) {
+        return; /* nothing */
+    } else if (np == g->n) {
+        if (g->n < sq->min_tokens) memset(mark, 1, (size_t)g->n);
+        else select_prompt(c, g, sq, il, mark);
+    } else {
+        for (int32_t i = 0; i < g->n; i++) {
+            int32_t t = g->row0 + i;
+            mark[i] = b->pos[t] < sq->n_prompt ? 1 : decode_keeps(c, sq, il, t);
+        }
+    }
+}
+
+void eng__orthorank_select(eng_context *c, int il)
 {
     const eng_batch *b = c->batch;
     const int32_t T = c->n_tokens;
@@ -400,42 +540,28 @@ void eng__or_select(eng_context *c, int il)
     c->n_act = c->n_kvr = 0;
     for (int32_t gi = 0; gi < c->n_groups; gi++) {
         seq_group *g = &c->groups[gi];
-        seq_or *so = &c->sor[g->seq];
+        seq_orthorank *sq = &c->orthorank[g->seq];
+        eng_orthorank_stats *st = &sq->stats;
         g->act0 = c->n_act;
         int32_t np = 0;
-        for (int32_t i = 0; i < g->n; i++) np += b->pos[g->row0 + i] < so->n_prompt;
+        for (int32_t i = 0; i < g->n; i++) np += b->pos[g->row0 + i] < sq->n_prompt;
         if (il == 0) {
-            so->pf_tok += (uint64_t)np;
-            so->dc_tok += (uint64_t)(g->n - np);
+            st->prefill_tokens += (uint64_t)np;
+            st->decode_tokens += (uint64_t)(g->n - np);
         }
-        so->pf_tot += (uint64_t)np;
-        so->dc_tot += (uint64_t)(g->n - np);
-        so->fl_tot += (double)g->n * c->fl_layer;
-        bool sparse = so->on && so->layer_on[il];
-        bool skip_layer = sparse && so->method == ENG_OR_LAYER_SKIP;
-        memset(mark, 0, (size_t)g->n);
-        if (!sparse) {
-            memset(mark, 1, (size_t)g->n);
-        } else if (!skip_layer) {
-            if (np == g->n) {
-                if (g->n < so->min_tokens) memset(mark, 1, (size_t)g->n);
-                else select_prompt(c, g, so, il, mark);
-            } else {
-                for (int32_t i = 0; i < g->n; i++) {
-                    int32_t t = g->row0 + i;
-                    mark[i] = b->pos[t] < so->n_prompt ? 1 : decode_keeps(c, so, il, t);
-                }
-            }
-        }
+        st->prefill_total += (uint64_t)np;
+        st->decode_total += (uint64_t)(g->n - np);
+        st->flops_total += (double)g->n * c->flops_layer;
+        bool skip_layer = sq->on && sq->layer_on[il] && st->method == ENG_ORTHORANK_METHOD_LAYER_SKIP;
+        select_group(c, g, sq, il, np, mark);
         for (int32_t i = 0; i < g->n; i++) {
             int32_t t = g->row0 + i;
-            bool prompt = b->pos[t] < so->n_prompt;
             if (mark[i]) {
                 c->act[c->n_act++] = t;
             } else {
-                if (prompt) so->pf_skip++;
-                else so->dc_skip++;
-                so->fl_saved += skip_layer ? c->fl_layer : c->fl_layer - c->fl_kv;
+                if (b->pos[t] < sq->n_prompt) st->prefill_skipped++;
+                else st->decode_skipped++;
+                st->flops_saved += skip_layer ? c->flops_layer : c->flops_layer - c->flops_kv;
             }
             if (!skip_layer) c->kvr[c->n_kvr++] = t;
         }
@@ -443,4 +569,80 @@ void eng__or_select(eng_context *c, int il)
     }
     c->act_all = c->n_act == T;
     c->kvr_all = c->n_kvr == T;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The forward pass's calls                                                 */
+/* ------------------------------------------------------------------------ */
+
+void eng__orthorank_step(eng_context *c)
+{
+    const eng_model *m = c->m;
+    const int32_t T = c->n_tokens;
+    /* Every row of every layer unless some sequence is sparsified or recorded. */
+    c->orthorank_active = false;
+    for (int32_t i = 0; i < c->n_groups; i++) {
+        const seq_orthorank *sq = &c->orthorank[c->groups[i].seq];
+        if (sq->on || sq->record) c->orthorank_active = true;
+        c->groups[i].act0 = c->groups[i].row0;
+        c->groups[i].act_n = c->groups[i].n;
+    }
+    c->act_all = c->kvr_all = true;
+    c->n_act = c->n_kvr = T;
+    if (c->orthorank_active) return; /* eng__orthorank_select counts, layer by layer */
+    /* token counts for the stats of dense sequences */
+    for (int32_t i = 0; i < c->n_groups; i++) {
+        const seq_group *g = &c->groups[i];
+        seq_orthorank *sq = &c->orthorank[g->seq];
+        eng_orthorank_stats *st = &sq->stats;
+        int32_t np = g->pos0 < sq->n_prompt ? (sq->n_prompt - g->pos0 < g->n ? sq->n_prompt - g->pos0 : g->n) : 0;
+        st->prefill_tokens += (uint64_t)np;
+        st->decode_tokens += (uint64_t)(g->n - np);
+        st->prefill_total += (uint64_t)np * (uint64_t)m->n_layer;
+        st->decode_total += (uint64_t)(g->n - np) * (uint64_t)m->n_layer;
+        st->flops_total += (double)g->n * m->n_layer * c->flops_layer;
+    }
+}
+
+/* |cos| between row t's normalized input and its sequence's sink. */
+static float sink_score(const eng_context *c, const float *xn, const float *sink)
+{
+    const int64_t E = c->m->n_embd;
+    double d = 0, a = 0, s = 0;
+    for (int64_t i = 0; i < E; i++) {
+        d += (double)xn[i] * sink[i];
+        a += (double)xn[i] * xn[i];
+        s += (double)sink[i] * sink[i];
+    }
+    if (a == 0 || s == 0) return 0.0f;
+    return (float)(fabs(d) / sqrt(a * s));
+}
+
+void eng__orthorank_layer(eng_context *c, int ith, int nth, int il, const float *xn)
+{
+    if (!c->orthorank_active) return;
+    const eng_batch *b = c->batch;
+    const int64_t E = c->m->n_embd;
+    int64_t r0, r1;
+    /* sinks first: a chunk that holds position 0 scores against it */
+    for (int32_t gi = ith; gi < c->n_groups; gi += nth) {
+        const seq_group *g = &c->groups[gi];
+        if (g->pos0 == 0 && scored(c, g, il))
+            memcpy(c->orthorank[g->seq].sink + (size_t)il * E, xn + (size_t)g->row0 * E, E * sizeof(float));
+    }
+    eng__pool_barrier(c->pool);
+    eng__split(c->n_tokens, ith, nth, 1, &r0, &r1);
+    int32_t gi = 0;
+    for (int64_t t = r0; t < r1; t++) {
+        while (c->groups[gi].row0 + c->groups[gi].n <= t) gi++;
+        const seq_group *g = &c->groups[gi];
+        const seq_orthorank *sq = &c->orthorank[g->seq];
+        float sc = NAN;
+        if (scored(c, g, il) && b->pos[t] > 0) sc = sink_score(c, xn + t * E, sq->sink + (size_t)il * E);
+        c->scores[t] = sc;
+        if (sq->record) c->rec_scores[t * c->m->n_layer + il] = sc;
+    }
+    eng__pool_barrier(c->pool);
+    if (ith == 0) eng__orthorank_select(c, il);
+    eng__pool_barrier(c->pool);
 }

@@ -41,8 +41,6 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_TOP_LOGPROBS 20
-
 typedef enum { RQ_WAITING = 0, RQ_PREFILL, RQ_DECODE, RQ_DONE } rq_state;
 
 struct eng_request {
@@ -52,9 +50,8 @@ struct eng_request {
     eng_request_params p;
     int32_t *prompt;
     eng_sampler *smp;
-    eng_orthorank_params orp; /* copy of p.orthorank (layers below) */
-    int32_t *or_layers;
-    bool has_or;
+    eng_orthorank_params orthorank; /* copy of *p.orthorank */
+    bool has_orthorank;
     struct eng_request *next; /* queue link (under mu) */
     /* scheduler thread only */
     rq_state state;
@@ -96,8 +93,8 @@ struct eng_sched {
     int8_t *b_logits;
     eng_request **b_req;
     float *scratch;             /* (n_vocab) masked logits */
-    int32_t top_ids[MAX_TOP_LOGPROBS];
-    float top_lps[MAX_TOP_LOGPROBS];
+    int32_t top_ids[ENG_MAX_TOP_LOGPROBS];
+    float top_lps[ENG_MAX_TOP_LOGPROBS];
 };
 
 static double now_s(void)
@@ -121,7 +118,6 @@ eng_sched_params eng_sched_default_params(void)
 static void request_destroy(eng_request *r)
 {
     eng_sampler_free(r->smp);
-    free(r->or_layers);
     free(r->prompt);
     free(r);
 }
@@ -152,8 +148,8 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
     ev.t_queue = admit - r->t_submit;
     ev.t_prompt = r->t_admit > 0 ? first - admit : 0;
     ev.t_generate = r->t_first > 0 ? t - first : 0;
-    eng_orthorank_stats ors;
-    if (r->seq >= 0 && eng_seq_get_orthorank_stats(s->ctx, r->seq, &ors) == ENG_OK) ev.orthorank = &ors;
+    eng_orthorank_stats stats;
+    if (r->seq >= 0 && eng_seq_get_orthorank_stats(s->ctx, r->seq, &stats) == ENG_OK) ev.orthorank = &stats;
     r->state = RQ_DONE;
     r->p.on_event(&ev, r->p.user);
 }
@@ -161,7 +157,8 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
 /* Whether r's settings sparsify anything (its K/V then depend on them). */
 static bool is_sparse(const eng_request *r)
 {
-    return r->has_or && r->orp.decode != ENG_OR_DECODE_OFF && (r->orp.sparsity > 0 || r->orp.n_layers > 0);
+    const eng_orthorank_params *p = &r->orthorank;
+    return r->has_orthorank && p->decode != ENG_ORTHORANK_DECODE_OFF && ((float)p->sparsity > 0 || p->n_layers > 0);
 }
 
 /* Finish a running request: event, KV and slot back, scheduler's ref dropped. */
@@ -196,17 +193,12 @@ static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, 
 static eng_status request_check(const eng_sched *s, const eng_request_params *p)
 {
     if (!p->on_event || !p->prompt || p->n_prompt < 1 || p->max_tokens < 0 || p->min_tokens < 0 ||
-        p->n_logprobs < -1 || p->n_logprobs > MAX_TOP_LOGPROBS)
+        p->n_logprobs < -1 || p->n_logprobs > ENG_MAX_TOP_LOGPROBS)
         return ENG_EINVAL;
     for (size_t i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_EINVAL;
     if (p->n_prompt + (p->max_tokens > 0 ? 1u : 0u) > (size_t)s->n_ctx) return ENG_ECTXFULL;
-    if (p->orthorank) {
-        eng_orthorank_params orp = *p->orthorank;
-        if (orp.n_layers > 0 && (!orp.layers || orp.n_layers > 4096)) return ENG_EINVAL;
-        if (orp.n_layers <= 0) orp.layers = NULL; /* submit keeps no list then */
-        if (eng__or_params_check(s->m, &orp) != ENG_OK) return ENG_EINVAL;
-    }
+    if (p->orthorank && eng_orthorank_check(s->m, p->orthorank, NULL, NULL, 0) != ENG_OK) return ENG_EINVAL;
     if (!eng__sampler_params_ok(&p->sampling, s->n_vocab)) return ENG_EINVAL;
     int64_t want = (int64_t)p->n_prompt + p->max_tokens;
     if (eng__kv_blocks_for((int32_t)(want < s->n_ctx ? want : s->n_ctx)) > eng__kv_blocks_total(s->ctx))
@@ -240,19 +232,8 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
     r->p.prompt = r->prompt;
     r->p.orthorank = NULL;
     if (p->orthorank) {
-        r->orp = *p->orthorank;
-        r->has_or = true;
-        if (r->orp.n_layers > 0) {
-            r->or_layers = eng__malloc((size_t)r->orp.n_layers * sizeof *r->or_layers);
-            if (!r->or_layers) {
-                request_destroy(r);
-                return ENG_ENOMEM;
-            }
-            memcpy(r->or_layers, r->orp.layers, (size_t)r->orp.n_layers * sizeof *r->or_layers);
-            r->orp.layers = r->or_layers;
-        } else {
-            r->orp.layers = NULL;
-        }
+        r->orthorank = *p->orthorank;
+        r->has_orthorank = true;
     }
     st = eng_sampler_new(&p->sampling, s->n_vocab, &r->smp);
     if (st != ENG_OK) {
@@ -395,7 +376,7 @@ static void admit(eng_sched *s)
         r->n_fed = r->n_past = reuse;
         r->t_admit = now_s();
         /* validated at submit, so this cannot fail */
-        eng_seq_set_orthorank(s->ctx, slot, r->has_or ? &r->orp : NULL, (int32_t)r->p.n_prompt);
+        eng_seq_set_orthorank(s->ctx, slot, r->has_orthorank ? &r->orthorank : NULL, (int32_t)r->p.n_prompt);
         s->kv_free_blocks -= need;
         s->order[s->n_running++] = r;
     }

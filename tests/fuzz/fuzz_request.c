@@ -27,7 +27,7 @@
  *   UTF-8, include_usage only with stream, OrthoRank layers distinct;
  * - and, the point: the engine accepts it. eng_sched_validate (what
  *   eng_sched_submit would say, without queueing) returns ENG_OK on the
- *   request as the server submits it (orthorank_params, callback, seed);
+ *   request as the server submits it (p.orthorank, callback, seed);
  * - the same body gives the same answer twice (no hidden state);
  * - everything is freed (LeakSanitizer).
  */
@@ -98,7 +98,7 @@ static void setup_variant(int v, const char *path)
         exit(2);
     }
     lim[v] = (api_limits){.cfg = &cfg[v], .vocab = eng_model_vocab(model), .chat_fmt = fmt, .n_ctx = sp.n_ctx,
-                          .n_layer = info.n_layer, .model_id = cfg[v].alias[0] ? cfg[v].alias : model_file,
+                          .model = model, .model_id = cfg[v].alias[0] ? cfg[v].alias : model_file,
                           .model_file = model_file};
 }
 
@@ -198,23 +198,27 @@ static void check_request(int v, bool chat, json_t *body, api_request *q)
     CHECK(q->n_stops <= 16);
     for (size_t i = 0; i < q->n_stops; i++) CHECK(q->stops[i] && valid_utf8(q->stops[i], strlen(q->stops[i])));
     /* Output options. */
-    CHECK(p->n_logprobs >= -1 && p->n_logprobs <= 20);
+    CHECK(p->n_logprobs >= -1 && p->n_logprobs <= ENG_MAX_TOP_LOGPROBS);
     CHECK(!q->include_usage || q->stream);
     CHECK(p->prompt_logprobs == (q->echo && p->n_logprobs >= 0));
     if (q->echo) CHECK(!chat && q->echo_text && valid_utf8(q->echo_text, q->echo_len));
     else CHECK(!q->echo_text);
     CHECK(!p->on_event && !p->user && !p->orthorank);
-    /* OrthoRank. */
-    CHECK(q->orank.n_layers <= (size_t)l->n_layer);
-    for (size_t i = 0; i < q->orank.n_layers; i++) {
-        CHECK(q->orank.layers[i] >= 0 && q->orank.layers[i] < l->n_layer);
-        for (size_t k = 0; k < i; k++) CHECK(q->orank.layers[k] != q->orank.layers[i]);
+    /* OrthoRank: the layers are the model's, distinct; the settings pass the engine's check. */
+    const eng_orthorank_params *orp = &q->orthorank;
+    eng_model_info info;
+    eng_model_get_info(model, &info);
+    const int32_t n_layer = info.n_layer;
+    CHECK(orp->n_layers >= 0 && orp->n_layers <= n_layer);
+    for (int32_t i = 0; i < orp->n_layers; i++) {
+        CHECK(orp->layers[i] >= 0 && orp->layers[i] < n_layer);
+        for (int32_t k = 0; k < i; k++) CHECK(orp->layers[k] != orp->layers[i]);
     }
+    CHECK(eng_orthorank_check(model, orp, NULL, NULL, 0) == ENG_OK);
 
     /* The engine accepts what the server would submit (api_openai.c submit). */
     eng_request_params ep = *p;
-    eng_orthorank_params orp = orthorank_params(&q->orank, l->cfg);
-    ep.orthorank = &orp;
+    ep.orthorank = orp;
     ep.on_event = on_event;
     if (!q->seeded) ep.sampling.seed = 0x5eed;
     eng_status st = eng_sched_validate(sched[v], &ep);
@@ -225,7 +229,7 @@ static void check_request(int v, bool chat, json_t *body, api_request *q)
                 "token_ratio %g layers %d)\n",
                 v, chat ? "chat" : "completions", eng_strerror(st), p->n_prompt, p->max_tokens,
                 (double)sp->temperature, (double)sp->top_p, (double)sp->min_p, (double)sp->repeat_penalty,
-                (double)orp.sparsity, (double)orp.token_ratio, orp.n_layers);
+                orp->sparsity, orp->token_ratio, orp->n_layers);
         CHECK(st == ENG_OK);
     }
     /* The stop strings make a text assembler. */

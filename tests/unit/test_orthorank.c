@@ -7,7 +7,9 @@
  *   - the K/V written at a sparsified layer equal the dense K/V of its input;
  *   - a batch mixing settings equals each sequence run alone;
  *   - stats count what was skipped; layer skipping skips whole layers;
- *   - decoding with the threshold policy uses prompt-derived thresholds.
+ *   - decoding with the threshold policy uses prompt-derived thresholds;
+ *   - the settings' field list, setters and checks name the field and say
+ *     why (the server's and the CLI's messages are these).
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -91,43 +93,43 @@ Test(orthorank, selection_on_hand_made_scores)
     memcpy(c->scores, sc, sizeof sc);
     int32_t layer = 2;
     eng_orthorank_params p = eng_orthorank_default_params();
-    p.layers = &layer;
+    p.layers[0] = layer;
     p.n_layers = 1;
     p.token_ratio = 0.4f; /* round(0.4 * 10) = 4 rows: the sink and the 3 best */
     p.min_tokens = 4;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
-    eng__or_select(c, 1); /* not an OrthoRank layer: every row */
+    eng__orthorank_select(c, 1); /* not an OrthoRank layer: every row */
     cr_assert(c->act_all);
-    eng__or_select(c, layer);
+    eng__orthorank_select(c, layer);
     int32_t expect[] = {0, 2, 4, 6, 9}; /* sink, 3 smallest scores, the last prompt token */
     cr_assert_eq(c->n_act, 5);
     for (int i = 0; i < 5; i++) cr_assert_eq(c->act[i], expect[i], "row %d", i);
     cr_assert(c->kvr_all, "K/V are written for every row");
     cr_assert_eq(c->groups[0].act0, 0);
     cr_assert_eq(c->groups[0].act_n, 5);
-    cr_assert_float_eq(c->sor[0].self_thresh[layer], 0.20f, 0, "threshold = the k-quantile cut");
+    cr_assert_float_eq(c->orthorank[0].self_thresh[layer], 0.20f, 0, "threshold = the k-quantile cut");
 
     /* inverse: the least orthogonal (largest scores) */
-    p.method = ENG_OR_INVERSE;
+    p.method = ENG_ORTHORANK_METHOD_INVERSE;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
-    eng__or_select(c, layer);
+    eng__orthorank_select(c, layer);
     int32_t expect_inv[] = {0, 3, 7, 9};
     cr_assert_eq(c->n_act, 4, "9 is both in the top 3 and the last token");
     for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_inv[i]);
-    cr_assert_float_eq(c->sor[0].self_thresh[layer], 0.70f, 0, "inverse: the (1-k)-quantile cut");
+    cr_assert_float_eq(c->orthorank[0].self_thresh[layer], 0.70f, 0, "inverse: the (1-k)-quantile cut");
 
     /* chunks shorter than min_tokens run densely */
-    p.method = ENG_OR_ORTHORANK;
+    p.method = ENG_ORTHORANK_METHOD_ORTHORANK;
     p.min_tokens = 11;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
-    eng__or_select(c, layer);
+    eng__orthorank_select(c, layer);
     cr_assert(c->act_all);
 
     /* layer skipping: nothing updated, no K/V */
-    p.method = ENG_OR_LAYER_SKIP;
+    p.method = ENG_ORTHORANK_METHOD_LAYER_SKIP;
     p.min_tokens = 0;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
-    eng__or_select(c, layer);
+    eng__orthorank_select(c, layer);
     cr_assert_eq(c->n_act, 0);
     cr_assert_eq(c->n_kvr, 0);
     eng_orthorank_stats st;
@@ -149,9 +151,8 @@ Test(orthorank, k1_and_sparsity0_equal_dense_bitwise, .timeout = 60)
     decode_seq(c, 0, ids, n, 0);
     float *dense = copy_logits(c, n, info.n_vocab);
 
-    int32_t layers[] = {3, 1, 4};
     eng_orthorank_params p = eng_orthorank_default_params();
-    p.layers = layers;
+    memcpy(p.layers, (int32_t[]){3, 1, 4}, 3 * sizeof(int32_t));
     p.n_layers = 3;
     p.token_ratio = 1.0f;
     eng_seq_truncate(c, 0, 0);
@@ -164,7 +165,6 @@ Test(orthorank, k1_and_sparsity0_equal_dense_bitwise, .timeout = 60)
     cr_assert_eq(st.prefill_skipped, 0);
     cr_assert_eq(st.prefill_total, (uint64_t)n * info.n_layer);
 
-    p.layers = NULL;
     p.n_layers = 0;
     p.sparsity = 0;
     p.token_ratio = 1.0f / 3;
@@ -189,8 +189,8 @@ Test(orthorank, kv_of_unselected_tokens_equal_dense, .timeout = 60)
     eng_context *c = mkctx(m, 2);
     decode_seq(c, 0, ids, n, 0); /* dense in seq 0 */
     eng_orthorank_params p = eng_orthorank_default_params();
-    int32_t layers[] = {layer, 4};
-    p.layers = layers;
+    p.layers[0] = layer;
+    p.layers[1] = 4;
     p.n_layers = 2;
     cr_assert_eq(eng_seq_set_orthorank(c, 1, &p, n), ENG_OK);
     decode_seq(c, 1, ids, n, 0);
@@ -232,14 +232,14 @@ static void mixed_batch(const char *model)
     eng_model_get_info(m, &info);
     const int32_t n = 80;
     int32_t *ids = corpus_tokens(m, (size_t)n + 200);
-    int32_t la[] = {3, 2}, lb[] = {1};
     eng_orthorank_params pa = eng_orthorank_default_params(), pb = eng_orthorank_default_params();
-    pa.layers = la;
+    pa.layers[0] = 3;
+    pa.layers[1] = 2;
     pa.n_layers = 2;
-    pb.layers = lb;
+    pb.layers[0] = 1;
     pb.n_layers = 1;
     pb.token_ratio = 0.5f;
-    pb.method = ENG_OR_RANDOM;
+    pb.method = ENG_ORTHORANK_METHOD_RANDOM;
     pb.seed = 7;
     const eng_orthorank_params *ps[3] = {NULL, &pa, &pb};
     float *alone[3];
@@ -303,6 +303,8 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
               "skipped %llu", (unsigned long long)st.prefill_skipped);
     double eff = (double)st.prefill_skipped / st.prefill_total;
     cr_assert(eff > 0.2 && eff < 0.3, "effective sparsity %g", eff);
+    cr_assert_eq(st.sparsity_effective, eff, "the stats carry it");
+    cr_assert_eq(st.flops_saved_fraction, st.flops_saved / st.flops_total);
     cr_assert(st.flops_saved > 0 && st.flops_saved < st.flops_total);
 
     /* decoding with the threshold policy: 20 tokens, one per step */
@@ -319,7 +321,7 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
               (unsigned long long)st.decode_skipped);
 
     /* layer skipping at the same sparsity removes round(0.2 * 5) = 1 layer */
-    p.method = ENG_OR_LAYER_SKIP;
+    p.method = ENG_ORTHORANK_METHOD_LAYER_SKIP;
     eng_seq_truncate(c, 0, 0);
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, n), ENG_OK);
     decode_seq(c, 0, ids, n, 0);
@@ -334,16 +336,87 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
     bad = eng_orthorank_default_params();
     bad.sparsity = 0.95f;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
-    int32_t dup[] = {2, 2};
     bad = eng_orthorank_default_params();
-    bad.layers = dup;
+    bad.layers[0] = bad.layers[1] = 2;
     bad.n_layers = 2;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
-    int32_t oob[] = {5};
-    bad.layers = oob;
+    bad.layers[0] = 5;
     bad.n_layers = 1;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &bad, n), ENG_EINVAL);
     free(ids);
     eng_context_free(c);
+    eng_model_free(m);
+}
+
+/* set a field by name, expecting refusal with exactly this message */
+static void expect_refused(eng_status st, const char *msg, const char *want)
+{
+    cr_assert_eq(st, ENG_EINVAL, "accepted; expected '%s'", want);
+    cr_assert_str_eq(msg, want);
+}
+
+Test(orthorank, settings_name_their_field_and_say_why)
+{
+    eng_model *m = load("models/stories260K.gguf"); /* 5 layers */
+    size_t n;
+    const eng_orthorank_field *fs = eng_orthorank_fields(&n);
+    char names[128] = "";
+    for (size_t i = 0; i < n; i++)
+        if (fs[i].per_request) snprintf(names + strlen(names), sizeof names - strlen(names), "%s ", fs[i].name);
+    cr_assert_str_eq(names, "sparsity token_ratio layers decode method ");
+    const eng_orthorank_field *sp = eng_orthorank_field_find("sparsity", 8),
+                              *k = eng_orthorank_field_find("token_ratio_x", 11),
+                              *mt = eng_orthorank_field_find("min_tokens", 10),
+                              *dec = eng_orthorank_field_find("decode", 6);
+    cr_assert(sp && k && mt && dec && !eng_orthorank_field_find("speed", 5));
+    cr_assert_str_eq(k->name, "token_ratio", "the first len bytes name it");
+
+    eng_orthorank_params p = eng_orthorank_default_params(), before;
+    char msg[200];
+    before = p;
+    expect_refused(eng_orthorank_set_number(&p, sp, 0.95, msg, sizeof msg), msg, "must be in [0, 0.9]");
+    expect_refused(eng_orthorank_set_number(&p, k, 0, msg, sizeof msg), msg, "must be in (0, 1]");
+    expect_refused(eng_orthorank_set_number(&p, k, 1e-50, msg, sizeof msg), msg,
+                   "must be in (0, 1], got 1e-50 (0 as a 32-bit float)");
+    expect_refused(eng_orthorank_set_number(&p, mt, 1.5, msg, sizeof msg), msg, "must be an integer in [0, 1048576]");
+    expect_refused(eng_orthorank_set_number(&p, dec, 1, msg, sizeof msg), msg,
+                   "must be one of \"threshold\", \"full\", \"off\"");
+    expect_refused(eng_orthorank_set_name(&p, dec, "sometimes", 9, msg, sizeof msg), msg,
+                   "must be one of \"threshold\", \"full\", \"off\"");
+    expect_refused(eng_orthorank_set_name(&p, dec, NULL, 0, msg, sizeof msg), msg,
+                   "must be one of \"threshold\", \"full\", \"off\"");
+    expect_refused(eng_orthorank_set_layers(&p, m, (double[]){1, 1}, 2, msg, sizeof msg), msg, "lists layer 1 twice");
+    expect_refused(eng_orthorank_set_layers(&p, m, (double[]){5}, 1, msg, sizeof msg), msg,
+                   "must hold integers in [0, 5)");
+    expect_refused(eng_orthorank_set_layers(&p, m, (double[]){2.5}, 1, msg, sizeof msg), msg,
+                   "must hold integers in [0, 5)");
+    expect_refused(eng_orthorank_set_layers(&p, m, (double[]){0, 1, 2, 3, 4, 0}, 6, msg, sizeof msg), msg,
+                   "lists more layers than the model has (5)");
+    cr_assert_eq(memcmp(&p, &before, sizeof p), 0, "a refused value changes nothing");
+
+    cr_assert_eq(eng_orthorank_set_number(&p, sp, 0.3, msg, sizeof msg), ENG_OK);
+    cr_assert_eq(eng_orthorank_set_name(&p, dec, "full", 4, msg, sizeof msg), ENG_OK);
+    cr_assert_eq(p.sparsity, 0.3);
+    cr_assert_eq(p.decode, ENG_ORTHORANK_DECODE_FULL);
+    const char *field = "x";
+    cr_assert_eq(eng_orthorank_check(m, &p, &field, msg, sizeof msg), ENG_OK);
+    cr_assert_null(field);
+
+    /* the whole: k = 1 cannot reach a sparsity; named as token_ratio */
+    cr_assert_eq(eng_orthorank_set_number(&p, k, 1, msg, sizeof msg), ENG_OK);
+    expect_refused(eng_orthorank_check(m, &p, &field, msg, sizeof msg), msg,
+                   "1 updates every token, so no sparsity above 0 can be reached");
+    cr_assert_str_eq(field, "token_ratio");
+    p.method = ENG_ORTHORANK_METHOD_LAYER_SKIP;
+    cr_assert_eq(eng_orthorank_check(m, &p, &field, msg, sizeof msg), ENG_OK, "layer skipping has no k");
+
+    /* layers without a model: checked against ENG_MAX_LAYERS, then against the model */
+    cr_assert_eq(eng_orthorank_set_layers(&p, NULL, (double[]){7, 3}, 2, msg, sizeof msg), ENG_OK);
+    cr_assert_eq(p.n_layers, 2);
+    cr_assert_eq(p.layers[0], 7);
+    cr_assert_eq(eng_orthorank_check(NULL, &p, &field, msg, sizeof msg), ENG_OK);
+    expect_refused(eng_orthorank_check(m, &p, &field, msg, sizeof msg), msg, "must hold integers in [0, 5)");
+    cr_assert_str_eq(field, "layers");
+    cr_assert_eq(eng_seq_set_orthorank(NULL, 0, &p, 0), ENG_EINVAL);
     eng_model_free(m);
 }

@@ -246,7 +246,7 @@ Test(scheduler, validate_agrees_with_submit, .timeout = 60)
     eng_sched *s;
     cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
     int32_t prompt[8] = {1, 300, 301, 302, 303, 304, 305, 306};
-    int32_t bad_ids[2] = {1, 99999}, layers[2] = {1, 1};
+    int32_t bad_ids[2] = {1, 99999};
     eng_orthorank_params orp = eng_orthorank_default_params();
     collector c;
     coll_init(&c);
@@ -270,7 +270,7 @@ Test(scheduler, validate_agrees_with_submit, .timeout = 60)
     bad_ratio = eng_orthorank_default_params();
     bad_ratio.token_ratio = 0;
     dup_layers = eng_orthorank_default_params();
-    dup_layers.layers = layers;
+    dup_layers.layers[0] = dup_layers.layers[1] = 1;
     dup_layers.n_layers = 2;
     p = ok, p.orthorank = &bad_ratio;
     cases[n++] = (vcase){"token_ratio 0", ENG_EINVAL, p};

@@ -224,6 +224,8 @@ eng_status eng_logprobs(const float *logits, int32_t n_vocab, int32_t token, flo
 
 typedef struct eng_model eng_model;
 
+#define ENG_MAX_LAYERS 1024 /* the most layers a model may have (eng_model_load refuses more) */
+
 typedef struct {
     int32_t n_threads; /* compute threads for contexts made from this model (>= 1) */
     bool use_mmap;     /* map the file read-only (default); false: read it into memory, so a
@@ -315,37 +317,90 @@ void eng_kv_usage(const eng_context *c, int32_t *used, int32_t *total);
 /* ------------------------------------------------------------------------ */
 
 typedef enum {
-    ENG_OR_ORTHORANK = 0, /* update the k*N tokens most orthogonal to the sink */
-    ENG_OR_LAYER_SKIP = 1,/* baseline: remove whole layers (SLEB-style order) */
-    ENG_OR_RANDOM = 2,    /* ablation: k*N tokens at random (seeded) */
-    ENG_OR_INVERSE = 3    /* ablation: the k*N least orthogonal tokens */
-} eng_or_method;
+    ENG_ORTHORANK_METHOD_ORTHORANK = 0,  /* update the k*N tokens most orthogonal to the sink */
+    ENG_ORTHORANK_METHOD_LAYER_SKIP = 1, /* baseline: remove whole layers (SLEB-style order) */
+    ENG_ORTHORANK_METHOD_RANDOM = 2,     /* ablation: k*N tokens at random (seeded) */
+    ENG_ORTHORANK_METHOD_INVERSE = 3     /* ablation: the k*N least orthogonal tokens */
+} eng_orthorank_method;
 
 typedef enum {
-    ENG_OR_DECODE_THRESHOLD = 0, /* a decode token is updated if its score < the layer's threshold */
-    ENG_OR_DECODE_FULL = 1,      /* decoding runs densely */
-    ENG_OR_DECODE_OFF = 2        /* OrthoRank off for the whole sequence */
-} eng_or_decode;
+    ENG_ORTHORANK_DECODE_THRESHOLD = 0, /* a decode token is updated if its score < the layer's threshold */
+    ENG_ORTHORANK_DECODE_FULL = 1,      /* decoding runs densely */
+    ENG_ORTHORANK_DECODE_OFF = 2        /* OrthoRank off for the whole sequence */
+} eng_orthorank_decode;
 
+/* A sequence's settings: plain data, copied by value (no pointers). */
 typedef struct {
-    float sparsity;          /* layer-equivalents in [0, 0.9]; 0 = dense */
-    float token_ratio;       /* k in (0, 1] */
-    const int32_t *layers;   /* explicit layer list (overrides sparsity), copied; NULL: none */
-    int32_t n_layers;
-    eng_or_decode decode;
-    eng_or_method method;
+    double sparsity;         /* layer-equivalents in [0, 0.9]; 0 = dense (used as a float) */
+    double token_ratio;      /* k in (0, 1] (used as a float: must not round to 0) */
+    int32_t n_layers;        /* an explicit layer list (overrides sparsity); 0: none */
+    int32_t layers[ENG_MAX_LAYERS];
+    eng_orthorank_decode decode;
+    eng_orthorank_method method;
     int32_t min_tokens;      /* prefill chunks shorter than this run densely (default 16) */
-    uint64_t seed;           /* for ENG_OR_RANDOM */
+    uint64_t seed;           /* for ENG_ORTHORANK_METHOD_RANDOM */
 } eng_orthorank_params;
 
 /* Dense defaults: sparsity 0, token_ratio 1/3, decode threshold, method orthorank, min_tokens 16. */
 eng_orthorank_params eng_orthorank_default_params(void);
-/* Names as the API spells them ("orthorank", "layer_skip", ...; "threshold",
- * "full", "off"), and back from the first len bytes of s: false if unknown. */
-const char *eng_or_method_name(eng_or_method m);
-const char *eng_or_decode_name(eng_or_decode d);
-bool eng_or_method_from_name(const char *s, size_t len, eng_or_method *out);
-bool eng_or_decode_from_name(const char *s, size_t len, eng_or_decode *out);
+/* Names as the API spells them ("orthorank", "layer_skip", ...; "threshold", "full", "off"). */
+const char *eng_orthorank_method_name(eng_orthorank_method m);
+const char *eng_orthorank_decode_name(eng_orthorank_decode d);
+
+/*
+ * The settings' one list: every field of eng_orthorank_params by the name
+ * the HTTP API, the server's config (as "orthorank_<name>") and the CLI's
+ * --orthorank specs use, with its kind and range. Callers parse settings by
+ * looking fields up here and setting them through the setters below, which
+ * check the value; eng_orthorank_check then checks the whole. Every check
+ * names the field and explains itself in a message that reads after the
+ * field's name ("must be in [0, 0.9]"), so a caller can say
+ * "'orthorank.sparsity' must be in [0, 0.9]" or "key 'orthorank_sparsity':
+ * must be in [0, 0.9]" without knowing any range.
+ */
+typedef enum {
+    ENG_ORTHORANK_FIELD_NUMBER = 0,  /* a number in [lo, hi] (lo excluded when lo_open) */
+    ENG_ORTHORANK_FIELD_INTEGER = 1, /* a whole number in [lo, hi] */
+    ENG_ORTHORANK_FIELD_NAME = 2,    /* one of names[] */
+    ENG_ORTHORANK_FIELD_LAYERS = 3   /* a list of distinct layer indices of the model */
+} eng_orthorank_field_kind;
+
+typedef struct {
+    const char *name;           /* "sparsity", "token_ratio", "layers", "decode", "method", "min_tokens", "seed" */
+    eng_orthorank_field_kind kind;
+    double lo, hi;              /* NUMBER and INTEGER */
+    bool lo_open;
+    const char *const *names;   /* NAME: the accepted names, NULL-terminated */
+    const char *expect;         /* what a value must be: "a number", "one of \"threshold\", \"full\", \"off\"", ... */
+    bool per_request;           /* part of a request's "orthorank" object (the others are the server's
+                                 * or the study tools' knobs: min_tokens, seed) */
+} eng_orthorank_field;
+
+/* All fields (*n of them), in the order above. */
+const eng_orthorank_field *eng_orthorank_fields(size_t *n);
+/* The field called by the first len bytes of name, or NULL. */
+const eng_orthorank_field *eng_orthorank_field_find(const char *name, size_t len);
+/*
+ * Set one field, checking the value alone; ENG_EINVAL with the reason in
+ * msg (which reads after the field's name) and p unchanged. set_number:
+ * NUMBER and INTEGER fields. set_name: NAME fields (s need not be
+ * NUL-terminated; NULL: not a name). set_layers: n values (JSON numbers,
+ * parsed text; NAN or a fraction is not a layer) checked against m's
+ * layers (m NULL: against ENG_MAX_LAYERS; eng_orthorank_check does the rest
+ * once the model is known); more values than the model has layers are
+ * refused before any is read.
+ */
+eng_status eng_orthorank_set_number(eng_orthorank_params *p, const eng_orthorank_field *f, double v, char *msg,
+                                    size_t len);
+eng_status eng_orthorank_set_name(eng_orthorank_params *p, const eng_orthorank_field *f, const char *s, size_t n,
+                                  char *msg, size_t len);
+eng_status eng_orthorank_set_layers(eng_orthorank_params *p, const eng_model *m, const double *v, size_t n,
+                                    char *msg, size_t len);
+/* Check whole settings against a model (m NULL: what can be checked without
+ * one). ENG_OK, or ENG_EINVAL with *field = the field at fault (a name from
+ * the list) and the reason in msg (both may be NULL). */
+eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p, const char **field, char *msg,
+                               size_t len);
 
 /*
  * A model's layer plan: the order in which layers become OrthoRank layers
@@ -373,22 +428,24 @@ eng_status eng_model_set_orthorank_plan(eng_model *m, const eng_orthorank_plan *
 void eng_model_get_orthorank_plan(const eng_model *m, eng_orthorank_plan *out);
 
 /*
- * What a sequence actually got, counted from what the kernels skipped.
- * token_layers_total counts (token, layer) pairs processed; skipped counts
- * pairs whose layer update was not computed. flops_* count the weight
- * products of the layer stack (the K/V projections still paid are included
- * in the total and not in the saving).
+ * What a sequence actually got, counted from what the kernels skipped:
+ * plain data, copied by value. token_layers_total counts (token, layer)
+ * pairs processed; skipped counts pairs whose layer update was not
+ * computed. flops_* count the weight products of the layer stack (the K/V
+ * projections still paid are included in the total and not in the saving).
  */
 typedef struct {
-    eng_or_method method;
-    eng_or_decode decode;
+    eng_orthorank_method method;
+    eng_orthorank_decode decode;
     float sparsity_requested, token_ratio;
-    const int32_t *layers;       /* OrthoRank (or skipped) layers, in plan order */
     int32_t n_layers;
-    const char *layer_order_source;
+    int32_t layers[ENG_MAX_LAYERS]; /* OrthoRank (or skipped) layers, in plan order */
+    char layer_order_source[16];    /* the plan's source: "calibrated" or "fallback" */
     uint64_t prefill_tokens, prefill_total, prefill_skipped;
     uint64_t decode_tokens, decode_total, decode_skipped;
     double flops_total, flops_saved;
+    double sparsity_effective;      /* skipped / total token-layers (0 when none) */
+    double flops_saved_fraction;    /* flops_saved / flops_total (0 when none) */
 } eng_orthorank_stats;
 
 /* Settings for a sequence from its next position on (call when the sequence
@@ -397,7 +454,7 @@ typedef struct {
  * for out-of-range values or layers. */
 eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p,
                                  int32_t n_prompt);
-/* The sequence's stats (views valid until its settings change). */
+/* The sequence's stats. */
 eng_status eng_seq_get_orthorank_stats(const eng_context *c, int32_t seq, eng_orthorank_stats *out);
 
 /* Per-layer sink scores of the last eng_decode for batch token i (n_layer
@@ -425,6 +482,8 @@ const float *eng_get_scores(const eng_context *c, int32_t i);
 
 typedef struct eng_sched eng_sched;
 typedef struct eng_request eng_request;
+
+#define ENG_MAX_TOP_LOGPROBS 20 /* the most alternatives a request may ask for per token */
 
 typedef struct {
     int32_t n_ctx;       /* max positions per sequence; 0: the model's n_ctx_train */
@@ -460,7 +519,7 @@ typedef struct {
     int32_t index;
     int32_t token;
     float logprob;               /* log p(token) from the raw logits (when n_logprobs >= 0) */
-    int32_t n_top;               /* alternatives in top_ids/top_logprobs */
+    int32_t n_top;               /* alternatives in top_ids/top_logprobs (<= ENG_MAX_TOP_LOGPROBS) */
     const int32_t *top_ids;      /* valid during the callback only */
     const float *top_logprobs;
     /* DONE */
@@ -480,7 +539,8 @@ typedef struct {
     int32_t min_tokens;      /* end-of-generation tokens are suppressed before this many */
     bool ignore_eos;         /* never stop on end-of-generation tokens */
     eng_sampler_params sampling;
-    int32_t n_logprobs;      /* -1: none; 0: the chosen token's only; n: also the top n (<= 20) */
+    int32_t n_logprobs;      /* -1: none; 0: the chosen token's only; n: also the top n
+                              * (<= ENG_MAX_TOP_LOGPROBS) */
     bool prompt_logprobs;    /* emit PROMPT events for prompt tokens 1..n-1 (echo) */
     const eng_orthorank_params *orthorank; /* copied; NULL: dense */
     eng_event_fn on_event;   /* required */

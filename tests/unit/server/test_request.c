@@ -44,7 +44,7 @@ static void setup_with(const char *const *flags)
     sp.n_ctx = cfg.ctx_size > 0 ? (int32_t)cfg.ctx_size : info.n_ctx_train;
     cr_assert_eq(eng_sched_new(model, &sp, &sched), ENG_OK);
     lim = (api_limits){.cfg = &cfg, .vocab = eng_model_vocab(model), .chat_fmt = ENG_CHAT_PLAIN, .n_ctx = sp.n_ctx,
-                       .n_layer = info.n_layer, .model_id = "stories260K.gguf", .model_file = "stories260K.gguf"};
+                       .model = model, .model_id = "stories260K.gguf", .model_file = "stories260K.gguf"};
 }
 
 static void setup(void) { setup_with(NULL); }
@@ -69,8 +69,7 @@ static int parse(bool chat, const char *text, api_request *q, api_error *e, json
 static eng_status engine_says(api_request *q)
 {
     eng_request_params p = q->p;
-    eng_orthorank_params orp = orthorank_params(&q->orank, &cfg);
-    p.orthorank = &orp;
+    p.orthorank = &q->orthorank;
     p.on_event = on_event;
     return eng_sched_validate(sched, &p);
 }
@@ -209,5 +208,41 @@ Test(request, floats_the_engine_takes, .init = setup, .fini = teardown, .timeout
                  e.message);
     cr_assert_eq(engine_says(&q), ENG_OK);
     api_request_free(&q);
+    json_decref(body);
+}
+
+/* OrthoRank: the config's defaults (one struct), the body's fields on top. */
+Test(request, orthorank_fields_on_top_of_the_defaults, .fini = teardown, .timeout = 30)
+{
+    setup_with((const char *const[]){"--orthorank-sparsity", "0.2", "--orthorank-method", "random",
+                                      "--orthorank-min-tokens", "8", NULL});
+    api_request q;
+    api_error e;
+    json_t *body;
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\"}", &q, &e, &body), 0, "%s", e.message);
+    cr_assert_eq(memcmp(&q.orthorank, &cfg.orthorank, sizeof q.orthorank), 0, "no object: the defaults");
+    cr_assert_eq(q.orthorank.sparsity, 0.2);
+    cr_assert_eq(q.orthorank.method, ENG_ORTHORANK_METHOD_RANDOM);
+    cr_assert_eq(q.orthorank.min_tokens, 8);
+    api_request_free(&q);
+    json_decref(body);
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\",\"orthorank\":{\"token_ratio\":0.5,\"layers\":[4,1],"
+                              "\"decode\":\"full\"}}",
+                       &q, &e, &body),
+                 0, "%s", e.message);
+    cr_assert_eq(q.orthorank.sparsity, 0.2, "kept");
+    cr_assert_eq(q.orthorank.method, ENG_ORTHORANK_METHOD_RANDOM, "kept");
+    cr_assert_eq(q.orthorank.token_ratio, 0.5);
+    cr_assert_eq(q.orthorank.decode, ENG_ORTHORANK_DECODE_FULL);
+    cr_assert_eq(q.orthorank.n_layers, 2);
+    cr_assert_eq(q.orthorank.layers[0], 4);
+    cr_assert_eq(q.orthorank.layers[1], 1);
+    cr_assert_eq(engine_says(&q), ENG_OK);
+    api_request_free(&q);
+    json_decref(body);
+    /* the config's defaults count in the whole check: k = 1 with its sparsity 0.2 */
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\",\"orthorank\":{\"token_ratio\":1}}", &q, &e, &body), -1);
+    cr_assert_str_eq(e.param, "orthorank.token_ratio");
+    cr_assert_str_eq(e.message, "'orthorank.token_ratio' 1 updates every token, so no sparsity above 0 can be reached");
     json_decref(body);
 }

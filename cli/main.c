@@ -1,10 +1,10 @@
 /*
- * main.c - the orthoserve binary: dispatch to a subcommand.
+ * main.c - the orthoserve binary: dispatch to a subcommand (serve is the
+ * server library's, the others the cli library's).
  */
 #include "cli.h"
-#include "serve.h"
-#include "cli_orthorank.h"
 #include "config.h"
+#include "serve.h"
 
 #include <stdio.h>
 #include <string.h>
