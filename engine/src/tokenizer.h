@@ -71,6 +71,8 @@ void eng__pretok_free(eng__pretok *p);
  * allocated (free() it). ENG_EINVAL for an unknown name. */
 eng_status eng__pretokenize(const char *pre, const char *text, size_t len, size_t **out, size_t *n);
 
+/* ---- Shared by pretok.c and tokenizer.c ---- */
+
 /* Grow the array *p of *cap elements of elt bytes to hold at least need
  * elements (doubling from 64). false when out of memory; *p is then unchanged. */
 static inline bool eng__grow(void **p, size_t *cap, size_t need, size_t elt)
