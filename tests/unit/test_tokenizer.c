@@ -1,6 +1,8 @@
 /*
  * test_tokenizer.c - tokenizer conformance against llama.cpp's goldens
- * (vocab/ suites, detok goldens, golden prompts) plus edge cases.
+ * (vocab/ suites, detok goldens, golden prompts) plus edge cases, the
+ * pre-tokenizer name table, and vocabularies built from metadata assembled
+ * here (vocab.c's fallbacks and errors, the merge order).
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -570,4 +572,208 @@ Test(edge, big_inputs_complete, .timeout = 120)
     free(aa);
     free(rb);
     free(corpus);
+}
+
+/* ---- pre-tokenizer names (pretok.c) ---- */
+
+Test(pretok, names)
+{
+    const eng__pre_name *p = eng__pre_find("default", 7);
+    cr_assert(p && p->pre == ENG__PRE_DEFAULT && p->clean_spaces && !p->ignore_merges);
+    p = eng__pre_find("llama-bpe", 9);
+    cr_assert(p && p->pre == ENG__PRE_LLAMA3 && p->ignore_merges && p->add_bos);
+    p = eng__pre_find("qwen2-and-more", 5); /* the name need not be NUL-terminated */
+    cr_assert(p && p->pre == ENG__PRE_QWEN2 && !p->clean_spaces);
+    cr_assert_null(eng__pre_find("qwen", 4));
+    cr_assert_null(eng__pre_find("no-such-pre", 11));
+    cr_assert_str_eq(eng__pre_label(ENG__PRE_DEFAULT), "default");
+    cr_assert_str_eq(eng__pre_label(ENG__PRE_DSLLM), "deepseek-llm");
+    cr_assert_str_eq(eng__pre_label(eng__pre_find("refact", 6)->pre), "starcoder");
+
+    /* default: punctuation runs, then GPT-2's regex, digit runs, three digits at a time */
+    const char *s = "Hello world 12345!!";
+    size_t *seg = NULL, n = 0;
+    cr_assert_eq(eng__pretokenize("default", s, strlen(s), &seg, &n), ENG_OK);
+    const size_t want[] = {5, 6, 1, 3, 2, 2};
+    cr_assert_eq(n, 6);
+    for (size_t i = 0; i < n; i++) cr_expect_eq(seg[i], want[i], "piece %zu: %zu", i, seg[i]);
+    free(seg);
+    cr_assert_eq(eng__pretokenize("no-such-pre", s, strlen(s), &seg, &n), ENG_EINVAL);
+}
+
+/* ---- vocabularies from metadata built here (vocab.c) ---- */
+
+/* GGUF key/value records; vocab_from() puts a header in front. */
+typedef struct {
+    char *d;
+    size_t n;
+    uint64_t nkv;
+} gbuf;
+
+static void gb_raw(gbuf *b, const void *p, size_t n)
+{
+    b->d = realloc(b->d, b->n + n);
+    cr_assert(b->d);
+    memcpy(b->d + b->n, p, n);
+    b->n += n;
+}
+static void gb_u32(gbuf *b, uint32_t x) { gb_raw(b, &x, 4); }
+static void gb_u64(gbuf *b, uint64_t x) { gb_raw(b, &x, 8); }
+static void gb_str(gbuf *b, const char *s)
+{
+    gb_u64(b, strlen(s));
+    gb_raw(b, s, strlen(s));
+}
+static void gb_key(gbuf *b, const char *key, uint32_t type)
+{
+    gb_str(b, key);
+    gb_u32(b, type);
+    b->nkv++;
+}
+static void kv_str(gbuf *b, const char *key, const char *s)
+{
+    gb_key(b, key, GGUF_VT_STRING);
+    gb_str(b, s);
+}
+static void kv_u32(gbuf *b, const char *key, uint32_t x)
+{
+    gb_key(b, key, GGUF_VT_UINT32);
+    gb_u32(b, x);
+}
+/* NULL-terminated string list */
+static void kv_strs(gbuf *b, const char *key, const char *const *s)
+{
+    uint64_t n = 0;
+    while (s[n]) n++;
+    gb_key(b, key, GGUF_VT_ARRAY);
+    gb_u32(b, GGUF_VT_STRING);
+    gb_u64(b, n);
+    for (uint64_t i = 0; i < n; i++) gb_str(b, s[i]);
+}
+static void kv_f32s(gbuf *b, const char *key, const float *x, uint64_t n)
+{
+    gb_key(b, key, GGUF_VT_ARRAY);
+    gb_u32(b, GGUF_VT_FLOAT32);
+    gb_u64(b, n);
+    gb_raw(b, x, n * sizeof *x);
+}
+
+/* Build a vocabulary from the records in kv (consumed). */
+static eng_status vocab_from(gbuf *kv, eng_vocab **v, char *err, size_t errlen)
+{
+    gbuf f = {0};
+    gb_raw(&f, "GGUF", 4);
+    gb_u32(&f, 3);
+    gb_u64(&f, 0);
+    gb_u64(&f, kv->nkv);
+    gb_raw(&f, kv->d, kv->n);
+    eng__gguf *g = NULL;
+    eng_status st = eng__gguf_open_mem(f.d, f.n, &g, err, errlen);
+    cr_assert_eq(st, ENG_OK, "%s", err);
+    st = eng__vocab_from_gguf(g, v, err, errlen);
+    eng__gguf_close(g);
+    free(f.d);
+    free(kv->d);
+    *kv = (gbuf){0};
+    return st;
+}
+
+/* byte-level BPE; "\xC4\xA0" (U+0120) is GPT-2's space */
+static const char *const bpe_tokens[] = {"h", "e", "l", "o", "he", "ll", "llo", "hello", "\xC4\xA0", "\xC4\xA0w",
+                                         "w", "r", "d", "<|end|>", "<|return|>", "<|call|>", NULL};
+enum { T_HELLO = 7, T_SPW = 9, T_D = 12, T_END = 13, T_RETURN = 14 };
+
+static void bpe_kv(gbuf *b, const char *pre, const char *const *merges)
+{
+    kv_str(b, "tokenizer.ggml.model", "gpt2");
+    if (pre) kv_str(b, "tokenizer.ggml.pre", pre);
+    kv_strs(b, "tokenizer.ggml.tokens", bpe_tokens);
+    if (merges) kv_strs(b, "tokenizer.ggml.merges", merges);
+}
+
+static const char *const bpe_merges[] = {"h e", "l l", "ll o", "he llo", "\xC4\xA0 w", NULL};
+
+Test(vocab_meta, bpe_defaults_and_fallbacks)
+{
+    char err[256] = "";
+    eng_vocab *v = NULL;
+    /* an unknown or missing pre-tokenizer name falls back to "default" */
+    const char *const pres[] = {"no-such-pre", NULL, "gpt2"};
+    for (int k = 0; k < 3; k++) {
+        gbuf b = {0};
+        bpe_kv(&b, pres[k], bpe_merges);
+        kv_u32(&b, "tokenizer.ggml.bos_token_id", 9999);      /* out of range: ignored */
+        kv_u32(&b, "tokenizer.ggml.eos_token_id", 0xFFFFFFFF); /* explicit none */
+        cr_assert_eq(vocab_from(&b, &v, err, sizeof err), ENG_OK, "%s", err);
+        cr_assert_str_eq(eng_vocab_pre(v), k < 2 ? "default" : "gpt2");
+        cr_assert_eq(eng_vocab_bos(v), 11);
+        cr_assert_eq(eng_vocab_eos(v), -1);
+        size_t n;
+        int32_t *ids = tok(v, "hello wd", 8, true, false, &n);
+        cr_assert_eq(n, 3);
+        cr_assert(ids[0] == T_HELLO && ids[1] == T_SPW && ids[2] == T_D);
+        free(ids);
+        /* o200k_harmony: <|end|> renders and does not end generation there */
+        cr_assert(!eng_vocab_is_eog(v, T_END));
+        cr_assert_eq(eng_vocab_attr(v, T_END), ENG_TOKEN_USER_DEFINED);
+        cr_assert(eng_vocab_is_eog(v, T_RETURN));
+        eng_vocab_free(v);
+    }
+}
+
+Test(vocab_meta, bpe_errors)
+{
+    static const char *const no_space[] = {"h e", "hq", NULL}, *const unknown[] = {"h q", NULL};
+    static const struct {
+        const char *const *merges;
+        const char *msg;
+    } cases[] = {
+        {NULL, "tokenizer.ggml.merges is missing"},
+        {no_space, "merge 1 ('hq') is not of the form 'left right'"},
+        {unknown, "merge 0 ('h q') names a token that is not in the vocabulary"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char err[256] = "";
+        eng_vocab *v = NULL;
+        gbuf b = {0};
+        bpe_kv(&b, "gpt2", cases[k].merges);
+        cr_assert_eq(vocab_from(&b, &v, err, sizeof err), ENG_EFORMAT);
+        cr_assert_null(v);
+        cr_assert(strstr(err, cases[k].msg), "case %zu: %s", k, err);
+    }
+}
+
+/* SPM: the pair forming the best-scored token merges first, ties leftmost */
+Test(vocab_meta, spm_merge_order)
+{
+    static const char *const toks[] = {"<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "b", "c", "ab", "bc",
+                                       "\xE2\x96\x81" "a", NULL};
+    enum { SP = 3, C = 6, AB = 7, BC = 8, SPA = 9 };
+    static const struct {
+        float ab, bc;
+        int32_t want[3];
+        size_t n;
+    } cases[] = {
+        {-2.0f, -1.0f, {SPA, BC}, 2},   /* bc first, then ▁a */
+        {-1.0f, -2.0f, {SP, AB, C}, 3}, /* ab first: ▁ab and abc are no tokens */
+        {-1.0f, -1.0f, {SP, AB, C}, 3}, /* a tie: the leftmost pair */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        float score[10] = {0, 0, 0, -5, -5, -5, -5, cases[k].ab, cases[k].bc, -3};
+        char err[256] = "";
+        eng_vocab *v = NULL;
+        gbuf b = {0};
+        kv_str(&b, "tokenizer.ggml.model", "llama");
+        kv_strs(&b, "tokenizer.ggml.tokens", toks);
+        kv_f32s(&b, "tokenizer.ggml.scores", score, 10);
+        cr_assert_eq(vocab_from(&b, &v, err, sizeof err), ENG_OK, "%s", err);
+        size_t n;
+        int32_t *ids = tok(v, "abcz", 4, false, false, &n);
+        /* z is no token and there are no byte tokens: <unk> */
+        cr_assert_eq(n, cases[k].n + 1, "case %zu: %zu tokens", k, n);
+        for (size_t i = 0; i < cases[k].n; i++) cr_expect_eq(ids[i], cases[k].want[i], "case %zu token %zu", k, i);
+        cr_expect_eq(ids[cases[k].n], 0);
+        free(ids);
+        eng_vocab_free(v);
+    }
 }
