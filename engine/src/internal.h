@@ -124,7 +124,7 @@ const char *eng__gguf_vtype_name(uint32_t t);
 const char *eng__ggml_type_name(uint32_t t);
 
 /* ------------------------------------------------------------------------ */
-/* Weight types and kernels (quant.c, quant_avx2.c, quant_avx512.c)         */
+/* Weight types and kernels (quant.c, quant_avx*.c; driver: gemm.c/gemm.h)  */
 /* ------------------------------------------------------------------------ */
 
 /* ggml type ids as stored in GGUF files. */
