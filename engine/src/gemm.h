@@ -25,10 +25,11 @@
  *
  * - xaux_block_bytes (0: none): per activation row and weight block
  *   (eng__type(type)->blck elements), bytes of side data the micro-kernels
- *   read (e.g. block sums, scales). xaux(n, x, xs, nx, out) fills
- *   nx * (n / blck) * xaux_block_bytes bytes, row j at j * that / nx; the
- *   driver computes it once per call and passes each kernel its rows' part
- *   (xa below; NULL when xaux_block_bytes is 0).
+ *   read (e.g. block sums, scales). xaux(n, x, xs, nx, out) fills it for nx
+ *   activation rows, row j's part at j * (n / blck) * xaux_block_bytes; the
+ *   driver computes it once per call and passes gemv16 / strip_tile the part
+ *   of their first activation row (xa below; NULL when there is none).
+ *   Register tiles get none.
  *
  * - The file layout is done by exactly one of:
  *   a) tile (tile_mr, tile_nx): tile(mr, nx, ...) with 1 <= mr <= tile_mr,
@@ -37,9 +38,10 @@
  *   b) gemv16 + strips: gemv16(nv, n, w, ws, x, xa, y) fills y[0..nv) for
  *      16 rows of which the first nv (1..16) are valid, with one activation
  *      row (decode: nx < prefill_nx). For nx >= prefill_nx the driver cuts
- *      the rows into strips of up to strip_groups groups of 16 rows, has
- *      strip_pack put each group in the kernels' strip format, then runs
- *      strip_tile over up to strip_nx activation rows at a time:
+ *      the rows into strips of up to strip_groups (<= ENG_GEMM_MAX_GROUPS)
+ *      groups of 16 rows, has strip_pack put each group in the kernels'
+ *      strip format, then runs strip_tile over up to strip_nx activation
+ *      rows at a time:
  *        strip_bytes(n, packed): bytes of one packed group in the strip
  *          buffer (the driver allocates strip_groups of them, 64-byte
  *          aligned); 0: no buffer needed (packed groups read in place).
@@ -60,6 +62,11 @@
  * Scratch that cannot be allocated never fails a product: the driver falls
  * back to decode (gemv16) or to one activation row at a time, which give the
  * same bits.
+ *
+ * Plugging in: the ISA file's init (called by quant.c's tables_init on a
+ * copy of the table below it) calls NAME_install(k) for each of its types;
+ * tests/unit/test_quant.c then compares every entry with the scalar
+ * reference, packed against file layout, gemm against vec_dot.
  */
 #ifndef ORTHOSERVE_GEMM_H
 #define ORTHOSERVE_GEMM_H
