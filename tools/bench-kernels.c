@@ -27,14 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -118,9 +110,9 @@ static void model_decode(int nth, const eng__kernels *k, int t)
     double ts[7];
     eng__pool_run(pool, model_step, &mj); /* warm-up */
     for (int rep = 0; rep < 7; rep++) {
-        double t0 = now();
+        double t0 = eng__now();
         eng__pool_run(pool, model_step, &mj);
-        ts[rep] = now() - t0;
+        ts[rep] = eng__now() - t0;
     }
     qsort(ts, 7, sizeof ts[0], cmp_d);
     printf("%-7s %-6s model decode: %7.2f ms/token  %6.2f GB/s  (%.0f MB, best %.2f GB/s)\n",
@@ -152,14 +144,14 @@ static double time_gemm(int nth, eng__gemm_fn fn, int64_t n, const uint8_t *w, s
     for (int rep = 0; rep < 5; rep++) {
         job jobs[16];
         pthread_t th[16];
-        double t0 = now();
+        double t0 = eng__now();
         for (int i = 0; i < nth; i++) {
             jobs[i] = (job){fn, n, nr, nx, w, ws, x, xs, y, i, nth, reps};
             if (i) pthread_create(&th[i], NULL, run_job, &jobs[i]);
         }
         run_job(&jobs[0]);
         for (int i = 1; i < nth; i++) pthread_join(th[i], NULL);
-        t[rep] = now() - t0;
+        t[rep] = eng__now() - t0;
     }
     qsort(t, 5, sizeof t[0], cmp_d);
     return t[2] / reps;

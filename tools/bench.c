@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -88,9 +87,9 @@ static double run_batch(eng_context *c, const int32_t *tok, int n, int pos0)
     for (int i = 0; i < n; i++) pos[i] = pos0 + i;
     want[n - 1] = 1;
     eng_batch b = {n, tok, pos, seq, want};
-    double t0 = mach_now();
+    double t0 = eng__now();
     eng_status st = eng_decode(c, &b);
-    double dt = mach_now() - t0;
+    double dt = eng__now() - t0;
     free(pos);
     free(seq);
     free(want);

@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
@@ -162,13 +161,6 @@ struct gen {
     uint8_t *dst;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void gen_rows(int ith, int nth, void *arg)
 {
     gen *g = arg;
@@ -198,7 +190,7 @@ static void progress(gen *g, const tspec *t, uint64_t nbytes)
     g->bytes_done += nbytes;
     if (g->quiet) return;
     double pct = g->bytes_total ? 100.0 * (double)g->bytes_done / (double)g->bytes_total : 100.0;
-    double el = now_s() - g->t0;
+    double el = eng__now() - g->t0;
     if (g->tty) {
         fprintf(stderr, "\r[%4d/%d] %5.1f%% %6.1fs  %-32s", g->done, g->n_specs, pct, el, t->name);
         if (g->done == g->n_specs) fputc('\n', stderr);
@@ -648,7 +640,7 @@ int main(int argc, char **argv)
                 a, eng__type(o.type)->name, (long long)E, (long long)o.n_layer, (long long)o.n_head,
                 (long long)o.n_head_kv, (long long)F, (long long)V, o.tied ? ", tied" : "",
                 (double)n_params / 1e6, (double)fsize / (1024.0 * 1024.0), o.out);
-    g.t0 = now_s();
+    g.t0 = eng__now();
     eng_status st = eng__gguf_writer_write_file(w, o.out);
     if (st != ENG_OK) {
         if (g.tty && !o.quiet) fputc('\n', stderr);
@@ -657,7 +649,7 @@ int main(int argc, char **argv)
     }
     if (!o.quiet)
         fprintf(stderr, "mkmodel: wrote %s (%llu bytes) in %.1fs\n", o.out,
-                (unsigned long long)fsize, now_s() - g.t0);
+                (unsigned long long)fsize, eng__now() - g.t0);
     rc = 0;
     goto done;
 oom:

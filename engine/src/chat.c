@@ -130,35 +130,8 @@ eng_chat_format eng_chat_detect(const char *tmpl)
 }
 
 /* ------------------------------------------------------------------------ */
-/* String builder                                                           */
+/* Trimming (the text is built in an eng__buf)                              */
 /* ------------------------------------------------------------------------ */
-
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom || n == 0) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *nb = eng__realloc(b->buf, cap);
-        if (!nb) {
-            b->oom = true;
-            return;
-        }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = 0;
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
 
 static bool is_space(char c)
 {
@@ -175,12 +148,12 @@ static void trim_view(const char *s, size_t n, const char **ts, size_t *tn)
     *tn = e - a;
 }
 
-static void sb_put_trimmed(sbuf *b, const char *s)
+static void put_trimmed(eng__buf *b, const char *s)
 {
     const char *t;
     size_t n;
     trim_view(s, strlen(s), &t, &n);
-    sb_putn(b, t, n);
+    eng__buf_append(b, t, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -209,36 +182,36 @@ static const char *msg_content(const eng_chat_msg *m) { return m->content ? m->c
 /* One Llama 2 user turn: "[INST] " strip(sys block + content) " [/INST]",
  * with "<s>" in front unless it starts the text. sys are the held system
  * messages (may be none); content may be NULL (a system-only turn). */
-static void llama2_user(sbuf *b, const eng_chat_msg *sys, size_t n_sys, const char *content)
+static void llama2_user(eng__buf *b, const eng_chat_msg *sys, size_t n_sys, const char *content)
 {
-    sbuf t = {0};
+    eng__buf t = {0};
     if (n_sys > 0) {
-        sb_puts(&t, "<<SYS>>\n");
+        eng__buf_puts(&t, "<<SYS>>\n");
         for (size_t j = 0; j < n_sys; j++) {
-            if (j > 0) sb_puts(&t, "\n\n");
-            sb_puts(&t, msg_content(&sys[j]));
+            if (j > 0) eng__buf_puts(&t, "\n\n");
+            eng__buf_puts(&t, msg_content(&sys[j]));
         }
-        sb_puts(&t, "\n<</SYS>>\n\n");
+        eng__buf_puts(&t, "\n<</SYS>>\n\n");
     }
-    if (content) sb_puts(&t, content);
+    if (content) eng__buf_puts(&t, content);
     if (t.oom) {
         b->oom = true;
-        free(t.buf);
+        eng__buf_free(&t);
         return;
     }
-    if (b->len > 0) sb_puts(b, "<s>");
-    sb_puts(b, "[INST] ");
-    if (t.buf) {
+    if (b->len > 0) eng__buf_puts(b, "<s>");
+    eng__buf_puts(b, "[INST] ");
+    if (t.data) {
         const char *ts;
         size_t tn;
-        trim_view(t.buf, t.len, &ts, &tn);
-        sb_putn(b, ts, tn);
+        trim_view(t.data, t.len, &ts, &tn);
+        eng__buf_append(b, ts, tn);
     }
-    sb_puts(b, " [/INST]");
-    free(t.buf);
+    eng__buf_puts(b, " [/INST]");
+    eng__buf_free(&t);
 }
 
-static void render_llama2(sbuf *b, const eng_chat_msg *msgs, size_t n)
+static void render_llama2(eng__buf *b, const eng_chat_msg *msgs, size_t n)
 {
     size_t sys_first = 0, n_sys = 0; /* held run of consecutive system messages */
     for (size_t i = 0; i < n; i++) {
@@ -255,63 +228,63 @@ static void render_llama2(sbuf *b, const eng_chat_msg *msgs, size_t n)
                 llama2_user(b, msgs + sys_first, n_sys, NULL);
                 n_sys = 0;
             }
-            sb_puts(b, " ");
-            sb_put_trimmed(b, msg_content(&msgs[i]));
-            sb_puts(b, " </s>");
+            eng__buf_puts(b, " ");
+            put_trimmed(b, msg_content(&msgs[i]));
+            eng__buf_puts(b, " </s>");
         }
     }
     if (n_sys > 0) llama2_user(b, msgs + sys_first, n_sys, NULL);
 }
 
-static void render_mistral(sbuf *b, const eng_chat_msg *msgs, size_t n)
+static void render_mistral(eng__buf *b, const eng_chat_msg *msgs, size_t n)
 {
     bool inside = false;
     for (size_t i = 0; i < n; i++) {
         role_t r;
         parse_role(msgs[i].role, &r);
         if (!inside) {
-            sb_puts(b, "[INST] ");
+            eng__buf_puts(b, "[INST] ");
             inside = true;
         }
         const char *c = msg_content(&msgs[i]);
         if (r == ROLE_SYSTEM) {
-            sb_puts(b, c);
-            sb_puts(b, "\n\n");
+            eng__buf_puts(b, c);
+            eng__buf_puts(b, "\n\n");
         } else if (r == ROLE_USER) {
-            sb_puts(b, c);
-            sb_puts(b, "[/INST]");
+            eng__buf_puts(b, c);
+            eng__buf_puts(b, "[/INST]");
         } else {
-            sb_puts(b, " ");
-            sb_put_trimmed(b, c);
-            sb_puts(b, "</s>");
+            eng__buf_puts(b, " ");
+            put_trimmed(b, c);
+            eng__buf_puts(b, "</s>");
             inside = false;
         }
     }
 }
 
-static void gemma_turn(sbuf *b, const char *role, const sbuf *prefix, const char *content)
+static void gemma_turn(eng__buf *b, const char *role, const eng__buf *prefix, const char *content)
 {
-    sb_puts(b, "<start_of_turn>");
-    sb_puts(b, role);
-    sb_puts(b, "\n");
+    eng__buf_puts(b, "<start_of_turn>");
+    eng__buf_puts(b, role);
+    eng__buf_puts(b, "\n");
     if (prefix && prefix->len > 0) {
-        sb_putn(b, prefix->buf, prefix->len);
-        if (content) sb_puts(b, "\n\n");
+        eng__buf_append(b, prefix->data, prefix->len);
+        if (content) eng__buf_puts(b, "\n\n");
     }
-    if (content) sb_put_trimmed(b, content);
-    sb_puts(b, "<end_of_turn>\n");
+    if (content) put_trimmed(b, content);
+    eng__buf_puts(b, "<end_of_turn>\n");
 }
 
-static void render_gemma(sbuf *b, const eng_chat_msg *msgs, size_t n, bool add_assistant)
+static void render_gemma(eng__buf *b, const eng_chat_msg *msgs, size_t n, bool add_assistant)
 {
-    sbuf sys = {0};
+    eng__buf sys = {0};
     for (size_t i = 0; i < n; i++) {
         role_t r;
         parse_role(msgs[i].role, &r);
         const char *c = msg_content(&msgs[i]);
         if (r == ROLE_SYSTEM) {
-            if (sys.len > 0) sb_puts(&sys, "\n\n");
-            sb_put_trimmed(&sys, c);
+            if (sys.len > 0) eng__buf_puts(&sys, "\n\n");
+            put_trimmed(&sys, c);
             continue;
         }
         if (r == ROLE_USER) {
@@ -324,8 +297,8 @@ static void render_gemma(sbuf *b, const eng_chat_msg *msgs, size_t n, bool add_a
     }
     if (sys.len > 0) gemma_turn(b, "user", &sys, NULL);
     if (sys.oom) b->oom = true;
-    free(sys.buf);
-    if (add_assistant) sb_puts(b, "<start_of_turn>model\n");
+    eng__buf_free(&sys);
+    if (add_assistant) eng__buf_puts(b, "<start_of_turn>model\n");
 }
 
 eng_status eng_chat_apply(eng_chat_format f, const eng_chat_msg *msgs, size_t n,
@@ -340,27 +313,27 @@ eng_status eng_chat_apply(eng_chat_format f, const eng_chat_msg *msgs, size_t n,
         if (!parse_role(msgs[i].role, &r)) return ENG_EINVAL;
     }
 
-    sbuf b = {0};
+    eng__buf b = {0};
     switch (f) {
     case ENG_CHAT_CHATML:
         for (size_t i = 0; i < n; i++) {
-            sb_puts(&b, "<|im_start|>");
-            sb_puts(&b, msgs[i].role);
-            sb_puts(&b, "\n");
-            sb_puts(&b, msg_content(&msgs[i]));
-            sb_puts(&b, "<|im_end|>\n");
+            eng__buf_puts(&b, "<|im_start|>");
+            eng__buf_puts(&b, msgs[i].role);
+            eng__buf_puts(&b, "\n");
+            eng__buf_puts(&b, msg_content(&msgs[i]));
+            eng__buf_puts(&b, "<|im_end|>\n");
         }
-        if (add_assistant) sb_puts(&b, "<|im_start|>assistant\n");
+        if (add_assistant) eng__buf_puts(&b, "<|im_start|>assistant\n");
         break;
     case ENG_CHAT_LLAMA3:
         for (size_t i = 0; i < n; i++) {
-            sb_puts(&b, "<|start_header_id|>");
-            sb_puts(&b, msgs[i].role);
-            sb_puts(&b, "<|end_header_id|>\n\n");
-            sb_put_trimmed(&b, msg_content(&msgs[i]));
-            sb_puts(&b, "<|eot_id|>");
+            eng__buf_puts(&b, "<|start_header_id|>");
+            eng__buf_puts(&b, msgs[i].role);
+            eng__buf_puts(&b, "<|end_header_id|>\n\n");
+            put_trimmed(&b, msg_content(&msgs[i]));
+            eng__buf_puts(&b, "<|eot_id|>");
         }
-        if (add_assistant) sb_puts(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        if (add_assistant) eng__buf_puts(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     case ENG_CHAT_LLAMA2:
         render_llama2(&b, msgs, n);
@@ -373,40 +346,33 @@ eng_status eng_chat_apply(eng_chat_format f, const eng_chat_msg *msgs, size_t n,
         for (size_t i = 0; i < n; i++) {
             role_t r;
             parse_role(msgs[i].role, &r);
-            sb_puts(&b, "<|");
-            sb_puts(&b, role_name(r));
-            sb_puts(&b, "|>\n");
-            sb_puts(&b, msg_content(&msgs[i]));
-            sb_puts(&b, f == ENG_CHAT_ZEPHYR ? "</s>\n" : "<|end|>\n");
+            eng__buf_puts(&b, "<|");
+            eng__buf_puts(&b, role_name(r));
+            eng__buf_puts(&b, "|>\n");
+            eng__buf_puts(&b, msg_content(&msgs[i]));
+            eng__buf_puts(&b, f == ENG_CHAT_ZEPHYR ? "</s>\n" : "<|end|>\n");
         }
-        if (add_assistant) sb_puts(&b, "<|assistant|>\n");
+        if (add_assistant) eng__buf_puts(&b, "<|assistant|>\n");
         break;
     case ENG_CHAT_GEMMA:
         render_gemma(&b, msgs, n, add_assistant);
         break;
     case ENG_CHAT_PLAIN:
         for (size_t i = 0; i < n; i++) {
-            sb_puts(&b, msgs[i].role);
-            sb_puts(&b, ": ");
-            sb_puts(&b, msg_content(&msgs[i]));
-            sb_puts(&b, "\n");
+            eng__buf_puts(&b, msgs[i].role);
+            eng__buf_puts(&b, ": ");
+            eng__buf_puts(&b, msg_content(&msgs[i]));
+            eng__buf_puts(&b, "\n");
         }
-        if (add_assistant) sb_puts(&b, "assistant:");
+        if (add_assistant) eng__buf_puts(&b, "assistant:");
         break;
     default:
         return ENG_EINVAL;
     }
 
-    if (b.oom) {
-        free(b.buf);
-        return ENG_ENOMEM;
-    }
-    if (!b.buf) { /* nothing rendered: return an empty string */
-        b.buf = eng__malloc(1);
-        if (!b.buf) return ENG_ENOMEM;
-        b.buf[0] = 0;
-    }
-    *out = b.buf;
-    if (out_len) *out_len = b.len;
+    size_t len = b.len;
+    *out = eng__buf_take(&b); /* "" when nothing was rendered */
+    if (!*out) return ENG_ENOMEM;
+    if (out_len) *out_len = len;
     return ENG_OK;
 }

@@ -45,6 +45,33 @@ void eng__aligned_free(void *p);
 char *eng__strndup(const char *s, size_t n);
 
 /* ------------------------------------------------------------------------ */
+/* Byte buffer and clock (util.c)                                           */
+/* ------------------------------------------------------------------------ */
+
+/* A growable byte buffer. Start from {0}; appends grow it through
+ * eng__realloc (at least doubling, never below 256 bytes) and keep data
+ * NUL-terminated once anything was appended. A failed allocation sets oom
+ * and turns every later append into a no-op, so a builder checks once, at
+ * the end. Release with eng__buf_free() or eng__buf_take(). */
+typedef struct {
+    char *data;  /* len bytes (+ NUL), or NULL before the first append */
+    size_t len, cap;
+    bool oom;
+} eng__buf;
+/* Room for n more bytes (and the NUL); false (and oom) if it cannot be had. */
+bool eng__buf_reserve(eng__buf *b, size_t n);
+void eng__buf_append(eng__buf *b, const void *p, size_t n);
+void eng__buf_puts(eng__buf *b, const char *s);
+void eng__buf_printf(eng__buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The contents as a NUL-terminated string the caller frees with free() ("" if
+ * nothing was appended); NULL after an allocation failure. b is emptied either way. */
+char *eng__buf_take(eng__buf *b);
+void eng__buf_free(eng__buf *b);
+
+/* Monotonic clock in seconds (CLOCK_MONOTONIC): for intervals only. */
+double eng__now(void);
+
+/* ------------------------------------------------------------------------ */
 /* GGUF reader (gguf.c)                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -124,7 +151,7 @@ const char *eng__gguf_vtype_name(uint32_t t);
 const char *eng__ggml_type_name(uint32_t t);
 
 /* ------------------------------------------------------------------------ */
-/* Weight types and kernels (quant.c, quant_avx2.c, quant_avx512.c)         */
+/* Weight types and kernels (quant.c, quant_avx*.c; driver: gemm.c/gemm.h)  */
 /* ------------------------------------------------------------------------ */
 
 /* ggml type ids as stored in GGUF files. */

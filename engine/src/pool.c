@@ -15,7 +15,6 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define cpu_relax() _mm_pause()
@@ -23,7 +22,7 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_NS 2000000 /* how long an idle worker spins before sleeping */
+#define SPIN_S 0.002 /* how long an idle worker spins before sleeping (2 ms) */
 #define SPIN_YIELD 4096 /* pauses before a waiting thread yields its core */
 
 /* Spin politely: after SPIN_YIELD pauses, give the core away each round, so a
@@ -59,13 +58,6 @@ typedef struct {
     int ith;
 } worker_arg;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void *worker_main(void *a)
 {
     worker_arg *wa = a;
@@ -76,13 +68,13 @@ static void *worker_main(void *a)
     for (;;) {
         unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g == seen) {
-            uint64_t t0 = now_ns();
+            double t0 = eng__now();
             int spins = 0;
             while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
                    !atomic_load(&p->stop)) {
                 cpu_relax();
                 if (++spins % 1024 == 0) {
-                    if (now_ns() - t0 > SPIN_NS) break;
+                    if (eng__now() - t0 > SPIN_S) break;
                     if (spins >= SPIN_YIELD) sched_yield();
                 }
             }

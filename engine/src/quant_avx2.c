@@ -1,16 +1,17 @@
 /*
  * quant_avx2.c - AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c).
  *
- * Every product is computed by a register-tile routine TILE(MR, NX) over MR
- * weight rows and NX activation rows; MR and NX are compile-time constants in
- * each instantiation. The arithmetic done for one (row, x) pair never depends
+ * Micro-kernels only (the driver that cuts a product into them is gemm.c):
+ * every type is a register-tile routine TILE(MR, NX) over MR weight rows and
+ * NX activation rows; MR and NX are compile-time constants in each
+ * instantiation. The arithmetic done for one (row, x) pair never depends
  * on MR / NX (each pair has its own accumulator, updated in the same order),
  * so gemm results are bit-identical to vec_dot, which is TILE(1, 1).
  *
  * K-quant weights are unpacked per superblock into a small scratch (bytes of
  * 0..63 plus int16 scale vectors) shared by all activation rows of the tile.
  */
-#include "internal.h"
+#include "gemm.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -21,7 +22,6 @@ void eng__quant_avx2_init(eng__kernels *k);
 #define UNROLL _Pragma("GCC unroll 8")
 #define MRMAX 4
 #define NXMAX 2
-#define XCHUNK 64
 
 AI float hsum8(__m256 v)
 {
@@ -41,11 +41,13 @@ AI float ldh(const uint8_t *p)
 AI __m256i lu(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
-/* gemm driver + vec_dot around a tile routine NAME##_tile(MR, NX, ...). */
+/* NAME's eng__ukernel (gemm.h): the tile routine NAME##_tile(MR, NX, ...)
+ * instantiated for every constant MR <= MRMAX, NX <= NXMAX, and the table
+ * entries over it. */
 #define TILE_CALL(NAME, A, B) NAME##_tile(A, B, n, w, ws, x, xs, y, ys)
-#define DEFINE_GEMM(NAME)                                                                    \
-    static void NAME##_disp(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,          \
-                            const uint8_t *x, size_t xs, float *y, size_t ys)                \
+#define TILE_KERNELS(NAME, T)                                                                \
+    static void NAME##_tiles(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,         \
+                             const uint8_t *x, size_t xs, float *y, size_t ys)               \
     {                                                                                        \
         switch (mr * 8 + nj) {                                                               \
         case 9: TILE_CALL(NAME, 1, 1); break;                                                \
@@ -58,28 +60,9 @@ AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
         default: TILE_CALL(NAME, 4, 2); break;                                               \
         }                                                                                    \
     }                                                                                        \
-    static void NAME##_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,  \
-                            size_t xs, int64_t nx, float *y, size_t ys)                      \
-    {                                                                                        \
-        for (int64_t jc = 0; jc < nx; jc += XCHUNK) {                                        \
-            int64_t je = jc + XCHUNK < nx ? jc + XCHUNK : nx;                                \
-            for (int64_t r = 0; r < nr; r += MRMAX) {                                        \
-                int mr = nr - r < MRMAX ? (int)(nr - r) : MRMAX;                             \
-                for (int64_t j = jc; j < je; j += NXMAX) {                                   \
-                    int nj = je - j < NXMAX ? (int)(je - j) : NXMAX;                         \
-                    NAME##_disp(mr, nj, n, (const uint8_t *)w + (size_t)r * ws, ws,          \
-                                (const uint8_t *)x + (size_t)j * xs, xs,                     \
-                                y + (size_t)j * ys + (size_t)r, ys);                         \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-    }                                                                                        \
-    static float NAME##_dot(int64_t n, const void *w, const void *x)                         \
-    {                                                                                        \
-        float r;                                                                             \
-        NAME##_tile(1, 1, n, w, 0, x, 0, &r, 1);                                             \
-        return r;                                                                            \
-    }
+    static const eng__ukernel NAME##_uk = {                                                  \
+        .type = ENG_TYPE_##T, .tile = NAME##_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX};     \
+    ENG_GEMM_ENTRIES(NAME, NAME##_uk)
 
 #define TILE_ARGS                                                                            \
     const int MR, const int NX, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,    \
@@ -113,7 +96,7 @@ AI void f32_tile(TILE_ARGS)
         y[j * ys + r] = s;
     }
 }
-DEFINE_GEMM(f32)
+TILE_KERNELS(f32, F32)
 
 AI void f16_tile(TILE_ARGS)
 {
@@ -135,7 +118,7 @@ AI void f16_tile(TILE_ARGS)
         y[j * ys + r] = s;
     }
 }
-DEFINE_GEMM(f16)
+TILE_KERNELS(f16, F16)
 
 AI __m256 bf16x8(const uint8_t *p)
 {
@@ -171,7 +154,7 @@ AI void bf16_tile(TILE_ARGS)
         y[j * ys + r] = s;
     }
 }
-DEFINE_GEMM(bf16)
+TILE_KERNELS(bf16, BF16)
 
 /* ------------------------------------------------------------------------ */
 /* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
@@ -205,7 +188,7 @@ AI void q8_0_tile(TILE_ARGS)
     UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
         hsum8(acc[r][j]);
 }
-DEFINE_GEMM(q8_0)
+TILE_KERNELS(q8_0, Q8_0)
 
 AI void q4_0_tile(TILE_ARGS)
 {
@@ -237,7 +220,7 @@ AI void q4_0_tile(TILE_ARGS)
     UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
         hsum8(acc[r][j]);
 }
-DEFINE_GEMM(q4_0)
+TILE_KERNELS(q4_0, Q4_0)
 
 /* ------------------------------------------------------------------------ */
 /* K-quants x Q8_K                                                          */
@@ -340,7 +323,7 @@ AI __m256i kdot(const kunp *u, const uint8_t *xb)
     return isum;
 }
 
-#define KQ_TILE(NAME, BSZ, UNPACK, IS_Q6)                                                    \
+#define KQ_TILE(NAME, T, BSZ, UNPACK, IS_Q6)                                                 \
     AI void NAME##_tile(TILE_ARGS)                                                           \
     {                                                                                        \
         __m256 acc[MRMAX][NXMAX];                                                            \
@@ -376,11 +359,11 @@ AI __m256i kdot(const kunp *u, const uint8_t *xb)
         UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++)              \
             y[j * ys + r] = hsum8(acc[r][j]);                                                \
     }                                                                                        \
-    DEFINE_GEMM(NAME)
+    TILE_KERNELS(NAME, T)
 
-KQ_TILE(q4_k, 144, unpack_q4_k, 0)
-KQ_TILE(q5_k, 176, unpack_q5_k, 0)
-KQ_TILE(q6_k, 210, unpack_q6_k, 1)
+KQ_TILE(q4_k, Q4_K, 144, unpack_q4_k, 0)
+KQ_TILE(q5_k, Q5_K, 176, unpack_q5_k, 0)
+KQ_TILE(q6_k, Q6_K, 210, unpack_q6_k, 1)
 
 /* ------------------------------------------------------------------------ */
 /* Activation quantizers (bit-identical to the scalar from_float)           */
@@ -527,20 +510,14 @@ static void bf16_act(const float *src, void *dst, int64_t n)
 
 void eng__quant_avx2_init(eng__kernels *k)
 {
-#define SETK(T, t)                                                                           \
-    do {                                                                                     \
-        k->vec_dot[ENG_TYPE_##T] = t##_dot;                                                  \
-        k->gemm[ENG_TYPE_##T] = t##_gemm;                                                    \
-    } while (0)
-    SETK(F32, f32);
-    SETK(F16, f16);
-    SETK(BF16, bf16);
-    SETK(Q8_0, q8_0);
-    SETK(Q4_0, q4_0);
-    SETK(Q4_K, q4_k);
-    SETK(Q5_K, q5_k);
-    SETK(Q6_K, q6_k);
-#undef SETK
+    f32_install(k);
+    f16_install(k);
+    bf16_install(k);
+    q8_0_install(k);
+    q4_0_install(k);
+    q4_k_install(k);
+    q5_k_install(k);
+    q6_k_install(k);
     for (int t = 0; t < ENG_TYPE_COUNT; t++) {
         const eng__type_info *ti = eng__type(t);
         if (!ti || !k->vec_dot[t]) continue;

@@ -1,5 +1,7 @@
 /*
- * quant_avx512.c - AVX-512 (F/BW/VL/DQ) + VNNI + BF16 kernels.
+ * quant_avx512.c - AVX-512 (F/BW/VL/DQ) + VNNI + BF16 micro-kernels: tiles,
+ * 16-row decode, strip packing, filled into gemm.h tables; gemm.c decides
+ * how a product is cut into them.
  *
  * Contract: gemm == vec_dot bit for bit for every (row, x) pair, whatever nr,
  * nx and the row's position (vec_dot is gemm with nr = nx = 1). Each type
@@ -30,7 +32,7 @@
  *   per-element-class accumulators) are already in row lanes; prefill feeds
  *   the packed groups to the tiles above (Q8_0 reads them as they are).
  */
-#include "internal.h"
+#include "gemm.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -41,7 +43,7 @@ void eng__quant_avx512_init(eng__kernels *k);
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
 #define MRMAX 4
-#define XCHUNK 64
+#define NXMAX 4
 
 AI float ldh(const uint8_t *p)
 {
@@ -63,15 +65,13 @@ AI float hsum16(__m512 v)
     return _mm_cvtss_f32(s);
 }
 
-#define TC(NAME, A, B)                                                                       \
-    do {                                                                                     \
-        if ((B) <= nxm) NAME##_tile(A, B, n, w, ws, x, xs, y, ys);                           \
-    } while (0)
-#define DEFINE_GEMM(NAME, NXM)                                                               \
-    static void NAME##_disp(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,          \
-                            const uint8_t *x, size_t xs, float *y, size_t ys)                \
+/* NAME##_tiles: the register-tile routine NAME##_tile(MR, NX, ...)
+ * instantiated for every constant MR <= MRMAX, NX <= NXMAX (gemm.h, a). */
+#define TC(NAME, A, B) NAME##_tile(A, B, n, w, ws, x, xs, y, ys)
+#define TILE_DISPATCH(NAME)                                                                  \
+    static void NAME##_tiles(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,         \
+                             const uint8_t *x, size_t xs, float *y, size_t ys)               \
     {                                                                                        \
-        enum { nxm = NXM };                                                                  \
         switch (mr * 8 + nj) {                                                               \
         case 9: TC(NAME, 1, 1); break;                                                       \
         case 10: TC(NAME, 1, 2); break;                                                      \
@@ -88,31 +88,15 @@ AI float hsum16(__m512 v)
         case 33: TC(NAME, 4, 1); break;                                                      \
         case 34: TC(NAME, 4, 2); break;                                                      \
         case 35: TC(NAME, 4, 3); break;                                                      \
-        default: TC(NAME, 4, 4); break;                                                     \
+        default: TC(NAME, 4, 4); break;                                                      \
         }                                                                                    \
-    }                                                                                        \
-    static void NAME##_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,  \
-                            size_t xs, int64_t nx, float *y, size_t ys)                      \
-    {                                                                                        \
-        for (int64_t jc = 0; jc < nx; jc += XCHUNK) {                                        \
-            int64_t je = jc + XCHUNK < nx ? jc + XCHUNK : nx;                                \
-            for (int64_t r = 0; r < nr; r += MRMAX) {                                        \
-                int mr = nr - r < MRMAX ? (int)(nr - r) : MRMAX;                             \
-                for (int64_t j = jc; j < je; j += NXM) {                                     \
-                    int nj = je - j < NXM ? (int)(je - j) : NXM;                             \
-                    NAME##_disp(mr, nj, n, (const uint8_t *)w + (size_t)r * ws, ws,          \
-                                (const uint8_t *)x + (size_t)j * xs, xs,                     \
-                                y + (size_t)j * ys + (size_t)r, ys);                         \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-    }                                                                                        \
-    static float NAME##_dot(int64_t n, const void *w, const void *x)                         \
-    {                                                                                        \
-        float r;                                                                             \
-        NAME##_tile(1, 1, n, w, 0, x, 0, &r, 1);                                             \
-        return r;                                                                            \
     }
+/* A type done by register tiles alone: its eng__ukernel and table entries. */
+#define TILE_KERNELS(NAME, T)                                                                \
+    TILE_DISPATCH(NAME)                                                                      \
+    static const eng__ukernel NAME##_uk = {                                                  \
+        .type = ENG_TYPE_##T, .tile = NAME##_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX};     \
+    ENG_GEMM_ENTRIES(NAME, NAME##_uk)
 
 #define TILE_ARGS                                                                            \
     const int MR, const int NX, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,    \
@@ -130,7 +114,7 @@ AI float hsum16(__m512 v)
 /* F32 / F16 / BF16                                                         */
 /* ------------------------------------------------------------------------ */
 
-AI void f32_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t *w, size_t ws,
+AI void f32_step(const int MR, const int NX, __m512 acc[MRMAX][NXMAX], const uint8_t *w, size_t ws,
                  const uint8_t *x, size_t xs, int64_t i, __mmask16 m)
 {
     __m512 xv[4];
@@ -143,16 +127,16 @@ AI void f32_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t
 
 AI void f32_tile(TILE_ARGS)
 {
-    __m512 acc[MRMAX][4];
+    __m512 acc[MRMAX][NXMAX];
     ZERO_ACC(acc);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) f32_step(MR, NX, acc, w, ws, x, xs, i, 0xffff);
     if (i < n) f32_step(MR, NX, acc, w, ws, x, xs, i, (__mmask16)((1u << (n - i)) - 1));
     STORE_ACC(acc);
 }
-DEFINE_GEMM(f32, 4)
+TILE_KERNELS(f32, F32)
 
-AI void f16_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t *w, size_t ws,
+AI void f16_step(const int MR, const int NX, __m512 acc[MRMAX][NXMAX], const uint8_t *w, size_t ws,
                  const uint8_t *x, size_t xs, int64_t i, __mmask16 m)
 {
     __m512 xv[4];
@@ -165,14 +149,14 @@ AI void f16_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t
 
 AI void f16_tile(TILE_ARGS)
 {
-    __m512 acc[MRMAX][4];
+    __m512 acc[MRMAX][NXMAX];
     ZERO_ACC(acc);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) f16_step(MR, NX, acc, w, ws, x, xs, i, 0xffff);
     if (i < n) f16_step(MR, NX, acc, w, ws, x, xs, i, (__mmask16)((1u << (n - i)) - 1));
     STORE_ACC(acc);
 }
-DEFINE_GEMM(f16, 4)
+TILE_DISPATCH(f16)
 
 /* Packed F16 (internal.h): per 16 elements, [element l][row k] halfs.
  * Decode keeps f16_tile's per-pair recipe exactly: for each row, lane l of
@@ -193,7 +177,7 @@ AI void f16_dec_packed(int64_t n, const uint8_t *g, const float *x, float *y)
 
 /* One packed F16 group back to 16 rows (row k at dst + k * ds): per 16
  * elements a 16 x 16 transpose of 16-bit values (unpack 16/32/64, lanes). */
-static void f16_unpack_group(int64_t n, const uint8_t *g, uint8_t *dst, size_t ds)
+static void f16_unpack_group(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst)
 {
     for (int64_t c = 0; c < n / 16; c++, g += 512) {
         __m256i R[16], A[16], B[4][4], C[2][4][2];
@@ -223,33 +207,26 @@ static void f16_unpack_group(int64_t n, const uint8_t *g, uint8_t *dst, size_t d
     }
 }
 
-/* gemm over packed F16 rows (nr % 16 == 0, n % 16 == 0; ws = 2n). Decode
- * straight from the groups; prefill (nx >= 4) unpacks up to 4 groups at a
- * time into a buffer the L2 holds and runs the file-layout tiles on it
- * (fewer groups per pass would stream the activations once more each). */
-#define F16_UNPACK_GROUPS 4
-static void f16_gemm_packed(int64_t n, const void *wv, size_t ws, int64_t nr, const void *xv,
-                            size_t xs, int64_t nx, float *y, size_t ys)
+static void f16_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                              const void *xa, float *y)
 {
-    const uint8_t *w = wv, *x = xv;
-    ENG_ASSERT(nr % 16 == 0 && n % 16 == 0);
-    uint8_t *rows = nx >= 4 ? _mm_malloc(F16_UNPACK_GROUPS * 16 * ws, 64) : NULL;
-    if (rows) {
-        for (int64_t r = 0; r < nr; r += F16_UNPACK_GROUPS * 16) {
-            int64_t m = nr - r < F16_UNPACK_GROUPS * 16 ? nr - r : F16_UNPACK_GROUPS * 16;
-            for (int64_t g = 0; g < m; g += 16)
-                f16_unpack_group(n, w + (size_t)(r + g) * ws, rows + (size_t)g * ws, ws);
-            f16_gemm(n, rows, ws, m, x, xs, nx, y + r, ys);
-        }
-        _mm_free(rows);
-        return;
-    }
-    for (int64_t r = 0; r < nr; r += 16)
-        for (int64_t j = 0; j < nx; j++)
-            f16_dec_packed(n, w + (size_t)r * ws, (const float *)(x + (size_t)j * xs), y + (size_t)j * ys + r);
+    (void)nv, (void)ws, (void)xa;
+    ENG_ASSERT(n % 16 == 0);
+    f16_dec_packed(n, w, (const float *)x, y);
 }
 
-AI void bf16_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_t *w, size_t ws,
+/* Packed F16 (n % 16 == 0, ws = 2n): decode straight from the groups;
+ * prefill (nx >= 4) unpacks 4 groups at a time into a buffer the L2 holds
+ * and runs the file-layout tiles on it (fewer groups per pass would stream
+ * the activations once more each). */
+static const eng__ukernel f16_uk = {
+    .type = ENG_TYPE_F16, .tile = f16_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX,
+    .prefill_nx = 4, .strip_groups = 4,
+    .gemv16_packed = f16_gemv16_packed, .unpack16 = f16_unpack_group,
+};
+ENG_GEMM_ENTRIES(f16, f16_uk)
+
+AI void bf16_step(const int MR, const int NX, __m512 acc[MRMAX][NXMAX], const uint8_t *w, size_t ws,
                   const uint8_t *x, size_t xs, int64_t i, __mmask32 m)
 {
     __m512i xv[4];
@@ -263,14 +240,14 @@ AI void bf16_step(const int MR, const int NX, __m512 acc[MRMAX][4], const uint8_
 
 AI void bf16_tile(TILE_ARGS)
 {
-    __m512 acc[MRMAX][4];
+    __m512 acc[MRMAX][NXMAX];
     ZERO_ACC(acc);
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) bf16_step(MR, NX, acc, w, ws, x, xs, i, 0xffffffffu);
     if (i < n) bf16_step(MR, NX, acc, w, ws, x, xs, i, (__mmask32)((1ull << (n - i)) - 1));
     STORE_ACC(acc);
 }
-DEFINE_GEMM(bf16, 4)
+TILE_KERNELS(bf16, BF16)
 
 /* ------------------------------------------------------------------------ */
 /* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
@@ -529,20 +506,29 @@ AI void q_pre_tile(const int MRV, const int NXJ, int64_t nb, const uint8_t *cons
     }
 }
 
-AI void q_pre_cols(const int MRV, int64_t nb, const uint8_t *const *gp, const uint8_t *x, size_t xs,
-                   int64_t nx, const xblk *xb, float *y, size_t ys, __mmask16 m_last)
+/* gemm.h strip_tile of Q8_0 and Q4_0 (their strips share the packed Q8_0
+ * group layout): 1 or 2 groups x 1..6 activation rows. */
+static void q_strip_tile(int groups, int nx, int nv_last, int64_t n, const uint8_t *const *g,
+                         const uint8_t *x, size_t xs, const void *xa, float *y, size_t ys)
 {
-    int64_t j = 0;
-    for (; j + 6 <= nx; j += 6)
-        q_pre_tile(MRV, 6, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last);
-    switch (nx - j) {
-    case 5: q_pre_tile(MRV, 5, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 4: q_pre_tile(MRV, 4, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 3: q_pre_tile(MRV, 3, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 2: q_pre_tile(MRV, 2, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    case 1: q_pre_tile(MRV, 1, nb, gp, x + j * xs, xs, xb + j * nb, nb, y + j * ys, ys, m_last); break;
-    default: break;
+    const int64_t nb = n / 32;
+    const __mmask16 m = (__mmask16)((1u << nv_last) - 1);
+#define QT(V, J) q_pre_tile(V, J, nb, g, x, xs, xa, nb, y, ys, m)
+    switch (groups * 8 + nx) {
+    case 9: QT(1, 1); break;
+    case 10: QT(1, 2); break;
+    case 11: QT(1, 3); break;
+    case 12: QT(1, 4); break;
+    case 13: QT(1, 5); break;
+    case 14: QT(1, 6); break;
+    case 17: QT(2, 1); break;
+    case 18: QT(2, 2); break;
+    case 19: QT(2, 3); break;
+    case 20: QT(2, 4); break;
+    case 21: QT(2, 5); break;
+    default: QT(2, 6); break;
     }
+#undef QT
 }
 
 /* Decode from a packed Q8_0 group: 16 rows x one x row; the group is one
@@ -568,119 +554,69 @@ AI void q_dec_packed(int64_t nb, const uint8_t *g, const uint8_t *x, const xblk 
     _mm512_storeu_ps(y, acc);
 }
 
-#define Q_PREFILL_MIN_NX 4
-
-static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
-                      int64_t nx, float *y, size_t ys);
-static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
-                      int64_t nx, float *y, size_t ys);
-
-static void q8_0_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
-                             size_t xs, int64_t nx, float *y, size_t ys);
-
-/* The x side: per (row, block) the sum correction and scale; NULL if out of
- * memory (the caller then goes one x row at a time, same arithmetic). */
-static xblk *q_xblk(const int T, int64_t nb, const uint8_t *x, size_t xs, int64_t nx, xblk *sbuf)
+/* gemm.h micro-kernels of Q8_0 (T = Q_Q8_0) and Q4_0: the x side (xblk per
+ * row and block), decode of 16 file-layout rows, the prefill strip pack.
+ * Prefill runs the tile on pairs of 16-row groups (then one); packed Q8_0
+ * groups are read as they are, file-layout rows are packed into a two-group
+ * buffer first. */
+AI void q_xaux(const int T, int64_t n, const uint8_t *x, size_t xs, int64_t nx, void *out)
 {
-    size_t nxb = (size_t)nb * (size_t)nx;
-    xblk *xb = nxb <= 1024 ? sbuf : malloc(nxb * sizeof *xb);
-    if (xb) fill_xblk(T, nb, x, xs, nx, xb);
-    return xb;
+    fill_xblk(T, n / 32, x, xs, nx, out);
 }
 
-/* Q8_0 / Q4_0 rows in the file layout (P = 0), or packed Q8_0 rows (P = 1:
- * whole groups, nr % 16 == 0, read as they are). Prefill runs the tile on
- * pairs of 16-row groups (then one); file-layout rows are packed into a
- * two-group buffer first. */
-AI void q_gemm(const int T, const int P, int64_t n, const void *wv, size_t ws, int64_t nr,
-               const void *xv, size_t xs, int64_t nx, float *y, size_t ys)
+static size_t q_strip_bytes(int64_t n, bool packed) { return packed ? 0 : (size_t)(n / 32) * 544; }
+
+AI const uint8_t *q_strip_pack(const int T, int v, int nv, bool packed, int64_t n,
+                               const uint8_t *w, size_t ws, uint8_t *buf)
 {
-    const uint8_t *w = wv, *x = xv;
-    int64_t nb = n / 32;
-    ENG_ASSERT(!P || nr % 16 == 0);
-    if (nb <= 0 || nr <= 0 || nx <= 0) {
-        for (int64_t j = 0; j < nx; j++)
-            for (int64_t r = 0; r < nr; r++) y[j * ys + r] = 0.0f;
-        return;
+    if (packed) return w;
+    uint8_t *dst = buf + (size_t)v * q_strip_bytes(n, false);
+    q_pack16(T, nv, n / 32, w, ws, dst);
+    return dst;
+}
+
+#define Q_KERNELS(NAME, T)                                                                   \
+    static void NAME##_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, void *out)   \
+    {                                                                                        \
+        q_xaux(T, n, x, xs, nx, out);                                                        \
+    }                                                                                        \
+    static void NAME##_gemv16(int nv, int64_t n, const uint8_t *w, size_t ws,                \
+                              const uint8_t *x, const void *xa, float *y)                    \
+    {                                                                                        \
+        if (nv == 16) q_dec16(T, 1, 16, n / 32, w, ws, x, xa, y);                            \
+        else q_dec16(T, 0, nv, n / 32, w, ws, x, xa, y);                                     \
+    }                                                                                        \
+    static const uint8_t *NAME##_strip_pack(int v, int groups, int nv, bool packed,          \
+                                            int64_t n, const uint8_t *w, size_t ws,          \
+                                            uint8_t *buf)                                    \
+    {                                                                                        \
+        (void)groups;                                                                        \
+        return q_strip_pack(T, v, nv, packed, n, w, ws, buf);                                \
     }
-    xblk sbuf[1024];
-    uint8_t *wp = NULL;
-    if (!P && nx >= Q_PREFILL_MIN_NX) wp = _mm_malloc((size_t)nb * 2 * 544, 64);
-    xblk *xb = q_xblk(T, nb, x, xs, nx, sbuf);
-    if (!xb) {
-        _mm_free(wp);
-        ENG_ASSERT(nb <= 1024);
-        eng__gemm_fn one = P ? q8_0_gemm_packed : T == Q_Q8_0 ? q8_0_gemm : q4_0_gemm;
-        for (int64_t j = 0; j < nx; j++) one(n, w, ws, nr, x + j * xs, xs, 1, y + j * ys, ys);
-        return;
-    }
-    if (nx >= Q_PREFILL_MIN_NX && (P || wp)) {
-        for (int64_t r = 0; r < nr; r += 32) {
-            int left = nr - r < 32 ? (int)(nr - r) : 32;
-            const uint8_t *gp[2] = {NULL, NULL};
-            for (int v = 0; v < 2 && 16 * v < left; v++) {
-                const uint8_t *rows = w + (size_t)(r + 16 * v) * ws;
-                if (P) {
-                    gp[v] = rows;
-                    continue;
-                }
-                uint8_t *buf = wp + (size_t)v * (size_t)nb * 544;
-                q_pack16(T, left - 16 * v < 16 ? left - 16 * v : 16, nb, rows, ws, buf);
-                gp[v] = buf;
-            }
-            if (left > 16)
-                q_pre_cols(2, nb, gp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << (left - 16)) - 1));
-            else
-                q_pre_cols(1, nb, gp, x, xs, nx, xb, y + r, ys, (__mmask16)((1u << left) - 1));
-        }
-    } else {
-        for (int64_t r = 0; r < nr; r += 16) {
-            int nv = nr - r < 16 ? (int)(nr - r) : 16;
-            const uint8_t *g = w + (size_t)r * ws;
-            for (int64_t j = 0; j < nx; j++) {
-                const uint8_t *xr = x + j * xs;
-                float *yr = y + j * ys + r;
-                if (P) q_dec_packed(nb, g, xr, xb + j * nb, yr);
-                else if (nv == 16) q_dec16(T, 1, 16, nb, g, ws, xr, xb + j * nb, yr);
-                else q_dec16(T, 0, nv, nb, g, ws, xr, xb + j * nb, yr);
-            }
-        }
-    }
-    _mm_free(wp);
-    if (xb != sbuf) free(xb);
+Q_KERNELS(q8_0, Q_Q8_0)
+Q_KERNELS(q4_0, Q_Q4_0)
+
+static void q8_0_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                               const void *xa, float *y)
+{
+    (void)nv, (void)ws;
+    q_dec_packed(n / 32, w, x, xa, y);
 }
 
-static void q8_0_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
-                             size_t xs, int64_t nx, float *y, size_t ys)
-{
-    q_gemm(Q_Q8_0, 1, n, w, ws, nr, x, xs, nx, y, ys);
-}
+static const eng__ukernel q8_0_uk = {
+    .type = ENG_TYPE_Q8_0, .xaux_block_bytes = sizeof(xblk), .xaux = q8_0_xaux,
+    .gemv16 = q8_0_gemv16, .prefill_nx = 4, .strip_bytes = q_strip_bytes,
+    .strip_pack = q8_0_strip_pack, .strip_tile = q_strip_tile, .strip_groups = 2, .strip_nx = 6,
+    .gemv16_packed = q8_0_gemv16_packed, .strip_packed = true,
+};
+ENG_GEMM_ENTRIES(q8_0, q8_0_uk)
 
-static void q8_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
-                      int64_t nx, float *y, size_t ys)
-{
-    q_gemm(Q_Q8_0, 0, n, w, ws, nr, x, xs, nx, y, ys);
-}
-
-static void q4_0_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x, size_t xs,
-                      int64_t nx, float *y, size_t ys)
-{
-    q_gemm(Q_Q4_0, 0, n, w, ws, nr, x, xs, nx, y, ys);
-}
-
-static float q8_0_dot(int64_t n, const void *w, const void *x)
-{
-    float r;
-    q8_0_gemm(n, w, 0, 1, x, 0, 1, &r, 1);
-    return r;
-}
-
-static float q4_0_dot(int64_t n, const void *w, const void *x)
-{
-    float r;
-    q4_0_gemm(n, w, 0, 1, x, 0, 1, &r, 1);
-    return r;
-}
+static const eng__ukernel q4_0_uk = {
+    .type = ENG_TYPE_Q4_0, .xaux_block_bytes = sizeof(xblk), .xaux = q4_0_xaux,
+    .gemv16 = q4_0_gemv16, .prefill_nx = 4, .strip_bytes = q_strip_bytes,
+    .strip_pack = q4_0_strip_pack, .strip_tile = q_strip_tile, .strip_groups = 2, .strip_nx = 6,
+};
+ENG_GEMM_ENTRIES(q4_0, q4_0_uk)
 
 /* ------------------------------------------------------------------------ */
 /* K-quants x Q8_K                                                          */
@@ -1135,8 +1071,9 @@ AI __m512i bc4(const uint8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* MRV x 16 packed rows (group stride KP zmm, block stride KP * MRV) x NXJ x rows. */
-AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const __m512i *wp,
+/* MRV groups of 16 packed rows (group v at gp[v], block stride KP * MRV zmm:
+ * the groups of a strip are interleaved block by block) x NXJ x rows. */
+AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const uint8_t *const *gp,
                    const uint8_t *x, size_t xs, float *y, size_t ys, __mmask16 m_last)
 {
     const int nsb = k_nsb(T), dps = 64 / nsb, kp = k_kp(T);
@@ -1144,7 +1081,8 @@ AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const 
     UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) acc[v][j] =
         _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const __m512i *pb = wp + (size_t)b * kp * MRV;
+        const __m512i *pb[2];
+        UNROLL for (int v = 0; v < MRV; v++) pb[v] = (const __m512i *)gp[v] + (size_t)b * kp * MRV;
         const uint8_t *xb = x + 292 * b;
         __m512i is[2][4], ia[2][4];
         UNROLL for (int v = 0; v < MRV; v++) UNROLL for (int j = 0; j < NXJ; j++) is[v][j] =
@@ -1154,14 +1092,14 @@ AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const 
                 _mm512_setzero_si512();
             UNROLL for (int g = 0; g < dps; g++) {
                 __m512i wv[2];
-                UNROLL for (int v = 0; v < MRV; v++) wv[v] = _mm512_load_si512(pb + kp * v + dps * s + g);
+                UNROLL for (int v = 0; v < MRV; v++) wv[v] = _mm512_load_si512(pb[v] + dps * s + g);
                 UNROLL for (int j = 0; j < NXJ; j++) {
                     __m512i xv = bc4(xb + j * xs + 4 + 4 * (dps * s + g));
                     UNROLL for (int v = 0; v < MRV; v++) ia[v][j] = _mm512_dpbusd_epi32(ia[v][j], wv[v], xv);
                 }
             }
             UNROLL for (int v = 0; v < MRV; v++) {
-                __m512i sc = _mm512_load_si512(pb + kp * v + 64 + s);
+                __m512i sc = _mm512_load_si512(pb[v] + 64 + s);
                 UNROLL for (int j = 0; j < NXJ; j++) is[v][j] =
                     _mm512_add_epi32(is[v][j], _mm512_mullo_epi32(ia[v][j], sc));
             }
@@ -1171,14 +1109,14 @@ AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const 
         UNROLL for (int k = 0; k < 8; k++) UNROLL for (int j = 0; j < NXJ; j++) {
             __m512i bv = bc4(xb + j * xs + 260 + 4 * k);
             UNROLL for (int v = 0; v < MRV; v++) ia[v][j] =
-                _mm512_dpwssd_epi32(ia[v][j], _mm512_load_si512(pb + kp * v + 64 + nsb + k), bv);
+                _mm512_dpwssd_epi32(ia[v][j], _mm512_load_si512(pb[v] + 64 + nsb + k), bv);
         }
         UNROLL for (int j = 0; j < NXJ; j++) {
             float dxs;
             memcpy(&dxs, xb + j * xs, 4);
             __m512 dx = _mm512_set1_ps(dxs);
             UNROLL for (int v = 0; v < MRV; v++) {
-                const __m512 *D = (const __m512 *)(pb + kp * v + 64 + nsb + 8);
+                const __m512 *D = (const __m512 *)(pb[v] + 64 + nsb + 8);
                 if (T == K_Q6) {
                     acc[v][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(is[v][j], ia[v][j])),
                                                 _mm512_mul_ps(D[0], dx), acc[v][j]);
@@ -1195,105 +1133,105 @@ AI void k_pre_tile(const int T, const int MRV, const int NXJ, int64_t nb, const 
     }
 }
 
-AI void k_pre_cols(const int T, const int MRV, int64_t nb, const __m512i *wp, const uint8_t *x,
-                   size_t xs, int64_t nx, float *y, size_t ys, __mmask16 m_last)
+/* gemm.h micro-kernels of the K-quants (T = K_Q4, K_Q5, K_Q6): decode of 16
+ * file-layout rows (or a packed Q4_K / Q6_K group) and the prefill strips:
+ * each group of a strip is transposed into KP zmm per superblock, the
+ * strip's groups interleaved block by block, whether it comes from the file
+ * layout or from a packed group. */
+AI const uint8_t *k_strip_pack(const int T, int v, int groups, int nv, bool packed, int64_t n,
+                               const uint8_t *w, size_t ws, uint8_t *buf)
 {
-    int64_t j = 0;
-    for (; j + 4 <= nx; j += 4) k_pre_tile(T, MRV, 4, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last);
-    switch (nx - j) {
-    case 3: k_pre_tile(T, MRV, 3, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last); break;
-    case 2: k_pre_tile(T, MRV, 2, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last); break;
-    case 1: k_pre_tile(T, MRV, 1, nb, wp, x + j * xs, xs, y + j * ys, ys, m_last); break;
-    default: break;
+    __m512i *dst = (__m512i *)buf + (size_t)k_kp(T) * v;
+    if (packed) k_pack16(T, 1, nv, n / 256, w, ws, dst, (size_t)k_kp(T) * groups);
+    else k_pack16(T, 0, nv, n / 256, w, ws, dst, (size_t)k_kp(T) * groups);
+    return (const uint8_t *)dst;
+}
+
+AI void k_strip_tile(const int T, int groups, int nx, int nv_last, int64_t n,
+                     const uint8_t *const *g, const uint8_t *x, size_t xs, float *y, size_t ys)
+{
+    const int64_t nb = n / 256;
+    const __mmask16 m = (__mmask16)((1u << nv_last) - 1);
+#define KT(V, J) k_pre_tile(T, V, J, nb, g, x, xs, y, ys, m)
+    switch (groups * 8 + nx) {
+    case 9: KT(1, 1); break;
+    case 10: KT(1, 2); break;
+    case 11: KT(1, 3); break;
+    case 12: KT(1, 4); break;
+    case 17: KT(2, 1); break;
+    case 18: KT(2, 2); break;
+    case 19: KT(2, 3); break;
+    default: KT(2, 4); break;
     }
+#undef KT
 }
 
-#define K_PREFILL_MIN_NX 4
-
-/* K-quant rows in the file layout (P = 0), or packed Q4_K / Q6_K rows (P = 1:
- * whole groups, nr % 16 == 0). */
-AI void k_gemm(const int T, const int P, int64_t n, const void *wv, size_t ws, int64_t nr,
-               const void *xv, size_t xs, int64_t nx, float *y, size_t ys)
-{
-    const uint8_t *w = wv, *x = xv;
-    int64_t nb = n / 256;
-    const int kp = k_kp(T);
-    ENG_ASSERT(!P || nr % 16 == 0);
-    __m512i *wp = NULL;
-    if (nx >= K_PREFILL_MIN_NX && nb > 0) wp = _mm_malloc((size_t)nb * 2 * kp * 64, 64);
-    if (wp) {
-        for (int64_t r = 0; r < nr; r += 32) {
-            int left = nr - r < 32 ? (int)(nr - r) : 32;
-            if (left > 16) {
-                k_pack16(T, P, 16, nb, w + (size_t)r * ws, ws, wp, 2 * kp);
-                k_pack16(T, P, left - 16, nb, w + (size_t)(r + 16) * ws, ws, wp + kp, 2 * kp);
-                k_pre_cols(T, 2, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << (left - 16)) - 1));
-            } else {
-                k_pack16(T, P, left, nb, w + (size_t)r * ws, ws, wp, kp);
-                k_pre_cols(T, 1, nb, wp, x, xs, nx, y + r, ys, (__mmask16)((1u << left) - 1));
-            }
-        }
-        _mm_free(wp);
-        return;
-    }
-    for (int64_t r = 0; r < nr; r += 16) {
-        int nv = nr - r < 16 ? (int)(nr - r) : 16;
-        const uint8_t *g = w + (size_t)r * ws;
-        for (int64_t j = 0; j < nx; j++) {
-            if (P) k_dec_packed(T, nb, g, x + j * xs, y + j * ys + r);
-            else if (nv == 16) k_dec16(T, 1, 16, nb, g, ws, x + j * xs, y + j * ys + r);
-            else k_dec16(T, 0, nv, nb, g, ws, x + j * xs, y + j * ys + r);
-        }
-    }
-}
-
-static void q4_k_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
-                             size_t xs, int64_t nx, float *y, size_t ys)
-{
-    k_gemm(K_Q4, 1, n, w, ws, nr, x, xs, nx, y, ys);
-}
-
-static void q6_k_gemm_packed(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,
-                             size_t xs, int64_t nx, float *y, size_t ys)
-{
-    k_gemm(K_Q6, 1, n, w, ws, nr, x, xs, nx, y, ys);
-}
-
-#define K_FUNCS(name, T)                                                                     \
-    static void name##_gemm(int64_t n, const void *w, size_t ws, int64_t nr, const void *x,  \
-                            size_t xs, int64_t nx, float *y, size_t ys)                      \
+#define K_KERNELS(NAME, T)                                                                   \
+    static size_t NAME##_strip_bytes(int64_t n, bool packed)                                 \
     {                                                                                        \
-        k_gemm(T, 0, n, w, ws, nr, x, xs, nx, y, ys);                                        \
+        (void)packed;                                                                        \
+        return (size_t)(n / 256) * (size_t)k_kp(T) * 64;                                     \
     }                                                                                        \
-    static float name##_dot(int64_t n, const void *w, const void *x)                         \
+    static void NAME##_gemv16(int nv, int64_t n, const uint8_t *w, size_t ws,                \
+                              const uint8_t *x, const void *xa, float *y)                    \
     {                                                                                        \
-        float r;                                                                             \
-        name##_gemm(n, w, 0, 1, x, 0, 1, &r, 1);                                             \
-        return r;                                                                            \
+        (void)xa;                                                                            \
+        if (nv == 16) k_dec16(T, 1, 16, n / 256, w, ws, x, y);                               \
+        else k_dec16(T, 0, nv, n / 256, w, ws, x, y);                                        \
+    }                                                                                        \
+    static const uint8_t *NAME##_strip_pack(int v, int groups, int nv, bool packed,          \
+                                            int64_t n, const uint8_t *w, size_t ws,          \
+                                            uint8_t *buf)                                    \
+    {                                                                                        \
+        return k_strip_pack(T, v, groups, nv, packed, n, w, ws, buf);                        \
+    }                                                                                        \
+    static void NAME##_strip_tile(int groups, int nx, int nv_last, int64_t n,                \
+                                  const uint8_t *const *g, const uint8_t *x, size_t xs,      \
+                                  const void *xa, float *y, size_t ys)                       \
+    {                                                                                        \
+        (void)xa;                                                                            \
+        k_strip_tile(T, groups, nx, nv_last, n, g, x, xs, y, ys);                            \
     }
-K_FUNCS(q4_k, K_Q4)
-K_FUNCS(q5_k, K_Q5)
-K_FUNCS(q6_k, K_Q6)
+K_KERNELS(q4_k, K_Q4)
+K_KERNELS(q5_k, K_Q5)
+K_KERNELS(q6_k, K_Q6)
+
+static void q4_k_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                               const void *xa, float *y)
+{
+    (void)nv, (void)ws, (void)xa;
+    k_dec_packed(K_Q4, n / 256, w, x, y);
+}
+
+static void q6_k_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                               const void *xa, float *y)
+{
+    (void)nv, (void)ws, (void)xa;
+    k_dec_packed(K_Q6, n / 256, w, x, y);
+}
+
+/* PACKED: the type's gemv16_packed, or NULL (no packed layout). */
+#define K_UKERNEL(NAME, TYPE, PACKED)                                                        \
+    static const eng__ukernel NAME##_uk = {                                                  \
+        .type = ENG_TYPE_##TYPE, .gemv16 = NAME##_gemv16, .prefill_nx = 4,                   \
+        .strip_bytes = NAME##_strip_bytes, .strip_pack = NAME##_strip_pack,                  \
+        .strip_tile = NAME##_strip_tile, .strip_groups = 2, .strip_nx = 4,                   \
+        .gemv16_packed = PACKED, .strip_packed = true /* k_pack16 reads both */,            \
+    };                                                                                       \
+    ENG_GEMM_ENTRIES(NAME, NAME##_uk)
+K_UKERNEL(q4_k, Q4_K, q4_k_gemv16_packed)
+K_UKERNEL(q5_k, Q5_K, NULL)
+K_UKERNEL(q6_k, Q6_K, q6_k_gemv16_packed)
 
 void eng__quant_avx512_init(eng__kernels *k)
 {
-#define SETK(T, t)                                                                           \
-    do {                                                                                     \
-        k->vec_dot[ENG_TYPE_##T] = t##_dot;                                                  \
-        k->gemm[ENG_TYPE_##T] = t##_gemm;                                                    \
-    } while (0)
-    SETK(F32, f32);
-    SETK(F16, f16);
-    SETK(BF16, bf16);
-    SETK(Q8_0, q8_0);
-    SETK(Q4_0, q4_0);
-    SETK(Q4_K, q4_k);
-    SETK(Q5_K, q5_k);
-    SETK(Q6_K, q6_k);
-#undef SETK
-    k->gemm_packed[ENG_TYPE_F16] = f16_gemm_packed;
-    k->gemm_packed[ENG_TYPE_Q8_0] = q8_0_gemm_packed;
-    k->gemm_packed[ENG_TYPE_Q4_K] = q4_k_gemm_packed;
-    k->gemm_packed[ENG_TYPE_Q6_K] = q6_k_gemm_packed;
+    f32_install(k);
+    f16_install(k);
+    bf16_install(k);
+    q8_0_install(k);
+    q4_0_install(k);
+    q4_k_install(k);
+    q5_k_install(k);
+    q6_k_install(k);
     k->attn = eng__attn_avx512;
 }

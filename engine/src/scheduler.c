@@ -39,7 +39,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 typedef enum { RQ_WAITING = 0, RQ_PREFILL, RQ_DECODE, RQ_DONE } rq_state;
 
@@ -97,13 +96,6 @@ struct eng_sched {
     float top_lps[ENG_MAX_TOP_LOGPROBS];
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 eng_sched_params eng_sched_default_params(void)
 {
     eng_sched_params p = {.n_ctx = 0, .n_seq_max = 8, .n_batch_max = 512, .n_kv_tokens = 0,
@@ -139,7 +131,7 @@ void eng_request_release(eng_request *r)
 
 static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
 {
-    double t = now_s();
+    double t = eng__now();
     eng_event ev = {.type = ENG_EVENT_DONE, .req = r, .user = r->p.user, .finish = fin,
                     .status = st, .n_prompt = (int32_t)r->p.n_prompt, .n_generated = r->n_gen,
                     .n_cached = r->n_cached};
@@ -246,7 +238,7 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
     r->kv_blocks = eng__kv_blocks_for(r->max_pos);
     r->seq = -1;
     r->s = s;
-    r->t_submit = now_s();
+    r->t_submit = eng__now();
     atomic_init(&r->refs, 2);
     atomic_init(&r->cancel, false);
 
@@ -374,7 +366,7 @@ static void admit(eng_sched *s)
         r->state = RQ_PREFILL;
         r->n_cached = reuse;
         r->n_fed = r->n_past = reuse;
-        r->t_admit = now_s();
+        r->t_admit = eng__now();
         /* validated at submit, so this cannot fail */
         eng_seq_set_orthorank(s->ctx, slot, r->has_orthorank ? &r->orthorank : NULL, (int32_t)r->p.n_prompt);
         s->kv_free_blocks -= need;
@@ -421,7 +413,7 @@ static void next_token(eng_sched *s, eng_request *r, const float *logits)
         return;
     }
     eng_sampler_accept(r->smp, tok);
-    if (r->t_first == 0) r->t_first = now_s();
+    if (r->t_first == 0) r->t_first = eng__now();
     if (!r->p.ignore_eos && eng_vocab_is_eog(v, tok)) {
         finish_running(s, r, ENG_FINISH_STOP, ENG_OK);
         return;

@@ -1,6 +1,6 @@
 /*
  * util.c - status names, logging, allocation wrappers (with a fault-injection
- * knob for tests) and assertion failure.
+ * knob for tests), assertion failure, the byte buffer and the clock.
  */
 #include "internal.h"
 
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <string.h>
+#include <time.h>
 
 const char *eng_strerror(eng_status st)
 {
@@ -143,4 +144,81 @@ char *eng__strndup(const char *s, size_t n)
     memcpy(d, s, n);
     d[n] = 0;
     return d;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Byte buffer and clock                                                    */
+/* ------------------------------------------------------------------------ */
+
+bool eng__buf_reserve(eng__buf *b, size_t n)
+{
+    if (b->oom) return false;
+    if (n > SIZE_MAX / 2 - b->len) {
+        b->oom = true;
+        return false;
+    }
+    size_t need = b->len + n + 1;
+    if (need <= b->cap) return true;
+    size_t cap = b->cap * 2 > need ? b->cap * 2 : need;
+    if (cap < 256) cap = 256;
+    char *d = eng__realloc(b->data, cap);
+    if (!d) {
+        b->oom = true;
+        return false;
+    }
+    b->data = d;
+    b->cap = cap;
+    return true;
+}
+
+void eng__buf_append(eng__buf *b, const void *p, size_t n)
+{
+    if (n == 0 || !eng__buf_reserve(b, n)) return;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+void eng__buf_puts(eng__buf *b, const char *s) { eng__buf_append(b, s, strlen(s)); }
+
+void eng__buf_printf(eng__buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = true; /* an encoding error: the text would be incomplete */
+        return;
+    }
+    if (n == 0 || !eng__buf_reserve(b, (size_t)n)) return;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+char *eng__buf_take(eng__buf *b)
+{
+    char *d = NULL;
+    if (eng__buf_reserve(b, 0)) {
+        d = b->data;
+        d[b->len] = 0;
+        b->data = NULL;
+    }
+    eng__buf_free(b);
+    return d;
+}
+
+void eng__buf_free(eng__buf *b)
+{
+    free(b->data);
+    *b = (eng__buf){0};
+}
+
+double eng__now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }

@@ -1,6 +1,6 @@
 /*
  * test_quant.c - block formats, conversions and kernels (quant.c, quant_avx2.c,
- * quant_avx512.c, cpu.c).
+ * quant_avx512.c, the gemm.c driver, cpu.c).
  *
  * The scalar table is the oracle: SIMD vec_dot / gemm must agree with it
  * within a tight tolerance, integer-exact parts (activation quantizers) must
@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "internal.h"
 #include "testutil.h"
 
@@ -901,4 +902,150 @@ Test(quant, packed_gemm_matches_unpacked)
             }
         }
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The gemm driver (gemm.c) with micro-kernels made of the scalar vec_dot    */
+/* ------------------------------------------------------------------------ */
+/*
+ * Every path of the driver (register tiles; 16-row decode; strips of 2 or 3
+ * groups, from the file layout or packed groups; packed prefill through the
+ * portable unpack) must cover each (row, activation) pair exactly once with
+ * the right pointers: results equal the scalar gemm bit for bit, and every
+ * kernel checks the activation side data it is given belongs to its row.
+ */
+#define DT ENG_TYPE_Q8_0
+
+static float drv_dot(int64_t n, const uint8_t *w, const uint8_t *x)
+{
+    return eng__kernels_get(ENG_KL_SCALAR)->vec_dot[DT](n, w, x);
+}
+
+/* xaux: per block, the activation block's fp16 scale bits (as uint32). */
+static void drv_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, void *out)
+{
+    uint32_t *o = out;
+    for (int64_t j = 0; j < nx; j++)
+        for (int64_t b = 0; b < n / 32; b++) {
+            const uint8_t *d = x + (size_t)j * xs + 34 * b;
+            o[j * (n / 32) + b] = (uint32_t)d[0] | (uint32_t)d[1] << 8;
+        }
+}
+
+static void drv_check_xa(int64_t n, const uint8_t *x, const void *xa)
+{
+    const uint32_t *a = xa;
+    for (int64_t b = 0; b < n / 32; b++)
+        cr_assert_eq(a[b], (uint32_t)x[34 * b] | (uint32_t)x[34 * b + 1] << 8, "xaux of another row");
+}
+
+static void drv_tile(int mr, int nx, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                     size_t xs, float *y, size_t ys)
+{
+    cr_assert(mr >= 1 && mr <= 3 && nx >= 1 && nx <= 5);
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nx; j++) y[j * ys + r] = drv_dot(n, w + r * ws, x + j * xs);
+}
+
+static void drv_gemv16(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                       const void *xa, float *y)
+{
+    cr_assert(nv >= 1 && nv <= 16);
+    drv_check_xa(n, x, xa);
+    for (int k = 0; k < nv; k++) y[k] = drv_dot(n, w + k * ws, x);
+}
+
+/* The strip format: a group's 16 rows in the file layout, unpadded. */
+static size_t drv_strip_bytes(int64_t n, bool packed)
+{
+    (void)packed;
+    return 16 * eng__row_size(DT, n);
+}
+
+static const uint8_t *drv_strip_pack(int v, int groups, int nv, bool packed, int64_t n,
+                                     const uint8_t *w, size_t ws, uint8_t *buf)
+{
+    cr_assert(v < groups && groups <= 3 && nv >= 1 && nv <= 16);
+    size_t rs = eng__row_size(DT, n);
+    uint8_t *dst = buf + (size_t)v * drv_strip_bytes(n, packed);
+    if (packed) {
+        cr_assert_eq(nv, 16);
+        eng__unpack16(DT, w, ws, dst);
+    } else {
+        for (int k = 0; k < nv; k++) memcpy(dst + k * rs, w + k * ws, rs);
+    }
+    return dst;
+}
+
+static void drv_strip_tile(int groups, int nx, int nv_last, int64_t n, const uint8_t *const *g,
+                           const uint8_t *x, size_t xs, const void *xa, float *y, size_t ys)
+{
+    cr_assert(groups >= 1 && groups <= 3 && nx >= 1 && nx <= 3);
+    size_t rs = eng__row_size(DT, n);
+    for (int j = 0; j < nx; j++) {
+        drv_check_xa(n, x + j * xs, (const uint32_t *)xa + j * (n / 32));
+        for (int v = 0; v < groups; v++)
+            for (int k = 0; k < (v == groups - 1 ? nv_last : 16); k++)
+                y[j * ys + 16 * v + k] = drv_dot(n, g[v] + k * rs, x + j * xs);
+    }
+}
+
+static void drv_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                              const void *xa, float *y)
+{
+    cr_assert_eq(nv, 16);
+    drv_check_xa(n, x, xa);
+    uint8_t *rows = malloc(16 * ws);
+    eng__unpack16(DT, w, ws, rows);
+    for (int k = 0; k < 16; k++) y[k] = drv_dot(n, rows + k * ws, x);
+    free(rows);
+}
+
+Test(quant, gemm_driver_paths)
+{
+    const eng__ukernel tiles = {.type = DT, .xaux_block_bytes = 4, .xaux = drv_xaux,
+                                .tile = drv_tile, .tile_mr = 3, .tile_nx = 5,
+                                .prefill_nx = 4, .strip_groups = 2,
+                                .gemv16_packed = drv_gemv16_packed};
+    eng__ukernel strips = {.type = DT, .xaux_block_bytes = 4, .xaux = drv_xaux,
+                           .gemv16 = drv_gemv16, .prefill_nx = 4, .strip_bytes = drv_strip_bytes,
+                           .strip_pack = drv_strip_pack, .strip_tile = drv_strip_tile,
+                           .strip_groups = 2, .strip_nx = 3, .gemv16_packed = drv_gemv16_packed,
+                           .strip_packed = true};
+    eng__ukernel unpacking = strips; /* packed prefill: eng__unpack16, then the strips */
+    unpacking.strip_packed = false;
+    unpacking.strip_groups = 3;
+    const eng__ukernel *uks[] = {&tiles, &strips, &unpacking};
+    const eng__kernels *sc = eng__kernels_get(ENG_KL_SCALAR);
+    static const int nrs[] = {1, 15, 16, 17, 33, 48, 64, 80}, nxs[] = {1, 3, 4, 7, 70};
+    uint64_t s = 99;
+    const int64_t n = 96;
+    const size_t ws = eng__row_size(DT, n), xs = eng__row_size(DT, n) + 6;
+    for (size_t a = 0; a < sizeof nrs / sizeof nrs[0]; a++)
+        for (size_t b = 0; b < sizeof nxs / sizeof nxs[0]; b++) {
+            const int nr = nrs[a], nx = nxs[b];
+            const size_t ys = (size_t)nr + 2, ny = ys * (size_t)nx;
+            uint8_t *w = malloc((size_t)nr * ws), *wp = malloc((size_t)nr * ws), *x = malloc((size_t)nx * xs);
+            float *want = malloc(ny * sizeof *want), *got = malloc(ny * sizeof *got);
+            for (int r = 0; r < nr; r++) rand_weights(DT, w + (size_t)r * ws, n, &s);
+            for (int j = 0; j < nx; j++) rand_act(DT, x + (size_t)j * xs, n, &s);
+            for (int g = 0; g < nr / 16; g++) eng__pack16(DT, w + (size_t)g * 16 * ws, ws, wp + (size_t)g * 16 * ws);
+            sc->gemm[DT](n, w, ws, nr, x, xs, nx, want, ys);
+            for (size_t u = 0; u < 3; u++)
+                for (int packed = 0; packed < 2; packed++) {
+                    if (packed && nr % 16) continue;
+                    for (size_t i = 0; i < ny; i++) got[i] = NAN;
+                    eng__gemm(uks[u], packed, n, packed ? wp : w, ws, nr, x, xs, nx, got, ys);
+                    for (int j = 0; j < nx; j++)
+                        for (int r = 0; r < nr; r++)
+                            cr_assert_eq(memcmp(&got[j * ys + r], &want[j * ys + r], 4), 0,
+                                         "kernels %zu packed %d nr=%d nx=%d (r=%d j=%d)", u, packed,
+                                         nr, nx, r, j);
+                }
+            free(w);
+            free(wp);
+            free(x);
+            free(want);
+            free(got);
+        }
 }

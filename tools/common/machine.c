@@ -13,17 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define PEAK_ITERS 20000000L
 #define BW_BYTES (1ull << 30)
-
-double mach_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 bool mach_supported(void)
 {
@@ -87,9 +79,9 @@ typedef struct {
 static void *peak_thread(void *a)
 {
     peak_arg *p = a;
-    double t0 = mach_now();
+    double t0 = eng__now();
     p->ops = p->fn();
-    p->secs = mach_now() - t0;
+    p->secs = eng__now() - t0;
     return NULL;
 }
 
@@ -154,14 +146,14 @@ double mach_read_bw(int nth)
         pthread_t th[64];
         bw_arg args[64];
         size_t per = BW_BYTES / (size_t)nth / 256 * 256;
-        double t0 = mach_now();
+        double t0 = eng__now();
         for (int i = 0; i < nth; i++) {
             args[i].p = bw_buf + (size_t)i * per;
             args[i].n = per;
             pthread_create(&th[i], NULL, bw_thread, &args[i]);
         }
         for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
-        double bw = (double)per * nth / (mach_now() - t0);
+        double bw = (double)per * nth / (eng__now() - t0);
         if (bw > best) best = bw;
     }
     return best;

@@ -16,5 +16,4 @@ double mach_peak_bf16(int nth);
 double mach_peak_vnni(int nth);
 /* Bytes per second reading a 1 GiB buffer with nth threads, best of 3. */
 double mach_read_bw(int nth);
-double mach_now(void); /* monotonic seconds */
 #endif

@@ -180,6 +180,19 @@ nomem:
     return ENG_ENOMEM;
 }
 
+/* Store key -> (type, the serialized value built in b), taking b's bytes. */
+static eng_status put_buf(eng__gguf_writer *w, const char *key, uint32_t type, eng__buf *b)
+{
+    if (b->oom) {
+        eng__buf_free(b);
+        eng__errf(w->err, sizeof w->err, "out of memory storing key '%.64s'", key);
+        return ENG_ENOMEM;
+    }
+    size_t len = b->len;
+    w->err[0] = 0;
+    return put_owned(w, key, type, (uint8_t *)b->data, len);
+}
+
 static eng_status put(eng__gguf_writer *w, const char *key, uint32_t type, const void *val,
                       uint64_t len)
 {
@@ -193,13 +206,10 @@ static eng_status put(eng__gguf_writer *w, const char *key, uint32_t type, const
         eng__errf(w->err, sizeof w->err, "value of key '%.64s' is too large", key);
         return ENG_EINVAL;
     }
-    uint8_t *copy = eng__malloc((size_t)len);
-    if (!copy) {
-        eng__errf(w->err, sizeof w->err, "out of memory storing key '%.64s'", key);
-        return ENG_ENOMEM;
-    }
-    if (len) memcpy(copy, val, (size_t)len);
-    return put_owned(w, key, type, copy, len);
+    eng__buf b = {0};
+    eng__buf_reserve(&b, (size_t)len);
+    eng__buf_append(&b, val, (size_t)len);
+    return put_buf(w, key, type, &b);
 }
 
 eng_status eng__gguf_set_u8(eng__gguf_writer *w, const char *k, uint8_t v) { return put(w, k, GGUF_VT_UINT8, &v, 1); }
@@ -231,15 +241,11 @@ eng_status eng__gguf_set_strn(eng__gguf_writer *w, const char *key, const char *
                   (unsigned long long)len);
         return ENG_EINVAL;
     }
-    uint8_t *buf = eng__malloc((size_t)len + 8);
-    if (!buf) {
-        eng__errf(w->err, sizeof w->err, "out of memory");
-        return ENG_ENOMEM;
-    }
-    memcpy(buf, &len, 8);
-    if (len) memcpy(buf + 8, v, (size_t)len);
-    w->err[0] = 0;
-    return put_owned(w, key, GGUF_VT_STRING, buf, len + 8);
+    eng__buf b = {0};
+    eng__buf_reserve(&b, (size_t)len + 8);
+    eng__buf_append(&b, &len, 8);
+    eng__buf_append(&b, v, (size_t)len);
+    return put_buf(w, key, GGUF_VT_STRING, &b);
 }
 
 eng_status eng__gguf_set_str(eng__gguf_writer *w, const char *key, const char *v)
@@ -269,17 +275,12 @@ eng_status eng__gguf_set_arr(eng__gguf_writer *w, const char *key, uint32_t elem
         eng__errf(w->err, sizeof w->err, "array of %llu elements is too large", (unsigned long long)n);
         return ENG_EINVAL;
     }
-    uint64_t len = 12 + n * es;
-    uint8_t *buf = eng__malloc((size_t)len);
-    if (!buf) {
-        eng__errf(w->err, sizeof w->err, "out of memory");
-        return ENG_ENOMEM;
-    }
-    memcpy(buf, &elem_type, 4);
-    memcpy(buf + 4, &n, 8);
-    if (n) memcpy(buf + 12, data, (size_t)(n * es));
-    w->err[0] = 0;
-    return put_owned(w, key, GGUF_VT_ARRAY, buf, len);
+    eng__buf b = {0};
+    eng__buf_reserve(&b, (size_t)(12 + n * es));
+    eng__buf_append(&b, &elem_type, 4);
+    eng__buf_append(&b, &n, 8);
+    eng__buf_append(&b, data, (size_t)(n * es));
+    return put_buf(w, key, GGUF_VT_ARRAY, &b);
 }
 
 eng_status eng__gguf_set_arr_strn(eng__gguf_writer *w, const char *key, const eng__str *v,
@@ -303,22 +304,16 @@ eng_status eng__gguf_set_arr_strn(eng__gguf_writer *w, const char *key, const en
         eng__errf(w->err, sizeof w->err, "string array '%.64s' is too large", key);
         return ENG_EINVAL;
     }
-    uint8_t *buf = eng__malloc((size_t)len);
-    if (!buf) {
-        eng__errf(w->err, sizeof w->err, "out of memory");
-        return ENG_ENOMEM;
-    }
+    eng__buf b = {0};
     uint32_t at = GGUF_VT_STRING;
-    memcpy(buf, &at, 4);
-    memcpy(buf + 4, &n, 8);
-    uint8_t *p = buf + 12;
+    eng__buf_reserve(&b, (size_t)len);
+    eng__buf_append(&b, &at, 4);
+    eng__buf_append(&b, &n, 8);
     for (uint64_t i = 0; i < n; i++) {
-        memcpy(p, &v[i].len, 8);
-        if (v[i].len) memcpy(p + 8, v[i].ptr, (size_t)v[i].len);
-        p += 8 + v[i].len;
+        eng__buf_append(&b, &v[i].len, 8);
+        eng__buf_append(&b, v[i].ptr, (size_t)v[i].len);
     }
-    w->err[0] = 0;
-    return put_owned(w, key, GGUF_VT_ARRAY, buf, len);
+    return put_buf(w, key, GGUF_VT_ARRAY, &b);
 }
 
 eng_status eng__gguf_set_arr_str(eng__gguf_writer *w, const char *key, const char *const *v,
@@ -703,40 +698,11 @@ eng_status eng__gguf_writer_write_mem(eng__gguf_writer *w, void **buf, size_t *s
     return ENG_OK;
 }
 
-eng_status eng__gguf_writer_write_file(eng__gguf_writer *w, const char *path)
+/* Close the temp file fd (written with status st) and move it over path,
+ * durably; on any failure remove it, keeping the first error's message. */
+static eng_status publish(eng__gguf_writer *w, int fd, const char *tmp, const char *path,
+                          eng_status st)
 {
-    if (!w) return ENG_EINVAL;
-    w->err[0] = 0;
-    if (!path || !*path) {
-        eng__errf(w->err, sizeof w->err, "no output path");
-        return ENG_EINVAL;
-    }
-    size_t pl = strlen(path);
-    char *tmp = eng__malloc(pl + 8);
-    sink *s = eng__calloc(1, sizeof *s);
-    if (!tmp || !s) {
-        free(tmp);
-        free(s);
-        eng__errf(w->err, sizeof w->err, "out of memory");
-        return ENG_ENOMEM;
-    }
-    memcpy(tmp, path, pl);
-    memcpy(tmp + pl, ".XXXXXX", 8);
-    eng_status st = ENG_OK;
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        eng__errf(w->err, sizeof w->err, "cannot create '%s': %s", tmp, strerror(errno));
-        free(tmp);
-        free(s);
-        return ENG_EIO;
-    }
-    /* mkstemp makes the file 0600; a model file is an ordinary readable file.
-     * (Reading the umask would mean setting it, which races with other
-     * threads, so the common 0644.) */
-    (void)fchmod(fd, 0644);
-    s->fd = fd;
-    s->w = w;
-    st = emit(w, s);
     if (st == ENG_OK && fsync(fd) != 0) {
         eng__errf(w->err, sizeof w->err, "fsync '%s': %s", tmp, strerror(errno));
         st = ENG_EIO;
@@ -755,19 +721,52 @@ eng_status eng__gguf_writer_write_file(eng__gguf_writer *w, const char *path)
         snprintf(keep, sizeof keep, "%s", w->err);
         unlink(tmp);
         snprintf(w->err, sizeof w->err, "%s", keep);
-    } else {
-        /* Make the rename itself durable (best effort). */
-        char *dir = eng__strndup(path, pl);
-        if (dir) {
-            int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (dfd >= 0) {
-                (void)fsync(dfd);
-                close(dfd);
-            }
-            free(dir);
-        }
+        return st;
     }
-    free(tmp);
+    /* Make the rename itself durable (best effort). */
+    char *dir = eng__strndup(path, strlen(path));
+    if (dir) {
+        int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+        free(dir);
+    }
+    return ENG_OK;
+}
+
+eng_status eng__gguf_writer_write_file(eng__gguf_writer *w, const char *path)
+{
+    if (!w) return ENG_EINVAL;
+    w->err[0] = 0;
+    if (!path || !*path) {
+        eng__errf(w->err, sizeof w->err, "no output path");
+        return ENG_EINVAL;
+    }
+    eng__buf tmp = {0};
+    eng__buf_printf(&tmp, "%s.XXXXXX", path);
+    sink *s = tmp.oom ? NULL : eng__calloc(1, sizeof *s);
+    if (!s) {
+        eng__buf_free(&tmp);
+        eng__errf(w->err, sizeof w->err, "out of memory");
+        return ENG_ENOMEM;
+    }
+    int fd = mkstemp(tmp.data);
+    if (fd < 0) {
+        eng__errf(w->err, sizeof w->err, "cannot create '%s': %s", tmp.data, strerror(errno));
+        eng__buf_free(&tmp);
+        free(s);
+        return ENG_EIO;
+    }
+    /* mkstemp makes the file 0600; a model file is an ordinary readable file.
+     * (Reading the umask would mean setting it, which races with other
+     * threads, so the common 0644.) */
+    (void)fchmod(fd, 0644);
+    s->fd = fd;
+    s->w = w;
+    eng_status st = publish(w, fd, tmp.data, path, emit(w, s));
+    eng__buf_free(&tmp);
     free(s);
     return st;
 }

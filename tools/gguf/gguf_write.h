@@ -1,5 +1,7 @@
 /*
- * gguf_write.h - GGUF v3 writer (engine-internal): metadata of every value
+ * gguf_write.h - GGUF v3 writer (library orthoserve_gguf_writer, for the
+ * tools, tests and fuzz seeds; not part of the inference library, whose
+ * internal.h it uses): metadata of every value
  * type, verbatim copies of key-value pairs from an opened file, tensors given
  * as borrowed buffers or produced on demand by a callback, written atomically
  * to a file (temp file + rename) or to a malloc'd buffer. Files it writes load
