@@ -49,39 +49,6 @@ static void iv_push(ivec *v, int32_t x)
     v->d[v->n++] = x;
 }
 
-typedef struct {
-    char *d;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static bool sb_reserve(sbuf *b, size_t extra)
-{
-    if (b->oom) return false;
-    if (extra > SIZE_MAX / 2 - b->n) {
-        b->oom = true;
-        return false;
-    }
-    if (b->n + extra <= b->cap) return true;
-    size_t nc = b->cap ? b->cap : 64;
-    while (nc < b->n + extra) nc *= 2;
-    char *nd = eng__realloc(b->d, nc);
-    if (!nd) {
-        b->oom = true;
-        return false;
-    }
-    b->d = nd;
-    b->cap = nc;
-    return true;
-}
-
-static void sb_add(sbuf *b, const void *p, size_t n)
-{
-    if (!n || !sb_reserve(b, n)) return;
-    memcpy(b->d + b->n, p, n);
-    b->n += n;
-}
-
 static bool c_isspace(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13); }
 
 /* U+2581, SentencePiece's escaped space */
@@ -164,7 +131,7 @@ typedef struct {
     size_t sym_cap;
     heap q;
     eng__pretok pt;
-    sbuf word; /* the word being merged: SPM-escaped text or BPE byte-mapped piece */
+    eng__buf word; /* the word being merged: SPM-escaped text or BPE byte-mapped piece */
     bool oom;
 } scratch;
 
@@ -173,7 +140,7 @@ static void scratch_free(scratch *s)
     free(s->sym);
     free(s->q.d);
     eng__pretok_free(&s->pt);
-    free(s->word.d);
+    eng__buf_free(&s->word);
 }
 
 typedef struct {
@@ -276,21 +243,21 @@ static const merge_rules spm_rules = {spm_pair_key, spm_byte_token};
  * prepended when prefix), then merged as one word. */
 static eng_status spm_fragment(const eng_vocab *v, scratch *s, const char *p, size_t n, bool prefix, ivec *out)
 {
-    sbuf *e = &s->word;
-    e->n = 0;
-    if (prefix) sb_add(e, SPM_SPACE, 3);
+    eng__buf *e = &s->word;
+    e->len = 0;
+    if (prefix) eng__buf_append(e, SPM_SPACE, 3);
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         if (p[i] == ' ') {
-            sb_add(e, p + run, i - run);
-            sb_add(e, SPM_SPACE, 3);
+            eng__buf_append(e, p + run, i - run);
+            eng__buf_append(e, SPM_SPACE, 3);
             run = i + 1;
         }
     }
-    sb_add(e, p + run, n - run);
+    eng__buf_append(e, p + run, n - run);
     if (e->oom) return ENG_ENOMEM;
-    if (e->n > UINT32_MAX) return ENG_EINVAL;
-    merge_word(v, &spm_rules, s, e->d, e->n, out);
+    if (e->len > UINT32_MAX) return ENG_EINVAL;
+    merge_word(v, &spm_rules, s, e->data, e->len, out);
     return ENG_OK;
 }
 
@@ -328,19 +295,19 @@ static eng_status bpe_fragment(const eng_vocab *v, scratch *s, const char *text,
     if (!eng__pretok_split(&s->pt, v->pre, text, n, &nseg)) return ENG_ENOMEM;
     const uint32_t *cp = s->pt.cp;
     for (size_t k = 0, start = 0; k < nseg; start += s->pt.seg[k], k++) {
-        sbuf *w = &s->word;
-        w->n = 0;
+        eng__buf *w = &s->word;
+        w->len = 0;
         for (size_t i = start; i < start + s->pt.seg[k]; i++) {
             uint8_t u[4];
             int l = eng__utf8_put(cp[i], u);
-            for (int j = 0; j < l; j++) sb_add(w, v->b2u[u[j]], v->b2u_len[u[j]]);
+            for (int j = 0; j < l; j++) eng__buf_append(w, v->b2u[u[j]], v->b2u_len[u[j]]);
         }
         if (w->oom) return ENG_ENOMEM;
-        int32_t id = v->ignore_merges ? eng__vocab_find(v, w->d, w->n) : -1;
+        int32_t id = v->ignore_merges ? eng__vocab_find(v, w->data, w->len) : -1;
         if (id >= 0)
             iv_push(out, id);
         else
-            merge_word(v, &bpe_rules, s, w->d, w->n, out);
+            merge_word(v, &bpe_rules, s, w->data, w->len, out);
         if (s->oom) return ENG_ENOMEM;
     }
     return ENG_OK;
@@ -485,38 +452,38 @@ eng_status eng_tokenize(const eng_vocab *v, const char *text, size_t len, bool a
 /* detokenize                                                                */
 /* ------------------------------------------------------------------------ */
 
-static void copy_lstrip(sbuf *b, const char *p, size_t n, bool lstrip)
+static void copy_lstrip(eng__buf *b, const char *p, size_t n, bool lstrip)
 {
     if (lstrip && n && *p == ' ') {
         p++;
         n--;
     }
-    sb_add(b, p, n);
+    eng__buf_append(b, p, n);
 }
 
 /* an SPM normal token: U+2581 back to spaces */
-static void spm_text_piece(const char *t, size_t n, bool lstrip, sbuf *b)
+static void spm_text_piece(const char *t, size_t n, bool lstrip, eng__buf *b)
 {
-    size_t start = b->n, run = 0;
+    size_t start = b->len, run = 0;
     for (size_t i = 0; i + 2 < n;) {
         if (memcmp(t + i, SPM_SPACE, 3) == 0) {
-            sb_add(b, t + run, i - run);
-            sb_add(b, " ", 1);
+            eng__buf_append(b, t + run, i - run);
+            eng__buf_append(b, " ", 1);
             i += 3;
             run = i;
         } else {
             i++;
         }
     }
-    sb_add(b, t + run, n - run);
-    if (lstrip && !b->oom && b->n > start && b->d[start] == ' ') {
-        memmove(b->d + start, b->d + start + 1, b->n - start - 1);
-        b->n--;
+    eng__buf_append(b, t + run, n - run);
+    if (lstrip && !b->oom && b->len > start && b->data[start] == ' ') {
+        memmove(b->data + start, b->data + start + 1, b->len - start - 1);
+        b->data[--b->len] = 0;
     }
 }
 
 /* an SPM byte token: strtol(text + 3, 16) of "<0xNN>" */
-static void spm_byte_piece(const char *t, size_t n, bool lstrip, sbuf *b)
+static void spm_byte_piece(const char *t, size_t n, bool lstrip, eng__buf *b)
 {
     unsigned val = 0;
     for (size_t i = 3; i < n; i++) {
@@ -533,37 +500,37 @@ static void spm_byte_piece(const char *t, size_t n, bool lstrip, sbuf *b)
 }
 
 /* a BPE normal token: code points back to bytes through the GPT-2 table */
-static void bpe_text_piece(const eng_vocab *v, const char *t, size_t n, bool lstrip, sbuf *b)
+static void bpe_text_piece(const eng_vocab *v, const char *t, size_t n, bool lstrip, eng__buf *b)
 {
-    sbuf d = {0};
+    eng__buf d = {0};
     for (size_t i = 0; i < n;) {
         uint32_t cp = eng__utf8_next((const uint8_t *)t, n, &i);
         int32_t byte = cp < 324 ? v->u2b[cp] : -1;
         if (byte >= 0) {
             char c = (char)byte;
-            sb_add(&d, &c, 1);
+            eng__buf_append(&d, &c, 1);
         } else {
             uint8_t u[4];
             int l = eng__utf8_put(cp, u);
-            sb_add(&d, "[UNK_BYTE_0x", 12);
+            eng__buf_append(&d, "[UNK_BYTE_0x", 12);
             for (int k = 0; k < l; k++) {
                 static const char hx[] = "0123456789abcdef";
                 char h[2] = {hx[u[k] >> 4], hx[u[k] & 15]};
-                sb_add(&d, h, 2);
+                eng__buf_append(&d, h, 2);
             }
-            sb_add(&d, t, n);
-            sb_add(&d, "]", 1);
+            eng__buf_append(&d, t, n);
+            eng__buf_append(&d, "]", 1);
         }
     }
     if (d.oom)
         b->oom = true;
     else
-        copy_lstrip(b, d.d, d.n, lstrip);
-    free(d.d);
+        copy_lstrip(b, d.data, d.len, lstrip);
+    eng__buf_free(&d);
 }
 
 /* llama.cpp token_to_piece into b; lstrip removes one leading space. */
-static void piece(const eng_vocab *v, int32_t id, bool special, bool lstrip, sbuf *b)
+static void piece(const eng_vocab *v, int32_t id, bool special, bool lstrip, eng__buf *b)
 {
     uint32_t a = v->attr[id];
     const char *t = eng__vocab_text(v, id);
@@ -583,19 +550,19 @@ eng_status eng_token_to_piece(const eng_vocab *v, int32_t id, bool special, char
                               size_t *n_out)
 {
     if (!v || !n_out || (!buf && cap) || id < 0 || id >= v->n) return ENG_EINVAL;
-    sbuf b = {0};
+    eng__buf b = {0};
     piece(v, id, special, false, &b);
     if (b.oom) {
-        free(b.d);
+        eng__buf_free(&b);
         return ENG_ENOMEM;
     }
-    *n_out = b.n;
-    if (b.n > cap) {
-        free(b.d);
+    *n_out = b.len;
+    if (b.len > cap) {
+        eng__buf_free(&b);
         return ENG_ERANGE;
     }
-    if (b.n) memcpy(buf, b.d, b.n);
-    free(b.d);
+    if (b.len) memcpy(buf, b.data, b.len);
+    eng__buf_free(&b);
     return ENG_OK;
 }
 
@@ -654,23 +621,23 @@ eng_status eng_detokenize(const eng_vocab *v, const int32_t *ids, size_t n, bool
         ids++;
     }
     if (remove_special && v->add_eos && n > 0 && ids[n - 1] == v->eos) n--;
-    sbuf b = {0};
+    eng__buf b = {0};
     for (size_t i = 0; i < n; i++) {
         piece(v, ids[i], unparse_special, remove_space, &b);
         remove_space = false;
     }
     if (b.oom) {
-        free(b.d);
+        eng__buf_free(&b);
         return ENG_ENOMEM;
     }
-    size_t total = b.n;
-    if (v->clean_spaces && total) total = clean_spaces(b.d, total);
+    size_t total = b.len;
+    if (v->clean_spaces && total) total = clean_spaces(b.data, total);
     *n_out = total;
     if (total > cap) {
-        free(b.d);
+        eng__buf_free(&b);
         return ENG_ERANGE;
     }
-    if (total) memcpy(buf, b.d, total);
-    free(b.d);
+    if (total) memcpy(buf, b.data, total);
+    eng__buf_free(&b);
     return ENG_OK;
 }
