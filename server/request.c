@@ -417,6 +417,129 @@ void api_request_free(api_request *req)
 /* Endpoints                                                                */
 /* ------------------------------------------------------------------------ */
 
+/* A content-part array's text parts, joined by newlines, into a new string
+ * (*text, the caller frees it). false when a part is refused (v failed). */
+static bool join_text_parts(vctx *v, json_t *content, const char *param, char **text)
+{
+    sbuf t = {0};
+    size_t k;
+    json_t *part;
+    sbuf_add(&t, "", 0);
+    json_array_foreach(content, k, part) {
+        json_t *type = json_object_get(part, "type"), *txt = json_object_get(part, "text");
+        if (!json_is_object(part) || !json_is_string(type)) {
+            vfail(v, param, "invalid_type", "'%s[%zu]' must be a content part object with a 'type'", param, k);
+        } else if (strcmp(json_string_value(type), "text")) {
+            vfail(v, param, "not_supported", "content parts of type '%s' are not supported (only 'text')",
+                  json_string_value(type));
+        } else if (!json_is_string(txt)) {
+            vfail(v, param, "invalid_type", "'%s[%zu].text' must be a string", param, k);
+        } else {
+            if (k) sbuf_add(&t, "\n", 1);
+            sbuf_add(&t, json_string_value(txt), json_string_length(txt));
+            continue;
+        }
+        free(t.p);
+        return false;
+    }
+    *text = t.p;
+    return true;
+}
+
+/* messages[i] into cm (role, content); *owned: a string cm points into that
+ * the caller frees. false when the message is refused (v failed). */
+static bool parse_message(vctx *v, json_t *m, size_t i, eng_chat_msg *cm, char **owned)
+{
+    char param[64];
+    snprintf(param, sizeof param, "messages[%zu]", i);
+    if (!json_is_object(m)) {
+        vfail(v, param, "invalid_type", "'%s' must be an object", param);
+        return false;
+    }
+    json_t *role = json_object_get(m, "role");
+    snprintf(param, sizeof param, "messages[%zu].role", i);
+    if (!json_is_string(role)) {
+        vfail(v, param, role ? "invalid_type" : "missing_field", "'%s' must be a string", param);
+        return false;
+    }
+    const char *rs = json_string_value(role);
+    if (!strcmp(rs, "developer")) rs = "system";
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+        vfail(v, param, "invalid_value", "'%s' must be 'system', 'user' or 'assistant' (got '%s')", param, rs);
+        return false;
+    }
+    cm->role = rs;
+    json_t *content = json_object_get(m, "content");
+    snprintf(param, sizeof param, "messages[%zu].content", i);
+    if (json_is_string(content)) {
+        cm->content = json_string_value(content);
+    } else if (json_is_array(content)) {
+        if (!join_text_parts(v, content, param, owned)) return false;
+        cm->content = *owned;
+    } else if ((!content || json_is_null(content)) && !strcmp(rs, "assistant")) {
+        cm->content = "";
+    } else {
+        vfail(v, param, content ? "invalid_type" : "missing_field", "'%s' must be a string or an array of text parts",
+              param);
+        return false;
+    }
+    return true;
+}
+
+/* "messages" present, a non-empty array, and no tools or functions asked
+ * for: its length, or 0 (v failed). */
+static size_t check_messages(vctx *v, json_t **msgs)
+{
+    *msgs = json_object_get(v->body, "messages");
+    json_t *x;
+    if (!*msgs || json_is_null(*msgs))
+        vfail(v, "messages", "missing_field", "'messages' is required");
+    else if (!json_is_array(*msgs))
+        vfail(v, "messages", "invalid_type", "'messages' must be an array");
+    else if (!json_array_size(*msgs))
+        vfail(v, "messages", "invalid_value", "'messages' must not be empty");
+    else if ((x = opt(v, "tools")) && (!json_is_array(x) || json_array_size(x)))
+        vfail(v, "tools", "not_supported", "tools are not supported by this server");
+    else if ((x = opt(v, "functions")) && (!json_is_array(x) || json_array_size(x)))
+        vfail(v, "functions", "not_supported", "functions are not supported by this server");
+    else
+        return json_array_size(*msgs);
+    return 0;
+}
+
+/* The chat's logprobs and top_logprobs into out->p.n_logprobs. */
+static void parse_chat_logprobs(vctx *v, api_request *out)
+{
+    bool lp = false;
+    long long top = 0;
+    get_bool(v, "logprobs", &lp);
+    if (get_int(v, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top) && !lp)
+        vfail(v, "top_logprobs", "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
+    out->p.n_logprobs = lp ? (int32_t)top : -1;
+}
+
+/* The rendered chat template, tokenized, as the prompt. */
+static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_t n)
+{
+    char *prompt_text = NULL;
+    size_t prompt_len = 0;
+    eng_status st = eng_chat_apply(v->lim->chat_fmt, cm, n, true, &prompt_text, &prompt_len);
+    if (st != ENG_OK) {
+        set_eng_error(v->err, st, "messages", "the messages could not be rendered with the chat template");
+        v->failed = true;
+        return;
+    }
+    size_t n_ids = 0;
+    int32_t *ids = tokenize(v->lim->vocab, prompt_text, prompt_len, true, &n_ids);
+    eng_free(prompt_text);
+    if (!ids) {
+        set_error(v->err, 500, "server_error", NULL, NULL, "tokenization failed");
+        v->failed = true;
+        return;
+    }
+    if (set_prompt(v, out, ids, n_ids)) v->failed = true;
+}
+
 int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -424,131 +547,18 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
     out->chat = true;
     out->prompt_param = "messages";
     vctx v = {lim, body, err, false};
-    eng_chat_msg *cm = NULL;
-    char **owned = NULL;
-    size_t n = 0;
-    json_t *msgs = json_object_get(body, "messages");
-    if (!msgs || json_is_null(msgs)) {
-        vfail(&v, "messages", "missing_field", "'messages' is required");
-        goto out;
-    }
-    if (!json_is_array(msgs)) {
-        vfail(&v, "messages", "invalid_type", "'messages' must be an array");
-        goto out;
-    }
-    n = json_array_size(msgs);
-    if (!n) {
-        vfail(&v, "messages", "invalid_value", "'messages' must not be empty");
-        goto out;
-    }
-    json_t *x;
-    if ((x = opt(&v, "tools")) && (!json_is_array(x) || json_array_size(x))) {
-        vfail(&v, "tools", "not_supported", "tools are not supported by this server");
-        goto out;
-    }
-    if ((x = opt(&v, "functions")) && (!json_is_array(x) || json_array_size(x))) {
-        vfail(&v, "functions", "not_supported", "functions are not supported by this server");
-        goto out;
-    }
-
-    cm = calloc(n, sizeof *cm);
-    owned = calloc(n, sizeof *owned);
-    char param[64];
-    if (!cm || !owned) {
+    json_t *msgs;
+    size_t n = check_messages(&v, &msgs);
+    eng_chat_msg *cm = n ? calloc(n, sizeof *cm) : NULL;
+    char **owned = n ? calloc(n, sizeof *owned) : NULL;
+    if (n && (!cm || !owned)) {
         set_error(err, 500, "server_error", NULL, NULL, "out of memory");
         v.failed = true;
-        goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        json_t *m = json_array_get(msgs, i);
-        snprintf(param, sizeof param, "messages[%zu]", i);
-        if (!json_is_object(m)) {
-            vfail(&v, param, "invalid_type", "'%s' must be an object", param);
-            goto out;
-        }
-        json_t *role = json_object_get(m, "role");
-        snprintf(param, sizeof param, "messages[%zu].role", i);
-        if (!json_is_string(role)) {
-            vfail(&v, param, role ? "invalid_type" : "missing_field", "'%s' must be a string", param);
-            goto out;
-        }
-        const char *rs = json_string_value(role);
-        if (!strcmp(rs, "developer")) rs = "system";
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
-            vfail(&v, param, "invalid_value", "'%s' must be 'system', 'user' or 'assistant' (got '%s')", param, rs);
-            goto out;
-        }
-        cm[i].role = rs;
-        json_t *content = json_object_get(m, "content");
-        snprintf(param, sizeof param, "messages[%zu].content", i);
-        if (json_is_string(content)) {
-            cm[i].content = json_string_value(content);
-        } else if (json_is_array(content)) {
-            sbuf t = {0};
-            size_t k;
-            json_t *part;
-            sbuf_add(&t, "", 0);
-            json_array_foreach(content, k, part) {
-                json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
-                if (!json_is_object(part) || !json_is_string(type)) {
-                    free(t.p);
-                    vfail(&v, param, "invalid_type", "'%s[%zu]' must be a content part object with a 'type'", param,
-                          k);
-                    goto out;
-                }
-                if (strcmp(json_string_value(type), "text")) {
-                    free(t.p);
-                    vfail(&v, param, "not_supported", "content parts of type '%s' are not supported (only 'text')",
-                          json_string_value(type));
-                    goto out;
-                }
-                if (!json_is_string(text)) {
-                    free(t.p);
-                    vfail(&v, param, "invalid_type", "'%s[%zu].text' must be a string", param, k);
-                    goto out;
-                }
-                if (k) sbuf_add(&t, "\n", 1);
-                sbuf_add(&t, json_string_value(text), json_string_length(text));
-            }
-            owned[i] = t.p;
-            cm[i].content = t.p;
-        } else if ((!content || json_is_null(content)) && !strcmp(rs, "assistant")) {
-            cm[i].content = "";
-        } else {
-            vfail(&v, param, content ? "invalid_type" : "missing_field",
-                  "'%s' must be a string or an array of text parts", param);
-            goto out;
-        }
-    }
-    parse_common(&v, out, true);
-    if (v.failed) goto out;
-    bool lp = false;
-    long long top = 0;
-    get_bool(&v, "logprobs", &lp);
-    if (get_int(&v, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top) && !lp) {
-        vfail(&v, "top_logprobs", "invalid_value", "'top_logprobs' requires 'logprobs' to be true");
-        goto out;
-    }
-    if (v.failed) goto out;
-    out->p.n_logprobs = lp ? (int32_t)top : -1;
-    char *prompt_text = NULL;
-    size_t prompt_len = 0;
-    eng_status st = eng_chat_apply(lim->chat_fmt, cm, n, true, &prompt_text, &prompt_len);
-    if (st != ENG_OK) {
-        set_eng_error(err, st, "messages", "the messages could not be rendered with the chat template");
-        v.failed = true;
-        goto out;
-    }
-    size_t n_ids = 0;
-    int32_t *ids = tokenize(lim->vocab, prompt_text, prompt_len, true, &n_ids);
-    eng_free(prompt_text);
-    if (!ids) {
-        set_error(err, 500, "server_error", NULL, NULL, "tokenization failed");
-        v.failed = true;
-        goto out;
-    }
-    if (set_prompt(&v, out, ids, n_ids)) v.failed = true;
-out:
+    for (size_t i = 0; !v.failed && i < n; i++) parse_message(&v, json_array_get(msgs, i), i, &cm[i], &owned[i]);
+    if (!v.failed) parse_common(&v, out, true);
+    if (!v.failed) parse_chat_logprobs(&v, out);
+    if (!v.failed) chat_prompt(&v, out, cm, n);
     for (size_t i = 0; owned && i < n; i++) free(owned[i]);
     free(owned);
     free(cm);
