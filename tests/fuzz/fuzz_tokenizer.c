@@ -1,5 +1,5 @@
 /*
- * fuzz_tokenizer - libFuzzer harness for the tokenizer (engine/src/tokenizer.c).
+ * fuzz_tokenizer - libFuzzer harness for the tokenizer (engine/src/vocab.c, pretok.c, tokenizer.c).
  *
  * Four vocabularies are loaded once (SentencePiece: stories260K, llama-spm;
  * byte-level BPE: gpt-2, deepseek-llm) from $ORTHOSERVE_TESTDATA or the

@@ -1,6 +1,6 @@
 /*
  * mkseeds - write small synthetic GGUF files as fuzzing seeds, with the
- * project's GGUF writer (engine/src/gguf_write.c):
+ * project's GGUF writer (tools/gguf/gguf_write.c):
  *
  *   OUT/model/  tiny models that load and run: llama and qwen2, every weight
  *               type the engine supports (F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1
