@@ -100,10 +100,12 @@ static void on_event(const eng_event *ev, void *user)
 static void srv_shutdown(srv *s)
 {
     if (s->state == SRV_LOADING) {
-        /* The loader cannot be interrupted; stop as soon as it returns. */
-        s->stop_requested = true;
-        log_line(&s->log, SRV_LOG_INFO, "stopping after the model load finishes");
-        return;
+        /* Nothing to drain yet, and the loader cannot be interrupted (an
+         * open() on a stuck mount or a leased file, a long read): exit now.
+         * _exit, not exit: libuv's exit-time cleanup joins its worker
+         * threads, the loader among them. stderr is unbuffered. */
+        log_line(&s->log, SRV_LOG_INFO, "stopping while the model loads: exiting now");
+        _exit(0);
     }
     if (s->state == SRV_DRAINING) {
         log_line(&s->log, SRV_LOG_INFO, "second signal: stopping now");
@@ -214,7 +216,6 @@ static void load_done(uv_work_t *w, int status)
     log_line(&s->log, SRV_LOG_INFO, "model %s loaded: %s, %d layers, context %d, %ld slots, chat template %s, kernels %s", s->model_id,
             s->info.arch, s->info.n_layer, s->n_ctx, s->cfg->parallel, eng_chat_format_name(s->chat_fmt),
             eng_kernel_name());
-    if (s->stop_requested) srv_shutdown(s);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -57,7 +57,7 @@ struct srv {
     double created;       /* unix time the server started */
 
     srv_state state;
-    bool load_done, stop_requested;
+    bool load_done;
     job *jobs;            /* live generations (doubly linked; job.c) */
     size_t n_jobs;
     uint64_t rng;         /* xorshift64 state: response ids and seeds (job.c), never 0 */

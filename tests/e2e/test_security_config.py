@@ -140,5 +140,63 @@ class ProbeTest(unittest.TestCase):
                 self.check_probe(s, "compose healthcheck", p)
 
 
+
+class ModelPathTest(unittest.TestCase):
+    """D13: a model path whose open() would block: a FIFO is refused at
+    once; a signal while open() blocks (a file another process holds a
+    lease on) stops the server at once instead of after the load."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="orthoserve-modelpath-")
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def test_fifo_is_refused(self):
+        fifo = os.path.join(self.dir, "m.gguf")
+        os.mkfifo(fifo)
+        t = time.time()
+        try:
+            out = run_serve(["-m", fifo], timeout=10)
+        except subprocess.TimeoutExpired:
+            self.fail("a FIFO model path hangs start-up")
+        self.assertLess(time.time() - t, 10)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("is not a regular file (it is a FIFO)", out.stderr)
+        for path, kind in ((self.dir, "directory"), ("/dev/null", "character device")):
+            out = run_serve(["-m", path], timeout=10)
+            self.assertEqual(out.returncode, 1, out.stderr)
+            self.assertIn("(it is a %s)" % kind, out.stderr)
+
+    def test_signal_while_open_blocks(self):
+        import fcntl
+        path = os.path.join(self.dir, "m.gguf")
+        shutil.copyfile(MODEL, path)
+        # A write lease: any other open() of the file blocks until we let go
+        # (or the kernel's lease-break-time, 45 s by default, passes).
+        old = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease-break notice
+        self.addCleanup(signal.signal, signal.SIGIO, old)
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        try:
+            fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE
+        except OSError as e:
+            self.skipTest("no file leases here: %s" % e)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            s = Server(model=path, wait_ready=False)
+            try:
+                time.sleep(0.5)
+                self.assertEqual(s.request("GET", "/health", timeout=5)[0], 503, "still loading")
+                t = time.time()
+                s.signal(sig)
+                try:
+                    rc = s.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.fail("%s during the load was not honoured within 5 s: %s" % (sig.name, s.log_text()))
+                self.assertLess(time.time() - t, 5)
+                self.assertEqual(rc, 0)
+                self.assertIn("exiting now", s.log_text())
+            finally:
+                s.stop()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
