@@ -25,6 +25,7 @@
 
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,44 @@ static void on_sweep(uv_timer_t *t)
 /* Model loading on a worker thread                                         */
 /* ------------------------------------------------------------------------ */
 
+/* One forward pass on the BOS token (token 0 without one): a model whose
+ * logits are not finite (NaN weights, a corrupt or hostile file) would fail
+ * every request, so it is refused at load with a message saying why. The
+ * cost is one decoded token (docs/SECURITY.md, "Model files"). 0 ok, else
+ * -1 with err filled. */
+static int check_logits(srv *s, char *err, size_t errlen)
+{
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = 1;
+    cp.n_seq_max = 1;
+    cp.n_batch_max = 1;
+    cp.n_threads = (int32_t)s->cfg->threads;
+    eng_context *c = NULL;
+    eng_status st = eng_context_new(s->model, &cp, &c);
+    if (st == ENG_OK) {
+        int32_t bos = eng_vocab_bos(eng_model_vocab(s->model)), pos = 0, seq = 0;
+        int32_t tok = bos >= 0 ? bos : 0;
+        int8_t want = 1;
+        eng_batch b = {.n_tokens = 1, .token = &tok, .pos = &pos, .seq = &seq, .logits = &want};
+        st = eng_decode(c, &b);
+    }
+    if (st != ENG_OK) {
+        snprintf(err, errlen, "a test forward pass failed: %s", eng_strerror(st));
+        eng_context_free(c);
+        return -1;
+    }
+    eng_model_info info;
+    eng_model_get_info(s->model, &info);
+    const float *lg = eng_get_logits(c, 0);
+    int32_t bad = 0;
+    for (int32_t i = 0; i < info.n_vocab; i++) bad += !isfinite(lg[i]);
+    eng_context_free(c);
+    if (!bad) return 0;
+    snprintf(err, errlen, "the model's logits are not finite (%d of %d NaN or infinite for one token): its "
+             "weights are corrupt", bad, info.n_vocab);
+    return -1;
+}
+
 static void load_work(uv_work_t *w)
 {
     srv *s = w->data;
@@ -152,6 +191,13 @@ static void load_work(uv_work_t *w)
     eng_status st = eng_model_load(s->cfg->model, &mp, &s->model, s->load_err, sizeof s->load_err);
     if (st != ENG_OK && !s->load_err[0]) snprintf(s->load_err, sizeof s->load_err, "%s", eng_strerror(st));
     if (st != ENG_OK) return;
+    double t0 = now_mono();
+    if (check_logits(s, s->load_err, sizeof s->load_err)) {
+        eng_model_free(s->model);
+        s->model = NULL;
+        return;
+    }
+    log_line(&s->log, SRV_LOG_DEBUG, "logits check (one forward pass): %.1f ms", (now_mono() - t0) * 1e3);
     /* The OrthoRank plan: the configured file (an error if it is bad or
      * missing), else MODEL.orthorank.json beside the model when present,
      * else the engine's documented fallback order. */

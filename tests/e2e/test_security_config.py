@@ -5,8 +5,10 @@ is refused; D4 the prefix cache is partitioned per API key (and cache_salt);
 D12 a generation failure is a 500; D13 a model path that is not a regular
 file is refused, and a signal during a load stops the server at once.
 Talks only to 127.0.0.1; every wait is bounded."""
+import json
 import os
 import re
+import struct
 import shutil
 import signal
 import subprocess
@@ -139,6 +141,98 @@ class ProbeTest(unittest.TestCase):
             for p in re.findall(r"http://[^/\"' ]+(/[a-z]+)", str(svc["healthcheck"])):
                 self.check_probe(s, "compose healthcheck", p)
 
+
+
+def gguf_tensors(path):
+    """{name: (type, dims, absolute offset)} of a GGUF file."""
+    with open(path, "rb") as f:
+        b = f.read()
+    pos = 0
+    def rd(fmt):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, b, pos)
+        pos += struct.calcsize("<" + fmt)
+        return v[0]
+    def rstr():
+        nonlocal pos
+        n = rd("Q"); s = b[pos:pos + n].decode(); pos += n; return s
+    scal = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    def rval(t):
+        if t == 8: return rstr()
+        if t == 9:
+            et = rd("I"); n = rd("Q"); return [rval(et) for _ in range(n)]
+        return rd(scal[t])
+    assert b[:4] == b"GGUF"
+    pos = 4
+    rd("I"); nt = rd("Q"); nkv = rd("Q")
+    kv = {}
+    for _ in range(nkv):
+        k = rstr(); kv[k] = rval(rd("I"))
+    infos = []
+    for _ in range(nt):
+        name = rstr(); nd = rd("I"); dims = [rd("Q") for _ in range(nd)]; t = rd("I"); off = rd("Q")
+        infos.append((name, t, dims, off))
+    al = kv.get("general.alignment", 32)
+    start = (pos + al - 1) // al * al
+    return kv, {n: (t, d, start + o) for n, t, d, o in infos}
+
+
+class CorruptModelTest(unittest.TestCase):
+    """D12: corrupt weights are the server's fault, never the client's. A
+    model whose logits are all NaN is refused at load; one that passes the
+    load check (only some embedding rows NaN) and then fails a generation
+    answers 500 server_error (streamed: an error record saying so)."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="orthoserve-corrupt-")
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def corrupt_copy(self, name, spans):
+        """A copy of the test model with each (offset, length) span 0xff (NaN as F32)."""
+        path = os.path.join(self.dir, name)
+        shutil.copyfile(MODEL, path)
+        with open(path, "r+b") as f:
+            for off, n in spans:
+                f.seek(off)
+                f.write(b"\xff" * n)
+        return path
+
+    def test_nan_weights_are_refused_at_load(self):
+        n = os.path.getsize(MODEL)
+        path = self.corrupt_copy("nan.gguf", [(n // 2, n - n // 2)])  # REDTEAM's corruption
+        try:
+            out = run_serve(["-m", path], timeout=20)
+        except subprocess.TimeoutExpired:
+            self.fail("the server served a model whose logits are NaN")
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("logits are not finite", out.stderr)
+        self.assertIn("weights are corrupt", out.stderr)
+
+    def test_generation_failure_is_500(self):
+        kv, tensors = gguf_tensors(MODEL)
+        t, (n_embd, n_vocab), off = tensors["token_embd.weight"]
+        self.assertEqual(t, 0, "F32 embeddings")
+        bos = kv["tokenizer.ggml.bos_token_id"]
+        self.assertLess(bos, 2)
+        # Rows 2.. NaN: BOS (the load check's token) stays finite, any text is NaN.
+        path = self.corrupt_copy("rows.gguf", [(off + 2 * n_embd * 4, (n_vocab - 2) * n_embd * 4)])
+        s = Server(model=path)
+        try:
+            body = {"prompt": "Once upon a time", "max_tokens": 4}
+            st, _, j, raw = s.post("/v1/completions", body)
+            self.assertEqual(st, 500, raw)
+            self.assertEqual(j["error"]["type"], "server_error", raw)
+            self.assertEqual(j["error"]["code"], "generation_failed", raw)
+            st, _, raw = s.request("POST", "/v1/chat/completions",
+                                   {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True})
+            self.assertEqual(st, 200)
+            err = [json.loads(r) for r in parse_sse(raw)[:-1] if r.startswith('{"error"')]
+            self.assertEqual(len(err), 1, raw)
+            self.assertEqual((err[0]["error"]["type"], err[0]["error"]["code"]), ("server_error", "generation_failed"))
+            # The server stays up and says so.
+            self.assertEqual(s.request("GET", "/health")[0], 200)
+        finally:
+            s.stop()
 
 
 class ModelPathTest(unittest.TestCase):
