@@ -184,6 +184,7 @@ static void submit(hreq *r, api_request *req)
     req->p.orthorank = &j->orp;
     req->p.on_event = bridge_event_cb;
     req->p.user = &j->bu;
+    req->p.cache_scope = api_cache_scope(s->cache_secret, r->key, req->cache_salt, req->cache_salt_len);
     eng_status st = eng_sched_submit(s->sched, &req->p, &j->er);
     r->gen.n_in = (int64_t)req->p.n_prompt;
     if (st != ENG_OK) {

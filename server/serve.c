@@ -374,6 +374,8 @@ static void srv_init(srv *s, srv_config *cfg)
     s->created = (double)time(NULL);
     s->state = SRV_LOADING;
     s->rng = random_seed();
+    s->cache_secret[0] = random_seed();
+    s->cache_secret[1] = random_seed();
     char *dup = strdup(cfg->model);
     snprintf(s->model_file, sizeof s->model_file, "%s", dup ? basename(dup) : cfg->model);
     free(dup);

@@ -70,6 +70,37 @@ class EmptyKeyListTest(unittest.TestCase):
             s.stop()
 
 
+
+class PrefixCacheTenancyTest(unittest.TestCase):
+    """D4: the prefix cache is partitioned by API key (and cache_salt), so
+    usage.prompt_tokens_details.cached_tokens tells a key only about its own
+    earlier prompts (REDTEAM's alice / mallory reproduction)."""
+
+    SECRET = "The secret code is 4 7 1 9. Once upon a time"
+    GUESS = "The secret code is 4 7 1 9"
+
+    def cached(self, s, key, prompt, **extra):
+        body = dict({"prompt": prompt, "max_tokens": 1}, **extra)
+        st, _, j, raw = s.post("/v1/completions", body, headers=auth(key))
+        self.assertEqual(st, 200, raw)
+        return j["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    def test_keys_do_not_share_prefixes(self):
+        s = Server("--api-key", "alice,mallory")
+        try:
+            self.assertEqual(self.cached(s, "alice", self.SECRET), 0)
+            self.assertEqual(self.cached(s, "mallory", self.GUESS), 0, "mallory reads alice's prefix")
+            self.assertGreater(self.cached(s, "alice", self.GUESS), 5, "a key still reuses its own prefixes")
+            # cache_salt partitions a key's cache further.
+            self.assertEqual(self.cached(s, "alice", self.GUESS, cache_salt="user-1"), 0)
+            self.assertGreater(self.cached(s, "alice", self.GUESS, cache_salt="user-1"), 5)
+            self.assertEqual(self.cached(s, "alice", self.GUESS, cache_salt="user-2"), 0)
+            st, _, j, raw = s.post("/v1/completions", {"prompt": "Hi", "cache_salt": ""}, headers=auth("alice"))
+            self.assertEqual((st, j["error"]["param"], j["error"]["code"]), (400, "cache_salt", "invalid_value"), raw)
+        finally:
+            s.stop()
+
+
 def k8s_container():
     import yaml  # python3-yaml
     with open(os.path.join(DOCKER, "k8s", "deployment.yaml")) as f:
