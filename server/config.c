@@ -427,18 +427,22 @@ static int load_keys_file(srv_config *c)
     return rc;
 }
 
-int srv_config_load(srv_config *c, int argc, char **argv)
+static int set_defaults(srv_config *c)
 {
     char err[256];
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < N_OPTS; i++) /* an empty list is already there (and "" is no key) */
         if (!(OPTS[i].type == CT_LIST && !OPTS[i].def[0]) && set_text(c, &OPTS[i], OPTS[i].def, false, err, sizeof err))
             return -1;
+    return 0;
+}
 
-    /* Pass 1: collect the flags (applied last) and find --config. */
-    enum { O_CONFIG = 1000, O_HELP = 'h' };
-    struct option lopts[N_OPTS + 3];
-    char sopts[2 * N_OPTS + 4];
+enum { O_CONFIG = 1000, O_HELP = 'h' };
+
+/* getopt_long's tables from OPTS: option i returns 2000 + i (or its short
+ * letter), plus --config and --help. */
+static void getopt_tables(struct option lopts[N_OPTS + 3], char sopts[2 * N_OPTS + 4])
+{
     size_t ns = 0;
     for (size_t i = 0; i < N_OPTS; i++) {
         bool flag = OPTS[i].type == CT_BOOL;
@@ -453,6 +457,17 @@ int srv_config_load(srv_config *c, int argc, char **argv)
     lopts[N_OPTS + 2] = (struct option){0, 0, 0, 0};
     sopts[ns++] = 'h';
     sopts[ns] = 0;
+}
+
+int srv_config_load(srv_config *c, int argc, char **argv)
+{
+    char err[256];
+    if (set_defaults(c)) return -1;
+
+    /* Pass 1: collect the flags (applied last) and find --config. */
+    struct option lopts[N_OPTS + 3];
+    char sopts[2 * N_OPTS + 4];
+    getopt_tables(lopts, sopts);
 
     int *which = calloc((size_t)argc + 1, sizeof *which);
     char **vals = calloc((size_t)argc + 1, sizeof *vals);

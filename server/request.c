@@ -144,6 +144,19 @@ bool api_model_name_ok(const api_limits *lim, const char *name)
     return !strcmp(name, lim->model_id) || !strcmp(name, lim->model_file);
 }
 
+/* "cache_salt" (vLLM's): partitions the prefix cache further (api_cache_scope). */
+static void parse_cache_salt(vctx *v, api_request *c)
+{
+    json_t *x = opt(v, "cache_salt");
+    if (!x) return;
+    if (!json_is_string(x)) VFAIL(v, "cache_salt", "invalid_type", "'cache_salt' must be a string");
+    if (json_string_length(x) < 1 || json_string_length(x) > API_CACHE_SALT_MAX)
+        VFAIL(v, "cache_salt", "invalid_value", "'cache_salt' must be 1 to %d bytes, got %zu", API_CACHE_SALT_MAX,
+              json_string_length(x));
+    c->cache_salt = json_string_value(x);
+    c->cache_salt_len = json_string_length(x);
+}
+
 /* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
 static void parse_common(vctx *v, api_request *c, bool chat)
 {
@@ -221,14 +234,7 @@ static void parse_common(vctx *v, api_request *c, bool chat)
         }
     }
     if ((x = opt(v, "user")) && !json_is_string(x)) VFAIL(v, "user", "invalid_type", "'user' must be a string");
-    if ((x = opt(v, "cache_salt"))) { /* vLLM's: partitions the prefix cache further (api_cache_scope) */
-        if (!json_is_string(x)) VFAIL(v, "cache_salt", "invalid_type", "'cache_salt' must be a string");
-        if (json_string_length(x) < 1 || json_string_length(x) > API_CACHE_SALT_MAX)
-            VFAIL(v, "cache_salt", "invalid_value", "'cache_salt' must be 1 to %d bytes, got %zu", API_CACHE_SALT_MAX,
-                  json_string_length(x));
-        c->cache_salt = json_string_value(x);
-        c->cache_salt_len = json_string_length(x);
-    }
+    parse_cache_salt(v, c);
     if (v->failed) return;
 
     /* stop: a string or an array of strings. */
