@@ -18,7 +18,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2eutil import BIN, MODEL, Server, parse_sse, wait_for  # noqa: E402
+from e2eutil import BIN, MODEL, Server, parse_sse  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 DOCKER = os.path.join(ROOT, "docker")
@@ -101,12 +101,28 @@ class PrefixCacheTenancyTest(unittest.TestCase):
             s.stop()
 
 
-def k8s_container():
+def k8s_containers():
+    """(file, container) for every container spec in docker/k8s/*.yaml."""
+    import glob
     import yaml  # python3-yaml
-    with open(os.path.join(DOCKER, "k8s", "deployment.yaml")) as f:
-        dep = yaml.safe_load(f)
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    return c
+
+    def walk(node, found):
+        if isinstance(node, dict):
+            for c in node.get("containers") or []:
+                found.append(c)
+            for v in node.values():
+                walk(v, found)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, found)
+        return found
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(DOCKER, "k8s", "*.yaml"))):
+        with open(path) as f:
+            for doc in yaml.safe_load_all(f):
+                out += [(os.path.basename(path), c) for c in walk(doc, [])]
+    return out
 
 
 def expand_compose(v):
@@ -138,17 +154,23 @@ class ProbeTest(unittest.TestCase):
         self.assertTrue(200 <= st < 300, "%s probe GET %s -> %d %r" % (name, path, st, body[:200]))
 
     def test_kubernetes_probes(self):
-        c = k8s_container()
-        env = {e["name"]: str(e["value"]) for e in c.get("env", [])}
-        self.assertIn("ORTHOSERVE_API_KEYS_FILE", env, "the manifest turns keys on")
-        s = self.serve_with(env, c.get("args", []))
-        probes = [p for p in ("startupProbe", "livenessProbe", "readinessProbe") if p in c]
-        self.assertEqual(len(probes), 3)
-        for p in probes:
-            g = c[p]["httpGet"]
-            self.assertIn(g["port"], ("http", 8080))
-            hdrs = {h["name"]: h["value"] for h in g.get("httpHeaders", [])}
-            self.check_probe(s, p, g["path"], hdrs)
+        containers = k8s_containers()
+        self.assertTrue(containers, "docker/k8s/*.yaml holds a container")
+        n_probes = 0
+        for name, c in containers:
+            env = {e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e}
+            self.assertIn("ORTHOSERVE_API_KEYS_FILE", env, name + ": the manifest turns keys on")
+            s = self.serve_with(env, c.get("args", []))
+            for p in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if p not in c:
+                    continue
+                g = c[p]["httpGet"]
+                self.assertIn(g["port"], ("http", 8080))
+                hdrs = {h["name"]: h["value"] for h in g.get("httpHeaders", [])}
+                self.check_probe(s, "%s %s" % (name, p), g["path"], hdrs)
+                n_probes += 1
+            s.stop()
+        self.assertGreaterEqual(n_probes, 3)
 
     def test_compose_and_dockerfile_healthcheck(self):
         import yaml
