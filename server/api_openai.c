@@ -56,7 +56,8 @@ static void reply_whole(job *j)
 }
 
 /* A generation that did not complete: 504 (timeout), 503 (cancelled
- * otherwise) or the engine's error; in the stream when it has started. */
+ * otherwise) or the engine's failure (a 5xx: reply_status_from_done); in
+ * the stream when it has started. */
 static void reply_failure(job *j)
 {
     unsigned st;
@@ -74,8 +75,7 @@ static void reply_failure(job *j)
         code = "shutdown";
         snprintf(msg, sizeof msg, "the request was cancelled (%s)", j->cancel_reason);
     } else {
-        st = reply_status_from_eng(j->status, &type, &code);
-        if (!type) type = "server_error";
+        st = reply_status_from_done(j->status, &type, &code);
         snprintf(msg, sizeof msg, "generation failed: %s", eng_strerror(j->status));
     }
     if (j->stream) stream_error(j, type, code, msg);
@@ -183,6 +183,7 @@ static void submit(hreq *r, api_request *req)
     req->p.orthorank = &req->orthorank;
     req->p.on_event = bridge_event_cb;
     req->p.user = &j->bu;
+    req->p.cache_scope = api_cache_scope(s->cache_secret, r->key, req->cache_salt, req->cache_salt_len);
     eng_status st = eng_sched_submit(s->sched, &req->p, &j->er);
     r->gen.n_in = (int64_t)req->p.n_prompt;
     if (st != ENG_OK) {

@@ -55,11 +55,12 @@ static const copt OPTS[] = {
     {"chat_template", CT_STR, OFF(chat_template), "chat-template", 0, 0, 0, "",
      "chat template name (chatml, llama2, llama3, mistral, zephyr, phi3, gemma, plain); default: detect"},
     {"api_keys", CT_LIST, OFF(api_keys), "api-key", 0, 0, 0, "",
-     "accepted API key (repeat or comma-separate for several); none = no authentication"},
+     "accepted API key (repeat or comma-separate for several); not set = no authentication (an empty "
+     "list is an error)"},
     {"api_keys_file", CT_STR, OFF(api_keys_file), "api-keys-file", 0, 0, 0, "",
      "file of accepted API keys, one per line ('#' comments); added to api_keys"},
-    {"public_paths", CT_LIST, OFF(public_paths), "public-path", 0, 0, 0, "/health,/metrics",
-     "paths served without an API key"},
+    {"public_paths", CT_LIST, OFF(public_paths), "public-path", 0, 0, 0, "/health,/ready,/metrics",
+     "paths served without an API key (the probes and the scrape by default)"},
     {"cors_origins", CT_LIST, OFF(cors_origins), "cors-origin", 0, 0, 0, "",
      "allowed CORS origin ('*' = any; repeat or comma-separate); none = no CORS headers"},
     {"max_body_bytes", CT_INT, OFF(max_body_bytes), "max-body-bytes", 0, 1024, 1 << 30, "4194304",
@@ -119,19 +120,37 @@ static int list_add(srv_strlist *l, const char *s, size_t len)
     return 0;
 }
 
+/* One item with its surrounding blanks trimmed; an empty item is skipped. */
+static int list_add_trimmed(srv_strlist *l, const char *s, size_t n)
+{
+    while (n && isspace((unsigned char)*s)) s++, n--;
+    while (n && isspace((unsigned char)s[n - 1])) n--;
+    return n ? list_add(l, s, n) : 0;
+}
+
 /* Comma-separated list; empty items are skipped. */
 static int list_add_csv(srv_strlist *l, const char *s)
 {
     while (*s) {
         const char *e = strchr(s, ',');
         size_t n = e ? (size_t)(e - s) : strlen(s);
-        while (n && isspace((unsigned char)*s)) s++, n--;
-        while (n && isspace((unsigned char)s[n - 1])) n--;
-        if (n && list_add(l, s, n)) return -1;
+        if (list_add_trimmed(l, s, n)) return -1;
         if (!e) break;
         s = e + 1;
     }
     return 0;
+}
+
+/* A source that sets api_keys must give a key: an empty list (an empty
+ * flag or variable, a secret that rendered empty) would otherwise turn
+ * authentication off without a word. Not setting it at all is the way to
+ * serve without keys. before: the list's length before this source added. */
+static int check_keys_given(const srv_config *c, const copt *o, size_t before, char *err, size_t errlen)
+{
+    if (o->off != OFF(api_keys) || c->api_keys.n > before) return 0;
+    snprintf(err, errlen, "no key given: an empty key list would turn authentication off (leave the setting "
+                          "out to serve without keys)");
+    return -1;
 }
 
 static bool parse_bool(const char *s, bool *out)
@@ -243,9 +262,13 @@ static int set_text(srv_config *c, const copt *o, const char *s, bool append, ch
             return -1;
         }
         return 0;
-    case CT_LIST:
-        if (!append) list_clear((srv_strlist *)p);
-        return list_add_csv((srv_strlist *)p, s);
+    case CT_LIST: {
+        srv_strlist *l = p;
+        if (!append) list_clear(l);
+        size_t before = l->n;
+        if (list_add_csv(l, s)) return -1;
+        return check_keys_given(c, o, before, err, errlen);
+    }
     case CT_ORTHORANK:
         return set_orthorank(c, o, s, NULL, err, errlen);
     }
@@ -276,14 +299,16 @@ static int set_json(srv_config *c, const copt *o, json_t *v, char *err, size_t e
         return 0;
     case CT_LIST: {
         srv_strlist *l = p;
+        if (json_is_null(v)) return 0; /* not set here: what came before stays */
         if (json_is_string(v)) return set_text(c, o, json_string_value(v), false, err, errlen);
         if (!json_is_array(v)) break;
         size_t i;
         json_t *e;
         json_array_foreach(v, i, e) if (!json_is_string(e)) goto bad;
         list_clear(l);
-        json_array_foreach(v, i, e) if (list_add(l, json_string_value(e), json_string_length(e))) return -1;
-        return 0;
+        json_array_foreach(v, i, e) if (list_add_trimmed(l, json_string_value(e), json_string_length(e))) return -1;
+        /* A blank item is skipped, but for api_keys it is an error too. */
+        return check_keys_given(c, o, l->n < json_array_size(v) ? l->n : 0, err, errlen);
     }
     case CT_ORTHORANK: {
         eng_orthorank_field_kind k = orthorank_field(o)->kind;
@@ -463,18 +488,23 @@ static int load_keys_file(srv_config *c)
     return rc;
 }
 
-int srv_config_load(srv_config *c, int argc, char **argv)
+static int set_defaults(srv_config *c)
 {
     char err[256];
     memset(c, 0, sizeof *c);
     c->orthorank = eng_orthorank_default_params(); /* the fields no key sets */
-    for (size_t i = 0; i < N_OPTS; i++)
-        if (set_text(c, &OPTS[i], OPTS[i].def, false, err, sizeof err)) return -1;
+    for (size_t i = 0; i < N_OPTS; i++) /* an empty list is already there (and "" is no key) */
+        if (!(OPTS[i].type == CT_LIST && !OPTS[i].def[0]) && set_text(c, &OPTS[i], OPTS[i].def, false, err, sizeof err))
+            return -1;
+    return 0;
+}
 
-    /* Pass 1: collect the flags (applied last) and find --config. */
-    enum { O_CONFIG = 1000, O_HELP = 'h' };
-    struct option lopts[N_OPTS + 3];
-    char sopts[2 * N_OPTS + 4];
+enum { O_CONFIG = 1000, O_HELP = 'h' };
+
+/* getopt_long's tables from OPTS: option i returns 2000 + i (or its short
+ * letter), plus --config and --help. */
+static void getopt_tables(struct option lopts[N_OPTS + 3], char sopts[2 * N_OPTS + 4])
+{
     size_t ns = 0;
     for (size_t i = 0; i < N_OPTS; i++) {
         bool flag = OPTS[i].type == CT_BOOL;
@@ -489,6 +519,17 @@ int srv_config_load(srv_config *c, int argc, char **argv)
     lopts[N_OPTS + 2] = (struct option){0, 0, 0, 0};
     sopts[ns++] = 'h';
     sopts[ns] = 0;
+}
+
+int srv_config_load(srv_config *c, int argc, char **argv)
+{
+    char err[256];
+    if (set_defaults(c)) return -1;
+
+    /* Pass 1: collect the flags (applied last) and find --config. */
+    struct option lopts[N_OPTS + 3];
+    char sopts[2 * N_OPTS + 4];
+    getopt_tables(lopts, sopts);
 
     int *which = calloc((size_t)argc + 1, sizeof *which);
     char **vals = calloc((size_t)argc + 1, sizeof *vals);

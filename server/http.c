@@ -308,7 +308,11 @@ static bool authorized(hreq *r)
     size_t n = strlen(h);
     while (n && h[n - 1] == ' ') n--;
     bool ok = false;
-    for (size_t i = 0; i < c->api_keys.n; i++) ok |= key_equal(h, n, c->api_keys.v[i]);
+    for (size_t i = 0; i < c->api_keys.n; i++) {
+        bool m = key_equal(h, n, c->api_keys.v[i]);
+        ok |= m;
+        r->key = m ? (int)i + 1 : r->key; /* whose prefix cache (api_cache_scope) */
+    }
     return ok;
 }
 

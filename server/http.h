@@ -72,6 +72,7 @@ struct hreq {
     const http_route *route;  /* the route serving this method and path, or NULL */
     const char *endpoint;     /* metrics label */
     char id[129];             /* request id: a sane incoming X-Request-Id, else generated */
+    int key;                  /* 1 + the index of the API key that authenticated it; 0: none */
     double t0;                /* monotonic arrival (headers in) */
     double t_arrive;          /* since when the connection awaited this request (headers + body deadline) */
     log_gen gen;              /* the access line's facts about a generation */

@@ -228,6 +228,14 @@ unsigned reply_status_from_eng(eng_status st, const char **type, const char **co
     return http;
 }
 
+unsigned reply_status_from_done(eng_status st, const char **type, const char **code)
+{
+    bool oom = st == ENG_ENOMEM;
+    if (type) *type = oom ? "unavailable_error" : "server_error";
+    if (code) *code = oom ? "out_of_memory" : "generation_failed";
+    return oom ? 503 : 500;
+}
+
 json_t *reply_error(const char *msg, const char *type, const char *param, const char *code)
 {
     size_t n;

@@ -72,6 +72,12 @@ void reply_stream_end(const reply_head *h, const char *finish, const reply_count
  * and code (either may be NULL: ENG_OK has no type, most have no code). */
 unsigned reply_status_from_eng(eng_status st, const char **type, const char **code);
 
+/* A failure the engine reports when a generation ends (the DONE event's
+ * status): never the client's fault, whatever the status. 503
+ * unavailable_error "out_of_memory" (worth a retry), else 500 server_error
+ * "generation_failed" (e.g. non-finite logits from a corrupt model). */
+unsigned reply_status_from_done(eng_status st, const char **type, const char **code);
+
 /* {"error": {"message", "type", "param", "code"}}; msg is made valid UTF-8
  * (it may quote user input); param and code may be NULL. */
 json_t *reply_error(const char *msg, const char *type, const char *param, const char *code);

@@ -247,6 +247,19 @@ static void parse_logit_bias(vctx *v, api_request *c)
     sp->logit_bias = c->bias;
 }
 
+/* "cache_salt" (vLLM's): partitions the prefix cache further (api_cache_scope). */
+static void parse_cache_salt(vctx *v, api_request *c)
+{
+    json_t *x = opt(v, "cache_salt");
+    if (!x) return;
+    if (!json_is_string(x)) VFAIL(v, "cache_salt", "invalid_type", "'cache_salt' must be a string");
+    if (json_string_length(x) < 1 || json_string_length(x) > API_CACHE_SALT_MAX)
+        VFAIL(v, "cache_salt", "invalid_value", "'cache_salt' must be 1 to %d bytes, got %zu", API_CACHE_SALT_MAX,
+              json_string_length(x));
+    c->cache_salt = json_string_value(x);
+    c->cache_salt_len = json_string_length(x);
+}
+
 /* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
 static void parse_common(vctx *v, api_request *c, bool chat)
 {
@@ -324,6 +337,7 @@ static void parse_common(vctx *v, api_request *c, bool chat)
         }
     }
     if ((x = opt(v, "user")) && !json_is_string(x)) VFAIL(v, "user", "invalid_type", "'user' must be a string");
+    parse_cache_salt(v, c);
     if (v->failed) return;
 
     /* stop: a string or an array of strings. */
@@ -661,4 +675,55 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
 fail:
     api_request_free(out);
     return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The prefix-cache scope                                                   */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+
+static void sip_round(uint64_t v[4])
+{
+    v[0] += v[1]; v[1] = rotl(v[1], 13); v[1] ^= v[0]; v[0] = rotl(v[0], 32);
+    v[2] += v[3]; v[3] = rotl(v[3], 16); v[3] ^= v[2];
+    v[0] += v[3]; v[3] = rotl(v[3], 21); v[3] ^= v[0];
+    v[2] += v[1]; v[1] = rotl(v[1], 17); v[1] ^= v[2]; v[2] = rotl(v[2], 32);
+}
+
+/* SipHash-2-4 (Aumasson and Bernstein) of m[0..n) under the key k. */
+static uint64_t siphash24(const uint64_t k[2], const unsigned char *m, size_t n)
+{
+    uint64_t v[4] = {k[0] ^ 0x736f6d6570736575u, k[1] ^ 0x646f72616e646f6du, k[0] ^ 0x6c7967656e657261u,
+                     k[1] ^ 0x7465646279746573u};
+    size_t full = n / 8 * 8;
+    for (size_t i = 0; i < full; i += 8) {
+        uint64_t x = 0;
+        for (int b = 0; b < 8; b++) x |= (uint64_t)m[i + (size_t)b] << (8 * b);
+        v[3] ^= x;
+        sip_round(v);
+        sip_round(v);
+        v[0] ^= x;
+    }
+    uint64_t w = (uint64_t)n << 56; /* the last word: the tail, and the length's low byte on top */
+    for (size_t i = full; i < n; i++) w |= (uint64_t)m[i] << (8 * (i - full));
+    v[3] ^= w;
+    sip_round(v);
+    sip_round(v);
+    v[0] ^= w;
+    v[2] ^= 0xff;
+    for (int r = 0; r < 4; r++) sip_round(v);
+    return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
+uint64_t api_cache_scope(const uint64_t secret[2], int key, const char *salt, size_t salt_len)
+{
+    /* The key's 4 bytes, then the salt (at least 1 byte when given, so no
+     * (key, salt) pair reads as another). */
+    unsigned char m[4 + API_CACHE_SALT_MAX];
+    uint32_t k = (uint32_t)key;
+    for (int b = 0; b < 4; b++) m[b] = (unsigned char)(k >> (8 * b));
+    if (!salt || salt_len > API_CACHE_SALT_MAX) salt_len = 0;
+    if (salt_len) memcpy(m + 4, salt, salt_len);
+    return siphash24(secret, m, 4 + salt_len);
 }

@@ -60,6 +60,8 @@ typedef struct {
     size_t echo_len;
     eng_orthorank_params orthorank; /* the server's defaults with the body's "orthorank" on top */
     const char *prompt_param;   /* "messages" or "prompt": names the prompt in later errors */
+    const char *cache_salt;     /* "cache_salt" (a view into the body), or NULL */
+    size_t cache_salt_len;
 } api_request;
 
 /* Why a request was refused: an OpenAI error object and the HTTP status. */
@@ -76,6 +78,17 @@ typedef struct {
 int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err);
 int api_parse_completions(const api_limits *lim, json_t *body, api_request *out, api_error *err);
 void api_request_free(api_request *req);
+/* The longest "cache_salt" accepted (bytes). */
+#define API_CACHE_SALT_MAX 256
+
+/* The prefix-cache scope of a request (eng_request_params.cache_scope):
+ * SipHash-2-4 under the server's random secret of the API key that
+ * authenticated it (key: 1 + its index; 0: none, one scope for every
+ * request without a key) and its cache_salt (NULL: none). Requests share
+ * cached prompt prefixes only within one scope, so one key cannot learn
+ * another's prompt from usage.prompt_tokens_details.cached_tokens. */
+uint64_t api_cache_scope(const uint64_t secret[2], int key, const char *salt, size_t salt_len);
+
 /* Whether name (a body's "model", a /v1/models/{id}) names the served model:
  * its id or its file name. */
 bool api_model_name_ok(const api_limits *lim, const char *name);

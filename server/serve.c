@@ -25,6 +25,7 @@
 
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,10 +101,12 @@ static void on_event(const eng_event *ev, void *user)
 static void srv_shutdown(srv *s)
 {
     if (s->state == SRV_LOADING) {
-        /* The loader cannot be interrupted; stop as soon as it returns. */
-        s->stop_requested = true;
-        log_line(&s->log, SRV_LOG_INFO, "stopping after the model load finishes");
-        return;
+        /* Nothing to drain yet, and the loader cannot be interrupted (an
+         * open() on a stuck mount or a leased file, a long read): exit now.
+         * _exit, not exit: libuv's exit-time cleanup joins its worker
+         * threads, the loader among them. stderr is unbuffered. */
+        log_line(&s->log, SRV_LOG_INFO, "stopping while the model loads: exiting now");
+        _exit(0);
     }
     if (s->state == SRV_DRAINING) {
         log_line(&s->log, SRV_LOG_INFO, "second signal: stopping now");
@@ -140,6 +143,44 @@ static void on_sweep(uv_timer_t *t)
 /* Model loading on a worker thread                                         */
 /* ------------------------------------------------------------------------ */
 
+/* One forward pass on the BOS token (token 0 without one): a model whose
+ * logits are not finite (NaN weights, a corrupt or hostile file) would fail
+ * every request, so it is refused at load with a message saying why. The
+ * cost is one decoded token (docs/SECURITY.md, "Model files"). 0 ok, else
+ * -1 with err filled. */
+static int check_logits(srv *s, char *err, size_t errlen)
+{
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = 1;
+    cp.n_seq_max = 1;
+    cp.n_batch_max = 1;
+    cp.n_threads = (int32_t)s->cfg->threads;
+    eng_context *c = NULL;
+    eng_status st = eng_context_new(s->model, &cp, &c);
+    if (st == ENG_OK) {
+        int32_t bos = eng_vocab_bos(eng_model_vocab(s->model)), pos = 0, seq = 0;
+        int32_t tok = bos >= 0 ? bos : 0;
+        int8_t want = 1;
+        eng_batch b = {.n_tokens = 1, .token = &tok, .pos = &pos, .seq = &seq, .logits = &want};
+        st = eng_decode(c, &b);
+    }
+    if (st != ENG_OK) {
+        snprintf(err, errlen, "a test forward pass failed: %s", eng_strerror(st));
+        eng_context_free(c);
+        return -1;
+    }
+    eng_model_info info;
+    eng_model_get_info(s->model, &info);
+    const float *lg = eng_get_logits(c, 0);
+    int32_t bad = 0;
+    for (int32_t i = 0; i < info.n_vocab; i++) bad += !isfinite(lg[i]);
+    eng_context_free(c);
+    if (!bad) return 0;
+    snprintf(err, errlen, "the model's logits are not finite (%d of %d NaN or infinite for one token): its "
+             "weights are corrupt", bad, info.n_vocab);
+    return -1;
+}
+
 static void load_work(uv_work_t *w)
 {
     srv *s = w->data;
@@ -150,6 +191,13 @@ static void load_work(uv_work_t *w)
     eng_status st = eng_model_load(s->cfg->model, &mp, &s->model, s->load_err, sizeof s->load_err);
     if (st != ENG_OK && !s->load_err[0]) snprintf(s->load_err, sizeof s->load_err, "%s", eng_strerror(st));
     if (st != ENG_OK) return;
+    double t0 = now_mono();
+    if (check_logits(s, s->load_err, sizeof s->load_err)) {
+        eng_model_free(s->model);
+        s->model = NULL;
+        return;
+    }
+    log_line(&s->log, SRV_LOG_DEBUG, "logits check (one forward pass): %.1f ms", (now_mono() - t0) * 1e3);
     /* The OrthoRank plan: the configured file (an error if it is bad or
      * missing), else MODEL.orthorank.json beside the model when present,
      * else the engine's documented fallback order. */
@@ -214,7 +262,6 @@ static void load_done(uv_work_t *w, int status)
     log_line(&s->log, SRV_LOG_INFO, "model %s loaded: %s, %d layers, context %d, %ld slots, chat template %s, kernels %s", s->model_id,
             s->info.arch, s->info.n_layer, s->n_ctx, s->cfg->parallel, eng_chat_format_name(s->chat_fmt),
             eng_kernel_name());
-    if (s->stop_requested) srv_shutdown(s);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -327,6 +374,8 @@ static void srv_init(srv *s, srv_config *cfg)
     s->created = (double)time(NULL);
     s->state = SRV_LOADING;
     s->rng = random_seed();
+    s->cache_secret[0] = random_seed();
+    s->cache_secret[1] = random_seed();
     char *dup = strdup(cfg->model);
     snprintf(s->model_file, sizeof s->model_file, "%s", dup ? basename(dup) : cfg->model);
     free(dup);
@@ -353,6 +402,23 @@ static void srv_init(srv *s, srv_config *cfg)
                             .app = s, .log = &s->log, .mx = &s->mx};
 }
 
+/* Whether API keys are required, said once at start (an operator should
+ * not have to infer it from a 401). */
+static void log_auth(srv *s)
+{
+    const srv_config *c = s->cfg;
+    if (!c->api_keys.n) {
+        log_line(&s->log, SRV_LOG_INFO, "authentication: off (no api_keys or api_keys_file)");
+        return;
+    }
+    char paths[512] = "";
+    size_t k = 0;
+    for (size_t i = 0; i < c->public_paths.n && k < sizeof paths; i++)
+        k += (size_t)snprintf(paths + k, sizeof paths - k, "%s%s", i ? " " : "", c->public_paths.v[i]);
+    log_line(&s->log, SRV_LOG_INFO, "authentication: on (%zu key%s); without a key: %s", c->api_keys.n,
+             c->api_keys.n == 1 ? "" : "s", c->public_paths.n ? paths : "nothing");
+}
+
 /* Listen, load the model on a worker, and run the loop until the drain
  * (or a failure) closes every handle. */
 static void srv_run(srv *s)
@@ -365,6 +431,7 @@ static void srv_run(srv *s)
     }
     log_line(&s->log, SRV_LOG_INFO, "listening on http://%s:%d (model %s loading)",
              strchr(s->cfg->host, ':') ? "[::]" : s->cfg->host, s->http.port, s->model_id);
+    log_auth(s);
     uv_timer_start(&s->sweep_timer, on_sweep, 250, 250);
     s->load_work.data = s;
     uv_queue_work(s->loop, &s->load_work, load_work, load_done);

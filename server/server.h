@@ -57,10 +57,11 @@ struct srv {
     double created;       /* unix time the server started */
 
     srv_state state;
-    bool load_done, stop_requested;
+    bool load_done;
     job *jobs;            /* live generations (doubly linked; job.c) */
     size_t n_jobs;
     uint64_t rng;         /* xorshift64 state: response ids and seeds (job.c), never 0 */
+    uint64_t cache_secret[2]; /* random: the key of api_cache_scope (request.h) */
     int exit_code;
 };
 

@@ -404,10 +404,24 @@ static eng_status read_all(int fd, size_t size, const char *path, void **out, ch
     return ENG_OK;
 }
 
+static const char *file_kind(mode_t m)
+{
+    return S_ISDIR(m) ? "directory" : S_ISFIFO(m) ? "FIFO" : S_ISCHR(m) ? "character device" : S_ISBLK(m) ? "block device"
+           : S_ISSOCK(m) ? "socket" : "special file";
+}
+
 static eng_status open_file(const char *path, bool use_mmap, eng__gguf **out, char *err, size_t errlen)
 {
     if (!path || !out) return ENG_EINVAL;
     *out = NULL;
+    /* Before open(): opening a FIFO blocks until a writer comes, and a
+     * device or directory is no model either (fstat below re-checks what
+     * was opened). */
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode)) {
+        eng__errf(err, errlen, "'%s' is not a regular file (it is a %s)", path, file_kind(pre.st_mode));
+        return ENG_EIO;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         eng__errf(err, errlen, "cannot open '%s': %s", path, strerror(errno));

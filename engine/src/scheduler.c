@@ -28,7 +28,9 @@
  * longest prompt prefix, truncates it to that prefix (keeping at least its
  * last prompt token to compute) and prefills only the rest; chunked prefill
  * is bitwise identical to whole prefill, so the result is the same as
- * recomputing. Sparsified requests neither reuse nor leave a prefix (their
+ * recomputing. Only requests with the same cache_scope share prefixes (a
+ * tenant must not learn another's prompt from n_cached or the prefill
+ * time). Sparsified requests neither reuse nor leave a prefix (their
  * K/V depend on the selection), nor do cancelled or echo requests. Idle
  * slots are evicted least recently used when a request needs their blocks.
  */
@@ -83,6 +85,7 @@ struct eng_sched {
     int32_t **slot_tok;         /* (n_seq, n_ctx) tokens whose K/V the slot holds */
     int32_t *slot_len;          /* (n_seq) positions held (running or cached) */
     uint64_t *slot_used;        /* (n_seq) LRU clock of cached slots, 0: nothing cached */
+    uint64_t *slot_scope;       /* (n_seq) cache_scope of the request that left the slot's prefix */
     uint64_t clock;
     bool prefix_cache;
     eng_request **order;        /* running requests in admission order */
@@ -163,6 +166,7 @@ static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, 
     if (keep) {
         s->slot_len[slot] = r->n_past;
         s->slot_used[slot] = ++s->clock;
+        s->slot_scope[slot] = r->p.cache_scope;
         s->kv_free_blocks += r->kv_blocks - eng__kv_blocks_for(r->n_past);
     } else {
         eng_seq_truncate(s->ctx, slot, 0);
@@ -311,7 +315,7 @@ static int32_t pick_slot(eng_sched *s, const eng_request *r, int32_t *reuse)
             continue;
         }
         if (lru < 0 || s->slot_used[i] < s->slot_used[lru]) lru = i;
-        if (!can_reuse) continue;
+        if (!can_reuse || s->slot_scope[i] != r->p.cache_scope) continue; /* another partition */
         int32_t n = s->slot_len[i], lim = (int32_t)r->p.n_prompt - 1, k = 0;
         if (lim > n) lim = n;
         while (k < lim && s->slot_tok[i][k] == r->prompt[k]) k++;
@@ -575,6 +579,7 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     s->slot_tok = eng__calloc((size_t)s->n_seq, sizeof *s->slot_tok);
     s->slot_len = eng__calloc((size_t)s->n_seq, sizeof *s->slot_len);
     s->slot_used = eng__calloc((size_t)s->n_seq, sizeof *s->slot_used);
+    s->slot_scope = eng__calloc((size_t)s->n_seq, sizeof *s->slot_scope);
     s->prefix_cache = p->prefix_cache;
     if (s->slot_tok)
         for (int32_t i = 0; i < s->n_seq; i++)
@@ -589,7 +594,7 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     st = ENG_ENOMEM;
     bool toks_ok = s->slot_tok != NULL;
     for (int32_t i = 0; toks_ok && i < s->n_seq; i++) toks_ok = s->slot_tok[i] != NULL;
-    if (!toks_ok || !s->slot_len || !s->slot_used || !s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
+    if (!toks_ok || !s->slot_len || !s->slot_used || !s->slot_scope || !s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
         !s->scratch)
         goto fail;
     eng_kv_usage(s->ctx, NULL, &s->stats.kv_total);
@@ -634,6 +639,7 @@ void eng_sched_free(eng_sched *s)
     free(s->slot_tok);
     free(s->slot_len);
     free(s->slot_used);
+    free(s->slot_scope);
     free(s->slots);
     free(s->order);
     free(s->b_tok);

@@ -64,7 +64,7 @@ class AuthCorsTest(unittest.TestCase):
         self.assertEqual(st, 401)
         self.assertEqual(self.s.request("GET", "/health")[0], 200)
         self.assertEqual(self.s.request("GET", "/metrics")[0], 200)
-        self.assertEqual(self.s.request("GET", "/ready")[0], 401)
+        self.assertEqual(self.s.request("GET", "/ready")[0], 200)  # public by default: probes send no key (issue 15, D2)
 
     def test_cors(self):
         st, h, _ = self.s.request("OPTIONS", "/v1/chat/completions", headers={

@@ -359,6 +359,27 @@ Test(gguf, open_errors)
     eng__gguf_close(NULL);
 }
 
+/* A FIFO as the model path (issue 15, D13): open() would wait for a writer
+ * forever; it is refused before it is opened, in both load modes. The
+ * criterion timeout is the hang detector. */
+Test(gguf, fifo_is_refused_without_blocking, .timeout = 10)
+{
+    char dir[] = "/tmp/orthoserve-fifo-XXXXXX", path[64];
+    cr_assert(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    eng__gguf *g = (eng__gguf *)1;
+    char err[512] = "";
+    cr_expect_eq(eng__gguf_open(path, &g, err, sizeof err), ENG_EIO);
+    cr_expect_null(g);
+    cr_expect(strstr(err, "not a regular file (it is a FIFO)"), "%s", err);
+    err[0] = 0;
+    cr_expect_eq(eng__gguf_open_read(path, &g, err, sizeof err), ENG_EIO);
+    cr_expect(strstr(err, "FIFO"), "%s", err);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ------------------------------------------------------------------------ */
 /* (b) Writer round trip                                                    */
 /* ------------------------------------------------------------------------ */

@@ -413,9 +413,10 @@ Test(scheduler, drain_and_free_with_live_requests, .timeout = 60)
     eng_model_free(m);
 }
 
-/* Run prompt b after prompt a in one scheduler; returns b's collector. */
-static void run_pair(eng_model *m, bool cache, const int32_t *a, size_t na, const int32_t *b, size_t nb,
-                     collector *cb)
+/* Run prompt b (cache_scope scope_b) after prompt a (scope_a) in one
+ * scheduler; returns b's collector. */
+static void run_pair_scoped(eng_model *m, bool cache, const int32_t *a, size_t na, uint64_t scope_a,
+                            const int32_t *b, size_t nb, uint64_t scope_b, collector *cb)
 {
     eng_sched_params sp = eng_sched_default_params();
     sp.n_ctx = 128;
@@ -428,6 +429,7 @@ static void run_pair(eng_model *m, bool cache, const int32_t *a, size_t na, cons
     coll_init(cb);
     eng_request *r;
     eng_request_params p = greedy_params(a, na, 10, &ca);
+    p.cache_scope = scope_a;
     cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
     coll_wait(&ca);
     eng_request_release(r);
@@ -439,10 +441,17 @@ static void run_pair(eng_model *m, bool cache, const int32_t *a, size_t na, cons
     }
     if (cache) cr_assert(st.kv_cached > 0, "the finished request left its prefix");
     p = greedy_params(b, nb, 30, cb);
+    p.cache_scope = scope_b;
     cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
     coll_wait(cb);
     eng_request_release(r);
     eng_sched_free(s);
+}
+
+static void run_pair(eng_model *m, bool cache, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                     collector *cb)
+{
+    run_pair_scoped(m, cache, a, na, 0, b, nb, 0, cb);
 }
 
 Test(scheduler, prefix_reuse_is_exact, .timeout = 60)
@@ -490,5 +499,33 @@ Test(scheduler, cached_prefixes_are_evicted_for_new_work, .timeout = 60)
         eng_request_release(r);
     }
     eng_sched_free(s);
+    eng_model_free(m);
+}
+
+/* The prefix cache is partitioned by cache_scope (issue 15, D4: one API
+ * key must not learn another's prompt from n_cached): two scopes never
+ * share a prefix, one scope still does, and the output is the same. */
+Test(scheduler, prefix_reuse_only_within_a_cache_scope, .timeout = 60)
+{
+    eng_model *m = load();
+    int32_t a[] = {1, 403, 407, 261, 378, 29892, 727, 471, 263, 2217};
+    int32_t b[] = {1, 403, 407, 261, 378, 29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++) b[i] %= 512;
+    for (size_t i = 0; i < sizeof a / sizeof *a; i++) a[i] %= 512;
+    const uint64_t alice = 0x9e3779b97f4a7c15u, mallory = 0x9e3779b97f4a7c16u;
+    collector other, same, shared, cold;
+    run_pair_scoped(m, true, a, 10, alice, b, 15, mallory, &other);
+    run_pair_scoped(m, true, a, 10, mallory, b, 15, 0, &shared); /* 0 is a scope like any other */
+    run_pair_scoped(m, true, a, 10, alice, b, 15, alice, &same);
+    run_pair(m, false, a, 10, b, 15, &cold);
+    cr_assert_eq(other.n_cached, 0, "another scope's prefix is never reused");
+    cr_assert_eq(shared.n_cached, 0);
+    cr_assert_eq(same.n_cached, 10, "the same scope reuses its own prefix");
+    cr_assert_eq(same.n_tokens, cold.n_tokens);
+    cr_assert_eq(other.n_tokens, cold.n_tokens);
+    for (int i = 0; i < cold.n_tokens; i++) {
+        cr_assert_eq(same.tokens[i], cold.tokens[i], "token %d", i);
+        cr_assert_eq(other.tokens[i], cold.tokens[i], "token %d", i);
+    }
     eng_model_free(m);
 }

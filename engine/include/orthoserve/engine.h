@@ -545,6 +545,10 @@ typedef struct {
     const eng_orthorank_params *orthorank; /* copied; NULL: dense */
     eng_event_fn on_event;   /* required */
     void *user;
+    /* Prefix-cache partition, an opaque tag: a request reuses only the KV
+     * that requests with the same tag left (0 is a tag like any other). The
+     * server gives each API key (and cache_salt) its own. */
+    uint64_t cache_scope;
 } eng_request_params;
 
 /* Start the scheduler thread. The model must outlive it. Free with eng_sched_free(). */

@@ -73,9 +73,11 @@ Test(config, defaults)
     cr_expect_eq(cfg.idle_timeout, 60);
     cr_expect_str_eq(cfg.alias, "");
     cr_expect_eq(cfg.api_keys.n, 0);
-    cr_assert_eq(cfg.public_paths.n, 2);
+    /* The probes (/health, /ready) and the scrape answer without a key (D2). */
+    cr_assert_eq(cfg.public_paths.n, 3);
     cr_expect_str_eq(cfg.public_paths.v[0], "/health");
-    cr_expect_str_eq(cfg.public_paths.v[1], "/metrics");
+    cr_expect_str_eq(cfg.public_paths.v[1], "/ready");
+    cr_expect_str_eq(cfg.public_paths.v[2], "/metrics");
     cr_expect_str_eq(cfg.log_format, "text");
     cr_expect_str_eq(cfg.log_level, "info");
     cr_expect_null(cfg.config_file);
@@ -252,4 +254,42 @@ Test(config, file_errors_name_the_key)
         unlink(path);
     }
     expect_error(NULL, ARGS("-m", "m", "--config", "/nonexistent/orthoserve.json"), "/nonexistent/orthoserve.json");
+}
+
+/* An explicitly given key list without a key would turn authentication off
+ * silently (issue 15, D5): refused from every source, naming the source.
+ * Leaving the setting out is how a server runs without keys. */
+Test(config, empty_key_list_is_refused)
+{
+    const char *need = "an empty key list would turn authentication off";
+    expect_error(NULL, ARGS("-m", "m", "--api-key", ""), "--api-key (key 'api_keys')");
+    expect_error(NULL, ARGS("-m", "m", "--api-key", " , "), need);
+    expect_error(NULL, ARGS("-m", "m", "--api-key", "k1", "--api-key", ""), need);
+    expect_error(ENV("ORTHOSERVE_API_KEYS="), ARGS("-m", "m"), "environment ORTHOSERVE_API_KEYS (key 'api_keys')");
+    expect_error(ENV("ORTHOSERVE_API_KEYS= ,"), ARGS("-m", "m"), need);
+    const char *const files[] = {"{\"model\": \"m\", \"api_keys\": []}", "{\"model\": \"m\", \"api_keys\": \"\"}",
+                                 "{\"model\": \"m\", \"api_keys\": [\" \"]}",
+                                 "{\"model\": \"m\", \"api_keys\": [\"k1\", \"\"]}"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        const char *path = config_file(files[i]);
+        expect_error(NULL, ARGS("--config", path), "key 'api_keys'");
+        cr_expect(strstr(err_text, need), "%s", err_text);
+        unlink(path);
+    }
+    /* Not given at all, or null in a file (config/orthoserve.json): no
+     * authentication, and no error. */
+    cr_assert_eq(load(NULL, ARGS("-m", "m")), 0, "%s", err_text);
+    cr_expect_eq(cfg.api_keys.n, 0);
+    srv_config_free(&cfg);
+    const char *unset = config_file("{\"model\": \"m\", \"api_keys\": null}");
+    cr_assert_eq(load(NULL, ARGS("--config", unset)), 0, "%s", err_text);
+    cr_expect_eq(cfg.api_keys.n, 0);
+    srv_config_free(&cfg);
+    unlink(unset);
+    /* Blanks around keys in a file's array are trimmed, as everywhere else. */
+    const char *path = config_file("{\"model\": \"m\", \"api_keys\": [\" k1 \", \"k2\"]}");
+    cr_assert_eq(load(NULL, ARGS("--config", path)), 0, "%s", err_text);
+    cr_assert_eq(cfg.api_keys.n, 2);
+    cr_expect_str_eq(cfg.api_keys.v[0], "k1");
+    unlink(path);
 }

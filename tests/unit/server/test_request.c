@@ -246,3 +246,46 @@ Test(request, orthorank_fields_on_top_of_the_defaults, .fini = teardown, .timeou
     cr_assert_str_eq(e.message, "'orthorank.token_ratio' 1 updates every token, so no sparsity above 0 can be reached");
     json_decref(body);
 }
+
+/* cache_salt (issue 15, D4): a string of 1 to API_CACHE_SALT_MAX bytes,
+ * else a 400 naming it; and the scope it goes into. */
+Test(request, cache_salt, .init = setup, .fini = teardown, .timeout = 30)
+{
+    api_request q;
+    api_error e;
+    json_t *body;
+    cr_assert_eq(parse(false, "{\"prompt\":\"Hi\",\"cache_salt\":\"tenant-7\"}", &q, &e, &body), 0, "%s", e.message);
+    cr_assert_eq(q.cache_salt_len, 8);
+    cr_assert(!memcmp(q.cache_salt, "tenant-7", 8));
+    api_request_free(&q);
+    json_decref(body);
+    cr_assert_eq(parse(true, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}", &q, &e, &body), 0, "%s",
+                 e.message);
+    cr_assert_null(q.cache_salt);
+    api_request_free(&q);
+    json_decref(body);
+    expect_error(false, "{\"prompt\":\"Hi\",\"cache_salt\":7}", 400, "invalid_type", "cache_salt");
+    expect_error(true, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"cache_salt\":\"\"}", 400,
+                 "invalid_value", "cache_salt");
+    char big[API_CACHE_SALT_MAX + 64];
+    snprintf(big, sizeof big, "{\"prompt\":\"Hi\",\"cache_salt\":\"%0*d\"}", API_CACHE_SALT_MAX + 1, 0);
+    expect_error(false, big, 400, "invalid_value", "cache_salt");
+}
+
+/* The scope is SipHash-2-4 of the key's 4 bytes and the salt: the
+ * reference vector (key 00..0f, message 00..0e), and distinct scopes for
+ * distinct keys, salts and secrets. */
+Test(request, cache_scope)
+{
+    const uint64_t k[2] = {0x0706050403020100u, 0x0f0e0d0c0b0a0908u};
+    const char tail[] = "\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e";
+    cr_assert_eq(api_cache_scope(k, 0x03020100, tail, 11), 0xa129ca6149be45e5u);
+    const uint64_t s1[2] = {1, 2}, s2[2] = {1, 3};
+    uint64_t none = api_cache_scope(s1, 0, NULL, 0);
+    cr_assert_eq(none, api_cache_scope(s1, 0, NULL, 0));
+    cr_assert_neq(none, api_cache_scope(s1, 1, NULL, 0));
+    cr_assert_neq(api_cache_scope(s1, 1, NULL, 0), api_cache_scope(s1, 2, NULL, 0));
+    cr_assert_neq(api_cache_scope(s1, 1, NULL, 0), api_cache_scope(s1, 1, "a", 1));
+    cr_assert_neq(api_cache_scope(s1, 1, "a", 1), api_cache_scope(s1, 1, "b", 1));
+    cr_assert_neq(none, api_cache_scope(s2, 0, NULL, 0));
+}
