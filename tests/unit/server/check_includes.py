@@ -29,7 +29,7 @@ LAYERS = [
     ["request", "plan"],                           # request bodies -> engine parameters; plan files
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
     ["metrics", "bridge", "textbuf", "config"],
-    ["sbuf"],
+    ["sbuf", "jsoncount"],
 ]
 # The CLI's headers are not checked for ownership (cli.h serves three files;
 # the CLI is moving out of server/).
