@@ -87,6 +87,13 @@ def proc_status(pid):
     return out
 
 
+def sanitized(pid):
+    """Whether the server runs under a sanitizer: its shadow memory is in
+    RSS, and it slows the loop several times over."""
+    with open("/proc/%d/maps" % pid) as f:
+        return any(x in f.read() for x in ("libtsan", "libasan"))
+
+
 def metric(s, name):
     return s.metrics().get(name, 0)
 
@@ -240,7 +247,7 @@ class LoopStallTest(unittest.TestCase):
             print("\nD3 /health during 6 x 3.9 MB prompts/tokenize: %d probes, p50 %.1f ms, p99 %.1f ms, max %.1f ms"
                   % (len(lat), p50 * 1e3, p99 * 1e3, lat[-1] * 1e3))
             self.assertGreater(len(lat), 20)
-            self.assertLess(p99, 0.05)
+            self.assertLess(p99, 0.25 if sanitized(s.proc.pid) else 0.05)
         finally:
             s.stop()
 
@@ -272,12 +279,16 @@ class MemoryTest(unittest.TestCase):
             peak = proc_status(s.proc.pid)["VmRSS"]
             print("\nD8 48 bodies of 4 MiB held open: RSS %.0f -> %.0f MB (%d refused at once)"
                   % (base / 1e6, peak / 1e6, refused))
-            self.assertLess(peak - base, 100e6)
+            self.assertGreaterEqual(refused, 48 - 16)  # max_body_buffer 64 MiB holds 15 of them
+            san = sanitized(s.proc.pid)  # RSS then counts the sanitizer's shadow memory: not checked
+            if not san:
+                self.assertLess(peak - base, 100e6)
             for k in socks:
                 k.close()
             socks = []
-            self.assertTrue(wait_for(lambda: proc_status(s.proc.pid)["VmRSS"] - base < 30e6, 5),
-                            "RSS stays at %.0f MB" % (proc_status(s.proc.pid)["VmRSS"] / 1e6))
+            if not san:
+                self.assertTrue(wait_for(lambda: proc_status(s.proc.pid)["VmRSS"] - base < 30e6, 5),
+                                "RSS stays at %.0f MB" % (proc_status(s.proc.pid)["VmRSS"] / 1e6))
             self.assertEqual(probe(s)[0], 200)
         finally:
             for k in socks:
@@ -295,7 +306,8 @@ class MemoryTest(unittest.TestCase):
                   % (st, before["VmHWM"] / 1e6, after["VmHWM"] / 1e6))
             self.assertEqual(st, 413, j)
             self.assertIn("JSON values", j["error"]["message"])
-            self.assertLess(after["VmHWM"] - before["VmHWM"], 40e6)
+            if not sanitized(s.proc.pid):
+                self.assertLess(after["VmHWM"] - before["VmHWM"], 40e6)
         finally:
             s.stop()
 
