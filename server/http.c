@@ -730,16 +730,27 @@ static void refuse(http_server *h, hconn *fresh)
     srv_metrics_request(h->mx, "connection", 503);
 }
 
-/* The oldest open connection other than fresh for which pick says yes. */
+/* Whether c may be evicted, and since when: waiting for a request (idle or
+ * trickling headers), or, with body, receiving the body of its request. */
+static bool evictable(const hconn *c, bool body, double *since)
+{
+    if (!body) {
+        *since = c->t_wait;
+        return !c->in_request;
+    }
+    *since = c->req ? c->req->t0 : 0;
+    return c->in_request && c->reading && c->req && !c->req->responded;
+}
+
+/* The open connection other than fresh evictable the longest, or NULL. */
 static hconn *oldest(http_server *h, const hconn *fresh, bool body)
 {
     hconn *old = NULL;
+    double t_old = 0, t;
     for (hconn *c = h->conns; c; c = c->next) {
-        if (c == fresh || c->shut) continue;
-        bool ok = body ? c->in_request && c->reading && c->req && !c->req->responded : !c->in_request;
-        double t = body ? (c->req ? c->req->t0 : c->t_wait) : c->t_wait;
-        double t_old = old ? (body && old->req ? old->req->t0 : old->t_wait) : 0;
-        if (ok && (!old || t < t_old)) old = c;
+        if (c == fresh || c->shut || !evictable(c, body, &t) || (old && t >= t_old)) continue;
+        old = c;
+        t_old = t;
     }
     return old;
 }
