@@ -143,7 +143,7 @@ class SlowBodyFloodTest(unittest.TestCase):
         finally:
             for k in socks:
                 k.close()
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
     def test_small_limit_with_keys(self):
         raise_nofile(1024)
@@ -161,7 +161,7 @@ class SlowBodyFloodTest(unittest.TestCase):
         finally:
             for k in socks:
                 k.close()
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
     def test_defaults(self):
         # REDTEAM's reproduction at the default limits, from another address
@@ -192,7 +192,7 @@ class SlowBodyFloodTest(unittest.TestCase):
         finally:
             for k in socks:
                 k.close()
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
     def test_body_timeout(self):
         s = Server("--body-timeout", "1", "--idle-timeout", "60")
@@ -208,7 +208,7 @@ class SlowBodyFloodTest(unittest.TestCase):
             self.assertTrue(wait_for(lambda: metric(
                 s, 'orthoserve_http_requests_total{endpoint="completions",status="408"}') == 1, 3))
         finally:
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
 
 class LoopStallTest(unittest.TestCase):
@@ -263,7 +263,7 @@ class LoopStallTest(unittest.TestCase):
         finally:
             if p.is_alive():
                 p.terminate()
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
 
 class MemoryTest(unittest.TestCase):
@@ -307,7 +307,7 @@ class MemoryTest(unittest.TestCase):
         finally:
             for k in socks:
                 k.close()
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
     def test_json_amplification(self):
         s = Server()
@@ -323,7 +323,7 @@ class MemoryTest(unittest.TestCase):
             if not sanitized(s.proc.pid):
                 self.assertLess(after["VmHWM"] - before["VmHWM"], 40e6)
         finally:
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
 
 class FramingTest(unittest.TestCase):
@@ -336,7 +336,7 @@ class FramingTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.s.stop()
+        assert cls.s.stop() == 0
 
     def test_conflicting_content_length(self):
         body = b'{"prompt":"Hi","max_tokens":2}'
@@ -370,7 +370,7 @@ class AuthTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.s.stop()
+        assert cls.s.stop() == 0
 
     def test_routes_hidden_without_a_key(self):
         auth = {"Authorization": "Bearer k"}
@@ -414,7 +414,7 @@ class LogTest(unittest.TestCase):
             self.assertFalse([l for l in lines if "\r" in l], log)
             self.assertIn("/v1/models/x\\x0aorthoserve:\\x20req-00000000-1", log)
         finally:
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
     def test_json_log_keeps_non_utf8_path(self):
         s = Server("--log-format", "json")
@@ -424,7 +424,7 @@ class LogTest(unittest.TestCase):
             reqs = [json.loads(l) for l in s.log_text().splitlines() if '"request"' in l]
             self.assertEqual([r.get("path") for r in reqs if r.get("status") == 404], ["/\\xff"])
         finally:
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
     def test_client_hangups(self):
         s = Server("-c", "4096")
@@ -459,7 +459,7 @@ class LogTest(unittest.TestCase):
             self.assertNotIn("Failed to send", log)
             self.assertNotIn(" 503 ", log)
         finally:
-            s.stop()
+            self.assertEqual(s.stop(), 0, "server exit status")
 
 
 if __name__ == "__main__":
