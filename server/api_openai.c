@@ -2,8 +2,9 @@
  * api_openai.c - /v1/chat/completions, /v1/completions and /v1/models.
  *
  * A request body is validated into engine parameters by request.c (every
- * error names its field in "param"; the prompt is tokenized there, on the
- * loop thread), and a job (job.c) is submitted to the scheduler. Engine
+ * error names its field in "param"; the prompt is tokenized there, on a
+ * libuv worker through http_offload, so a 4 MB prompt never stalls the
+ * loop), and a job (job.c) is submitted to the scheduler. Engine
  * events come back through the bridge (api_on_event): the job records them
  * (token bytes go through its textbuf: UTF-8 boundaries, stop strings), and
  * the text goes either into the whole response (non-streaming) or into SSE
@@ -57,10 +58,15 @@ static void reply_whole(job *j)
 
 /* A generation that did not complete: 504 (timeout), 503 (cancelled
  * otherwise) or the engine's failure (a 5xx: reply_status_from_done); in
- * the stream when it has started. */
+ * the stream when it has started. A client that hung up gets nothing: its
+ * request ends as 499. */
 static void reply_failure(job *j)
 {
     unsigned st;
+    if (!j->stream && job_cancelled(j) && !strcmp(j->cancel_reason, "client_disconnect")) {
+        http_abandon(j->hr);
+        return;
+    }
     const char *type = "server_error", *code = NULL;
     char msg[200];
     if (job_cancelled(j) && !strcmp(j->cancel_reason, "timeout")) {
@@ -206,20 +212,51 @@ static void submit(hreq *r, api_request *req)
 /* Endpoints                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Validate (request.c), then submit or reply with the error. */
+/* A completion body being validated and tokenized on a worker: it reads
+ * only this (lim's config and vocabulary do not change while serving). */
+typedef struct {
+    api_limits lim;
+    bool chat;
+    json_t *body; /* r->json, which lives as long as r */
+    int rc;
+    api_request req;
+    api_error err;
+} validation;
+
+static void validate_work(void *ctx)
+{
+    validation *v = ctx;
+    v->rc = v->chat ? api_parse_chat(&v->lim, v->body, &v->req, &v->err)
+                    : api_parse_completions(&v->lim, v->body, &v->req, &v->err);
+}
+
+/* Back on the loop: submit (unless the server began draining meanwhile) or
+ * reply with the error. r is NULL when the request is gone. */
+static void validate_done(hreq *r, void *ctx)
+{
+    validation *v = ctx;
+    if (r && v->rc)
+        http_reply_error(r, v->err.status, v->err.type, v->err.code, v->err.param[0] ? v->err.param : NULL, "%s",
+                         v->err.message);
+    else if (r && server_ready(r))
+        submit(r, &v->req);
+    if (!v->rc) api_request_free(&v->req);
+    free(v);
+}
+
+/* Validate (request.c, off the loop), then submit or reply with the error. */
 static void completion(hreq *r, bool chat)
 {
     if (!server_ready(r)) return;
-    api_limits lim = limits_of(r->s);
-    api_request req;
-    api_error err;
-    int rc = chat ? api_parse_chat(&lim, r->json, &req, &err) : api_parse_completions(&lim, r->json, &req, &err);
-    if (rc) {
-        http_reply_error(r, err.status, err.type, err.code, err.param[0] ? err.param : NULL, "%s", err.message);
+    validation *v = calloc(1, sizeof *v);
+    if (!v) {
+        http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    submit(r, &req);
-    api_request_free(&req);
+    v->lim = limits_of(r->s);
+    v->chat = chat;
+    v->body = r->json;
+    http_offload(r, validate_work, validate_done, v);
 }
 
 void api_chat(hreq *r) { completion(r, true); }

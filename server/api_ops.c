@@ -1,6 +1,7 @@
 /*
  * api_ops.c - the operational endpoints: /health, /ready, /metrics, and
- * llama-server's /tokenize and /detokenize.
+ * llama-server's /tokenize (tokenized on a libuv worker: http_offload) and
+ * /detokenize.
  */
 #include "api_ops.h"
 #include "server.h"
@@ -100,6 +101,62 @@ static json_t *piece_json(const eng_vocab *v, int32_t id)
     return a;
 }
 
+/* A /tokenize body being tokenized on a worker (a 4 MB text takes seconds). */
+typedef struct {
+    const eng_vocab *v;
+    const char *text; /* in r->json, which lives as long as r */
+    size_t len;
+    bool add_special, parse_special, with_pieces;
+    eng_status st;
+    char *reply; /* the response's text, made here too (1M tokens take a while) */
+    size_t reply_n;
+} tokenization;
+
+static void tokenize_work(void *ctx)
+{
+    tokenization *t = ctx;
+    size_t cap = t->len + 8, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    t->st = ids ? eng_tokenize(t->v, t->text, t->len, t->add_special, t->parse_special, ids, cap, &n) : ENG_ENOMEM;
+    if (t->st == ENG_ERANGE) {
+        free(ids);
+        cap = n;
+        ids = malloc(cap * sizeof *ids);
+        t->st = ids ? eng_tokenize(t->v, t->text, t->len, t->add_special, t->parse_special, ids, cap, &n)
+                    : ENG_ENOMEM;
+    }
+    if (t->st == ENG_OK) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++) {
+            if (t->with_pieces) {
+                json_t *o = json_object();
+                json_object_set_new(o, "id", json_integer(ids[i]));
+                json_object_set_new(o, "piece", piece_json(t->v, ids[i]));
+                json_array_append_new(arr, o);
+            } else {
+                json_array_append_new(arr, json_integer(ids[i]));
+            }
+        }
+        json_t *o = json_object();
+        json_object_set_new(o, "tokens", arr);
+        if (!(t->reply = http_json_text(o, &t->reply_n))) t->st = ENG_ENOMEM;
+    }
+    free(ids);
+}
+
+static void tokenize_done(hreq *r, void *ctx)
+{
+    tokenization *t = ctx;
+    if (r && t->st != ENG_OK) {
+        http_reply_eng_error(r, t->st, "content", NULL);
+    } else if (r) {
+        http_reply_text(r, 200, "application/json", t->reply, t->reply_n);
+        t->reply = NULL;
+    }
+    free(t->reply);
+    free(t);
+}
+
 void api_tokenize(hreq *r)
 {
     json_t *body = r->json;
@@ -110,42 +167,21 @@ void api_tokenize(hreq *r)
                          "'content' must be a string");
         return;
     }
-    bool add_special, parse_special, with_pieces;
-    if (!opt_bool(r, body, "add_special", false, &add_special) ||
-        !opt_bool(r, body, "parse_special", true, &parse_special) ||
-        !opt_bool(r, body, "with_pieces", false, &with_pieces))
-        return;
-    const eng_vocab *v = r->s->vocab;
-    size_t len = json_string_length(c), cap = len + 8, n = 0;
-    int32_t *ids = malloc(cap * sizeof *ids);
-    eng_status st = ids ? eng_tokenize(v, json_string_value(c), len, add_special, parse_special, ids, cap, &n)
-                        : ENG_ENOMEM;
-    if (st == ENG_ERANGE) {
-        free(ids);
-        cap = n;
-        ids = malloc(cap * sizeof *ids);
-        st = ids ? eng_tokenize(v, json_string_value(c), len, add_special, parse_special, ids, cap, &n) : ENG_ENOMEM;
-    }
-    if (st != ENG_OK) {
-        free(ids);
-        http_reply_eng_error(r, st, "content", NULL);
+    tokenization *t = calloc(1, sizeof *t);
+    if (!t) {
+        http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++) {
-        if (with_pieces) {
-            json_t *o = json_object();
-            json_object_set_new(o, "id", json_integer(ids[i]));
-            json_object_set_new(o, "piece", piece_json(v, ids[i]));
-            json_array_append_new(arr, o);
-        } else {
-            json_array_append_new(arr, json_integer(ids[i]));
-        }
+    if (!opt_bool(r, body, "add_special", false, &t->add_special) ||
+        !opt_bool(r, body, "parse_special", true, &t->parse_special) ||
+        !opt_bool(r, body, "with_pieces", false, &t->with_pieces)) {
+        free(t);
+        return;
     }
-    free(ids);
-    json_t *o = json_object();
-    json_object_set_new(o, "tokens", arr);
-    http_reply_json(r, 200, o);
+    t->v = r->s->vocab;
+    t->text = json_string_value(c);
+    t->len = json_string_length(c);
+    http_offload(r, tokenize_work, tokenize_done, t);
 }
 
 void api_detokenize(hreq *r)

@@ -39,10 +39,13 @@ typedef struct {
     srv_strlist cors_origins;  /* allowed origins; "*" any; empty: no CORS */
     long max_body_bytes;
     long max_connections;
+    long max_connections_per_ip; /* concurrent connections from one address */
+    long max_body_buffer;    /* request body bytes buffered over all connections */
     long max_queue;
     long max_tokens;      /* per request (also the default when a request omits it) */
     double request_timeout;  /* seconds from arrival to the end of generation */
     double idle_timeout;     /* seconds a connection may sit idle */
+    double body_timeout;     /* seconds a request body may take after its headers */
     double drain_timeout;    /* seconds in-flight requests get on SIGINT/SIGTERM */
     long retry_after;        /* seconds, in 429 and 503 responses */
     bool log_requests;       /* one line per request on stderr */

@@ -11,16 +11,20 @@
  * the loop thread. A request waiting for the engine is suspended; while it
  * is, MHD does not watch its socket, so a uv_poll_t on the socket reports a
  * client that hangs up (UV_DISCONNECT); hooks.on_hangup cancels its work.
- * Error responses decided from the headers are held until the body has been
- * read (so the client is never reset mid-send), except 413 for a declared
- * Content-Length over the limit, which is answered at once.
+ * Errors decided from the headers (framing, 401, 404, 405, 413, 415) are
+ * answered at once, without reading the body, and the connection is then
+ * closed (Connection: close) when a body was announced. The JSON body is
+ * parsed on a libuv worker (http_offload), never on the loop.
  */
 #include "http.h"
 #include "reply.h"
 
+#include "jsoncount.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -87,10 +91,15 @@ static void on_watch(uv_poll_t *p, int status, int events)
     (void)status;
     watch_close(r);
     if (r->hooks && r->hooks->on_hangup) r->hooks->on_hangup(r);
+    else r->hangup_pending = true; /* offloaded work: told when hooks come */
 }
 
 void http_suspend(hreq *r)
 {
+    if (r->hangup_pending && r->hooks && r->hooks->on_hangup) {
+        r->hangup_pending = false;
+        r->hooks->on_hangup(r);
+    }
     if (r->suspended) return;
     MHD_suspend_connection(r->conn);
     r->suspended = true;
@@ -118,10 +127,89 @@ void http_resume(hreq *r)
     uv_timer_start(&r->h->mhd_timer, on_mhd_timer, 0, 0);
 }
 
+void http_abandon(hreq *r)
+{
+    if (r->responded) return;
+    r->responded = true;
+    r->abandoned = true;
+    r->status = 499;
+    http_resume(r); /* MHD calls on_access again, which closes the connection */
+}
+
 void http_attach(hreq *r, const http_hooks *hooks, void *ctx)
 {
     r->hooks = hooks;
     r->ctx = ctx;
+}
+
+/* Drop r's body bytes (parsed, or no longer wanted); a large body's memory
+ * goes back to the OS. */
+static void body_release(hreq *r)
+{
+    bool large = r->body_cap >= ((size_t)1 << 20);
+    r->h->body_buffered -= r->body_cap;
+    free(r->body);
+    r->body = NULL;
+    r->body_n = r->body_cap = 0;
+    if (large) malloc_trim(0);
+}
+
+/* Free a request MHD is done with. */
+static void req_free(hreq *r)
+{
+    json_decref(r->json);
+    r->json = NULL;
+    body_release(r); /* after the JSON tree: the trim returns both */
+    free(r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Work off the loop                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    uv_work_t w;
+    hreq *r;
+    void (*work)(void *ctx);
+    void (*done)(hreq *r, void *ctx);
+    void *ctx;
+} offload;
+
+static void offload_work(uv_work_t *w)
+{
+    offload *o = w->data;
+    o->work(o->ctx);
+}
+
+static void offload_after(uv_work_t *w, int status)
+{
+    offload *o = w->data;
+    hreq *r = o->r;
+    (void)status; /* never cancelled */
+    r->offloaded = false;
+    if (r->gone) {
+        o->done(NULL, o->ctx);
+        req_free(r);
+    } else {
+        o->done(r, o->ctx);
+        if (!r->responded && !r->hooks && !r->offloaded)
+            http_reply_error(r, 500, "server_error", NULL, NULL, "the request was not answered");
+    }
+    free(o);
+}
+
+void http_offload(hreq *r, void (*work)(void *ctx), void (*done)(hreq *r, void *ctx), void *ctx)
+{
+    offload *o = malloc(sizeof *o);
+    if (o) *o = (offload){.w = {.data = o}, .r = r, .work = work, .done = done, .ctx = ctx};
+    if (!o || uv_queue_work(r->h->loop, &o->w, offload_work, offload_after)) {
+        free(o);
+        done(NULL, ctx);
+        http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    r->offloaded = true;
+    http_suspend(r);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -136,6 +224,8 @@ static void add_common_headers(hreq *r, struct MHD_Response *resp, unsigned stat
     }
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (status == 405 && r->allow[0]) MHD_add_response_header(resp, "Allow", r->allow);
+    if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (r->close_after) MHD_add_response_header(resp, "Connection", "close");
     if (status == 429 || status == 503) {
         char ra[32];
         snprintf(ra, sizeof ra, "%ld", r->h->cfg->retry_after);
@@ -170,10 +260,26 @@ void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, si
     queue(r, status, resp);
 }
 
-void http_reply_json(hreq *r, unsigned status, json_t *body)
+char *http_json_text(json_t *body, size_t *len)
 {
     size_t n;
     char *txt = reply_dump(body, &n);
+    if (!txt) return NULL;
+    /* Responses end with a newline, as curl users expect. */
+    char *t2 = realloc(txt, n + 2);
+    if (t2) {
+        txt = t2;
+        txt[n++] = '\n';
+        txt[n] = 0;
+    }
+    *len = n;
+    return txt;
+}
+
+void http_reply_json(hreq *r, unsigned status, json_t *body)
+{
+    size_t n;
+    char *txt = http_json_text(body, &n);
     if (!txt) {
         static const char oom[] =
             "{\"error\":{\"message\":\"could not encode the response\",\"type\":\"server_error\",\"param\":null,"
@@ -185,13 +291,6 @@ void http_reply_json(hreq *r, unsigned status, json_t *body)
             return;
         }
         n = strlen(txt);
-    }
-    /* Responses end with a newline, as curl users expect. */
-    char *t2 = realloc(txt, n + 2);
-    if (t2) {
-        txt = t2;
-        txt[n++] = '\n';
-        txt[n] = 0;
     }
     http_reply_text(r, status, "application/json", txt, n);
 }
@@ -340,14 +439,6 @@ static bool json_content_type(const char *ct)
     return false;
 }
 
-static void set_early(hreq *r, int status, const char *type, const char *code, const char *msg)
-{
-    r->early_status = status;
-    r->early_type = type;
-    r->early_code = code;
-    snprintf(r->early_msg, sizeof r->early_msg, "%s", msg);
-}
-
 static void reply_preflight(hreq *r)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -361,78 +452,151 @@ static void reply_preflight(hreq *r)
     queue(r, 204, resp);
 }
 
-/* Header-time checks: an answer (413 at once) or an error held until the
- * body is in (set_early), or nothing when the request may go on. */
-static void first_call(hreq *r, const char *method)
+/* The Content-Length headers of a request: how many, and whether they differ. */
+typedef struct {
+    int n;
+    bool differ;
+    const char *first;
+} cl_scan;
+
+static enum MHD_Result scan_cl(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-    const srv_config *cfg = r->h->cfg;
-    const http_route *path_route = route(r, method);
-    r->cors_origin = cors_match(cfg, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin"));
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-        char *end;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (v > (unsigned long long)cfg->max_body_bytes) {
-            r->body_over = true;
-            http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
-                             "the request body is larger than the limit of %ld bytes", cfg->max_body_bytes);
-            return;
+    cl_scan *c = cls;
+    (void)kind;
+    if (!key || strcasecmp(key, "Content-Length")) return MHD_YES;
+    if (!c->n++) c->first = value;
+    else if (strcmp(c->first ? c->first : "", value ? value : "")) c->differ = true;
+    return MHD_YES;
+}
+
+/* Transfer-Encoding other than chunked (501), differing Content-Length
+ * headers (400, RFC 9112 6.3: a request-smuggling primitive behind a proxy
+ * that reads the other one). True when answered. */
+static bool framing_error(hreq *r)
+{
+    const char *te = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (te) {
+        while (*te == ' ' || *te == '\t') te++;
+        size_t n = strlen(te);
+        while (n && (te[n - 1] == ' ' || te[n - 1] == '\t')) n--;
+        if (n != 7 || strncasecmp(te, "chunked", 7)) {
+            http_reply_error(r, 501, "invalid_request_error", "unsupported_transfer_encoding", NULL,
+                             "Transfer-Encoding '%.*s' is not supported (only chunked)", (int)(n > 64 ? 64 : n), te);
+            return true;
         }
     }
-    if (!path_route) {
-        set_early(r, 404, "not_found_error", "not_found", "");
-        snprintf(r->early_msg, sizeof r->early_msg, "no such endpoint: %s %s", method, r->path);
-        return;
+    cl_scan c = {0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, scan_cl, &c);
+    if (c.differ) {
+        http_reply_error(r, 400, "invalid_request_error", "invalid_content_length", NULL,
+                         "the request has Content-Length headers with different values");
+        return true;
     }
-    if (!strcmp(method, "OPTIONS")) return; /* preflight: no auth */
-    if (!r->route) {
-        set_early(r, 405, "invalid_request_error", "method_not_allowed", "");
-        snprintf(r->early_msg, sizeof r->early_msg, "method %s is not allowed on %s (use %s)", method, r->path,
-                 path_route->method);
-        return;
-    }
-    if (!authorized(r)) {
-        set_early(r, 401, "authentication_error", "invalid_api_key",
-                  "invalid or missing API key: send 'Authorization: Bearer <key>'");
-        return;
-    }
-    if (!strcmp(r->route->method, "POST") &&
-        !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
-        set_early(r, 415, "invalid_request_error", "unsupported_media_type",
-                  "the request body must be JSON (Content-Type: application/json)");
-        return;
-    }
+    return false;
 }
 
-/* The body of a POST route: a JSON object, or an error reply (NULL). */
-static json_t *parse_body(hreq *r)
+/* The declared body size, 0 when none (chunked: unknown, 0). */
+static unsigned long long declared_length(hreq *r)
 {
-    json_error_t je;
-    if (!r->body_n) {
-        http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the request body is empty");
-        return NULL;
-    }
-    json_t *body = json_loadb(r->body, r->body_n, JSON_REJECT_DUPLICATES, &je);
-    if (!body) {
-        http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL,
-                         "the request body is not valid JSON: %s (at byte %d)", je.text, je.position);
-        return NULL;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        http_reply_error(r, 400, "invalid_request_error", "invalid_json", NULL, "the request body must be a JSON object");
-        return NULL;
-    }
-    return body;
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+    return cl ? strtoull(cl, NULL, 10) : 0;
 }
 
-/* The whole request is in: the held error, the preflight, or the handler. */
+/* Header-time checks, each answered at once without reading the body: the
+ * framing (501, 400), the API key (401, whatever the path: without a key
+ * nothing tells which routes exist), the route (404, 405), the body's size
+ * (413; 503 when the server already holds max_body_buffer bytes of bodies)
+ * and type (415). When the request may go on, nothing is sent. */
+static void first_call(hreq *r, const char *method)
+{
+    const http_server *h = r->h;
+    const srv_config *cfg = h->cfg;
+    const http_route *path_route = route(r, method);
+    r->cors_origin = cors_match(cfg, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin"));
+    unsigned long long cl = r->declared = declared_length(r);
+    r->close_after = cl > 0 || MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (framing_error(r)) return;
+    bool preflight = path_route && !strcmp(method, "OPTIONS"); /* no key needed */
+    if (!preflight && !authorized(r)) {
+        http_reply_error(r, 401, "authentication_error", "invalid_api_key", NULL,
+                         "invalid or missing API key: send 'Authorization: Bearer <key>'");
+    } else if (!path_route) {
+        http_reply_error(r, 404, "not_found_error", "not_found", NULL, "no such endpoint: %s %s", method, r->path);
+    } else if (!preflight && !r->route) {
+        http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                         "method %s is not allowed on %s (use %s)", method, r->path, path_route->method);
+    } else if (cl > (unsigned long long)cfg->max_body_bytes) {
+        http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
+                         "the request body is larger than the limit of %ld bytes", cfg->max_body_bytes);
+    } else if (h->body_buffered + cl > (unsigned long long)cfg->max_body_buffer) {
+        http_reply_error(r, 503, "unavailable_error", "server_busy", NULL,
+                         "the server holds too many request bodies; retry later");
+    } else if (!preflight && !strcmp(r->route->method, "POST") &&
+               !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
+        http_reply_error(r, 415, "invalid_request_error", "unsupported_media_type", NULL,
+                         "the request body must be JSON (Content-Type: application/json)");
+    } else {
+        r->close_after = false; /* the body will be read */
+    }
+}
+
+/* A POST body being parsed on a worker. */
+typedef struct {
+    const char *body;
+    size_t n;
+    json_t *json;   /* the object, or NULL with msg set */
+    bool too_many;  /* refused for its number of values (413) */
+    char msg[300];
+} body_parse;
+
+/* The most JSON values a body may hold: jansson's tree costs ~80 bytes a
+ * value, so 4 MiB of "[]," would otherwise become ~110 MB. */
+#define MAX_JSON_VALUES ((size_t)1 << 18)
+
+static void parse_work(void *ctx)
+{
+    body_parse *p = ctx;
+    json_error_t je;
+    if (!p->n) {
+        snprintf(p->msg, sizeof p->msg, "the request body is empty");
+        return;
+    }
+    if (json_count_values(p->body, p->n) > MAX_JSON_VALUES) {
+        p->too_many = true;
+        snprintf(p->msg, sizeof p->msg, "the request body holds more than %zu JSON values", MAX_JSON_VALUES);
+        return;
+    }
+    p->json = json_loadb(p->body, p->n, JSON_REJECT_DUPLICATES, &je);
+    if (!p->json) {
+        snprintf(p->msg, sizeof p->msg, "the request body is not valid JSON: %s (at byte %d)", je.text, je.position);
+    } else if (!json_is_object(p->json)) {
+        json_decref(p->json);
+        p->json = NULL;
+        snprintf(p->msg, sizeof p->msg, "the request body must be a JSON object");
+    }
+}
+
+/* The body is parsed: the handler, or the parse error. */
+static void parse_done(hreq *r, void *ctx)
+{
+    body_parse *p = ctx;
+    if (r) body_release(r);
+    if (!r) {
+        json_decref(p->json);
+    } else if (!p->json) {
+        http_reply_error(r, p->too_many ? 413 : 400, "invalid_request_error",
+                         p->too_many ? "request_too_large" : "invalid_json", NULL, "%s", p->msg);
+    } else {
+        r->json = p->json; /* freed with r: a handler's work may still read it */
+        r->route->fn(r);
+    }
+    free(p);
+}
+
+/* The whole request is in: the preflight, or the handler (a POST route's
+ * after its body is parsed off the loop). */
 static void dispatch(hreq *r, const char *method)
 {
-    if (r->early_status) {
-        http_reply_error(r, (unsigned)r->early_status, r->early_type, r->early_code, NULL, "%s", r->early_msg);
-        return;
-    }
     if (r->body_over) {
         http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
                          "the request body is larger than the limit of %ld bytes", r->h->cfg->max_body_bytes);
@@ -442,12 +606,18 @@ static void dispatch(hreq *r, const char *method)
         reply_preflight(r);
         return;
     }
-    if (!strcmp(r->route->method, "POST") && !(r->json = parse_body(r))) return;
-    r->route->fn(r);
-    json_decref(r->json);
-    r->json = NULL;
-    if (!r->responded && !r->hooks)
-        http_reply_error(r, 500, "server_error", NULL, NULL, "the request was not answered");
+    if (strcmp(r->route->method, "POST")) {
+        r->route->fn(r);
+        return;
+    }
+    body_parse *p = calloc(1, sizeof *p);
+    if (!p) {
+        http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    p->body = r->body;
+    p->n = r->body_n;
+    http_offload(r, parse_work, parse_done, p);
 }
 
 /* An incoming X-Request-Id is kept when it is sane: 1 to 128 printable
@@ -509,42 +679,117 @@ typedef struct hconn {
     double t_wait;   /* since when a request is awaited */
     bool in_request; /* its headers are in: on_access / on_completed own it */
     bool reading;    /* MHD waits for request bytes (headers or body) from the peer */
+    hreq *req;       /* the request whose headers are in, or NULL */
+    unsigned char addr[16]; /* the peer's address (IPv4 as v4-mapped IPv6) */
 } hconn;
 
-/* Past max_connections a new connection first evicts the connection that
- * has waited longest for a request (idle keep-alive or trickling: it holds
- * no request), so idle connections cannot starve active clients; when every
- * connection holds a request, the new one gets 503 and is closed at once.
- * MHD's own limit is max_connections + CONN_HEADROOM (connections shut down
- * here close at MHD's next run); past it, new ones wait in the kernel's
- * backlog. Nothing has been read from a new socket when this runs, so the
- * 503 written here cannot mix with MHD's output. */
-#define CONN_HEADROOM 64
-static void refuse_or_evict(http_server *h, hconn *fresh, double now)
+/* The peer address of c as 16 bytes (IPv4 mapped into IPv6). */
+static void peer_addr(struct MHD_Connection *c, unsigned char out[16])
+{
+    memset(out, 0, 16);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr) return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+    } else if (sa->sa_family == AF_INET) {
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+    }
+}
+
+static void conn_shut(http_server *h, hconn *c)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    c->shut = true;
+    h->n_conns--;
+}
+
+/* Report connection-limit events the last warning did not: at most once
+ * every 10 s, and (from http_sweep) until every event has been reported. */
+static void warn_limits(http_server *h, double now)
+{
+    unsigned long long total = h->n_evicted + h->n_evicted_body + h->n_refused + h->n_refused_ip;
+    if (total == h->n_warned || now - h->last_warn < 10) return;
+    h->last_warn = now;
+    h->n_warned = total;
+    log_line(h->log, SRV_LOG_WARN,
+             "max_connections (%ld) reached: %llu idle connection(s) and %llu receiving a body closed, %llu new "
+             "one(s) refused; max_connections_per_ip (%ld): %llu refused (totals so far)",
+             h->cfg->max_connections, h->n_evicted, h->n_evicted_body, h->n_refused, h->cfg->max_connections_per_ip,
+             h->n_refused_ip);
+}
+
+/* Answer a new connection 503 and close it. Nothing has been read from
+ * it, so the bytes cannot mix with MHD's output. Counted in the metrics
+ * with endpoint "connection". */
+static void refuse(http_server *h, hconn *fresh)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 119\r\n\r\n"
+                               "{\"error\":{\"message\":\"too many connections; retry later\",\"type\":"
+                               "\"unavailable_error\",\"param\":null,\"code\":\"server_busy\"}}\n";
+    if (send(fresh->fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* closed anyway */ }
+    conn_shut(h, fresh);
+    srv_metrics_request(h->mx, "connection", 503);
+}
+
+/* Whether c may be evicted, and since when: waiting for a request (idle or
+ * trickling headers), or, with body, receiving the body of its request. */
+static bool evictable(const hconn *c, bool body, double *since)
+{
+    if (!body) {
+        *since = c->t_wait;
+        return !c->in_request;
+    }
+    *since = c->req ? c->req->t0 : 0;
+    return c->in_request && c->reading && c->req && !c->req->responded;
+}
+
+/* The open connection other than fresh evictable the longest, or NULL. */
+static hconn *oldest(http_server *h, const hconn *fresh, bool body)
 {
     hconn *old = NULL;
-    for (hconn *c = h->conns; c; c = c->next)
-        if (c != fresh && !c->in_request && !c->shut && (!old || c->t_wait < old->t_wait)) old = c;
+    double t_old = 0, t;
+    for (hconn *c = h->conns; c; c = c->next) {
+        if (c == fresh || c->shut || !evictable(c, body, &t) || (old && t >= t_old)) continue;
+        old = c;
+        t_old = t;
+    }
+    return old;
+}
+
+/* Past max_connections a new connection first evicts the connection that
+ * has waited longest for a request (idle keep-alive or trickling headers),
+ * then the one that has been receiving its body longest (its request is
+ * logged and counted as 503), so neither idle nor slow-body connections can
+ * starve active clients; when every connection holds a request being
+ * answered, the new one gets 503 and is closed at once. MHD's own limit is
+ * max_connections + CONN_HEADROOM (connections shut down here close at
+ * MHD's next run); past it, new ones wait in the kernel's backlog. */
+#define CONN_HEADROOM 64
+static void refuse_or_evict(http_server *h, hconn *fresh)
+{
+    hconn *old = oldest(h, fresh, false);
     if (old) {
-        shutdown(old->fd, SHUT_RDWR);
-        old->shut = true;
-        h->n_conns--;
         h->n_evicted++;
-    } else {
-        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
-                                   "Content-Length: 0\r\n\r\n";
-        if (send(fresh->fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* closed anyway */ }
-        shutdown(fresh->fd, SHUT_RDWR);
-        fresh->shut = true;
-        h->n_conns--;
+    } else if ((old = oldest(h, fresh, true))) {
+        old->req->status = 503;
+        h->n_evicted_body++;
+    }
+    if (old) conn_shut(h, old);
+    else {
+        refuse(h, fresh);
         h->n_refused++;
     }
-    if (now - h->last_warn >= 10) {
-        h->last_warn = now;
-        log_line(h->log, SRV_LOG_WARN,
-                 "max_connections (%ld) reached: %llu idle connection(s) closed, %llu new one(s) refused so far",
-                 h->cfg->max_connections, h->n_evicted, h->n_refused);
-    }
+}
+
+/* Connections from the same address as c, c included (not yet shut). */
+static long same_addr(const http_server *h, const hconn *c)
+{
+    long n = 0;
+    for (const hconn *o = h->conns; o; o = o->next) n += !o->shut && !memcmp(o->addr, c->addr, 16);
+    return n;
 }
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -558,11 +803,19 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         hc->fd = ci ? ci->connect_fd : -1;
         hc->t_wait = now_mono();
         hc->reading = true;
+        peer_addr(c, hc->addr);
         hc->next = h->conns;
         if (h->conns) h->conns->prev = hc;
         h->conns = hc;
         *socket_context = hc;
-        if (++h->n_conns > (size_t)h->cfg->max_connections) refuse_or_evict(h, hc, hc->t_wait);
+        h->n_conns++;
+        if (same_addr(h, hc) > h->cfg->max_connections_per_ip) {
+            refuse(h, hc);
+            h->n_refused_ip++;
+        } else if (h->n_conns > (size_t)h->cfg->max_connections) {
+            refuse_or_evict(h, hc);
+        }
+        warn_limits(h, hc->t_wait);
         return;
     }
     if (!hc) return;
@@ -594,12 +847,14 @@ void http_sweep(http_server *h, double now)
 {
     for (hconn *c = h->conns; c; c = c->next) {
         if (c->shut || c->fd < 0) continue;
-        if ((!c->in_request && now - c->t_wait > h->cfg->idle_timeout) || (c->reading && peer_gone(c->fd))) {
-            shutdown(c->fd, SHUT_RDWR);
-            c->shut = true;
-            h->n_conns--;
-        }
+        bool body_late = c->in_request && c->reading && c->req && !c->req->responded &&
+                         (now - c->req->t0 > h->cfg->body_timeout || now - c->req->t_arrive > h->cfg->idle_timeout);
+        if (body_late && !c->req->status) c->req->status = 408;
+        if ((!c->in_request && now - c->t_wait > h->cfg->idle_timeout) || body_late ||
+            (c->reading && peer_gone(c->fd)))
+            conn_shut(h, c);
     }
+    warn_limits(h, now);
 }
 
 /* The headers are in: a new hreq, and the header-time checks. */
@@ -613,7 +868,10 @@ static hreq *new_request(http_server *h, struct MHD_Connection *c, const char *u
     r->t0 = now_mono();
     hconn *hc = conn_of(c);
     r->t_arrive = hc ? hc->t_wait : r->t0;
-    if (hc) hc->in_request = true;
+    if (hc) {
+        hc->in_request = true;
+        hc->req = r;
+    }
     snprintf(r->method, sizeof r->method, "%s", method);
     /* The path without a query string. */
     size_t n = strcspn(url, "?");
@@ -634,25 +892,35 @@ static hreq *new_request(http_server *h, struct MHD_Connection *c, const char *u
 static enum MHD_Result add_body(hreq *r, const char *data, size_t n)
 {
     const srv_config *cfg = r->h->cfg;
-    if (!r->responded && now_mono() - r->t_arrive > cfg->idle_timeout) {
+    http_server *h = r->h;
+    double now = now_mono();
+    if (!r->responded && (now - r->t_arrive > cfg->idle_timeout || now - r->t0 > cfg->body_timeout)) {
         /* MHD would send a response only after the whole body: close
          * instead (logged and counted as 408). */
         r->status = 408;
         return MHD_NO;
     }
-    if (r->responded || r->early_status || r->body_over) return MHD_YES; /* discard */
+    if (r->responded || r->body_over) return MHD_YES; /* discard */
     if (r->body_n + n > (size_t)cfg->max_body_bytes) {
         r->body_over = true;
-        free(r->body);
-        r->body = NULL;
-        r->body_n = r->body_cap = 0;
+        body_release(r);
         return MHD_YES;
     }
     if (r->body_n + n + 1 > r->body_cap) {
+        /* Doubling (only bytes received are paid for), but not past the
+         * declared length (a 4 MiB body takes 4 MiB, not 8). */
         size_t cap = r->body_cap ? r->body_cap : 4096;
         while (cap < r->body_n + n + 1) cap *= 2;
+        if (r->declared >= r->body_n + n && cap > r->declared + 1) cap = (size_t)r->declared + 1;
+        if (h->body_buffered - r->body_cap + cap > (size_t)cfg->max_body_buffer) {
+            /* Too many bodies held at once (a chunked one: declared ones
+             * are checked at header time): close, counted as 503. */
+            r->status = 503;
+            return MHD_NO;
+        }
         char *nb = realloc(r->body, cap);
         if (!nb) return MHD_NO;
+        h->body_buffered += cap - r->body_cap;
         r->body = nb;
         r->body_cap = cap;
     }
@@ -678,8 +946,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     /* The final call (again after each resume): the whole request is in. */
     hconn *hc = conn_of(c);
     if (hc) hc->reading = false;
-    if (r->responded || r->hooks) return MHD_YES;
+    if (r->abandoned) return MHD_NO;
+    if (r->responded || r->hooks || r->offloaded) return MHD_YES;
     dispatch(r, method);
+    if (!r->responded && !r->hooks && !r->offloaded)
+        http_reply_error(r, 500, "server_error", NULL, NULL, "the request was not answered");
     return MHD_YES;
 }
 
@@ -702,6 +973,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     }
     hconn *hc = conn_of(c);
     if (hc) {
+        hc->req = NULL;
         hc->in_request = false;
         hc->reading = true; /* kept alive: the next request's bytes are awaited */
         hc->t_wait = now_mono();
@@ -715,8 +987,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     else h->reqs = r->next;
     if (r->next) r->next->prev = r->prev;
     h->n_reqs--;
-    free(r->body);
-    free(r);
+    if (r->offloaded) r->gone = true; /* freed when its work is back */
+    else req_free(r);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -730,7 +1002,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
-    log_line(h->log, SRV_LOG_WARN, "http: %s", msg);
+    /* A client that hangs up mid-response is ordinary: not a warning. */
+    bool hangup = !strncmp(msg, "Failed to send", 14) || strstr(msg, "closed by remote") ||
+                  strstr(msg, "Connection reset") || strstr(msg, "Broken pipe");
+    log_line(h->log, hangup ? SRV_LOG_DEBUG : SRV_LOG_WARN, "http: %s", msg);
 }
 
 int http_start(http_server *h)

@@ -11,7 +11,8 @@
  * answer) or starts a stream (http_start_stream, read through hooks.read).
  * When the client hangs up while the request is suspended, hooks.on_hangup
  * runs; when MHD is done with the request, hooks.on_close runs, after which
- * the hreq is gone.
+ * the hreq is gone. Work that would stall the loop (JSON parsing,
+ * tokenizing) runs on libuv's worker threads through http_offload.
  */
 #ifndef ORTHOSERVE_HTTP_H
 #define ORTHOSERVE_HTTP_H
@@ -79,15 +80,18 @@ struct hreq {
     void *ctx;                /* the handler's (http_attach) */
     const http_hooks *hooks;
     char *body;
-    size_t body_n, body_cap;
+    size_t body_n, body_cap; /* body_cap is counted in http_server.body_buffered */
+    unsigned long long declared; /* Content-Length, 0 when none */
     bool body_over;
-    int early_status; /* an error decided at header time, sent after the body */
-    char early_msg[400];
-    const char *early_type, *early_code;
+    bool close_after; /* answered before its body was read: Connection: close */
     char allow[48]; /* the methods of a known path: Allow of a 405, a preflight's Allow-Methods */
     bool responded;
     int status;
     bool suspended;
+    bool offloaded;      /* work of http_offload in flight: r is not freed until it is back */
+    bool gone;           /* MHD closed r while work was in flight */
+    bool hangup_pending; /* the client hung up before hooks were attached */
+    bool abandoned;      /* http_abandon: closed without an answer */
     uv_poll_t *watch; /* disconnect watch while suspended */
     const char *cors_origin; /* allowed origin to echo, or NULL */
 };
@@ -112,8 +116,11 @@ typedef struct http_server {
     size_t n_conns;       /* of them, not yet shut down here */
     uint64_t seq;         /* requests seen (generated request ids) */
     unsigned boot;        /* random per process, in generated request ids */
-    double last_warn;     /* max_connections warning: last time, counts */
-    unsigned long long n_evicted, n_refused;
+    size_t body_buffered; /* body bytes held over all requests (max_body_buffer) */
+    /* Connection-limit events, for the rate-limited warning (http_sweep
+     * reports what the last warning did not). */
+    double last_warn;
+    unsigned long long n_evicted, n_evicted_body, n_refused, n_refused_ip, n_warned;
 } http_server;
 
 int http_start(http_server *h);              /* listen; 0 or -1 (message printed) */
@@ -125,11 +132,19 @@ double now_mono(void);                       /* monotonic seconds */
 /* Replies. Each takes ownership of body / text. Works in the handler and
  * on a suspended request (which it then resumes); a second reply is dropped. */
 void http_reply_json(hreq *r, unsigned status, json_t *body);
+/* The text http_reply_json sends for body (steals it): for a large body
+ * made off the loop (http_offload), then sent with http_reply_text as
+ * "application/json". NULL when out of memory. Any thread. */
+char *http_json_text(json_t *body, size_t *len);
 void http_reply_text(hreq *r, unsigned status, const char *ctype, char *text, size_t len);
 void http_reply_error(hreq *r, unsigned status, const char *type, const char *code, const char *param,
                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* An engine status through the one eng_status -> HTTP mapping (reply.h). */
 void http_reply_eng_error(hreq *r, eng_status st, const char *param, const char *msg);
+
+/* The client of suspended r is gone: close r without an answer (logged and
+ * counted as 499, as every request whose client left). */
+void http_abandon(hreq *r);
 
 /* Keep r open: hooks (static) and the handler's pointer. */
 void http_attach(hreq *r, const http_hooks *hooks, void *ctx);
@@ -137,5 +152,12 @@ void http_attach(hreq *r, const http_hooks *hooks, void *ctx);
 void http_start_stream(hreq *r);
 void http_suspend(hreq *r);
 void http_resume(hreq *r);
+
+/* Run work(ctx) on a libuv worker thread (parsing, tokenizing: anything
+ * that would stall the loop), then done(r, ctx) on the loop. r is suspended
+ * meanwhile; work must not touch r, only ctx. done answers r, attaches
+ * hooks or offloads again; r is NULL when the request was closed meanwhile
+ * (the client left, or the server stopped): done then only frees ctx. */
+void http_offload(hreq *r, void (*work)(void *ctx), void (*done)(hreq *r, void *ctx), void *ctx);
 
 #endif

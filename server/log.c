@@ -3,6 +3,7 @@
  * formats, the per-request access line and the engine's messages.
  */
 #include "log.h"
+#include "textbuf.h"
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -84,12 +85,41 @@ void log_init(logger *lg, const srv_config *cfg)
 
 void log_shutdown(void) { eng_log_set(NULL, NULL, ENG_LOG_ERROR); }
 
+char *log_escape(const char *s, char *out, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t k = 0, n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        bool ok = c < 0x80 ? c > 0x20 && c != 0x7f && c != '\\'
+                           : i + len <= n && utf8_valid_prefix(s + i, len) == len;
+        if (!ok) len = 1;
+        if (k + (ok ? len : 4) >= cap) break;
+        if (ok) {
+            memcpy(out + k, s + i, len);
+            k += len;
+        } else {
+            out[k++] = '\\';
+            out[k++] = 'x';
+            out[k++] = hex[c >> 4];
+            out[k++] = hex[c & 15];
+        }
+        i += len;
+    }
+    if (cap) out[k] = 0;
+    return out;
+}
+
 void log_request(const logger *lg, const char *id, const char *method, const char *path, int status,
                  double seconds, bool aborted, const log_gen *g)
 {
     if (!lg->requests || SRV_LOG_INFO > lg->level) return;
     if (!status) status = 499;
     double ms = seconds * 1e3;
+    char m[64], p[1100];
+    method = log_escape(method, m, sizeof m);
+    path = log_escape(path, p, sizeof p);
     if (lg->json) {
         json_t *o = json_object();
         json_object_set_new(o, "msg", json_string("request"));
@@ -108,7 +138,7 @@ void log_request(const logger *lg, const char *id, const char *method, const cha
         emit(lg, SRV_LOG_INFO, NULL, o);
         return;
     }
-    char ttft[32] = "-", sp[32] = "-", line[1024];
+    char ttft[32] = "-", sp[32] = "-", line[1600];
     if (g->ttft >= 0) snprintf(ttft, sizeof ttft, "%.1f", g->ttft * 1e3);
     if (g->sparsity >= 0) snprintf(sp, sizeof sp, "%.4f", g->sparsity);
     snprintf(line, sizeof line, "%s %s %s %d in=%lld out=%lld cached=%lld ttft_ms=%s total_ms=%.1f sparsity=%s%s%s%s",

@@ -43,7 +43,15 @@ typedef struct {
     const char *cancel_reason;     /* NULL: not cancelled (a static string) */
 } log_gen;
 
-/* The access line (log_requests, at info level). status 0 is logged as 499
+/* s as it may appear in a log line, into out (always terminated; cut at
+ * cap): printable ASCII and valid UTF-8 as they are; control bytes, spaces,
+ * DEL, '\\' and bytes that are not valid UTF-8 as \xNN. A client's path
+ * can then neither start a forged line nor fake a field, and a JSON line
+ * always has its "path". Returns out. */
+char *log_escape(const char *s, char *out, size_t cap);
+
+/* The access line (log_requests, at info level). Method and path are
+ * escaped (log_escape). status 0 is logged as 499
  * (the client left before any response); seconds: arrival to end. */
 void log_request(const logger *lg, const char *id, const char *method, const char *path, int status,
                  double seconds, bool aborted, const log_gen *g);

@@ -368,7 +368,7 @@ class ConnectionFloodTest(unittest.TestCase):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         try:
-            s = Server("--max-connections", "1100", "--idle-timeout", "60")
+            s = Server("--max-connections", "1100", "--idle-timeout", "60", "--max-connections-per-ip", "1100")
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         socks = []

@@ -314,7 +314,7 @@ class RequestIdTest(unittest.TestCase):
         for method, path, body, hdr, want in (
                 ("GET", "/health", None, {}, 200), ("GET", "/metrics", None, {}, 200),
                 ("GET", "/v1/models", None, {}, 401), ("GET", "/v1/models", None, auth, 200),
-                ("GET", "/nope", None, {}, 404), ("POST", "/health", b"", {}, 405),
+                ("GET", "/nope", None, {}, 401), ("POST", "/health", b"", {}, 405),
                 ("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, auth, 200),
                 ("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "stream": True}, auth, 200),
                 ("POST", "/v1/completions", "{", auth, 400)):

@@ -26,7 +26,7 @@ LAYERS = [
     ["request", "plan"],                           # request bodies -> engine parameters; plan files
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
     ["metrics", "bridge", "textbuf", "config"],
-    ["sbuf"],
+    ["sbuf", "jsoncount"],
 ]
 __doc__ += "".join("  %d. %s\n" % (i, ", ".join(l)) for i, l in enumerate(LAYERS))
 
