@@ -395,6 +395,22 @@ static int32_t *tokenize(const eng_vocab *vocab, const char *text, size_t len, b
     return NULL;
 }
 
+/* A prompt text of len bytes that is sure to be longer than the context
+ * allows (at least len / eng_vocab_max_token_bytes tokens): refused before
+ * it is tokenized, so a huge body costs no tokenization. -1 (err set) then. */
+static int refuse_by_bytes(vctx *v, api_request *c, size_t len)
+{
+    const api_limits *lim = v->lim;
+    size_t per_token = (size_t)eng_vocab_max_token_bytes(lim->vocab);
+    size_t room = (size_t)lim->n_ctx - (c->p.max_tokens > 0 ? 1 : 0);
+    if (!per_token || len <= room * per_token) return 0;
+    set_error(v->err, 400, "invalid_request_error", "context_length_exceeded", c->prompt_param,
+              "this model's maximum context length is %d tokens, but the %s (%zu bytes) is more than %zu tokens%s",
+              lim->n_ctx, c->chat ? "conversation" : "prompt", len, room,
+              c->p.max_tokens > 0 ? " (and at least one must be generated)" : "");
+    return -1;
+}
+
 /* The prompt's checks that need its tokens; takes ownership of ids. */
 static int set_prompt(vctx *v, api_request *c, int32_t *ids, size_t n_ids)
 {
@@ -544,6 +560,11 @@ static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_
         return;
     }
     size_t n_ids = 0;
+    if (refuse_by_bytes(v, out, prompt_len)) {
+        eng_free(prompt_text);
+        v->failed = true;
+        return;
+    }
     int32_t *ids = tokenize(v->lim->vocab, prompt_text, prompt_len, true, &n_ids);
     eng_free(prompt_text);
     if (!ids) {
@@ -614,6 +635,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (json_is_string(pr)) {
+        if (refuse_by_bytes(&v, out, json_string_length(pr))) goto fail;
         ids = tokenize(lim->vocab, json_string_value(pr), json_string_length(pr), false, &n_ids);
         if (!ids) {
             set_error(err, 500, "server_error", NULL, NULL, "tokenization failed");

@@ -122,6 +122,7 @@ static eng_status copy_tokens(eng_vocab *v, const eng__str *strs, const eng__ggu
             v->len[i] = (uint32_t)strs[i].len;
         }
         v->blob[pos + v->len[i]] = 0;
+        if (v->len[i] > v->max_len) v->max_len = v->len[i];
         pos += v->len[i] + 1;
         v->score[i] = kscore ? (float)eng__gguf_arr_f64(kscore, i) : 0.0f;
         int64_t tt = ktype ? eng__gguf_arr_i64(ktype, i) : 1;
@@ -669,6 +670,16 @@ void eng_vocab_free(eng_vocab *v)
 
 eng_vocab_kind eng_vocab_type(const eng_vocab *v) { return v ? v->kind : ENG_VOCAB_SPM; }
 int32_t eng_vocab_n_tokens(const eng_vocab *v) { return v ? v->n : 0; }
+
+/* A token's text is at least as long as the input it stands for (SPM writes
+ * a space as the 3-byte U+2581, byte-level BPE a byte as a 1- or 2-byte code
+ * point, a byte token is "<0xNN>"); an unknown character (at most 4 bytes)
+ * becomes one <unk>, hence the floor of 4. */
+int32_t eng_vocab_max_token_bytes(const eng_vocab *v)
+{
+    if (!v) return 0;
+    return v->max_len > 4 ? (int32_t)v->max_len : 4;
+}
 int32_t eng_vocab_bos(const eng_vocab *v) { return v ? v->bos : -1; }
 int32_t eng_vocab_eos(const eng_vocab *v) { return v ? v->eos : -1; }
 int32_t eng_vocab_eot(const eng_vocab *v) { return v ? v->eot : -1; }

@@ -27,6 +27,7 @@ struct eng_vocab {
     char *blob;       /* token texts, each NUL-terminated */
     size_t *off;      /* text of token i: blob + off[i], len[i] bytes */
     uint32_t *len;
+    uint32_t max_len; /* the longest text */
     float *score;
     uint32_t *attr;   /* ENG_TOKEN_* | ENG__TOKEN_* */
     int32_t *ht;      /* text -> id, open addressing, -1 empty */

@@ -88,6 +88,10 @@ static int run_suite(const eng_vocab *v, const char *inp_rel, const char *out_re
         size_t nt;
         int32_t *ids = tok(v, ip, (size_t)(e - ip), false, false, &nt);
         bool ok = nt == ne && (ne == 0 || memcmp(ids, exp, ne * sizeof *ids) == 0);
+        /* the server refuses prompts by this bound before tokenizing them */
+        cr_expect(nt * (size_t)eng_vocab_max_token_bytes(v) >= (size_t)(e - ip),
+                  "%s case %d: %zu bytes in %zu tokens, more than %d bytes a token", inp_rel, k, (size_t)(e - ip), nt,
+                  eng_vocab_max_token_bytes(v));
         if (!ok) {
             bad++;
             if (bad <= 3) {
@@ -564,6 +568,9 @@ Test(edge, big_inputs_complete, .timeout = 120)
              * a quadratic tokenizer would blow the test's timeout. */
             fprintf(stderr, "%s: 100 KB of %s -> %zu tokens in %.3f s\n", vs[k], names[w], nt, dt);
             cr_expect(nt > 0);
+            size_t bytes = w ? 100000 : n;
+            cr_expect(nt * (size_t)eng_vocab_max_token_bytes(v) >= bytes, "%s: %s: %zu bytes in %zu tokens of <= %d bytes",
+                      vs[k], names[w], bytes, nt, eng_vocab_max_token_bytes(v));
             free(ids);
         }
         eng_vocab_free(v);

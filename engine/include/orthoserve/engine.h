@@ -89,6 +89,10 @@ bool eng_vocab_add_eos(const eng_vocab *v);
 /* True for tokens that end generation (EOS, EOT, and other end-of-generation ids). */
 bool eng_vocab_is_eog(const eng_vocab *v, int32_t id);
 uint32_t eng_vocab_attr(const eng_vocab *v, int32_t id); /* ENG_TOKEN_* bits, 0 if out of range */
+/* The most input bytes one token can stand for: a text of n bytes
+ * tokenizes to at least n / this many tokens (so a prompt can be refused
+ * as too long for a context before it is tokenized). */
+int32_t eng_vocab_max_token_bytes(const eng_vocab *v);
 /* The token's vocabulary string (NUL-terminated, lives as long as v), or NULL. */
 const char *eng_vocab_text(const eng_vocab *v, int32_t id);
 /* Pre-tokenizer name in use ("default", "llama3", "qwen2", ...). */

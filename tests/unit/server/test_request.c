@@ -289,3 +289,29 @@ Test(request, cache_scope)
     cr_assert_neq(api_cache_scope(s1, 1, "a", 1), api_cache_scope(s1, 1, "b", 1));
     cr_assert_neq(none, api_cache_scope(s2, 0, NULL, 0));
 }
+
+/* A prompt whose bytes alone prove it longer than the context is refused
+ * before tokenization (the message gives bytes, not tokens); one just under
+ * the bound is tokenized and refused by its token count. */
+Test(request, prompt_refused_by_bytes_before_tokenizing, .init = setup, .fini = teardown, .timeout = 30)
+{
+    size_t per = (size_t)eng_vocab_max_token_bytes(lim.vocab), room = (size_t)lim.n_ctx - 1;
+    cr_assert_gt(per, 0);
+    size_t cap = (room * per + 2) + 64;
+    char *body = malloc(cap);
+    for (int k = 0; k < 2; k++) {
+        size_t n = room * per + (k ? 1 : 0); /* at the bound, one byte over */
+        size_t o = (size_t)snprintf(body, cap, "{\"prompt\":\"");
+        memset(body + o, 'a', n);
+        snprintf(body + o + n, cap - o - n, "\",\"max_tokens\":4}");
+        api_request q;
+        api_error e;
+        json_t *b;
+        cr_assert_eq(parse(false, body, &q, &e, &b), -1);
+        cr_assert_str_eq(e.code, "context_length_exceeded");
+        cr_assert_str_eq(e.param, "prompt");
+        cr_assert_eq(strstr(e.message, "bytes") != NULL, k == 1, "%s", e.message);
+        json_decref(b);
+    }
+    free(body);
+}
