@@ -77,7 +77,7 @@ class Deadline:
 
     def fail(self, detail=""):
         what = self.what() if callable(self.what) else self.what
-        raise AssertionError("gave up after %.1f s (%g s x E2E_TIME_SCALE %g) waiting for %s%s"
+        raise AssertionError("gave up after %.1f s (%g s x time scale %g) waiting for %s%s"
                              % (time.monotonic() - self.t0, self.base, TIME_SCALE, what,
                                 "; " + detail if detail else ""))
 
@@ -233,6 +233,8 @@ class Server:
 
     def wait_health(self, timeout=60):
         def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited %d: %s" % (self.proc.returncode, self.log_text()))
             try:
                 return self.request("GET", "/health", timeout=10)[0] == 200
             except OSError:
