@@ -919,7 +919,11 @@ static enum MHD_Result add_body(hreq *r, const char *data, size_t n)
             return MHD_NO;
         }
         char *nb = realloc(r->body, cap);
-        if (!nb) return MHD_NO;
+        if (!nb) {
+            log_line(h->log, SRV_LOG_WARN, "out of memory for a request body of %zu bytes: connection closed", cap);
+            r->status = 503;
+            return MHD_NO;
+        }
         h->body_buffered += cap - r->body_cap;
         r->body = nb;
         r->body_cap = cap;
@@ -1002,10 +1006,14 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = 0;
-    /* A client that hangs up mid-response is ordinary: not a warning. */
-    bool hangup = !strncmp(msg, "Failed to send", 14) || strstr(msg, "closed by remote") ||
-                  strstr(msg, "Connection reset") || strstr(msg, "Broken pipe");
-    log_line(h->log, hangup ? SRV_LOG_DEBUG : SRV_LOG_WARN, "http: %s", msg);
+    /* A client that hangs up mid-response is ordinary: not a warning. Nor
+     * is MHD's note when on_access closes a connection (MHD_NO): each such
+     * close is deliberate (client gone, slow or over-limit body) and the
+     * access line records it with its status. */
+    bool ordinary = !strncmp(msg, "Failed to send", 14) || strstr(msg, "closed by remote") ||
+                    strstr(msg, "Connection reset") || strstr(msg, "Broken pipe") ||
+                    strstr(msg, "Application reported internal error");
+    log_line(h->log, ordinary ? SRV_LOG_DEBUG : SRV_LOG_WARN, "http: %s", msg);
 }
 
 int http_start(http_server *h)

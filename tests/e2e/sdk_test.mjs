@@ -1,9 +1,11 @@
 // The official OpenAI Node SDK against a running orthoserve
-// (ORTHOSERVE_URL=http://127.0.0.1:PORT/v1, ORTHOSERVE_MODEL=<id>).
+// (ORTHOSERVE_URL=http://127.0.0.1:PORT/v1, ORTHOSERVE_MODEL=<id>; E2E_REQUEST_TIMEOUT_MS
+// bounds each request, 60 s unless test_sdk.py scales it for a slow build).
 // Prints one line per check and 'N passed, N failed'; exits non-zero on failure.
 import OpenAI from "openai";
 
-const client = new OpenAI({ baseURL: process.env.ORTHOSERVE_URL, apiKey: "sk-test", maxRetries: 0, timeout: 30000 });
+const client = new OpenAI({ baseURL: process.env.ORTHOSERVE_URL, apiKey: "sk-test", maxRetries: 0,
+                            timeout: Number(process.env.E2E_REQUEST_TIMEOUT_MS || 60000) });
 const model = process.env.ORTHOSERVE_MODEL;
 let passed = 0, failed = 0;
 function check(name, cond, info) {

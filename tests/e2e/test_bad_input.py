@@ -1,10 +1,9 @@
 """At least 60 distinct malformed requests: each gets the right 4xx and an
 OpenAI error body, and the server keeps serving."""
 import json
-import socket
 import unittest
 
-from e2eutil import OpenAPI, Server
+from e2eutil import OpenAPI, Server, connect, read_until
 
 API = OpenAPI()
 C = "/v1/completions"
@@ -179,24 +178,19 @@ class BadInputTest(unittest.TestCase):
 
     def test_body_over_limit_chunked(self):
         """No Content-Length: the body is counted as it arrives."""
-        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        sock = connect(self.s.port)
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"a" * 16384
         for _ in range(6):
             sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         sock.sendall(b"0\r\n\r\n")
-        resp = b""
-        while b"}}" not in resp:
-            d = sock.recv(65536)
-            if not d:
-                break
-            resp += d
+        resp = read_until(sock, b"}}", "the 413 answer to a chunked body over the limit")
         sock.close()
         self.assertTrue(resp.startswith(b"HTTP/1.1 413"), resp[:200])
 
     def test_body_over_limit_expect_continue(self):
-        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        sock = connect(self.s.port)
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n")
         resp = sock.recv(65536)

@@ -10,24 +10,17 @@ can run it alone)."""
 import json
 import os
 import resource
+import select
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import unittest
 
-from e2eutil import BIN, MODEL, Server, wait_for
+from e2eutil import BIN, MODEL, Server, connect, connection_sockets, fd_count, run_threads, scaled, wait_for
 
 REQ = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
-
-
-def fd_count(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
-
-
 
 
 def stop_ok(tc, s):
@@ -58,7 +51,7 @@ class ModelFileTest(unittest.TestCase):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def completion(self, s, **kw):
-        st, _, j, raw = s.post("/v1/completions", dict(REQ, **kw), timeout=20)
+        st, _, j, raw = s.post("/v1/completions", dict(REQ, **kw))
         self.assertEqual(st, 200, raw)
         return j["choices"][0]["text"]
 
@@ -97,11 +90,11 @@ class ModelFileTest(unittest.TestCase):
             os.truncate(self.path, self.size // 3)
             # The next forward pass touches weights past the new end.
             try:
-                s.post("/v1/completions", REQ, timeout=10)
+                s.post("/v1/completions", REQ)
             except OSError:
                 pass
             try:
-                s.proc.wait(10)
+                s.proc.wait(scaled(60))
             except subprocess.TimeoutExpired:
                 self.fail("the server kept running on a truncated mapping: " + s.log_text())
             log = s.log_text()
@@ -168,7 +161,7 @@ class AllocFailureTest(unittest.TestCase):
         if n:
             env["ORTHOSERVE_FAIL_ALLOC_AT"] = str(n)
         args = ["generate", "-m", model, "-p", "Once upon a time", "-n", "8", "--temp", "0"]
-        return subprocess.run([BIN] + args, env=env, capture_output=True, timeout=60)
+        return subprocess.run([BIN] + args, env=env, capture_output=True, timeout=scaled(60))
 
     def test_every_allocation(self):
         self.walk(MODEL)
@@ -217,7 +210,7 @@ class AllocFailureTest(unittest.TestCase):
                                  stdout=subprocess.DEVNULL, stderr=log,
                                  env=dict({k: v for k, v in os.environ.items() if not k.startswith("ORTHOSERVE_")},
                                           **env))
-            rc = p.wait(30)
+            rc = p.wait(scaled(60))
             log.seek(0)
             text = log.read().decode(errors="replace")
             self.assertEqual(rc, 1, "N=%d: %s" % (n, text))
@@ -227,9 +220,12 @@ class AllocFailureTest(unittest.TestCase):
 
 class SlowClientTest(unittest.TestCase):
     """50 slowloris connections (25 trickling headers, 25 trickling a body)
-    are closed after idle_timeout while normal requests are served at once."""
+    are closed after idle_timeout while normal requests are served at once:
+    each in less than half the idle_timeout, so none waited for a slowloris
+    connection to be timed out. (The idle_timeout is 2 s on a plain build,
+    more on a slow one: see e2eutil.TIME_SCALE.)"""
 
-    IDLE = 2
+    IDLE = max(2, round(scaled(2)))
 
     @classmethod
     def setUpClass(cls):
@@ -247,8 +243,10 @@ class SlowClientTest(unittest.TestCase):
         lock = threading.Lock()
 
         def trickle(i):
-            t0 = time.time()
-            s = socket.create_connection(("127.0.0.1", self.s.port), timeout=5)
+            # A byte every 0.25 s until the server closes, for at most
+            # idle_timeout + 13 s (scaled); then what the server sent.
+            t0 = time.monotonic()
+            s = connect(self.s.port)
             data = head + body
             if i % 2:  # body phase: the headers arrive at once
                 s.sendall(head)
@@ -257,41 +255,39 @@ class SlowClientTest(unittest.TestCase):
                 for k in range(len(data)):
                     s.send(data[k:k + 1])
                     time.sleep(0.25)
-                    if time.time() - t0 > 15:
+                    if time.monotonic() - t0 > self.IDLE + scaled(13):
                         break
-                else:
-                    pass
             except OSError:
                 pass
             # Closed by the server: EOF or a reset, never data.
             try:
-                s.settimeout(3)
+                s.settimeout(scaled(3))
                 got = s.recv(100)
             except OSError:
                 got = b""
             with lock:
-                closed_at[i] = (time.time() - t0, got)
+                closed_at[i] = (time.monotonic() - t0, got)
             s.close()
 
-        threads = [threading.Thread(target=trickle, args=(i,)) for i in range(50)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
         lat = []
-        for _ in range(10):
-            t0 = time.time()
-            st, _, j, _ = self.s.post("/v1/completions", REQ, timeout=10)
-            lat.append(time.time() - t0)
-            self.assertEqual(st, 200)
-            time.sleep(0.1)
-        for t in threads:
-            t.join(30)
+
+        def normal_requests():
+            time.sleep(0.5)  # the slowloris connections are open
+            for _ in range(10):
+                t0 = time.monotonic()
+                st, _, j, _ = self.s.post("/v1/completions", REQ)
+                lat.append(time.monotonic() - t0)
+                self.assertEqual(st, 200)
+                time.sleep(0.1)
+
+        run_threads([lambda i=i: trickle(i) for i in range(50)] + [normal_requests],
+                    "50 slowloris connections to be closed", self.IDLE + 60)
         self.assertEqual(len(closed_at), 50)
         worst = max(v[0] for v in closed_at.values())
         print("\nslowloris: 50 closed after %.1f s at most (idle_timeout %d); normal requests meanwhile: max %.0f ms"
               % (worst, self.IDLE, 1e3 * max(lat)))
-        self.assertLess(max(lat), 1.0, lat)
-        self.assertLess(worst, self.IDLE + 3, closed_at)
+        self.assertLess(max(lat), self.IDLE / 2, lat)
+        self.assertLess(worst, self.IDLE + scaled(3), closed_at)
         self.assertTrue(all(v[1] == b"" for v in closed_at.values()), closed_at)
         m = self.s.metrics()
         self.assertGreaterEqual(m.get('orthoserve_http_requests_total{endpoint="completions",status="408"}', 0), 25)
@@ -308,10 +304,11 @@ class AbandonedRequestTest(unittest.TestCase):
     out (503) for a minute."""
 
     def test_partial_request_then_close(self):
-        s = Server("--idle-timeout", "60", "--max-connections", "16")
+        idle = scaled(60)  # the release must come well before it
+        s = Server("--idle-timeout", str(idle), "--max-connections", "16")
         try:
             pid = s.proc.pid
-            time.sleep(0.5)  # the health check's connection is gone
+            wait_for(lambda: not connection_sockets(pid), "the health check's connection to be gone")
             base = fd_count(pid)
             body = json.dumps(REQ).encode()
             head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -319,7 +316,7 @@ class AbandonedRequestTest(unittest.TestCase):
             n = 40
             t0 = time.time()
             for i in range(n):
-                k = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+                k = connect(s.port)
                 # Even: headers and half the body (a request in progress); odd: half the headers.
                 k.sendall(head + body[:len(body) // 2] if i % 2 == 0 else head[:len(head) // 2])
                 k.close()
@@ -327,19 +324,18 @@ class AbandonedRequestTest(unittest.TestCase):
             def released():
                 return fd_count(pid) == base and s.metrics().get("orthoserve_http_requests_active") == 1
 
-            ok = wait_for(released, 5, 0.05)
+            wait_for(released, lambda: "the %d partial requests' connections and slots to be released "
+                     "(well before idle_timeout %g s): server fds %s (%d before), metrics %s" % (
+                         n, idle, os.listdir("/proc/%d/fd" % pid), base,
+                         {k: v for k, v in s.metrics().items() if "http_requests" in k}), 20)
             dt = time.time() - t0
-            self.assertTrue(ok, "server fds %s (%d before), metrics %s" % (
-                os.listdir("/proc/%d/fd" % pid), base,
-                {k: v for k, v in s.metrics().items() if "http_requests" in k}))
-            t1 = time.time()
-            st, _, j, _ = s.post("/v1/completions", REQ, timeout=10)
+            # Served, not refused (503) for want of a request slot.
+            st, _, j, _ = s.post("/v1/completions", REQ)
             self.assertEqual(st, 200, j)
-            self.assertLess(time.time() - t1, 1.0)
             # The ones whose headers were in (those not refused at max_connections) end as 499.
             self.assertGreater(s.metrics().get('orthoserve_http_requests_total{endpoint="completions",status="499"}', 0), 0)
             print("\n%d partial requests closed by their clients: all released %.2f s after the first "
-                  "(idle_timeout 60)" % (n, dt))
+                  "(idle_timeout %g)" % (n, dt, idle))
         finally:
             stop_ok(self, s)
 
@@ -349,18 +345,12 @@ class ConnectionFloodTest(unittest.TestCase):
     max_connections connections are refused cleanly."""
 
     def open_idle(self, port, n):
-        socks = []
-        for _ in range(n):
-            s = socket.socket()
-            s.settimeout(5)
-            s.connect(("127.0.0.1", port))
-            socks.append(s)
-        return socks
+        return [connect(port) for _ in range(n)]
 
     def timed_request(self, s):
-        t0 = time.time()
-        st, _, _, _ = s.post("/v1/completions", REQ, timeout=10)
-        return st, time.time() - t0
+        t0 = time.monotonic()
+        st, _, _, _ = s.post("/v1/completions", REQ)
+        return st, time.monotonic() - t0
 
     def test_1000_idle_connections(self):
         raise_nofile(4096)
@@ -379,8 +369,8 @@ class ConnectionFloodTest(unittest.TestCase):
             self.assertNotIn("open-file limit", s.log_text())
             base = fd_count(s.proc.pid)
             socks = self.open_idle(s.port, 1000)
-            self.assertTrue(wait_for(lambda: fd_count(s.proc.pid) >= base + 995, 10),
-                            "server holds %d fds, %d before" % (fd_count(s.proc.pid), base))
+            wait_for(lambda: fd_count(s.proc.pid) >= base + 995,
+                     lambda: "the server to hold the 1000 connections: %d fds, %d before" % (fd_count(s.proc.pid), base))
             lat = []
             for _ in range(10):
                 st, dt = self.timed_request(s)
@@ -390,12 +380,12 @@ class ConnectionFloodTest(unittest.TestCase):
             self.assertEqual(st, 200)
             print("\n1000 idle connections: server fds %d -> %d; 10 requests meanwhile: max %.0f ms"
                   % (base, fd_count(s.proc.pid), 1e3 * max(lat)))
-            self.assertLess(max(lat), 1.0, lat)
+            self.assertLess(max(lat), scaled(1.0), lat)
             for k in socks:
                 k.close()
             socks = []
-            self.assertTrue(wait_for(lambda: fd_count(s.proc.pid) <= base + 2, 10),
-                            "fds not released: %d vs %d" % (fd_count(s.proc.pid), base))
+            wait_for(lambda: fd_count(s.proc.pid) <= base + 2,
+                     lambda: "the closed connections' fds to be released: %d vs %d" % (fd_count(s.proc.pid), base))
         finally:
             for k in socks:
                 k.close()
@@ -410,28 +400,34 @@ class ConnectionFloodTest(unittest.TestCase):
         try:
             base = fd_count(s.proc.pid)
             socks = self.open_idle(s.port, 300)
-            time.sleep(0.5)
+            closed = set()
+
+            def n_closed():
+                # An idle connection the server closed reads as EOF or a reset.
+                p = select.poll()
+                for k in socks:
+                    if k not in closed:
+                        p.register(k, select.POLLIN)
+                for fd, _ in p.poll(0):
+                    k = next(x for x in socks if x.fileno() == fd)
+                    try:
+                        if k.recv(1) == b"":
+                            closed.add(k)
+                    except OSError:
+                        closed.add(k)
+                return len(closed) >= 300 - 32
+
+            wait_for(n_closed, lambda: "the server to close the idle connections past 32: %d closed" % len(closed))
             self.assertLessEqual(fd_count(s.proc.pid), base + 32 + 2)
-            closed = 0
-            for k in socks:
-                k.settimeout(0.01)
-                try:
-                    if k.recv(1) == b"":
-                        closed += 1
-                except socket.timeout:
-                    pass
-                except OSError:
-                    closed += 1
-            self.assertGreaterEqual(closed, 300 - 32)
             lat = []
             for _ in range(5):
                 st, dt = self.timed_request(s)
                 self.assertEqual(st, 200)
                 lat.append(dt)
-            self.assertLess(max(lat), 1.0, lat)
+            self.assertLess(max(lat), scaled(1.0), lat)
             self.assertIn("max_connections (32) reached", s.log_text())
             print("\nflood of 300 idle connections past max_connections 32: %d closed at once; requests "
-                  "meanwhile: max %.0f ms" % (closed, 1e3 * max(lat)))
+                  "meanwhile: max %.0f ms" % (len(closed), 1e3 * max(lat)))
         finally:
             for k in socks:
                 k.close()
@@ -444,21 +440,21 @@ class ConnectionFloodTest(unittest.TestCase):
         try:
             body = json.dumps({"prompt": "Once", "max_tokens": 3000, "ignore_eos": True, "stream": True}).encode()
             for _ in range(3):
-                k = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+                k = connect(s.port)
                 k.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 self.assertIn(b"200 OK", k.recv(4096))
                 socks.append(k)
-            t0 = time.time()
-            st, h, _ = s.request("GET", "/health", timeout=5)
+            t0 = time.monotonic()
+            st, h, _ = s.request("GET", "/health")
             self.assertEqual(st, 503)
             self.assertEqual(h.get("retry-after"), "1")
-            self.assertLess(time.time() - t0, 1.0)
+            self.assertLess(time.monotonic() - t0, scaled(1.0), "refused at once, not queued")
         finally:
             for k in socks:
                 k.close()
         try:
-            self.assertTrue(wait_for(lambda: s.request("GET", "/health")[0] == 200, 10))
+            wait_for(lambda: s.request("GET", "/health")[0] == 200, "/health 200 once the 3 streams are gone")
         finally:
             stop_ok(self, s)
 

@@ -3,10 +3,9 @@ logprobs/echo, tokenize, orthorank, metrics, contract (openapi.yaml)."""
 import json
 import os
 import subprocess
-import threading
 import unittest
 
-from e2eutil import BIN, MODEL, MODEL_ID, OpenAPI, Server, load_golden, parse_sse, stream_post
+from e2eutil import BIN, MODEL, MODEL_ID, OpenAPI, Server, load_golden, parse_sse, run_threads, scaled, stream_post
 
 GOLDEN = load_golden()
 G0 = GOLDEN["greedy"][0]  # "Once upon a time", n_predict 48
@@ -101,7 +100,7 @@ class HttpTest(unittest.TestCase):
 
     def test_generate_equals_http(self):
         out = subprocess.run([BIN, "generate", "-m", MODEL, "-p", "Once upon a time", "-n", "48", "--ignore-eos"],
-                             capture_output=True, timeout=60)
+                             capture_output=True, timeout=scaled(120))
         self.assertEqual(out.returncode, 0)
         st, _, j, _ = self.greedy_completion()
         self.assertEqual(j["choices"][0]["text"].encode(), out.stdout)
@@ -113,11 +112,7 @@ class HttpTest(unittest.TestCase):
 
         def run(i):
             res[i] = self.s.post("/v1/completions", body)[2]["choices"][0]["text"]
-        ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
+        run_threads([lambda i=i: run(i) for i in range(4)], "4 concurrent sampled requests")
         self.assertEqual(res, [ref] * 4)
 
     # --- chat ----------------------------------------------------------------
@@ -350,12 +345,8 @@ class HttpTest(unittest.TestCase):
                 body["orthorank"] = orank
             out[name] = self.s.post("/v1/completions", body)
 
-        th = [threading.Thread(target=run, args=("dense", None)),
-              threading.Thread(target=run, args=("sparse", {"sparsity": 0.3, "token_ratio": 0.5}))]
-        for t in th:
-            t.start()
-        for t in th:
-            t.join(60)
+        run_threads([lambda: run("dense", None), lambda: run("sparse", {"sparsity": 0.3, "token_ratio": 0.5})],
+                    "a dense and a sparse request at once")
         st, _, d, _ = out["dense"]
         st2, _, s, _ = out["sparse"]
         self.assertEqual((st, st2), (200, 200))

@@ -15,6 +15,9 @@
 # and cached as a tarball under the build directory (IMAGE_DIR); podman's
 # storage is private to this run and removed at the end.
 #
+# Waits are deadlines in seconds (a fast machine's, multiplied by
+# $E2E_TIME_SCALE, default 1), never counts of retries.
+#
 # usage: test_image.sh SOURCE_DIR BUILD_DIR MODEL
 set -euo pipefail
 SRC=$(cd "$1" && pwd)
@@ -28,6 +31,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 start=$(date +%s)
 say() { echo "[$(( $(date +%s) - start ))s] $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+scaled() { awk -v s="$1" -v k="${E2E_TIME_SCALE:-1}" 'BEGIN { printf "%d", s * k + 0.5 }'; }
 
 for tool in podman debootstrap unshare chroot curl python3; do
   command -v "$tool" >/dev/null || fail "$tool not found (tools/deps.sh installs it)"
@@ -146,12 +150,14 @@ unshare --mount --propagation private -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/b
 SERVER_PID=$!
 
 ok=""
-for _ in $(seq 1 300); do
-  if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null; then ok=1; break; fi
+limit=$(scaled 60)
+deadline=$(( SECONDS + limit ))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  if curl -fsS -m 10 -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null; then ok=1; break; fi
   kill -0 "$SERVER_PID" 2>/dev/null || { cat "$LOG"; fail "the server exited"; }
   sleep 0.1
 done
-[ -n "$ok" ] || { cat "$LOG"; fail "/health never answered 200"; }
+[ -n "$ok" ] || { cat "$LOG"; fail "/health did not answer 200 within $limit s"; }
 say "/health is 200"
 
 # The image's own HEALTHCHECK command, inside the image (its curl, its env).
@@ -160,7 +166,7 @@ unshare --mount --propagation private -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/b
   _ env -i "${IENV[@]}" ORTHOSERVE_PORT="$PORT" /bin/sh -c "$HC" || fail "the image's HEALTHCHECK command failed: $HC"
 say "HEALTHCHECK command passes: $HC"
 
-body=$(curl -fsS "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+body=$(curl -fsS -m "$(scaled 120)" "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
   -d '{"prompt":"Once upon a time","max_tokens":16,"temperature":0}')
 python3 - "$body" <<'EOF'
 import json, sys
@@ -170,7 +176,7 @@ assert j["usage"]["completion_tokens"] == 16, j["usage"]
 assert j["choices"][0]["text"], j
 print("completion ok: %r" % j["choices"][0]["text"][:60])
 EOF
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep '^orthoserve_model_info{' >/dev/null || fail "/metrics has no model_info"
+curl -fsS -m "$(scaled 60)" "http://127.0.0.1:$PORT/metrics" | grep '^orthoserve_model_info{' >/dev/null || fail "/metrics has no model_info"
 
 # The server process (the chroot's child after exec) runs as the image's user.
 spid=$(pgrep -P "$SERVER_PID" || true)
@@ -184,8 +190,10 @@ for p in $SERVER_PID $spid; do
 done
 
 kill -TERM "$SERVER_PID"
-for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$SERVER_PID" 2>/dev/null && fail "no exit within 10 s of SIGTERM"
+limit=$(scaled 30)
+deadline=$(( SECONDS + limit ))
+while kill -0 "$SERVER_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+kill -0 "$SERVER_PID" 2>/dev/null && fail "no exit within $limit s of SIGTERM"
 wait "$SERVER_PID" && rc=0 || rc=$?
 SERVER_PID=""
 [ "$rc" -eq 0 ] || { cat "$LOG"; fail "exit code $rc after SIGTERM"; }

@@ -10,11 +10,9 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
-import time
 import unittest
 
-from e2eutil import BIN, MODEL, MODEL_ID, Server
+from e2eutil import BIN, MODEL, MODEL_ID, Server, connect, read_until, scaled, wait_for
 
 M = 'model="%s"' % MODEL_ID
 
@@ -118,7 +116,7 @@ class Scrape:
 def promtool_check(text):
     tool = shutil.which("promtool")
     assert tool, "promtool not found: tools/deps.sh installs Debian's prometheus package"
-    out = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=scaled(60))
     return out.returncode, out.stdout + out.stderr
 
 
@@ -252,20 +250,18 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(self.s.request("GET", "/nope")[0], 404)
         # A stream whose client goes away.
         body = json.dumps({"prompt": "Once", "max_tokens": 4000, "ignore_eos": True, "stream": True}).encode()
-        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=30)
+        sock = connect(self.s.port)
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        buf = b""
-        while b"data: {" not in buf:
-            buf += sock.recv(65536)
+        self.assertIn(b"data: {", read_until(sock, b"data: {", "the stream's first chunk"))
         sock.close()
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            z = Scrape(self.s)
-            if (z.get("orthoserve_requests_cancelled_total", reason="client_disconnect") or 0) > \
-                    (a.get("orthoserve_requests_cancelled_total", reason="client_disconnect") or 0):
-                break
-            time.sleep(0.05)
+        cancelled = lambda sc: sc.get("orthoserve_requests_cancelled_total", reason="client_disconnect") or 0
+
+        def scrape_after_cancel():
+            sc = Scrape(self.s)
+            return sc if cancelled(sc) > cancelled(a) else None
+
+        z = wait_for(scrape_after_cancel, "the dropped stream's client_disconnect cancellation")
         d = lambda name, **l: (z.get(name, **l) or 0) - (a.get(name, **l) or 0)
         self.assertEqual(d("orthoserve_requests_cancelled_total", reason="client_disconnect"), 1)
         self.assertEqual(d("orthoserve_requests_finished_total", model=MODEL_ID, finish_reason="cancelled"), 1)
@@ -274,29 +270,31 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(d("orthoserve_e2e_request_latency_seconds_count", model=MODEL_ID), 1)
 
     def test_step_duration_sampled_under_load(self):
+        # Three long streams, dropped as soon as the server has timed a
+        # window of back-to-back steps (it looks every 100 ms): as long as
+        # that takes on this machine, no longer.
         a = Scrape(self.s)
-        stop = time.time() + 6
-
-        def worker():
-            while time.time() < stop:
-                self.s.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 1500,
-                                                "ignore_eos": True}, timeout=60)
-                z = Scrape(self.s)
-                if (z.get("orthoserve_step_duration_seconds_count", model=MODEL_ID) or 0) > 0:
-                    return
-
-        ts = [threading.Thread(target=worker) for _ in range(3)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        body = json.dumps({"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True,
+                           "stream": True}).encode()
+        socks = []
+        try:
+            for _ in range(3):
+                socks.append(connect(self.s.port))
+                socks[-1].sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            wait_for(lambda: (Scrape(self.s).get("orthoserve_step_duration_seconds_count", model=MODEL_ID) or 0) > 0,
+                     "a step duration sample under load")
+        finally:
+            for k in socks:
+                k.close()
+        wait_for(lambda: Scrape(self.s).get("orthoserve_requests_running") == 0, "the dropped streams to end")
         z = Scrape(self.s)
         _, s, c = z.hist("orthoserve_step_duration_seconds", model=MODEL_ID)
         steps = z.get("orthoserve_scheduler_steps_total") - a.get("orthoserve_scheduler_steps_total")
         self.assertGreater(c, 0)
         self.assertLessEqual(c, z.get("orthoserve_scheduler_steps_total"))
         self.assertGreater(steps, 0)
-        self.assertTrue(0 < s / c < 1, s / c)
+        self.assertTrue(0 < s / c < scaled(1), s / c)
 
 
 class RequestIdTest(unittest.TestCase):
@@ -339,8 +337,9 @@ class RequestIdTest(unittest.TestCase):
         st, h, j, _ = self.s.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2},
                                   {"Authorization": "Bearer k", "X-Request-Id": "mine-42"})
         self.assertEqual(h["x-request-id"], "mine-42")
-        time.sleep(0.1)
-        line = [l for l in self.s.log_text().splitlines() if " mine-42 " in l]
+        # The line is written once the response is out: the client may see it first.
+        line = wait_for(lambda: [l for l in self.s.log_text().splitlines() if " mine-42 " in l],
+                        "the request's log line")
         self.assertEqual(len(line), 1, self.s.log_text())
         self.assertRegex(line[0], r"^orthoserve: mine-42 POST /v1/completions 200 in=\d+ out=2 cached=\d+ "
                                   r"ttft_ms=[\d.]+ total_ms=[\d.]+ sparsity=0\.0000$")
@@ -363,30 +362,30 @@ class LogFormatTest(unittest.TestCase):
                                  {"X-Request-Id": "json-1"})
             self.assertEqual(st, 200)
             self.assertEqual(s.request("GET", "/nope")[0], 404)
-            time.sleep(0.1)
-            lines = s.log_text().splitlines()
-            objs = [json.loads(l) for l in lines]  # every line is one JSON object
-            for o in objs:
-                self.assertRegex(o["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-                self.assertIn(o["level"], ("error", "warn", "info", "debug"))
-                self.assertIsInstance(o["msg"], str)
-            self.assertTrue(any(o["msg"].startswith("listening on http://") for o in objs))
-            req = [o for o in objs if o.get("request_id") == "json-1"]
-            self.assertEqual(len(req), 1)
-            r = req[0]
-            self.assertEqual((r["msg"], r["method"], r["path"], r["status"]),
-                             ("request", "POST", "/v1/completions", 200))
-            self.assertEqual((r["tokens_in"], r["tokens_out"]), (3, 3))
-            self.assertGreater(r["ttft_ms"], 0)
-            self.assertGreaterEqual(r["total_ms"], r["ttft_ms"])
-            self.assertAlmostEqual(r["sparsity_effective"], j["orthorank"]["sparsity_effective"], delta=1e-3)
-            self.assertIs(r["cancelled"], None)
-            nf = [o for o in objs if o.get("path") == "/nope"]
-            self.assertEqual(nf[0]["status"], 404)
-            self.assertIsNone(nf[0]["ttft_ms"])
-            self.assertIsNone(nf[0]["sparsity_effective"])
         finally:
             self.assertEqual(s.stop(), 0)
+        # The whole log: every line is written by the time the server has exited.
+        lines = s.final_log.splitlines()
+        objs = [json.loads(l) for l in lines]  # every line is one JSON object
+        for o in objs:
+            self.assertRegex(o["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+            self.assertIn(o["level"], ("error", "warn", "info", "debug"))
+            self.assertIsInstance(o["msg"], str)
+        self.assertTrue(any(o["msg"].startswith("listening on http://") for o in objs))
+        req = [o for o in objs if o.get("request_id") == "json-1"]
+        self.assertEqual(len(req), 1)
+        r = req[0]
+        self.assertEqual((r["msg"], r["method"], r["path"], r["status"]),
+                         ("request", "POST", "/v1/completions", 200))
+        self.assertEqual((r["tokens_in"], r["tokens_out"]), (3, 3))
+        self.assertGreater(r["ttft_ms"], 0)
+        self.assertGreaterEqual(r["total_ms"], r["ttft_ms"])
+        self.assertAlmostEqual(r["sparsity_effective"], j["orthorank"]["sparsity_effective"], delta=1e-3)
+        self.assertIs(r["cancelled"], None)
+        nf = [o for o in objs if o.get("path") == "/nope"]
+        self.assertEqual(nf[0]["status"], 404)
+        self.assertIsNone(nf[0]["ttft_ms"])
+        self.assertIsNone(nf[0]["sparsity_effective"])
 
     def run_level(self, level):
         port = free_port()
@@ -394,19 +393,22 @@ class LogFormatTest(unittest.TestCase):
         p = subprocess.Popen([BIN, "serve", "-m", MODEL, "--host", "127.0.0.1", "--port", str(port),
                               "--log-level", level], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=e)
         import http.client
-        deadline = time.time() + 20
-        ok = False
-        while time.time() < deadline and not ok:
+
+        def healthy():
             try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(10))
                 c.request("GET", "/health")
                 ok = c.getresponse().status == 200
                 c.close()
+                return ok
             except OSError:
-                time.sleep(0.05)
-        self.assertTrue(ok)
-        p.terminate()
-        _, err = p.communicate(timeout=20)
+                return False
+
+        try:
+            wait_for(healthy, "GET /health 200 at --log-level " + level, 60)
+        finally:
+            p.terminate()
+            _, err = p.communicate(timeout=scaled(60))
         self.assertEqual(p.returncode, 0)
         return err.decode()
 

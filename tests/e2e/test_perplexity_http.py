@@ -9,7 +9,7 @@ import re
 import subprocess
 import unittest
 
-from e2eutil import BIN, MODEL, MODEL_ID, Server, TESTDATA
+from e2eutil import BIN, MODEL, MODEL_ID, TESTDATA, Server, scaled
 
 CORPUS = os.path.join(TESTDATA, "corpus", "tinystories_val.txt")
 CTX, WINDOWS = 128, 3
@@ -20,7 +20,7 @@ def cli(orank):
             "--mode", "full", "-t", "1"]
     if orank:
         args += ["--orthorank", orank]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=scaled(240))
     assert out.returncode == 0, out.stderr
     nll = float(re.search(r"mean NLL = ([0-9.]+)", out.stdout).group(1))
     ppl = float(re.search(r"PPL = ([0-9.]+)", out.stdout).group(1))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import unittest
 
-from e2eutil import MODEL_ID, Server
+from e2eutil import MODEL_ID, Server, scaled
 
 NODE_DIR = os.environ.get("ORTHOSERVE_NODE_DIR", "")
 
@@ -20,8 +20,9 @@ class SdkTest(unittest.TestCase):
             script = os.path.join(NODE_DIR, "sdk_test.mjs")
             with open(os.path.join(here, "sdk_test.mjs")) as f, open(script, "w") as g:
                 g.write(f.read())  # next to node_modules so 'import "openai"' resolves
-            env = dict(os.environ, ORTHOSERVE_URL="http://127.0.0.1:%d/v1" % s.port, ORTHOSERVE_MODEL=MODEL_ID)
-            out = subprocess.run(["node", script], env=env, capture_output=True, text=True, timeout=120)
+            env = dict(os.environ, ORTHOSERVE_URL="http://127.0.0.1:%d/v1" % s.port, ORTHOSERVE_MODEL=MODEL_ID,
+                       E2E_REQUEST_TIMEOUT_MS=str(int(scaled(60) * 1000)))
+            out = subprocess.run(["node", script], env=env, capture_output=True, text=True, timeout=scaled(240))
             sys.stdout.write(out.stdout)
             sys.stderr.write(out.stderr[-3000:])
             self.assertEqual(out.returncode, 0, out.stdout + out.stderr[-2000:])

@@ -1,7 +1,8 @@
 """Security regressions of the HTTP layer (issue 15; docs/SECURITY.md): each
 test reproduces a defect of docs REDTEAM D1, D3, D6-D11, D15 against the real
 binary on 127.0.0.1 and fails on the server before its fix. Every loop is
-bounded in count and time."""
+bounded in count and time; waits and latency bounds are in a fast
+machine's seconds, scaled for slow builds and machines (e2eutil.scaled)."""
 import http.client
 import json
 import multiprocessing
@@ -13,7 +14,7 @@ import threading
 import time
 import unittest
 
-from e2eutil import Server, wait_for
+from e2eutil import Server, scaled, wait_for
 
 REQ = {"prompt": "Once upon a time", "max_tokens": 8}
 SLOW_HEAD = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -27,14 +28,14 @@ def raise_nofile(n):
 
 
 def connect(port, src=None, timeout=5):
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout,
+    return socket.create_connection(("127.0.0.1", port), timeout=scaled(timeout),
                                     source_address=(src, 0) if src else None)
 
 
 def read_all(k, timeout=3.0):
-    """Bytes until the server closes, or until timeout seconds have passed."""
+    """Bytes until the server closes, or until timeout seconds (scaled) have passed."""
     k.settimeout(0.2)
-    out, deadline = b"", time.time() + timeout
+    out, deadline = b"", time.time() + scaled(timeout)
     while time.time() < deadline:
         try:
             b = k.recv(65536)
@@ -73,7 +74,7 @@ def probe(s, path="/health", headers=None):
     """(status, seconds) of one GET on a new connection."""
     t0 = time.time()
     try:
-        st, _, _ = s.request("GET", path, None, headers or {}, timeout=5)
+        st, _, _ = s.request("GET", path, None, headers or {}, timeout=scaled(5))
     except OSError:
         st = None
     return st, time.time() - t0
@@ -121,7 +122,7 @@ class SlowBodyFloodTest(unittest.TestCase):
         for _ in range(n):
             st, dt = probe(s, path, headers)
             self.assertEqual(st, 200, "probe of %s during the flood" % path)
-            self.assertLess(dt, 0.1, "probe of %s took %.0f ms" % (path, dt * 1e3))
+            self.assertLess(dt, scaled(0.1), "probe of %s took %.0f ms" % (path, dt * 1e3))
             worst = max(worst, dt)
             time.sleep(0.05)
         return worst
@@ -132,9 +133,9 @@ class SlowBodyFloodTest(unittest.TestCase):
         socks = []
         try:
             socks = self.flood(s, 40)
-            time.sleep(0.5)  # parsed: before the fix, no longer evictable
+            time.sleep(scaled(0.5))  # parsed: before the fix, no longer evictable
             socks += self.flood(s, 20)
-            time.sleep(0.3)
+            time.sleep(scaled(0.3))
             worst = self.probes(s)
             evicted = metric(s, 'orthoserve_http_requests_total{endpoint="completions",status="503"}')
             self.assertGreater(evicted, 0, "slow bodies evicted for the probes")
@@ -171,9 +172,9 @@ class SlowBodyFloodTest(unittest.TestCase):
         socks = []
         try:
             socks = self.flood(s, 260, "127.0.0.2")
-            time.sleep(1)
+            time.sleep(scaled(1))
             socks += self.flood(s, 20, "127.0.0.2")
-            time.sleep(0.5)
+            time.sleep(scaled(0.5))
             worst = self.probes(s)
             refused = metric(s, 'orthoserve_http_requests_total{endpoint="connection",status="503"}')
             self.assertGreaterEqual(refused, 280 - 64)
@@ -186,7 +187,7 @@ class SlowBodyFloodTest(unittest.TestCase):
 
             def reported():
                 return want in s.log_text()
-            self.assertTrue(wait_for(reported, 15, 0.2), s.log_text()[-2000:])
+            wait_for(reported, "the warning that reports the whole burst: " + want, 15)
             print("\nD1 at the defaults (280 slow bodies from 127.0.0.2): /health max %.1f ms; %d refused and "
                   "counted" % (worst * 1e3, refused))
         finally:
@@ -204,9 +205,9 @@ class SlowBodyFloodTest(unittest.TestCase):
             dt = time.time() - t0
             k.close()
             self.assertEqual(got, b"")
-            self.assertLess(dt, 2.5, "closed after %.1f s (body_timeout 1)" % dt)
-            self.assertTrue(wait_for(lambda: metric(
-                s, 'orthoserve_http_requests_total{endpoint="completions",status="408"}') == 1, 3))
+            self.assertLess(dt, 1 + scaled(1.5), "closed after %.1f s (body_timeout 1)" % dt)
+            wait_for(lambda: metric(s, 'orthoserve_http_requests_total{endpoint="completions",status="408"}') == 1,
+                     "the stalled body counted as 408", 3)
         finally:
             self.assertEqual(s.stop(), 0, "server exit status")
 
@@ -225,7 +226,7 @@ class LoopStallTest(unittest.TestCase):
         out = []
         for i in range(6):
             path, body = bodies[i % 2]
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
             try:
                 c.request("POST", path, body, {"Content-Type": "application/json"})
                 r = c.getresponse()
@@ -250,7 +251,7 @@ class LoopStallTest(unittest.TestCase):
                 self.assertEqual(st, 200)
                 lat.append(dt)
                 time.sleep(0.02)
-            answers = q.get(timeout=60)
+            answers = q.get(timeout=scaled(60))
             p.join(10)
             self.assertEqual(answers, [400, 200] * 3)
             lat.sort()
@@ -258,7 +259,7 @@ class LoopStallTest(unittest.TestCase):
             print("\nD3 /health during 6 x 3.9 MB prompts/tokenize: %d probes, p50 %.1f ms, p99 %.1f ms, max %.1f ms"
                   % (len(lat), p50 * 1e3, p99 * 1e3, lat[-1] * 1e3))
             # Before the fix each of these requests blocked the loop for 0.4-2 s.
-            self.assertLess(p99, 0.25 if sanitized(s.proc.pid) else 0.1)
+            self.assertLess(p99, scaled(0.1))
             self.assertGreater(len(lat), 20)
         finally:
             if p.is_alive():
@@ -289,7 +290,7 @@ class MemoryTest(unittest.TestCase):
                     k.sendall(head + chunk)
                 except OSError:
                     refused += 1
-            time.sleep(0.5)
+            time.sleep(scaled(0.5))
             peak = proc_status(s.proc.pid)["VmRSS"]
             print("\nD8 48 bodies of 4 MiB held open: RSS %.0f -> %.0f MB (%d refused at once)"
                   % (base / 1e6, peak / 1e6, refused))
@@ -301,8 +302,8 @@ class MemoryTest(unittest.TestCase):
                 k.close()
             socks = []
             if not san:
-                self.assertTrue(wait_for(lambda: proc_status(s.proc.pid)["VmRSS"] - base < 30e6, 5),
-                                "RSS stays at %.0f MB" % (proc_status(s.proc.pid)["VmRSS"] / 1e6))
+                wait_for(lambda: proc_status(s.proc.pid)["VmRSS"] - base < 30e6,
+                         "RSS back within 30 MB of its start once the bodies are gone", 5)
             self.assertEqual(probe(s)[0], 200)
         finally:
             for k in socks:
@@ -353,7 +354,7 @@ class FramingTest(unittest.TestCase):
         t0 = time.time()
         resp = raw(self.s.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                 b"Transfer-Encoding: gzip\r\n\r\n{\"prompt\":\"Hi\"}", timeout=3)
-        self.assertLess(time.time() - t0, 2.5)
+        self.assertLess(time.time() - t0, scaled(2.5))
         self.assertEqual(status_of(resp), 501, resp)
         e = json_body(resp)["error"]
         self.assertEqual((e["type"], e["code"]), ("invalid_request_error", "unsupported_transfer_encoding"))
@@ -391,7 +392,7 @@ class AuthTest(unittest.TestCase):
                       b"Content-Length: 100000\r\n\r\n")
             resp = read_all(k, 2)
             self.assertEqual(status_of(resp), 401, resp)
-            self.assertLess(time.time() - t0, 1.5)
+            self.assertLess(time.time() - t0, scaled(1.5))
             self.assertIn(b"Connection: close", resp)
         finally:
             k.close()
@@ -407,7 +408,7 @@ class LogTest(unittest.TestCase):
             for path in ("/v1/models/x%0aorthoserve:%20req-00000000-1%20POST%20/v1/completions%20200%20FORGED",
                          "/nope%0d%0aX-Injected:%201"):
                 self.assertEqual(s.request("GET", path)[0], 404)
-            self.assertTrue(wait_for(lambda: s.log_text().count(" 404 in=") == 2, 5))  # logged after the reply
+            wait_for(lambda: s.log_text().count(" 404 in=") == 2, "two 404 lines in the text log", 5)  # logged after the reply
             log = s.log_text()
             lines = log.splitlines()
             self.assertFalse([l for l in lines if l.startswith(("orthoserve: req-00000000-1", "X-Injected"))], log)
@@ -420,7 +421,7 @@ class LogTest(unittest.TestCase):
         s = Server("--log-format", "json")
         try:
             self.assertEqual(s.request("GET", "/%ff")[0], 404)
-            self.assertTrue(wait_for(lambda: '"status":404' in s.log_text(), 5))  # logged after the reply
+            wait_for(lambda: '"status":404' in s.log_text(), "the 404 line in the JSON log", 5)  # logged after the reply
             reqs = [json.loads(l) for l in s.log_text().splitlines() if '"request"' in l]
             self.assertEqual([r.get("path") for r in reqs if r.get("status") == 404], ["/\\xff"])
         finally:
@@ -451,13 +452,14 @@ class LogTest(unittest.TestCase):
                 m = s.metrics()
                 return sum(v for k, v in m.items() if k.startswith(
                     'orthoserve_http_requests_total{endpoint="completions"')) >= 10
-            self.assertTrue(wait_for(counted, 20, 0.1))
+            wait_for(counted, "the 10 hung-up requests counted", 20)
             m = s.metrics()
             self.assertEqual(m.get('orthoserve_http_requests_total{endpoint="completions",status="503"}', 0), 0)
             self.assertEqual(m.get('orthoserve_http_requests_total{endpoint="completions",status="499"}', 0), 5)
             log = s.log_text()
             self.assertNotIn("Failed to send", log)
-            self.assertNotIn(" 503 ", log)
+            self.assertNotIn("internal error", log)  # MHD's note on the abandoned requests' close
+            self.assertNotIn("/v1/completions 503 ", log)
         finally:
             self.assertEqual(s.stop(), 0, "server exit status")
 

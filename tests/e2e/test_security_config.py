@@ -18,18 +18,19 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2eutil import BIN, MODEL, Server, parse_sse  # noqa: E402
+from e2eutil import BIN, MODEL, Server, parse_sse, scaled  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 DOCKER = os.path.join(ROOT, "docker")
 
 
 def run_serve(args, env=None, timeout=20):
-    """orthoserve serve ARGS to completion (it must exit by itself)."""
+    """orthoserve serve ARGS to completion (it must exit by itself within
+    timeout seconds, scaled for slow builds)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("ORTHOSERVE_")}
     e.update(env or {})
     return subprocess.run([BIN, "serve", "--host", "127.0.0.1", "--port", "0"] + args, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=scaled(timeout))
 
 
 def keys_file(*keys):
@@ -305,7 +306,7 @@ class ModelPathTest(unittest.TestCase):
             out = run_serve(["-m", fifo], timeout=10)
         except subprocess.TimeoutExpired:
             self.fail("a FIFO model path hangs start-up")
-        self.assertLess(time.time() - t, 10)
+        self.assertLess(time.time() - t, scaled(10))
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("is not a regular file (it is a FIFO)", out.stderr)
         for path, kind in ((self.dir, "directory"), ("/dev/null", "character device")):
@@ -330,15 +331,16 @@ class ModelPathTest(unittest.TestCase):
         for sig in (signal.SIGTERM, signal.SIGINT):
             s = Server(model=path, wait_ready=False)
             try:
-                time.sleep(0.5)
+                time.sleep(scaled(0.5))  # the loader reaches the blocked open()
                 self.assertEqual(s.request("GET", "/health", timeout=5)[0], 503, "still loading")
                 t = time.time()
                 s.signal(sig)
                 try:
-                    rc = s.proc.wait(5)
+                    rc = s.proc.wait(scaled(5))
                 except subprocess.TimeoutExpired:
-                    self.fail("%s during the load was not honoured within 5 s: %s" % (sig.name, s.log_text()))
-                self.assertLess(time.time() - t, 5)
+                    self.fail("%s during the load was not honoured within %g s: %s"
+                              % (sig.name, scaled(5), s.log_text()))
+                self.assertLess(time.time() - t, scaled(5))
                 self.assertEqual(rc, 0)
                 self.assertIn("exiting now", s.log_text())
             finally:

@@ -37,7 +37,6 @@ the server's fds and their TCP states are printed."""
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2eutil import MODEL, Server  # noqa: E402
+from e2eutil import Server, connect, connection_sockets, fd_count, scaled, tcp_states  # noqa: E402
 
 LOADGEN = os.environ.get("ORTHOSERVE_LOADGEN", "")
 WARMUP = 10.0
@@ -81,37 +80,6 @@ def rss_bytes(pid):
     return 0
 
 
-def fd_count(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def tcp_states():
-    """inode -> (local, remote, state) for every TCP socket (/proc/net/tcp{,6})."""
-    out = {}
-    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if os.path.exists(f):
-            for line in open(f).read().splitlines()[1:]:
-                t = line.split()
-                out[t[9]] = (t[1], t[2], "state " + t[3])
-    return out
-
-
-def connection_sockets(pid):
-    """The server's TCP sockets other than listening ones (state 0A)."""
-    st = tcp_states()
-    out = []
-    for d in os.listdir("/proc/%d/fd" % pid):
-        try:
-            link = os.readlink("/proc/%d/fd/%s" % (pid, d))
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            ino = link[8:-1]
-            if ino in st and st[ino][2] != "state 0A":
-                out.append((d,) + st[ino])
-    return out
-
-
 def mib(x):
     return "%.1f MiB" % (x / 1048576.0)
 
@@ -136,11 +104,12 @@ def run_loadgens(port, seconds, tag, tmpdir, seed0):
         out = os.path.join(tmpdir, "%s-%s.json" % (tag, name))
         log = open(os.path.join(tmpdir, "%s-%s.log" % (tag, name)), "w")
         cmd = [LOADGEN, "-u", "http://127.0.0.1:%d" % port, "-a", api, "-n", "1000000", "-d", str(seconds),
-               "--drain", "60", "--timeout", "120", "--progress", "0", "--seed", str(seed0 + i), "-j", out] + flags
+               "--drain", str(scaled(60)), "--timeout", str(scaled(120)), "--progress", "0",
+               "--seed", str(seed0 + i), "-j", out] + flags
         procs.append((name, api, out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
     results = {}
     for name, api, out, p, log in procs:
-        rc = p.wait(seconds + 120)
+        rc = p.wait(seconds + scaled(60) + 60)  # the load, its drain, a margin
         log.close()
         with open(out) as f:
             r = json.load(f)
@@ -162,7 +131,7 @@ class Chaos:
         self.kinds = [int(k) for k in os.environ.get("SOAK_CHAOS_KINDS", "0,1,2").split(",")]
 
     def send(self, body, cut=None):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        s = connect(self.port)
         head = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 "Content-Length: %d\r\n\r\n" % len(body)).encode()
         s.sendall(head + (body if cut is None else body[:cut]))
@@ -188,7 +157,7 @@ class Chaos:
                     self.counts["half_body"] += 1
                 else:
                     s = self.send(json.dumps(dict(msg, stream=True)).encode())
-                    s.settimeout(10)
+                    s.settimeout(scaled(10))
                     s.recv(self.rng.randrange(200, 2000))
                     s.close()
                     self.counts["stream_dropped"] += 1
@@ -201,7 +170,9 @@ class Chaos:
 
 
 def wait_idle(s, timeout=60):
-    deadline = time.time() + timeout
+    """The metrics once nothing runs, waits or holds KV (the checks that
+    follow report it if that takes over timeout seconds, scaled)."""
+    deadline = time.time() + scaled(timeout)
     while True:
         m = s.metrics()
         busy = (m.get("orthoserve_requests_running", 0), m.get("orthoserve_requests_waiting", 0),
@@ -234,11 +205,11 @@ def main():
         m0 = wait_idle(s)
         # The baseline holds no client connection (the warm-up's and wait_idle's
         # own are closed by their clients; give the server idle_timeout).
-        deadline = time.time() + IDLE + 3
+        deadline = time.time() + IDLE + scaled(3)
         while connection_sockets(pid) and time.time() < deadline:
             time.sleep(0.05)
         left = connection_sockets(pid)
-        check(not left, "connections still open %d s after the warm-up: %s" % (IDLE + 3, left))
+        check(not left, "connections still open %g s after the warm-up: %s" % (IDLE + scaled(3), left))
         rss0, fd0 = rss_bytes(pid), fd_count(pid)
         fds0 = sorted("%s -> %s" % (d, os.readlink("/proc/%d/fd/%s" % (pid, d))) for d in os.listdir("/proc/%d/fd" % pid))
 
@@ -258,7 +229,7 @@ def main():
         res = run_loadgens(s.port, seconds, "soak", tmpdir, 1)
         chaos.stop.set()
         if chaos.thread.is_alive():
-            chaos.thread.join(30)
+            chaos.thread.join(scaled(30))
         sampling.set()
         soak_time = time.time() - t_soak
         m1 = wait_idle(s)
@@ -267,7 +238,7 @@ def main():
         # closed is gone at once, a straggler gets idle_timeout. (Counting right
         # after a request, as this test once did, catches that request's own
         # connection before the server has seen its client close it.)
-        deadline = time.time() + IDLE + 3
+        deadline = time.time() + IDLE + scaled(3)
         while fd_count(pid) != fd0 and time.time() < deadline:
             time.sleep(0.05)
         rss1, fd1 = rss_bytes(pid), fd_count(pid)
