@@ -324,7 +324,8 @@ typedef enum {
 } eng_orthorank_method;
 
 typedef enum {
-    ENG_ORTHORANK_DECODE_THRESHOLD = 0, /* a decode token is updated if its score < the layer's threshold */
+    ENG_ORTHORANK_DECODE_THRESHOLD = 0, /* a decode token is updated if it ranks in the best k of the
+                                         * sequence's recent scores at that layer, held at rate k */
     ENG_ORTHORANK_DECODE_FULL = 1,      /* decoding runs densely */
     ENG_ORTHORANK_DECODE_OFF = 2        /* OrthoRank off for the whole sequence */
 } eng_orthorank_decode;
@@ -437,7 +438,8 @@ void eng_model_get_orthorank_plan(const eng_model *m, eng_orthorank_plan *out);
 typedef struct {
     eng_orthorank_method method;
     eng_orthorank_decode decode;
-    float sparsity_requested, token_ratio;
+    float sparsity_requested, token_ratio; /* token_ratio: the k in force (see sparsity_target) */
+    float sparsity_target;          /* planned: n_layers*(1-k)/n_layer (layer_skip: n_layers/n_layer) */
     int32_t n_layers;
     int32_t layers[ENG_MAX_LAYERS]; /* OrthoRank (or skipped) layers, in plan order */
     char layer_order_source[16];    /* the plan's source: "calibrated" or "fallback" */
@@ -446,12 +448,21 @@ typedef struct {
     double flops_total, flops_saved;
     double sparsity_effective;      /* skipped / total token-layers (0 when none) */
     double flops_saved_fraction;    /* flops_saved / flops_total (0 when none) */
+    /* decode rows' update rate at the least and the most updated OrthoRank
+     * layer (updated / decoded; 1 when nothing was decoded or no layer) */
+    double decode_rate_min, decode_rate_max;
 } eng_orthorank_stats;
 
 /* Settings for a sequence from its next position on (call when the sequence
- * is empty); n_prompt: positions below it are prompt (prefill rules), later
- * ones decode. NULL params: dense. Resets the sequence's stats. ENG_EINVAL
- * for out-of-range values or layers. */
+ * is empty, or holds only a prefix of the same prompt that a sequence with
+ * the same settings computed: its sink data is kept); n_prompt: positions
+ * below it are prompt (prefill rules), later ones decode. NULL params:
+ * dense. Resets the sequence's stats. ENG_EINVAL for out-of-range values or
+ * layers. A sparsity (no explicit layers) becomes n layers of the plan's
+ * order and a k (docs/ORTHORANK.md, "Targets"): n = round(sparsity*L/(1-k))
+ * (at least 1, at most the order's length) with the requested k when
+ * n*(1-k)/L is within 0.02 of the request, else k' = 1 - sparsity*L/n
+ * (at least 0.1). */
 eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p,
                                  int32_t n_prompt);
 /* The sequence's stats. */
