@@ -539,17 +539,30 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_orthorank *sq,
     }
 }
 
-#define RATE_SLACK 1.0 /* how far the updated count may stray from k * rows */
-#define RATE_WARM 8    /* below this many keys in the window, a calibrated threshold ranks */
+/* The running rule's constants (chosen on stories260K's --decode-eval and
+ * the rate test over the random-weight models, docs/ORTHORANK_RESULTS.md):
+ * how far the updated count may run ahead of / behind k times the rows
+ * decided (decode: 3, so 64 decoded tokens are within 0.047 of k; rows of
+ * short prompt chunks: 0.5 / 1, so short prompts get their share), how far
+ * the rank cut leans against that error per row (harder when ahead: a
+ * sequence whose scores drift down would otherwise keep proposing), and
+ * below how many known keys a calibrated threshold ranks instead. */
+#define RATE_AHEAD_DECODE 3.0
+#define RATE_AHEAD_PROMPT 0.5
+#define RATE_BEHIND_DECODE 3.0
+#define RATE_BEHIND_PROMPT 1.0
+#define RATE_GAIN (1.0 / 32)
+#define RATE_GAIN_AHEAD (1.0 / 8)
+#define RATE_WARM 8
 
 /* The running rule (docs/ORTHORANK.md, "Decoding"): whether row t, decided
  * on its own, is updated at layer il. The proposal ranks the row's key
- * against the phase's recent keys (updated if it is in their best k),
- * or against the plan's calibrated threshold while few keys are known;
- * `random` proposes with probability k. The proposal is then held to the
- * rate: the count of updated rows stays within RATE_SLACK of k times the
- * rows decided. Forced rows (the sink, the last prompt token) are updated
- * and counted. */
+ * against the phase's last RATE_WIN keys (updated if it is in their best
+ * k, the cut leaning against the error), or against the plan's calibrated
+ * threshold while few keys are known; `random` proposes with probability
+ * k. The proposal is then held to the rate: the count of updated rows
+ * stays within the slack of k times the rows decided. Forced rows (the
+ * sink, the last prompt token) are updated and counted. */
 static bool rate_decide(const eng_context *c, seq_orthorank *sq, int il, int32_t t, bool forced)
 {
     const eng_orthorank_method method = sq->stats.method;
@@ -579,12 +592,14 @@ static bool rate_decide(const eng_context *c, seq_orthorank *sq, int il, int32_t
                    fabsf(plan->threshold_ratio - (float)k) < 1e-3f && !isnan(plan->thresholds[il])) {
             up = key < plan->thresholds[il];
         } else {
-            int32_t below = 0;
-            for (int32_t i = 0; i < r->n_win; i++) below += r->win[i] < key;
-            up = below < k * (r->n_win + 1);
+            /* the cut leans against the error: a row ahead lowers it */
+            double q = k - e * (e > 0 ? RATE_GAIN_AHEAD : RATE_GAIN);
+            double below = 0; /* ties count half: a repeated token is not always the best */
+            for (int32_t i = 0; i < r->n_win; i++) below += r->win[i] < key ? 1.0 : r->win[i] == key ? 0.5 : 0.0;
+            up = (below + 0.5) / (r->n_win + 1) < q; /* the row's mid-rank quantile */
         }
-        if (up && e + 1 - k > RATE_SLACK) up = false;
-        if (!up && e - k < -RATE_SLACK) up = true;
+        if (up && e + 1 - k > (decode ? RATE_AHEAD_DECODE : RATE_AHEAD_PROMPT)) up = false;
+        if (!up && e - k < -(decode ? RATE_BEHIND_DECODE : RATE_BEHIND_PROMPT)) up = true;
     }
     if (method != ENG_ORTHORANK_METHOD_RANDOM) rate_push(r, key);
     if (pos == sq->n_prompt - 1) r->last_prompt_key = key;

@@ -117,16 +117,17 @@ Test(orthorank, selection_on_hand_made_scores)
     for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_inv[i]);
 
     /* a chunk shorter than min_tokens is selected row by row by the running
-     * rule: each row is updated if it ranks in the best k of the keys before
-     * it (row 1: none yet, so the rate decides: skip), unless that puts the
-     * count more than 1 ahead of k * rows (the sink, always updated, counts):
-     * rows 5 and 6 come when 3 rows are updated, with k * 6 = 2.4 and
-     * k * 7 = 2.8, and are skipped; row 9, the last prompt token, is kept */
+     * rule: a row is proposed if its mid-rank among the keys before it is
+     * in their best k (row 1: no keys yet, so the count decides: skip), and
+     * a prompt row may not put the count more than 0.5 ahead of k * rows
+     * (the sink, always updated, counts): row 2 would be 0.8 ahead and is
+     * skipped; rows 4 and 6 are updated; row 9, the last prompt token, is
+     * always updated */
     p.method = ENG_ORTHORANK_METHOD_ORTHORANK;
     p.min_tokens = 11;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
     eng__orthorank_select(c, layer);
-    int32_t expect_rule[] = {0, 2, 4, 9};
+    int32_t expect_rule[] = {0, 4, 6, 9};
     cr_assert_eq(c->n_act, 4);
     for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_rule[i], "row %d", i);
 
