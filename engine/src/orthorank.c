@@ -189,6 +189,14 @@ static eng_status field_ok(const eng_model *m, const eng_orthorank_params *p, in
     }
 }
 
+bool eng_orthorank_params_equal(const eng_orthorank_params *a, const eng_orthorank_params *b)
+{
+    if (a->sparsity != b->sparsity || a->token_ratio != b->token_ratio || a->n_layers != b->n_layers ||
+        a->decode != b->decode || a->method != b->method || a->min_tokens != b->min_tokens || a->seed != b->seed)
+        return false;
+    return a->n_layers <= 0 || !memcmp(a->layers, b->layers, (size_t)a->n_layers * sizeof *a->layers);
+}
+
 eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p, const char **field, char *msg,
                                size_t len)
 {

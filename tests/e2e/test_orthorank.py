@@ -73,6 +73,27 @@ class SparsityTest(unittest.TestCase):
                 self.assertAlmostEqual(o["sparsity_effective"], o["sparsity_target"], delta=0.03, msg=where)
                 self.assertEqual(o["decode"]["tokens"], 63, where)
 
+    def test_prefix_cache_same_settings_only(self):
+        prompt = corpus_prompt(300)[-400:]  # text no other test sends
+        settings = {"sparsity": 0.3}
+
+        def run(orank):
+            body = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "ignore_eos": True, "orthorank": orank}
+            st, _, j, _ = self.s.post("/v1/completions", body)
+            self.assertEqual(st, 200, j)
+            return j["choices"][0]["text"], j["usage"]["prompt_tokens_details"]["cached_tokens"], j
+
+        first, c1, j1 = run(settings)
+        second, c2, j2 = run(settings)
+        self.assertEqual(c1, 0, "a new prompt")
+        self.assertEqual(c2, j2["usage"]["prompt_tokens"] - 1, "all but the last prompt token reused")
+        self.assertEqual(second, first, "the same output as without reuse")
+        self.assertEqual(j2["orthorank"]["prefill"]["tokens"], 1)
+        _, c3, _ = run({"sparsity": 0.3, "token_ratio": 0.5})
+        self.assertEqual(c3, 0, "other settings reuse nothing")
+        _, c4, _ = run({"sparsity": 0})
+        self.assertEqual(c4, 0, "a dense request does not reuse a sparsified prefix")
+
     def test_dense_target_is_zero(self):
         o = self.complete("Once upon a time", {"sparsity": 0}, max_tokens=4)["orthorank"]
         self.assertEqual((o["sparsity_target"], o["sparsity_effective"]), (0, 0))

@@ -397,6 +397,9 @@ eng_status eng_orthorank_set_name(eng_orthorank_params *p, const eng_orthorank_f
                                   char *msg, size_t len);
 eng_status eng_orthorank_set_layers(eng_orthorank_params *p, const eng_model *m, const double *v, size_t n,
                                     char *msg, size_t len);
+/* Whether two settings are the same in every field (layers: the first
+ * n_layers): what a sparsified sequence's K/V depend on. */
+bool eng_orthorank_params_equal(const eng_orthorank_params *a, const eng_orthorank_params *b);
 /* Check whole settings against a model (m NULL: what can be checked without
  * one). ENG_OK, or ENG_EINVAL with *field = the field at fault (a name from
  * the list) and the reason in msg (both may be NULL). */
