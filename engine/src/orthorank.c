@@ -1,9 +1,11 @@
 /*
  * orthorank.c - OrthoRank token selection (docs/ORTHORANK.md): the settings
- * (their one field list, setters and checks), layer plans, per-sequence
- * state, the per-layer work of the forward pass (sink scores, the choice of
- * which rows a layer updates and which write K/V, decode thresholds) and the
- * stats every response reports.
+ * (their one field list, setters and checks), layer plans, the target a
+ * sparsity resolves to (layers and k), per-sequence state, the per-layer
+ * work of the forward pass (sink scores, the choice of which rows a layer
+ * updates and which write K/V: top-k for prompt chunks, the running rule
+ * held at rate k for decode rows and short chunks) and the stats every
+ * response reports.
  *
  * forward.c calls eng__orthorank_step once per eng_decode and
  * eng__orthorank_layer once per layer, then runs the Q/O/FFN products on the

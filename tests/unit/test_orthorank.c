@@ -7,7 +7,10 @@
  *   - the K/V written at a sparsified layer equal the dense K/V of its input;
  *   - a batch mixing settings equals each sequence run alone;
  *   - stats count what was skipped; layer skipping skips whole layers;
- *   - decoding with the threshold policy uses prompt-derived thresholds;
+ *   - a sparsity resolves to layers and a k that land on it (sparsity_target);
+ *   - decoding with the threshold policy (the running rule) holds each
+ *     layer's update rate at k, and the effective sparsity at the target,
+ *     on every model OrthoRank runs on (issue #16's acceptance);
  *   - the settings' field list, setters and checks name the field and say
  *     why (the server's and the CLI's messages are these).
  */

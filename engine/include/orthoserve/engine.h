@@ -338,7 +338,7 @@ typedef struct {
     int32_t layers[ENG_MAX_LAYERS];
     eng_orthorank_decode decode;
     eng_orthorank_method method;
-    int32_t min_tokens;      /* prefill chunks shorter than this run densely (default 16) */
+    int32_t min_tokens;      /* prompt chunks shorter than this are selected token by token (default 16) */
     uint64_t seed;           /* for ENG_ORTHORANK_METHOD_RANDOM */
 } eng_orthorank_params;
 
@@ -410,10 +410,10 @@ eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p
  * A model's layer plan: the order in which layers become OrthoRank layers
  * (best first), the layer-skipping baseline's order, and per-layer decode
  * thresholds (the token_ratio-quantile of sink scores on calibration text;
- * NAN where unknown). Without a plan set, the engine uses the fallback:
- * deepest layers first, layer 0 excluded, for both orders, no thresholds
- * (source "fallback"), in which case decode thresholds come from each
- * sequence's own prompt scores.
+ * NAN where unknown), which start the running decode rule while a sequence
+ * has few scores of its own. Without a plan set, the engine uses the
+ * fallback: deepest layers first, layer 0 excluded, for both orders, no
+ * thresholds (source "fallback").
  */
 typedef struct {
     const int32_t *order;        /* OrthoRank layer order */
