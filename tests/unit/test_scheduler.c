@@ -530,10 +530,11 @@ Test(scheduler, prefix_reuse_only_within_a_cache_scope, .timeout = 60)
     eng_model_free(m);
 }
 
-/* Two requests one after the other in one scheduler, each with its own
- * OrthoRank settings (NULL: dense); cb collects the second. */
-static void run_pair_orthorank(eng_model *m, bool cache, const int32_t *prompt, size_t n,
-                               const eng_orthorank_params *pa, const eng_orthorank_params *pb, collector *cb)
+/* Two requests one after the other in one scheduler, prompts a (na tokens)
+ * and b (nb), each with its own OrthoRank settings (NULL: dense); cb
+ * collects the second. */
+static void run_two_orthorank(eng_model *m, bool cache, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                              const eng_orthorank_params *pa, const eng_orthorank_params *pb, collector *cb)
 {
     eng_sched_params sp = eng_sched_default_params();
     sp.n_ctx = 128;
@@ -545,10 +546,12 @@ static void run_pair_orthorank(eng_model *m, bool cache, const int32_t *prompt, 
     coll_init(&ca);
     coll_init(cb);
     const eng_orthorank_params *ps[2] = {pa, pb};
+    const int32_t *prompts[2] = {a, b};
+    const size_t lens[2] = {na, nb};
     collector *cs[2] = {&ca, cb};
     for (int i = 0; i < 2; i++) {
         eng_request *r;
-        eng_request_params p = greedy_params(prompt, n, 40, cs[i]);
+        eng_request_params p = greedy_params(prompts[i], lens[i], 40, cs[i]);
         p.orthorank = ps[i];
         cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
         coll_wait(cs[i]);
@@ -557,11 +560,19 @@ static void run_pair_orthorank(eng_model *m, bool cache, const int32_t *prompt, 
     eng_sched_free(s);
 }
 
+static void run_pair_orthorank(eng_model *m, bool cache, const int32_t *prompt, size_t n,
+                               const eng_orthorank_params *pa, const eng_orthorank_params *pb, collector *cb)
+{
+    run_two_orthorank(m, cache, prompt, n, prompt, n, pa, pb, cb);
+}
+
 /* Issue #16: a sparsified prompt's K/V are reused by the same prompt with
  * the same settings (all but its last token), and the output is exactly
  * the output without reuse; other settings, or dense, reuse nothing. Both
  * a prompt selected as a whole (40 tokens) and one selected row by row
- * (8 tokens, below min_tokens), and the random method (seeded). */
+ * (8 tokens, below min_tokens), and the random method (seeded). A longer
+ * prompt that starts with a cached sparsified one reuses nothing either:
+ * the cached K/V came from a selection over the shorter prompt. */
 Test(scheduler, sparsified_prefix_reuse_needs_the_same_settings, .timeout = 120)
 {
     eng_model *m = load();
@@ -596,5 +607,8 @@ Test(scheduler, sparsified_prefix_reuse_needs_the_same_settings, .timeout = 120)
         cr_assert_eq(dense_after.n_cached, 0, "a dense request does not reuse a sparsified prefix");
         cr_assert_eq(sparse_after.n_cached, 0, "nor the reverse");
     }
+    collector longer;
+    run_two_orthorank(m, true, prompt, 20, prompt, 40, &a, &a, &longer);
+    cr_assert_eq(longer.n_cached, 0, "a longer prompt does not reuse a sparsified prefix");
     eng_model_free(m);
 }
