@@ -344,6 +344,8 @@ static eng_status add_stats(evaluator *ev, int32_t w, bool first, run_result *r)
     if (first) {
         ev_fmt_layers(r->layers, sizeof r->layers, s.layers, s.n_layers);
         r->n_orthorank_layers = s.n_layers;
+        r->token_ratio = s.token_ratio;
+        r->sparsity_target = s.sparsity_target;
         snprintf(r->source, sizeof r->source, "%s", s.layer_order_source);
     }
     return ENG_OK;

@@ -85,6 +85,8 @@ typedef struct {
     char layers[256];       /* the first window's layers, "4,3" */
     char source[32];
     int32_t n_orthorank_layers;
+    float token_ratio;      /* the first window's k in force (the engine may adjust the requested one) */
+    float sparsity_target;  /* and its planned sparsity */
     eng_status err;
 } run_result;
 

@@ -83,16 +83,16 @@ static void print_result(const char *what, const run_result *r, const eng_orthor
     printf("flops_saved_fraction = %.4f\n", rr_flops(r));
     printf("layers = [%s] (%s)\n", r->layers, r->source);
     if (p)
-        printf("settings: method %s, sparsity %.3f, token_ratio %.4f, decode %s\n",
-               eng_orthorank_method_name(p->method), (double)p->sparsity, (double)p->token_ratio,
-               eng_orthorank_decode_name(p->decode));
+        printf("settings: method %s, sparsity %.3f (target %.4f), token_ratio %.4f (in force %.4f), decode %s\n",
+               eng_orthorank_method_name(p->method), (double)p->sparsity, (double)r->sparsity_target,
+               (double)p->token_ratio, (double)r->token_ratio, eng_orthorank_decode_name(p->decode));
     printf("tokens/s = %.1f (%" PRIu64 " tokens in %.3f s of eng_decode, %.3f CPU s: %.1f tokens "
            "per CPU second)\n",
            rr_tps(r), r->n_fed, r->t_decode, r->t_cpu,
            r->t_cpu > 0 ? (double)r->n_fed / r->t_cpu : 0.0);
 }
 
-static void row_md(const char *method, double sp, const char *k, const run_result *r,
+static void row_md(const char *method, double sp, const char *k, double k_req, const run_result *r,
                    double dense_ppl, bool decode_eval)
 {
     if (r->err != ENG_OK) {
@@ -100,8 +100,14 @@ static void row_md(const char *method, double sp, const char *k, const run_resul
                eng_strerror(r->err), decode_eval ? " |" : "");
         return;
     }
+    /* k as requested, and the k in force when the engine adjusted it to reach the sparsity */
+    char kb[48];
+    if (k_req > 0 && r->n_orthorank_layers > 0 && fabs(k_req - r->token_ratio) > 1e-3)
+        snprintf(kb, sizeof kb, "%s→%.3f", k, (double)r->token_ratio);
+    else
+        snprintf(kb, sizeof kb, "%s", k);
     printf("| %s | %.2f | %s | %s | %.4f | %.4f | %+.2f%% | %.4f | %.4f | %.0f | %.0f |", method,
-           sp, k, r->layers[0] ? r->layers : "-", rr_ppl(r), rr_ppl_err(r),
+           sp, kb, r->layers[0] ? r->layers : "-", rr_ppl(r), rr_ppl_err(r),
            100.0 * (rr_ppl(r) / dense_ppl - 1.0), rr_sparsity(r), rr_flops(r), rr_tps(r),
            r->t_cpu > 0 ? (double)r->n_fed / r->t_cpu : 0.0);
     if (decode_eval) {
@@ -278,7 +284,7 @@ static int run_sweep(evaluator *ev, run_opts *ro, const perplexity_opts *o)
            "tok/s | tok/CPU-s |%s\n",
            o->decode_eval ? " decode sel. rate |" : "");
     printf("|---|---|---|---|---|---|---|---|---|---|---|%s\n", o->decode_eval ? "---|" : "");
-    row_md("dense", 0, "-", &r, dense_ppl, o->decode_eval);
+    row_md("dense", 0, "-", 0, &r, dense_ppl, o->decode_eval);
     for (int mi = 0; mi < o->n_methods; mi++) {
         bool ls = o->methods[mi] == ENG_ORTHORANK_METHOD_LAYER_SKIP;
         for (int ki = 0; ki < (ls ? 1 : o->n_k); ki++) {
@@ -296,7 +302,8 @@ static int run_sweep(evaluator *ev, run_opts *ro, const perplexity_opts *o)
                 ev_run(ev, ro, &r); /* errors become table rows */
                 ro->prog_base += (size_t)nch;
                 ev_progress_clear();
-                row_md(eng_orthorank_method_name(p.method), o->sw_sp[si], kl, &r, dense_ppl, o->decode_eval);
+                row_md(eng_orthorank_method_name(p.method), o->sw_sp[si], kl, ls ? 0 : p.token_ratio, &r, dense_ppl,
+                       o->decode_eval);
             }
         }
     }

@@ -102,7 +102,7 @@ static const copt OPTS[] = {
     {"orthorank_method", CT_ORTHORANK, OFF(orthorank), "orthorank-method", 0, 0, 0, "orthorank",
      "OrthoRank method default: orthorank, layer_skip, random or inverse"},
     {"orthorank_min_tokens", CT_ORTHORANK, OFF(orthorank), "orthorank-min-tokens", 0, 0, 0, "16",
-     "prompt chunks shorter than this run densely"},
+     "prompt chunks shorter than this are selected token by token, like decoding"},
     {"orthorank_plan", CT_STR, OFF(orthorank_plan), "orthorank-plan", 0, 0, 0, "",
      "layer plan from 'orthoserve calibrate'; default: MODEL.orthorank.json beside the model if present"},
 };

@@ -33,6 +33,7 @@ json_t *orthorank_json(const eng_orthorank_stats *st)
     json_object_set_new(o, "method", json_string(eng_orthorank_method_name(st->method)));
     json_object_set_new(o, "decode_policy", json_string(eng_orthorank_decode_name(st->decode)));
     json_object_set_new(o, "sparsity_requested", ratio_json(st->sparsity_requested));
+    json_object_set_new(o, "sparsity_target", ratio_json(st->sparsity_target));
     json_object_set_new(o, "token_ratio", ratio_json(st->token_ratio));
     for (int32_t i = 0; i < st->n_layers; i++) json_array_append_new(layers, json_integer(st->layers[i]));
     json_object_set_new(o, "layers", layers);

@@ -16,16 +16,31 @@ typedef struct {
     int32_t act0, act_n;        /* this layer: its updated rows are act[act0 .. act0+act_n) */
 } seq_group;
 
+/* The running rule of one sequence at one OrthoRank layer (orthorank.c,
+ * rate_decide): the rows it decides one by one (decode rows, rows of short
+ * prompt chunks) are updated at rate k. Decode and prompt rows keep apart
+ * counts, so decoding depends on the prompt only through its K/V and its
+ * last token (what a reused prefix reproduces). */
+#define RATE_WIN 32 /* recent selection keys a row is ranked against */
+typedef struct {
+    float win[RATE_WIN];    /* ring of the phase's recent keys (score, or -score for inverse) */
+    int32_t n_win, head;
+    bool decode;            /* the phase counted: decode rows (else prompt rows) */
+    int64_t seen, updated;  /* rows decided in this phase, and how many were updated */
+    float last_prompt_key;  /* the last prompt token's key (NAN until seen): decoding starts from it */
+} rate_ctl;
+
 /* OrthoRank state of one sequence (orthorank.c; see eng_seq_set_orthorank). */
 typedef struct {
     bool on;                   /* some layer is sparsified */
     bool record;               /* record sink scores of every layer (calibration) */
     int32_t min_tokens, n_prompt;
-    uint64_t rng;
+    uint64_t seed, rng;
+    bool decoding;             /* a decode row was seen (rng restarted from the seed) */
     eng_orthorank_stats stats; /* the settings in force (method, decode, sparsity, token ratio,
                                 * layers) and what was counted */
     uint8_t *layer_on;         /* (n_layer) */
-    float *self_thresh;        /* (n_layer) selection cut of the last prompt chunk, NAN if none */
+    rate_ctl *rate;            /* (n_layer) the running rule per layer */
     float *sink;               /* (n_layer, n_embd) the sink's normalized input per layer */
 } seq_orthorank;
 

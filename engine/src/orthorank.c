@@ -1,9 +1,11 @@
 /*
  * orthorank.c - OrthoRank token selection (docs/ORTHORANK.md): the settings
- * (their one field list, setters and checks), layer plans, per-sequence
- * state, the per-layer work of the forward pass (sink scores, the choice of
- * which rows a layer updates and which write K/V, decode thresholds) and the
- * stats every response reports.
+ * (their one field list, setters and checks), layer plans, the target a
+ * sparsity resolves to (layers and k), per-sequence state, the per-layer
+ * work of the forward pass (sink scores, the choice of which rows a layer
+ * updates and which write K/V: top-k for prompt chunks, the running rule
+ * held at rate k for decode rows and short chunks) and the stats every
+ * response reports.
  *
  * forward.c calls eng__orthorank_step once per eng_decode and
  * eng__orthorank_layer once per layer, then runs the Q/O/FFN products on the
@@ -189,6 +191,14 @@ static eng_status field_ok(const eng_model *m, const eng_orthorank_params *p, in
     }
 }
 
+bool eng_orthorank_params_equal(const eng_orthorank_params *a, const eng_orthorank_params *b)
+{
+    if (a->sparsity != b->sparsity || a->token_ratio != b->token_ratio || a->n_layers != b->n_layers ||
+        a->decode != b->decode || a->method != b->method || a->min_tokens != b->min_tokens || a->seed != b->seed)
+        return false;
+    return a->n_layers <= 0 || !memcmp(a->layers, b->layers, (size_t)a->n_layers * sizeof *a->layers);
+}
+
 eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p, const char **field, char *msg,
                                size_t len)
 {
@@ -277,11 +287,12 @@ void eng__orthorank_plan_fallback(eng_model *m)
 static void seq_reset(seq_orthorank *sq)
 {
     uint8_t *lo = sq->layer_on;
-    float *th = sq->self_thresh, *sink = sq->sink;
+    rate_ctl *rate = sq->rate;
+    float *sink = sq->sink;
     bool record = sq->record;
     memset(sq, 0, sizeof *sq);
     sq->layer_on = lo;
-    sq->self_thresh = th;
+    sq->rate = rate;
     sq->sink = sink;
     sq->record = record;
     sq->n_prompt = INT32_MAX;
@@ -302,9 +313,9 @@ eng_status eng__orthorank_ctx_init(eng_context *c)
     for (int32_t s = 0; s < S; s++) {
         seq_orthorank *sq = &c->orthorank[s];
         sq->layer_on = eng__calloc((size_t)L, 1);
-        sq->self_thresh = eng__malloc((size_t)L * sizeof(float));
+        sq->rate = eng__calloc((size_t)L, sizeof *sq->rate);
         sq->sink = eng__calloc((size_t)L * m->n_embd, sizeof(float));
-        if (!sq->layer_on || !sq->self_thresh || !sq->sink) return ENG_ENOMEM;
+        if (!sq->layer_on || !sq->rate || !sq->sink) return ENG_ENOMEM;
         seq_reset(sq);
     }
     /* Weight-product FLOPs of one token through one layer (mean over layers). */
@@ -325,7 +336,7 @@ void eng__orthorank_ctx_free(eng_context *c)
     if (c->orthorank)
         for (int32_t s = 0; s < c->n_seq_max; s++) {
             free(c->orthorank[s].layer_on);
-            free(c->orthorank[s].self_thresh);
+            free(c->orthorank[s].rate);
             free(c->orthorank[s].sink);
         }
     free(c->orthorank);
@@ -336,11 +347,18 @@ void eng__orthorank_ctx_free(eng_context *c)
     free(c->sel_tmp);
 }
 
-/* The layers a sequence sparsifies: the explicit list, or as many of the
- * plan's order as the sparsity asks for (in float, as always computed). */
-static int32_t resolve_layers(const eng_model *m, const eng_orthorank_params *p, const int32_t **src)
+#define TARGET_TOL 0.02 /* how far a plan may miss the request (docs/ORTHORANK.md, "Targets") */
+#define K_MIN 0.1       /* the smallest k a sparsity may be reached with */
+
+/* The layers a sequence sparsifies and the k it uses: the explicit list
+ * with the requested k, or as many of the plan's order as the sparsity
+ * asks for (in float, as always computed), with the requested k when that
+ * lands within TARGET_TOL of the request and otherwise the k that lands on
+ * it (docs/ORTHORANK.md, "Targets"). */
+static int32_t resolve_layers(const eng_model *m, const eng_orthorank_params *p, const int32_t **src, float *k)
 {
     const int32_t L = m->n_layer;
+    *k = (float)p->token_ratio;
     if (p->n_layers > 0) {
         *src = p->layers;
         return p->n_layers;
@@ -350,9 +368,23 @@ static int32_t resolve_layers(const eng_model *m, const eng_orthorank_params *p,
     bool skip = p->method == ENG_ORTHORANK_METHOD_LAYER_SKIP;
     *src = skip ? m->orthorank.skip_order : m->orthorank.order;
     int32_t avail = skip ? m->orthorank.n_skip_order : m->orthorank.n_order;
-    double want = skip ? sparsity * L : sparsity * L / (1.0 - ratio);
+    if (skip) { /* n/L: the closest that exceeds the request by at most TARGET_TOL */
+        int32_t n = (int32_t)floor((double)sparsity * L + 1e-6);
+        if ((double)(n + 1) / L <= sparsity + TARGET_TOL + 1e-6 &&
+            (double)(n + 1) / L - sparsity < sparsity - (double)n / L)
+            n++;
+        return n < avail ? n : avail;
+    }
+    double want = sparsity * L / (1.0 - ratio);
     int32_t n = (int32_t)floor(want + 0.5 + 1e-6); /* round half up, immune to 1/3 in float */
-    return n < avail ? n : avail;
+    if (n < 1) n = 1;
+    if (n > avail) n = avail;
+    if (n == 0) return 0;
+    if (fabs(n * (1.0 - ratio) / L - sparsity) > TARGET_TOL + 1e-6) {
+        double kk = 1.0 - (double)sparsity * L / n;
+        *k = (float)(kk < K_MIN ? K_MIN : kk);
+    }
+    return n;
 }
 
 eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p, int32_t n_prompt)
@@ -373,17 +405,22 @@ eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthoran
     sq->stats.token_ratio = (float)d.token_ratio;
     sq->min_tokens = d.min_tokens;
     sq->n_prompt = n_prompt;
+    sq->seed = d.seed;
     sq->rng = d.seed ^ 0x9e3779b97f4a7c15ull;
     memset(sq->layer_on, 0, (size_t)L);
-    for (int32_t i = 0; i < L; i++) sq->self_thresh[i] = NAN;
+    for (int32_t i = 0; i < L; i++) sq->rate[i] = (rate_ctl){.last_prompt_key = NAN};
     if (d.decode == ENG_ORTHORANK_DECODE_OFF) return ENG_OK;
     const int32_t *src = NULL;
-    int32_t n = resolve_layers(m, &d, &src);
+    float k;
+    int32_t n = resolve_layers(m, &d, &src, &k);
     for (int32_t i = 0; i < n; i++) {
         sq->stats.layers[i] = src[i];
         sq->layer_on[src[i]] = 1;
     }
     sq->stats.n_layers = n;
+    sq->stats.token_ratio = k;
+    bool skip = d.method == ENG_ORTHORANK_METHOD_LAYER_SKIP;
+    sq->stats.sparsity_target = (float)(n * (skip ? 1.0 : 1.0 - (double)k) / L);
     sq->on = n > 0;
     return ENG_OK;
 }
@@ -396,6 +433,17 @@ eng_status eng_seq_get_orthorank_stats(const eng_context *c, int32_t seq, eng_or
     uint64_t total = o->prefill_total + o->decode_total, skipped = o->prefill_skipped + o->decode_skipped;
     o->sparsity_effective = total ? (double)skipped / (double)total : 0.0;
     o->flops_saved_fraction = o->flops_total > 0 ? o->flops_saved / o->flops_total : 0.0;
+    double lo = INFINITY, hi = -INFINITY;
+    const seq_orthorank *sq = &c->orthorank[seq];
+    for (int32_t i = 0; sq->on && i < o->n_layers; i++) {
+        const rate_ctl *r = &sq->rate[o->layers[i]];
+        if (!r->decode || r->seen == 0) continue;
+        double v = (double)r->updated / (double)r->seen;
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    o->decode_rate_min = lo <= hi ? lo : 1.0;
+    o->decode_rate_max = lo <= hi ? hi : 1.0;
     return ENG_OK;
 }
 
@@ -449,6 +497,21 @@ static int cmp_ranked(const void *a, const void *b)
     return x->row < y->row ? -1 : x->row > y->row;
 }
 
+/* The key a row is ranked by (smaller: more deserving of the update):
+ * orthorank its score, inverse minus it; NAN when there is none. */
+static float sel_key(const seq_orthorank *sq, float score)
+{
+    return sq->stats.method == ENG_ORTHORANK_METHOD_INVERSE ? -score : score;
+}
+
+static void rate_push(rate_ctl *r, float key)
+{
+    if (isnan(key)) return;
+    r->win[r->head] = key;
+    r->head = (r->head + 1) % RATE_WIN;
+    if (r->n_win < RATE_WIN) r->n_win++;
+}
+
 /* Choose the rows of a prompt chunk a sparsified layer updates: round(k*n)
  * rows, namely the sink (position 0, when in the chunk: it is the reference
  * every score is taken against, so it is always computed) and the best-ranked
@@ -468,12 +531,10 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_orthorank *sq,
             budget--;
             continue;
         }
-        float key;
-        switch (method) {
-        case ENG_ORTHORANK_METHOD_INVERSE: key = -c->scores[t]; break;
-        case ENG_ORTHORANK_METHOD_RANDOM: key = (float)(rng_next(&sq->rng) >> 40); break;
-        default: key = c->scores[t]; break;
-        }
+        float key = method == ENG_ORTHORANK_METHOD_RANDOM ? (float)(rng_next(&sq->rng) >> 40)
+                                                          : sel_key(sq, c->scores[t]);
+        /* the chunk's keys carry on into its prompt's short chunks */
+        if (method != ENG_ORTHORANK_METHOD_RANDOM) rate_push(&sq->rate[il], key);
         if (isnan(key)) key = INFINITY;
         cand[nc++] = (ranked){key, t};
     }
@@ -481,37 +542,86 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_orthorank *sq,
     if (budget < 0) budget = 0;
     qsort(cand, (size_t)nc, sizeof *cand, cmp_ranked);
     for (int32_t i = 0; i < budget; i++) mark[cand[i].row - g->row0] = 1;
-    /* The cut is the decode threshold: orthorank updates scores below it,
-     * inverse (ranked by -score) scores at or above it. */
-    if (budget > 0 && method == ENG_ORTHORANK_METHOD_ORTHORANK) sq->self_thresh[il] = cand[budget - 1].key;
-    if (budget > 0 && method == ENG_ORTHORANK_METHOD_INVERSE) sq->self_thresh[il] = -cand[budget - 1].key;
     int32_t last = sq->n_prompt - 1 - g->pos0;
-    if (last >= 0 && last < g->n) mark[last] = 1;
+    if (last >= 0 && last < g->n) {
+        mark[last] = 1;
+        sq->rate[il].last_prompt_key = sel_key(sq, c->scores[g->row0 + last]);
+    }
 }
 
-/* Whether a decode row is updated at a sparsified layer. */
-static bool decode_keeps(const eng_context *c, seq_orthorank *sq, int il, int32_t t)
+/* The running rule's constants (chosen on stories260K's --decode-eval and
+ * the rate test over the random-weight models, docs/ORTHORANK_RESULTS.md):
+ * how far the updated count may run ahead of / behind k times the rows
+ * decided (decode: 3, so 64 decoded tokens are within 0.047 of k; rows of
+ * short prompt chunks: 0.5 / 1, so short prompts get their share), how far
+ * the rank cut leans against that error per row (harder when ahead: a
+ * sequence whose scores drift down would otherwise keep proposing), and
+ * below how many known keys a calibrated threshold ranks instead. */
+#define RATE_AHEAD_DECODE 3.0
+#define RATE_AHEAD_PROMPT 0.5
+#define RATE_BEHIND_DECODE 3.0
+#define RATE_BEHIND_PROMPT 1.0
+#define RATE_GAIN (1.0 / 32)
+#define RATE_GAIN_AHEAD (1.0 / 8)
+#define RATE_WARM 8
+
+/* The running rule (docs/ORTHORANK.md, "Decoding"): whether row t, decided
+ * on its own, is updated at layer il. The proposal ranks the row's key
+ * against the phase's last RATE_WIN keys (updated if it is in their best
+ * k, the cut leaning against the error), or against the plan's calibrated
+ * threshold while few keys are known; `random` proposes with probability
+ * k. The proposal is then held to the rate: the count of updated rows
+ * stays within the slack of k times the rows decided. Forced rows (the
+ * sink, the last prompt token) are updated and counted. */
+static bool rate_decide(const eng_context *c, seq_orthorank *sq, int il, int32_t t, bool forced)
 {
     const eng_orthorank_method method = sq->stats.method;
-    const float ratio = sq->stats.token_ratio;
-    if (sq->stats.decode == ENG_ORTHORANK_DECODE_FULL) return true;
-    if (method == ENG_ORTHORANK_METHOD_RANDOM)
-        return (double)(rng_next(&sq->rng) >> 11) * (1.0 / 9007199254740992.0) < ratio;
-    const eng__orthorank_plan *plan = &c->m->orthorank;
-    float thr = NAN;
-    /* Calibrated thresholds are the k-quantile of the scores: they decide
-     * for orthorank; inverse needs the (1-k)-quantile, its own prompt cut. */
-    if (method == ENG_ORTHORANK_METHOD_ORTHORANK && plan->has_thresholds &&
-        fabsf(plan->threshold_ratio - ratio) < 1e-3f)
-        thr = plan->thresholds[il];
-    if (isnan(thr)) thr = sq->self_thresh[il];
-    float s = c->scores[t];
-    if (isnan(thr) || isnan(s)) return true; /* nothing to decide with: dense */
-    return method == ENG_ORTHORANK_METHOD_INVERSE ? s >= thr : s < thr;
+    const double k = sq->stats.token_ratio;
+    const int32_t pos = c->batch->pos[t];
+    const bool decode = pos >= sq->n_prompt;
+    rate_ctl *r = &sq->rate[il];
+    if (decode && !sq->decoding) { /* random draws of decoding do not depend on the prompt's */
+        sq->decoding = true;
+        sq->rng = sq->seed ^ 0xd1b54a32d192ed03ull;
+    }
+    if (r->decode != decode) { /* decoding starts afresh from the last prompt token */
+        float last = r->last_prompt_key;
+        *r = (rate_ctl){.decode = decode, .last_prompt_key = last};
+        rate_push(r, last);
+    }
+    const double e = (double)r->updated - k * (double)r->seen; /* updates ahead of the rate */
+    float key = sel_key(sq, c->scores[t]);
+    bool up = forced;
+    if (!forced) {
+        const eng__orthorank_plan *plan = &c->m->orthorank;
+        if (method == ENG_ORTHORANK_METHOD_RANDOM) {
+            up = (double)(rng_next(&sq->rng) >> 11) * (1.0 / 9007199254740992.0) < k;
+        } else if (isnan(key) || r->n_win == 0) {
+            up = e < 0;
+        } else if (r->n_win < RATE_WARM && method == ENG_ORTHORANK_METHOD_ORTHORANK && plan->has_thresholds &&
+                   fabsf(plan->threshold_ratio - (float)k) < 1e-3f && !isnan(plan->thresholds[il])) {
+            up = key < plan->thresholds[il];
+        } else {
+            /* the cut leans against the error: a row ahead lowers it */
+            double q = k - e * (e > 0 ? RATE_GAIN_AHEAD : RATE_GAIN);
+            double below = 0; /* ties count half: a repeated token is not always the best */
+            for (int32_t i = 0; i < r->n_win; i++) below += r->win[i] < key ? 1.0 : r->win[i] == key ? 0.5 : 0.0;
+            up = (below + 0.5) / (r->n_win + 1) < q; /* the row's mid-rank quantile */
+        }
+        if (up && e + 1 - k > (decode ? RATE_AHEAD_DECODE : RATE_AHEAD_PROMPT)) up = false;
+        if (!up && e - k < -(decode ? RATE_BEHIND_DECODE : RATE_BEHIND_PROMPT)) up = true;
+    }
+    if (method != ENG_ORTHORANK_METHOD_RANDOM) rate_push(r, key);
+    if (pos == sq->n_prompt - 1) r->last_prompt_key = key;
+    r->seen++;
+    r->updated += up;
+    return up;
 }
 
 /* Mark the rows of group g that layer il updates (all of them unless the
- * layer is sparsified for g); np of its rows are prompt rows. */
+ * layer is sparsified for g); np of its rows are prompt rows. A prompt
+ * chunk of at least min_tokens rows is selected as a whole (top-k); decode
+ * rows and the rows of shorter chunks one by one by the running rule. */
 static void select_group(eng_context *c, const seq_group *g, seq_orthorank *sq, int il, int32_t np, uint8_t *mark)
 {
     const eng_batch *b = c->batch;
@@ -521,13 +631,14 @@ static void select_group(eng_context *c, const seq_group *g, seq_orthorank *sq, 
         memset(mark, 1, (size_t)g->n);
     } else if (sq->stats.method == ENG_ORTHORANK_METHOD_LAYER_SKIP) {
         return; /* nothing */
-    } else if (np == g->n) {
-        if (g->n < sq->min_tokens) memset(mark, 1, (size_t)g->n);
-        else select_prompt(c, g, sq, il, mark);
+    } else if (np == g->n && g->n >= sq->min_tokens) {
+        select_prompt(c, g, sq, il, mark);
     } else {
         for (int32_t i = 0; i < g->n; i++) {
-            int32_t t = g->row0 + i;
-            mark[i] = b->pos[t] < sq->n_prompt ? 1 : decode_keeps(c, sq, il, t);
+            int32_t t = g->row0 + i, pos = b->pos[t];
+            bool decode = pos >= sq->n_prompt;
+            if (decode && sq->stats.decode == ENG_ORTHORANK_DECODE_FULL) mark[i] = 1;
+            else mark[i] = rate_decide(c, sq, il, t, pos == 0 || pos == sq->n_prompt - 1);
         }
     }
 }

@@ -30,9 +30,13 @@
  * is bitwise identical to whole prefill, so the result is the same as
  * recomputing. Only requests with the same cache_scope share prefixes (a
  * tenant must not learn another's prompt from n_cached or the prefill
- * time). Sparsified requests neither reuse nor leave a prefix (their
- * K/V depend on the selection), nor do cancelled or echo requests. Idle
- * slots are evicted least recently used when a request needs their blocks.
+ * time). A sparsified request's K/V depend on its selection, so its prefix
+ * is reused only by a request with the same prompt and the same OrthoRank
+ * settings, for all the prompt but its last token (which every selection
+ * updates, so it computes as it did and the output is the same as
+ * recomputing), and never by a dense request or the reverse. Cancelled
+ * and echo requests do not reuse. Idle slots are evicted least recently
+ * used when a request needs their blocks.
  */
 #include "internal.h"
 
@@ -67,6 +71,16 @@ struct eng_request {
     double t_submit, t_admit, t_first;
 };
 
+/* Who may reuse a cached slot's prefix: requests of the same cache_scope;
+ * a sparsified request's prefix only by a request with the same prompt
+ * (its whole length) and the same settings. */
+typedef struct {
+    uint64_t scope;
+    bool sparse;
+    int32_t n_prompt;               /* sparse: the prompt length */
+    eng_orthorank_params orthorank; /* sparse: the settings */
+} slot_key;
+
 struct eng_sched {
     eng_model *m;
     eng_context *ctx;
@@ -85,7 +99,7 @@ struct eng_sched {
     int32_t **slot_tok;         /* (n_seq, n_ctx) tokens whose K/V the slot holds */
     int32_t *slot_len;          /* (n_seq) positions held (running or cached) */
     uint64_t *slot_used;        /* (n_seq) LRU clock of cached slots, 0: nothing cached */
-    uint64_t *slot_scope;       /* (n_seq) cache_scope of the request that left the slot's prefix */
+    slot_key *slot_key;         /* (n_seq) what the request that left the slot's prefix shares it with */
     uint64_t clock;
     bool prefix_cache;
     eng_request **order;        /* running requests in admission order */
@@ -161,12 +175,13 @@ static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, 
 {
     emit_done(s, r, fin, st);
     int32_t slot = r->seq;
-    bool keep = s->prefix_cache && !is_sparse(r) && fin != ENG_FINISH_CANCELLED &&
-                fin != ENG_FINISH_ERROR && r->n_past > 0;
+    bool keep = s->prefix_cache && fin != ENG_FINISH_CANCELLED && fin != ENG_FINISH_ERROR && r->n_past > 0 &&
+                (!is_sparse(r) || r->n_past >= (int32_t)r->p.n_prompt);
     if (keep) {
         s->slot_len[slot] = r->n_past;
         s->slot_used[slot] = ++s->clock;
-        s->slot_scope[slot] = r->p.cache_scope;
+        s->slot_key[slot] = (slot_key){.scope = r->p.cache_scope, .sparse = is_sparse(r),
+                                       .n_prompt = (int32_t)r->p.n_prompt, .orthorank = r->orthorank};
         s->kv_free_blocks += r->kv_blocks - eng__kv_blocks_for(r->n_past);
     } else {
         eng_seq_truncate(s->ctx, slot, 0);
@@ -301,13 +316,24 @@ static void evict(eng_sched *s, int32_t slot)
     s->slot_used[slot] = 0;
 }
 
+/* Whether r may reuse the prefix cached in slot i (see slot_key). */
+static bool may_reuse(const eng_sched *s, int32_t i, const eng_request *r)
+{
+    const slot_key *k = &s->slot_key[i];
+    if (r->p.prompt_logprobs || k->scope != r->p.cache_scope || k->sparse != is_sparse(r)) return false;
+    return !k->sparse ||
+           (k->n_prompt == (int32_t)r->p.n_prompt && eng_orthorank_params_equal(&k->orthorank, &r->orthorank));
+}
+
 /* Pick a slot for r: the idle slot sharing the longest prefix with its
- * prompt (dense requests only), else an empty one, else the least recently
- * used cached one. Sets *reuse to the positions that can be kept. */
+ * prompt, else an empty one, else the least recently used cached one. A
+ * sparsified request reuses only all of its prompt but the last token: its
+ * K/V came from a selection over the whole prompt chunk, and the last token
+ * (always updated) then computes exactly as it did. Sets *reuse to the
+ * positions that can be kept. */
 static int32_t pick_slot(eng_sched *s, const eng_request *r, int32_t *reuse)
 {
     int32_t best = -1, best_len = 0, empty = -1, lru = -1;
-    bool can_reuse = !is_sparse(r) && !r->p.prompt_logprobs;
     for (int32_t i = 0; i < s->n_seq; i++) {
         if (s->slots[i]) continue;
         if (s->slot_used[i] == 0) {
@@ -315,10 +341,11 @@ static int32_t pick_slot(eng_sched *s, const eng_request *r, int32_t *reuse)
             continue;
         }
         if (lru < 0 || s->slot_used[i] < s->slot_used[lru]) lru = i;
-        if (!can_reuse || s->slot_scope[i] != r->p.cache_scope) continue; /* another partition */
+        if (!may_reuse(s, i, r)) continue; /* another partition, or other settings */
         int32_t n = s->slot_len[i], lim = (int32_t)r->p.n_prompt - 1, k = 0;
         if (lim > n) lim = n;
         while (k < lim && s->slot_tok[i][k] == r->prompt[k]) k++;
+        if (s->slot_key[i].sparse && k < (int32_t)r->p.n_prompt - 1) continue; /* not the same prompt */
         if (k > best_len || (k == best_len && k > 0 && s->slot_used[i] > s->slot_used[best])) {
             best = i;
             best_len = k;
@@ -579,7 +606,7 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     s->slot_tok = eng__calloc((size_t)s->n_seq, sizeof *s->slot_tok);
     s->slot_len = eng__calloc((size_t)s->n_seq, sizeof *s->slot_len);
     s->slot_used = eng__calloc((size_t)s->n_seq, sizeof *s->slot_used);
-    s->slot_scope = eng__calloc((size_t)s->n_seq, sizeof *s->slot_scope);
+    s->slot_key = eng__calloc((size_t)s->n_seq, sizeof *s->slot_key);
     s->prefix_cache = p->prefix_cache;
     if (s->slot_tok)
         for (int32_t i = 0; i < s->n_seq; i++)
@@ -594,7 +621,7 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     st = ENG_ENOMEM;
     bool toks_ok = s->slot_tok != NULL;
     for (int32_t i = 0; toks_ok && i < s->n_seq; i++) toks_ok = s->slot_tok[i] != NULL;
-    if (!toks_ok || !s->slot_len || !s->slot_used || !s->slot_scope || !s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
+    if (!toks_ok || !s->slot_len || !s->slot_used || !s->slot_key || !s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
         !s->scratch)
         goto fail;
     eng_kv_usage(s->ctx, NULL, &s->stats.kv_total);
@@ -639,7 +666,7 @@ void eng_sched_free(eng_sched *s)
     free(s->slot_tok);
     free(s->slot_len);
     free(s->slot_used);
-    free(s->slot_scope);
+    free(s->slot_key);
     free(s->slots);
     free(s->order);
     free(s->b_tok);

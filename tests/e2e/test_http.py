@@ -92,7 +92,7 @@ class HttpTest(unittest.TestCase):
         # back (the 48th is sampled, never computed).
         computed = 5 - j["usage"]["prompt_tokens_details"]["cached_tokens"]
         self.assertEqual(o, {"method": "orthorank", "decode_policy": "threshold", "sparsity_requested": 0,
-                             "token_ratio": 0.3333, "layers": [], "layer_order_source": "fallback",
+                             "sparsity_target": 0, "token_ratio": 0.3333, "layers": [], "layer_order_source": "fallback",
                              "prefill": {"tokens": computed, "token_layers_total": 5 * computed,
                                          "token_layers_skipped": 0},
                              "decode": {"tokens": 47, "token_layers_total": 235, "token_layers_skipped": 0},
@@ -300,16 +300,18 @@ class HttpTest(unittest.TestCase):
         self.api.check(j, "/v1/completions", "POST", 200)
         o = j["orthorank"]
         L = 5
-        # round(0.2 * 5 / (2/3)) = 2 layers of the fallback order (deepest first)
+        # round(0.2 * 5 / (2/3)) = 2 layers of the fallback order (deepest first); with k = 1/3 that
+        # plans 0.267, more than 0.02 over, so k = 1 - 0.2 * 5 / 2 = 0.5 (docs/ORTHORANK.md, "Targets")
         self.assertEqual(o["layers"], [4, 3])
+        self.assertEqual((o["token_ratio"], o["sparsity_target"]), (0.5, 0.2))
         self.assertEqual(o["layer_order_source"], "fallback")
         pf = o["prefill"]
         self.assertEqual(pf["tokens"], j["usage"]["prompt_tokens"], "sparsified requests never reuse a prefix")
         self.assertEqual(pf["token_layers_total"], L * pf["tokens"])
         self.assertGreater(pf["token_layers_skipped"], 0)
-        # per OrthoRank layer round(N/3) rows are updated (+1 for the last token at most)
+        # per OrthoRank layer round(N/2) rows are updated (+1 for the last token at most)
         n = pf["tokens"]
-        lo, hi = 2 * (n - round(n / 3) - 1), 2 * (n - round(n / 3))
+        lo, hi = 2 * (n - round(n / 2) - 1), 2 * (n - round(n / 2))
         self.assertTrue(lo <= pf["token_layers_skipped"] <= hi, (pf, lo, hi))
         tot = pf["token_layers_total"] + o["decode"]["token_layers_total"]
         sk = pf["token_layers_skipped"] + o["decode"]["token_layers_skipped"]

@@ -7,7 +7,10 @@
  *   - the K/V written at a sparsified layer equal the dense K/V of its input;
  *   - a batch mixing settings equals each sequence run alone;
  *   - stats count what was skipped; layer skipping skips whole layers;
- *   - decoding with the threshold policy uses prompt-derived thresholds;
+ *   - a sparsity resolves to layers and a k that land on it (sparsity_target);
+ *   - decoding with the threshold policy (the running rule) holds each
+ *     layer's update rate at k, and the effective sparsity at the target,
+ *     on every model OrthoRank runs on (issue #16's acceptance);
  *   - the settings' field list, setters and checks name the field and say
  *     why (the server's and the CLI's messages are these).
  */
@@ -107,7 +110,6 @@ Test(orthorank, selection_on_hand_made_scores)
     cr_assert(c->kvr_all, "K/V are written for every row");
     cr_assert_eq(c->groups[0].act0, 0);
     cr_assert_eq(c->groups[0].act_n, 5);
-    cr_assert_float_eq(c->orthorank[0].self_thresh[layer], 0.20f, 0, "threshold = the k-quantile cut");
 
     /* inverse: the least orthogonal (largest scores) */
     p.method = ENG_ORTHORANK_METHOD_INVERSE;
@@ -116,14 +118,21 @@ Test(orthorank, selection_on_hand_made_scores)
     int32_t expect_inv[] = {0, 3, 7, 9};
     cr_assert_eq(c->n_act, 4, "9 is both in the top 3 and the last token");
     for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_inv[i]);
-    cr_assert_float_eq(c->orthorank[0].self_thresh[layer], 0.70f, 0, "inverse: the (1-k)-quantile cut");
 
-    /* chunks shorter than min_tokens run densely */
+    /* a chunk shorter than min_tokens is selected row by row by the running
+     * rule: a row is proposed if its mid-rank among the keys before it is
+     * in their best k (row 1: no keys yet, so the count decides: skip), and
+     * a prompt row may not put the count more than 0.5 ahead of k * rows
+     * (the sink, always updated, counts): row 2 would be 0.8 ahead and is
+     * skipped; rows 4 and 6 are updated; row 9, the last prompt token, is
+     * always updated */
     p.method = ENG_ORTHORANK_METHOD_ORTHORANK;
     p.min_tokens = 11;
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, N), ENG_OK);
     eng__orthorank_select(c, layer);
-    cr_assert(c->act_all);
+    int32_t expect_rule[] = {0, 4, 6, 9};
+    cr_assert_eq(c->n_act, 4);
+    for (int i = 0; i < 4; i++) cr_assert_eq(c->act[i], expect_rule[i], "row %d", i);
 
     /* layer skipping: nothing updated, no K/V */
     p.method = ENG_ORTHORANK_METHOD_LAYER_SKIP;
@@ -286,7 +295,8 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
     int32_t *ids = corpus_tokens(m, (size_t)n);
     eng_context *c = mkctx(m, 1);
     eng_orthorank_params p = eng_orthorank_default_params();
-    p.sparsity = 0.2f; /* round(0.2 * 5 / (2/3)) = 2 layers: fallback order 4, 3 */
+    p.sparsity = 0.2f; /* round(0.2 * 5 / (2/3)) = 2 layers: fallback order 4, 3; 2 * (2/3) / 5 = 0.267
+                        * misses 0.2 by more than 0.02, so k = 1 - 0.2 * 5 / 2 = 0.5 */
     cr_assert_eq(eng_seq_set_orthorank(c, 0, &p, n), ENG_OK);
     decode_seq(c, 0, ids, n, 0);
     eng_orthorank_stats st;
@@ -295,14 +305,16 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
     cr_assert_eq(st.layers[0], 4);
     cr_assert_eq(st.layers[1], 3);
     cr_assert_str_eq(st.layer_order_source, "fallback");
+    cr_assert_float_eq(st.token_ratio, 0.5f, 1e-6);
+    cr_assert_float_eq(st.sparsity_target, 0.2f, 1e-6);
     cr_assert_eq(st.prefill_tokens, (uint64_t)n);
     cr_assert_eq(st.prefill_total, (uint64_t)n * 5);
-    /* per layer: round(n/3) selected (sink included), +1 for the last token unless chosen */
-    uint64_t sel = (uint64_t)lround(n / 3.0);
+    /* per layer: round(n/2) selected (sink included), +1 for the last token unless chosen */
+    uint64_t sel = (uint64_t)lround(n / 2.0);
     cr_assert(st.prefill_skipped == 2 * (n - sel) || st.prefill_skipped == 2 * (n - sel - 1),
               "skipped %llu", (unsigned long long)st.prefill_skipped);
     double eff = (double)st.prefill_skipped / st.prefill_total;
-    cr_assert(eff > 0.2 && eff < 0.3, "effective sparsity %g", eff);
+    cr_assert(eff > 0.18 && eff <= 0.2, "effective sparsity %g", eff);
     cr_assert_eq(st.sparsity_effective, eff, "the stats carry it");
     cr_assert_eq(st.flops_saved_fraction, st.flops_saved / st.flops_total);
     cr_assert(st.flops_saved > 0 && st.flops_saved < st.flops_total);
@@ -317,8 +329,11 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
     eng_seq_get_orthorank_stats(c, 0, &st);
     cr_assert_eq(st.decode_tokens, 20);
     cr_assert_eq(st.decode_total, 100);
-    cr_assert(st.decode_skipped > 0 && st.decode_skipped < 40, "threshold policy skipped %llu of 40",
+    /* the running rule holds each layer within 2 updates of k * 20 = 10 */
+    cr_assert(st.decode_skipped >= 16 && st.decode_skipped <= 24, "threshold policy skipped %llu of 40",
               (unsigned long long)st.decode_skipped);
+    cr_assert(st.decode_rate_min >= 0.4 && st.decode_rate_max <= 0.6, "rates %g..%g", st.decode_rate_min,
+              st.decode_rate_max);
 
     /* layer skipping at the same sparsity removes round(0.2 * 5) = 1 layer */
     p.method = ENG_ORTHORANK_METHOD_LAYER_SKIP;
@@ -347,6 +362,79 @@ Test(orthorank, sparsity_resolves_layers_and_stats_add_up, .timeout = 60)
     eng_context_free(c);
     eng_model_free(m);
 }
+
+/* Prefill n_prompt corpus tokens in one step, then decode n_gen greedy
+ * tokens one per step, under settings p; the stats. */
+static eng_orthorank_stats generate(eng_context *c, const eng_orthorank_params *p, const int32_t *ids,
+                                    int32_t n_prompt, int32_t n_gen, int32_t n_vocab)
+{
+    eng_seq_truncate(c, 0, 0);
+    cr_assert_eq(eng_seq_set_orthorank(c, 0, p, n_prompt), ENG_OK);
+    decode_seq(c, 0, ids, n_prompt, 0);
+    const float *lg = eng_get_logits(c, n_prompt - 1);
+    for (int32_t i = 0; i < n_gen; i++) {
+        int32_t best = 0;
+        for (int32_t v = 1; v < n_vocab; v++) best = lg[v] > lg[best] ? v : best;
+        decode_seq(c, 0, &best, 1, n_prompt + i);
+        lg = eng_get_logits(c, 0);
+    }
+    eng_orthorank_stats st;
+    cr_assert_eq(eng_seq_get_orthorank_stats(c, 0, &st), ENG_OK);
+    return st;
+}
+
+/* Issue #16's acceptance: on every model OrthoRank runs on, sparsity 0.1 to
+ * 0.5, prompts of 8 to 400 tokens, 64 decoded: each OrthoRank layer updates
+ * k +/- 0.05 of the decoded tokens, the target is within 0.02 of the request,
+ * the effective sparsity within 0.03 of the target. */
+static void rates_hold(const char *rel)
+{
+    eng_model *m = load(rel);
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    const int32_t prompts[] = {8, 15, 61, 400}, n_gen = 64;
+    int32_t *ids = corpus_tokens(m, 400);
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = 512;
+    cp.n_seq_max = 1;
+    cp.n_batch_max = 512;
+    eng_context *c = NULL;
+    cr_assert_eq(eng_context_new(m, &cp, &c), ENG_OK);
+    for (int si = 1; si <= 5; si++)
+        for (size_t pi = 0; pi < sizeof prompts / sizeof *prompts; pi++) {
+            eng_orthorank_params p = eng_orthorank_default_params();
+            p.sparsity = si / 10.0;
+            eng_orthorank_stats st = generate(c, &p, ids, prompts[pi], n_gen, info.n_vocab);
+            char where[200];
+            snprintf(where, sizeof where, "%s, sparsity %.1f, prompt %d: k %.3f, layers %d, target %.3f, "
+                     "effective %.3f, decode rates %.3f..%.3f", rel, p.sparsity, prompts[pi], st.token_ratio,
+                     st.n_layers, st.sparsity_target, st.sparsity_effective, st.decode_rate_min, st.decode_rate_max);
+            const char *at = where;
+            cr_assert(st.n_layers > 0, "%s", at);
+            cr_assert_eq(st.decode_tokens, (uint64_t)n_gen, "%s", at);
+            cr_assert(fabs(st.sparsity_target - p.sparsity) <= 0.02 + 1e-6, "%s", at);
+            cr_assert(fabs(st.sparsity_effective - st.sparsity_target) <= 0.03, "%s", at);
+            cr_assert(fabs(st.decode_rate_min - st.token_ratio) <= 0.05, "%s", at);
+            cr_assert(fabs(st.decode_rate_max - st.token_ratio) <= 0.05, "%s", at);
+        }
+    free(ids);
+    eng_context_free(c);
+    eng_model_free(m);
+}
+
+Test(orthorank, rates_hold_stories260K, .timeout = 300) { rates_hold("models/stories260K.gguf"); }
+Test(orthorank, rates_hold_tiny256_f32, .timeout = 300) { rates_hold("models/tiny256-F32.gguf"); }
+Test(orthorank, rates_hold_tiny256_f16, .timeout = 300) { rates_hold("models/tiny256-F16.gguf"); }
+Test(orthorank, rates_hold_tiny256_bf16, .timeout = 300) { rates_hold("models/tiny256-BF16.gguf"); }
+Test(orthorank, rates_hold_tiny256_q4_0, .timeout = 300) { rates_hold("models/tiny256-Q4_0.gguf"); }
+Test(orthorank, rates_hold_tiny256_q4_k_m, .timeout = 300) { rates_hold("models/tiny256-Q4_K_M.gguf"); }
+Test(orthorank, rates_hold_tiny256_q5_k_m, .timeout = 300) { rates_hold("models/tiny256-Q5_K_M.gguf"); }
+Test(orthorank, rates_hold_tiny256_q6_k, .timeout = 300) { rates_hold("models/tiny256-Q6_K.gguf"); }
+Test(orthorank, rates_hold_tiny256_q8_0, .timeout = 300) { rates_hold("models/tiny256-Q8_0.gguf"); }
+Test(orthorank, rates_hold_tiny256_tied_f32, .timeout = 300) { rates_hold("models/tiny256-tied-F32.gguf"); }
+Test(orthorank, rates_hold_tiny256_tied_q8_0, .timeout = 300) { rates_hold("models/tiny256-tied-Q8_0.gguf"); }
+Test(orthorank, rates_hold_qwen2tiny_f32, .timeout = 300) { rates_hold("models/qwen2tiny-F32.gguf"); }
+Test(orthorank, rates_hold_qwen2tiny_q8_0, .timeout = 300) { rates_hold("models/qwen2tiny-Q8_0.gguf"); }
 
 /* set a field by name, expecting refusal with exactly this message */
 static void expect_refused(eng_status st, const char *msg, const char *want)

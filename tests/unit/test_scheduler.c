@@ -529,3 +529,86 @@ Test(scheduler, prefix_reuse_only_within_a_cache_scope, .timeout = 60)
     }
     eng_model_free(m);
 }
+
+/* Two requests one after the other in one scheduler, prompts a (na tokens)
+ * and b (nb), each with its own OrthoRank settings (NULL: dense); cb
+ * collects the second. */
+static void run_two_orthorank(eng_model *m, bool cache, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                              const eng_orthorank_params *pa, const eng_orthorank_params *pb, collector *cb)
+{
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_ctx = 128;
+    sp.n_seq_max = 2;
+    sp.prefix_cache = cache;
+    eng_sched *s;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    collector ca;
+    coll_init(&ca);
+    coll_init(cb);
+    const eng_orthorank_params *ps[2] = {pa, pb};
+    const int32_t *prompts[2] = {a, b};
+    const size_t lens[2] = {na, nb};
+    collector *cs[2] = {&ca, cb};
+    for (int i = 0; i < 2; i++) {
+        eng_request *r;
+        eng_request_params p = greedy_params(prompts[i], lens[i], 40, cs[i]);
+        p.orthorank = ps[i];
+        cr_assert_eq(eng_sched_submit(s, &p, &r), ENG_OK);
+        coll_wait(cs[i]);
+        eng_request_release(r);
+    }
+    eng_sched_free(s);
+}
+
+static void run_pair_orthorank(eng_model *m, bool cache, const int32_t *prompt, size_t n,
+                               const eng_orthorank_params *pa, const eng_orthorank_params *pb, collector *cb)
+{
+    run_two_orthorank(m, cache, prompt, n, prompt, n, pa, pb, cb);
+}
+
+/* Issue #16: a sparsified prompt's K/V are reused by the same prompt with
+ * the same settings (all but its last token), and the output is exactly
+ * the output without reuse; other settings, or dense, reuse nothing. Both
+ * a prompt selected as a whole (40 tokens) and one selected row by row
+ * (8 tokens, below min_tokens), and the random method (seeded). A longer
+ * prompt that starts with a cached sparsified one reuses nothing either:
+ * the cached K/V came from a selection over the shorter prompt. */
+Test(scheduler, sparsified_prefix_reuse_needs_the_same_settings, .timeout = 120)
+{
+    eng_model *m = load();
+    int32_t prompt[40];
+    for (int i = 0; i < 40; i++) prompt[i] = i == 0 ? 1 : 300 + (i * 7) % 200;
+    eng_orthorank_params a = eng_orthorank_default_params(), b, rnd;
+    a.sparsity = 0.2;
+    b = a;
+    b.token_ratio = 0.5;
+    rnd = a;
+    rnd.method = ENG_ORTHORANK_METHOD_RANDOM;
+    rnd.seed = 7;
+    const size_t lens[] = {40, 8};
+    for (int li = 0; li < 2; li++) {
+        size_t n = lens[li];
+        const eng_orthorank_params *sets[] = {&a, &rnd};
+        for (int si = 0; si < 2; si++) {
+            collector again, cold;
+            run_pair_orthorank(m, true, prompt, n, sets[si], sets[si], &again);
+            run_pair_orthorank(m, false, prompt, n, sets[si], sets[si], &cold);
+            cr_assert_eq(again.n_cached, (int32_t)n - 1, "prompt %zu, settings %d: reused", n, si);
+            cr_assert_eq(cold.n_cached, 0);
+            cr_assert_eq(again.n_tokens, cold.n_tokens);
+            for (int i = 0; i < cold.n_tokens; i++)
+                cr_assert_eq(again.tokens[i], cold.tokens[i], "prompt %zu, settings %d: token %d", n, si, i);
+        }
+        collector other, dense_after, sparse_after;
+        run_pair_orthorank(m, true, prompt, n, &a, &b, &other);
+        run_pair_orthorank(m, true, prompt, n, &a, NULL, &dense_after);
+        run_pair_orthorank(m, true, prompt, n, NULL, &a, &sparse_after);
+        cr_assert_eq(other.n_cached, 0, "other settings reuse nothing");
+        cr_assert_eq(dense_after.n_cached, 0, "a dense request does not reuse a sparsified prefix");
+        cr_assert_eq(sparse_after.n_cached, 0, "nor the reverse");
+    }
+    collector longer;
+    run_two_orthorank(m, true, prompt, 20, prompt, 40, &a, &a, &longer);
+    cr_assert_eq(longer.n_cached, 0, "a longer prompt does not reuse a sparsified prefix");
+    eng_model_free(m);
+}

@@ -328,7 +328,8 @@ typedef enum {
 } eng_orthorank_method;
 
 typedef enum {
-    ENG_ORTHORANK_DECODE_THRESHOLD = 0, /* a decode token is updated if its score < the layer's threshold */
+    ENG_ORTHORANK_DECODE_THRESHOLD = 0, /* a decode token is updated if it ranks in the best k of the
+                                         * sequence's recent scores at that layer, held at rate k */
     ENG_ORTHORANK_DECODE_FULL = 1,      /* decoding runs densely */
     ENG_ORTHORANK_DECODE_OFF = 2        /* OrthoRank off for the whole sequence */
 } eng_orthorank_decode;
@@ -341,7 +342,7 @@ typedef struct {
     int32_t layers[ENG_MAX_LAYERS];
     eng_orthorank_decode decode;
     eng_orthorank_method method;
-    int32_t min_tokens;      /* prefill chunks shorter than this run densely (default 16) */
+    int32_t min_tokens;      /* prompt chunks shorter than this are selected token by token (default 16) */
     uint64_t seed;           /* for ENG_ORTHORANK_METHOD_RANDOM */
 } eng_orthorank_params;
 
@@ -400,6 +401,9 @@ eng_status eng_orthorank_set_name(eng_orthorank_params *p, const eng_orthorank_f
                                   char *msg, size_t len);
 eng_status eng_orthorank_set_layers(eng_orthorank_params *p, const eng_model *m, const double *v, size_t n,
                                     char *msg, size_t len);
+/* Whether two settings are the same in every field (layers: the first
+ * n_layers): what a sparsified sequence's K/V depend on. */
+bool eng_orthorank_params_equal(const eng_orthorank_params *a, const eng_orthorank_params *b);
 /* Check whole settings against a model (m NULL: what can be checked without
  * one). ENG_OK, or ENG_EINVAL with *field = the field at fault (a name from
  * the list) and the reason in msg (both may be NULL). */
@@ -410,10 +414,10 @@ eng_status eng_orthorank_check(const eng_model *m, const eng_orthorank_params *p
  * A model's layer plan: the order in which layers become OrthoRank layers
  * (best first), the layer-skipping baseline's order, and per-layer decode
  * thresholds (the token_ratio-quantile of sink scores on calibration text;
- * NAN where unknown). Without a plan set, the engine uses the fallback:
- * deepest layers first, layer 0 excluded, for both orders, no thresholds
- * (source "fallback"), in which case decode thresholds come from each
- * sequence's own prompt scores.
+ * NAN where unknown), which start the running decode rule while a sequence
+ * has few scores of its own. Without a plan set, the engine uses the
+ * fallback: deepest layers first, layer 0 excluded, for both orders, no
+ * thresholds (source "fallback").
  */
 typedef struct {
     const int32_t *order;        /* OrthoRank layer order */
@@ -441,7 +445,8 @@ void eng_model_get_orthorank_plan(const eng_model *m, eng_orthorank_plan *out);
 typedef struct {
     eng_orthorank_method method;
     eng_orthorank_decode decode;
-    float sparsity_requested, token_ratio;
+    float sparsity_requested, token_ratio; /* token_ratio: the k in force (see sparsity_target) */
+    float sparsity_target;          /* planned: n_layers*(1-k)/n_layer (layer_skip: n_layers/n_layer) */
     int32_t n_layers;
     int32_t layers[ENG_MAX_LAYERS]; /* OrthoRank (or skipped) layers, in plan order */
     char layer_order_source[16];    /* the plan's source: "calibrated" or "fallback" */
@@ -450,12 +455,21 @@ typedef struct {
     double flops_total, flops_saved;
     double sparsity_effective;      /* skipped / total token-layers (0 when none) */
     double flops_saved_fraction;    /* flops_saved / flops_total (0 when none) */
+    /* decode rows' update rate at the least and the most updated OrthoRank
+     * layer (updated / decoded; 1 when nothing was decoded or no layer) */
+    double decode_rate_min, decode_rate_max;
 } eng_orthorank_stats;
 
 /* Settings for a sequence from its next position on (call when the sequence
- * is empty); n_prompt: positions below it are prompt (prefill rules), later
- * ones decode. NULL params: dense. Resets the sequence's stats. ENG_EINVAL
- * for out-of-range values or layers. */
+ * is empty, or holds only a prefix of the same prompt that a sequence with
+ * the same settings computed: its sink data is kept); n_prompt: positions
+ * below it are prompt (prefill rules), later ones decode. NULL params:
+ * dense. Resets the sequence's stats. ENG_EINVAL for out-of-range values or
+ * layers. A sparsity (no explicit layers) becomes n layers of the plan's
+ * order and a k (docs/ORTHORANK.md, "Targets"): n = round(sparsity*L/(1-k))
+ * (at least 1, at most the order's length) with the requested k when
+ * n*(1-k)/L is within 0.02 of the request, else k' = 1 - sparsity*L/n
+ * (at least 0.1). */
 eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthorank_params *p,
                                  int32_t n_prompt);
 /* The sequence's stats. */
