@@ -96,7 +96,6 @@ void eng__kv_get(const eng_context *c, int il, int32_t seq, int32_t pos, float *
 /* orthorank.c */
 eng_status eng__orthorank_ctx_init(eng_context *c);
 void eng__orthorank_ctx_free(eng_context *c);
-void eng__orthorank_plan_fallback(eng_model *m);
 /* eng_decode, once the batch's groups are known: every row of every layer
  * unless some sequence is sparsified or recorded (then the layers choose);
  * counts the stats of a dense step. */

@@ -5,7 +5,7 @@
  * (rope NEOX, q/k/v biases); anything else is refused with a message that
  * lists them.
  */
-#include "context.h"
+#include "model.h"
 #include "tokenizer.h"
 
 #include <math.h>

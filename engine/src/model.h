@@ -35,6 +35,8 @@ typedef struct {
     float threshold_ratio;
     char source[16];                                  /* "calibrated" or "fallback" */
 } eng__orthorank_plan;
+/* Install the fallback plan (orthorank.c): deepest layers first, layer 0 excluded. */
+void eng__orthorank_plan_fallback(eng_model *m);
 
 struct eng_model {
     eng__gguf *gguf;
