@@ -49,11 +49,12 @@ void bridge_event_cb(const eng_event *ev, void *user)
 {
     bridge_user *bu = user;
     bridge *b = bu->b;
-    bridge_event *e = malloc(sizeof *e);
+    size_t size = BRIDGE_EVENT_SIZE(ev->orthorank != NULL);
+    bridge_event *e = malloc(size);
     if (!e) {
         /* Dropping a TOKEN would corrupt the text; dropping DONE would leak
          * the request. Neither is acceptable, so wait for memory. */
-        while (!(e = malloc(sizeof *e))) {
+        while (!(e = malloc(size))) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
         }

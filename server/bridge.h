@@ -16,9 +16,13 @@
 #include "orthoserve/engine.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <uv.h>
 
-/* An owned copy of an eng_event; its pointers point into the same node. */
+/* An owned copy of an eng_event; its pointers point into the same node.
+ * The stats (about 4 KiB, layers inline) come with the DONE event only, so
+ * they are the last member and a node without them is allocated without
+ * them (BRIDGE_EVENT_SIZE): one token event is a few hundred bytes. */
 typedef struct bridge_event {
     struct bridge_event *next;
     eng_event ev; /* ev.top_ids / ev.top_logprobs / ev.orthorank point at the fields below */
@@ -26,6 +30,7 @@ typedef struct bridge_event {
     float top_lps[ENG_MAX_TOP_LOGPROBS];
     eng_orthorank_stats orthorank; /* DONE: the one copy of the stats off the scheduler thread */
 } bridge_event;
+#define BRIDGE_EVENT_SIZE(with_stats) ((with_stats) ? sizeof(bridge_event) : offsetof(bridge_event, orthorank))
 
 typedef void (*bridge_handler)(const eng_event *ev, void *user);
 
