@@ -196,6 +196,28 @@ static int level_arg(const char *name)
     return -1;
 }
 
+/* Prints the CPU and the level in use; returns the level to measure (-l,
+ * else ORTHOSERVE_ISA's when set) or -1 for every level the CPU has, or -2
+ * after saying why when ORTHOSERVE_ISA or -l names a level it lacks. */
+static int levels_to_run(int only)
+{
+    eng__kernel_level in_use;
+    char err[512];
+    if (!mach_level(&in_use, err, sizeof err)) {
+        fprintf(stderr, "bench-kernels: %s\n", err);
+        return -2;
+    }
+    const char *env = getenv("ORTHOSERVE_ISA");
+    if (only < 0 && env && env[0]) only = (int)in_use;
+    if (only >= 0 && !eng__kernels_get((eng__kernel_level)only)) {
+        eng__isa_choose(eng__kernel_level_name((eng__kernel_level)only), eng__cpu_get(), &in_use, err, sizeof err);
+        fprintf(stderr, "bench-kernels: -l: %s\n", err);
+        return -2;
+    }
+    mach_print_cpu(stdout, in_use);
+    return only;
+}
+
 /* The end of a prefill row: GOP/s at nx=512 against the level's own peak
  * for this weight type (mach_level_peak). */
 static void print_of_peak(eng__kernel_level lv, int t, double gops, const double *pk)
@@ -236,20 +258,7 @@ int main(int argc, char **argv)
                                   ENG_TYPE_Q4_1, ENG_TYPE_Q5_0, ENG_TYPE_Q5_1};
         for (size_t i = 0; i < sizeof def / sizeof def[0]; i++) types[ntypes++] = def[i];
     }
-    eng__kernel_level in_use;
-    char err[512];
-    if (!mach_level(&in_use, err, sizeof err)) {
-        fprintf(stderr, "bench-kernels: %s\n", err);
-        return 1;
-    }
-    const char *env = getenv("ORTHOSERVE_ISA");
-    if (only < 0 && env && env[0]) only = (int)in_use;
-    if (only >= 0 && !eng__kernels_get((eng__kernel_level)only)) {
-        eng__isa_choose(eng__kernel_level_name((eng__kernel_level)only), eng__cpu_get(), &in_use, err, sizeof err);
-        fprintf(stderr, "bench-kernels: -l: %s\n", err);
-        return 1;
-    }
-    mach_print_cpu(stdout, in_use);
+    if ((only = levels_to_run(only)) < -1) return 1;
     printf("threads %d, row length %ld\n", nth, (long)n);
     if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
     if (model) {
@@ -261,12 +270,13 @@ int main(int argc, char **argv)
         printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
         return 0;
     }
-    double pk[MACH_N_PEAKS];
-    for (int p = 0; p < MACH_N_PEAKS; p++) {
-        pk[p] = dec_only ? 0 : mach_peak_ops((mach_peak)p, nth);
-        if (pk[p] > 0) printf("peak %-31s %8.1f G/s\n", mach_peak_name((mach_peak)p), pk[p] * 1e-9);
-        else if (!dec_only) printf("peak %-31s %8s\n", mach_peak_name((mach_peak)p), "n/a");
-    }
+    double pk[MACH_N_PEAKS] = {0};
+    if (!dec_only)
+        for (int p = 0; p < MACH_N_PEAKS; p++) {
+            pk[p] = mach_peak_ops((mach_peak)p, nth);
+            if (pk[p] > 0) printf("peak %-31s %8.1f G/s\n", mach_peak_name((mach_peak)p), pk[p] * 1e-9);
+            else printf("peak %-31s %8s\n", mach_peak_name((mach_peak)p), "n/a");
+        }
     printf("%-8s %-6s %12s %14s %14s  %s\n", "level", "type", "nx=1 GB/s", "nx=64 GOP/s", "nx=512 GOP/s",
            "of peak");
 
