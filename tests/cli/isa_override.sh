@@ -2,7 +2,7 @@
 # ORTHOSERVE_ISA reaches the user: an unknown level makes `generate` and
 # `serve` exit non-zero with a message naming the variable, the value and the
 # levels this CPU has (serve before it listens), and each level this CPU has
-# is the one `info` and `generate` report using.
+# is the one `info`, `generate` and the server's load log line report using.
 # usage: isa_override.sh ORTHOSERVE TESTDATA_DIR
 set -eu
 bin=$1
@@ -40,4 +40,14 @@ for lvl in $(echo "$levels" | tr ',' ' '); do
     best=$lvl
 done
 ORTHOSERVE_ISA= "$bin" info -m "$model" | grep -q "^kernels  *$best\$" || fail "empty ORTHOSERVE_ISA is not $best"
+
+# the server's start-up log names the forced level (bounded wait, then stopped)
+ORTHOSERVE_ISA=scalar "$bin" serve -m "$model" --host 127.0.0.1 --port 0 >"$tmp/serve" 2>&1 &
+pid=$!
+i=0
+while [ $i -lt 100 ] && ! grep -q 'loaded:' "$tmp/serve"; do sleep 0.2; i=$((i + 1)); done
+kill "$pid" 2>/dev/null || true
+wait "$pid" || true
+grep 'loaded:' "$tmp/serve" || fail "serve with ORTHOSERVE_ISA=scalar did not load: $(cat "$tmp/serve")"
+grep -q 'loaded:.*kernels scalar$' "$tmp/serve" || fail "serve's load line does not name the scalar kernels"
 echo "ok: levels $levels; default $best"
