@@ -578,13 +578,15 @@ int srv_config_load(srv_config *c, int argc, char **argv)
     }
 
     /* Environment. Unknown ORTHOSERVE_* names are reported but not fatal:
-     * other tools of the project share the prefix. */
+     * other tools of the project share the prefix. ORTHOSERVE_ISA is the
+     * engine's (its kernel level, checked by cli_serve). */
     for (char **e = environ; *e; e++) {
         if (strncmp(*e, "ORTHOSERVE_", 11)) continue;
         const char *eq = strchr(*e, '=');
         if (!eq) continue;
         size_t nlen = (size_t)(eq - *e);
-        bool known = (nlen == 17 && !strncmp(*e, "ORTHOSERVE_CONFIG", 17));
+        bool known = (nlen == 17 && !strncmp(*e, "ORTHOSERVE_CONFIG", 17)) ||
+                     (nlen == 14 && !strncmp(*e, "ORTHOSERVE_ISA", 14));
         for (size_t i = 0; i < N_OPTS && !known; i++) {
             char name[64];
             env_name(&OPTS[i], name, sizeof name);

@@ -453,6 +453,12 @@ int cli_serve(int argc, char **argv)
         srv_config_free(&cfg);
         return 2;
     }
+    char kerr[512] = ""; /* ORTHOSERVE_ISA: refused before listening, as a model load would */
+    if (eng_kernels_check(kerr, sizeof kerr) != ENG_OK) {
+        fprintf(stderr, "orthoserve: %s\n", kerr);
+        srv_config_free(&cfg);
+        return 2;
+    }
     srv *s = calloc(1, sizeof *s);
     if (!s) {
         srv_config_free(&cfg);

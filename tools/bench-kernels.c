@@ -1,9 +1,10 @@
 /*
  * bench-kernels - throughput of the weight kernels per type and ISA level.
  *
- *   bench-kernels [-t threads] [-n row_len] [-l scalar|avx2|avx512] [-m] [-b] [type ...]
+ *   bench-kernels [-t threads] [-n row_len] [-l scalar|avx2|avx2vnni|avx512] [-m] [-b] [type ...]
  *
- * -l: only that kernel level. -b: also measure memory read bandwidth.
+ * -l: only that kernel level (default: the one ORTHOSERVE_ISA names, else
+ *   every level the CPU has). -b: also measure memory read bandwidth.
  * -d MB: decode matrix size (default 96; e.g. 0.5 for a cache-resident matrix,
  *   called repeatedly: the kernel's compute bound). -D: decode column only.
  * -m: model-shaped decode instead: a TinyLlama-shaped stack (22 layers of
@@ -15,14 +16,14 @@
  * nx=1 (decode): GB/s of weight bytes streamed (matrix well beyond the caches).
  * nx=64 / nx=512 (prefill): GOP/s, 2 ops per multiply-add, activation rows
  * already converted to the kernel's activation type. Rows are split across
- * the threads. Each figure is the median of 5 runs. Also prints measured
- * peaks: int8 VNNI (vpdpbusd), BF16 dot (vdpbf16ps) and FP32 FMA, all threads.
+ * the threads. Each figure is the median of 5 runs; "of peak": nx=512 against
+ * the level's own peak (tools/common/machine.h, mach_level_peak). Also
+ * prints the CPU, its SIMD features and the peaks it has, all threads.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 #include "common/machine.h"
 
-#include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,6 +187,48 @@ static void fill_weights(int t, uint8_t *w, size_t ws, int64_t nr_max, int64_t n
     free(tmp);
 }
 
+/* -l's level, or -1 (saying why) for a name that is none. */
+static int level_arg(const char *name)
+{
+    for (int l = 0; l < ENG_KL_COUNT; l++)
+        if (!strcmp(name, eng__kernel_level_name((eng__kernel_level)l))) return l;
+    fprintf(stderr, "bench-kernels: -l %s: not a kernel level (scalar, avx2, avx2vnni or avx512)\n", name);
+    return -1;
+}
+
+/* Prints the CPU and the level in use; returns the level to measure (-l,
+ * else ORTHOSERVE_ISA's when set) or -1 for every level the CPU has, or -2
+ * after saying why when ORTHOSERVE_ISA or -l names a level it lacks. */
+static int levels_to_run(int only)
+{
+    eng__kernel_level in_use;
+    char err[512];
+    if (!mach_level(&in_use, err, sizeof err)) {
+        fprintf(stderr, "bench-kernels: %s\n", err);
+        return -2;
+    }
+    const char *env = getenv("ORTHOSERVE_ISA");
+    if (only < 0 && env && env[0]) only = (int)in_use;
+    if (only >= 0 && !eng__kernels_get((eng__kernel_level)only)) {
+        eng__isa_choose(eng__kernel_level_name((eng__kernel_level)only), eng__cpu_get(), &in_use, err, sizeof err);
+        fprintf(stderr, "bench-kernels: -l: %s\n", err);
+        return -2;
+    }
+    mach_print_cpu(stdout, in_use);
+    return only;
+}
+
+/* The end of a prefill row: GOP/s at nx=512 against the level's own peak
+ * for this weight type (mach_level_peak). */
+static void print_of_peak(eng__kernel_level lv, int t, double gops, const double *pk)
+{
+    const mach_peak p = mach_level_peak(lv, t);
+    if (gops >= 0 && p != MACH_NO_PEAK && pk[p] > 0)
+        printf("  %5.1f%% of %s\n", 100.0 * gops / (pk[p] * 1e-9), mach_peak_name(p));
+    else
+        printf("  -\n");
+}
+
 int main(int argc, char **argv)
 {
     int nth = 2;
@@ -199,8 +242,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-d") && i + 1 < argc) dec_mb = atof(argv[++i]);
         else if (!strcmp(argv[i], "-D")) dec_only = 1;
         else if (!strcmp(argv[i], "-l") && i + 1 < argc) {
-            i++;
-            only = !strcmp(argv[i], "scalar") ? 0 : !strcmp(argv[i], "avx2") ? 1 : 2;
+            if ((only = level_arg(argv[++i])) < 0) return 2;
         }
         else if (!strcmp(argv[i], "-n") && i + 1 < argc) n = atoll(argv[++i]);
         else {
@@ -216,11 +258,11 @@ int main(int argc, char **argv)
                                   ENG_TYPE_Q4_1, ENG_TYPE_Q5_0, ENG_TYPE_Q5_1};
         for (size_t i = 0; i < sizeof def / sizeof def[0]; i++) types[ntypes++] = def[i];
     }
-    const eng__cpu *c = eng__cpu_get();
-    printf("threads %d, row length %ld, best kernels: %s\n", nth, (long)n, eng_kernel_name());
+    if ((only = levels_to_run(only)) < -1) return 1;
+    printf("threads %d, row length %ld\n", nth, (long)n);
     if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
     if (model) {
-        for (int lv = 0; lv < 3; lv++) {
+        for (int lv = 0; lv < ENG_KL_COUNT; lv++) {
             const eng__kernels *k = eng__kernels_get((eng__kernel_level)lv);
             if (!k || (only >= 0 && lv != only) || (only < 0 && lv == 0)) continue;
             for (int ti = 0; ti < ntypes; ti++) model_decode(nth, k, types[ti]);
@@ -228,13 +270,18 @@ int main(int argc, char **argv)
         printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
         return 0;
     }
-    if (c->avx512vnni) printf("peak int8 VNNI (vpdpbusd zmm):  %8.1f GOP/s\n", mach_peak_vnni(nth) * 1e-9);
-    if (c->avx512bf16) printf("peak BF16 dot  (vdpbf16ps zmm): %8.1f GFLOP/s\n", mach_peak_bf16(nth) * 1e-9);
-    if (c->avx512f && c->fma) printf("peak FP32 FMA  (vfmadd zmm):    %8.1f GFLOP/s\n", mach_peak_fma(nth) * 1e-9);
-    printf("%-7s %-6s %12s %14s %14s\n", "level", "type", "nx=1 GB/s", "nx=64 GOP/s", "nx=512 GOP/s");
+    double pk[MACH_N_PEAKS] = {0};
+    if (!dec_only)
+        for (int p = 0; p < MACH_N_PEAKS; p++) {
+            pk[p] = mach_peak_ops((mach_peak)p, nth);
+            if (pk[p] > 0) printf("peak %-31s %8.1f G/s\n", mach_peak_name((mach_peak)p), pk[p] * 1e-9);
+            else printf("peak %-31s %8s\n", mach_peak_name((mach_peak)p), "n/a");
+        }
+    printf("%-8s %-6s %12s %14s %14s  %s\n", "level", "type", "nx=1 GB/s", "nx=64 GOP/s", "nx=512 GOP/s",
+           "of peak");
 
     uint64_t seed = 1;
-    for (int lv = 0; lv < 3; lv++) {
+    for (int lv = 0; lv < ENG_KL_COUNT; lv++) {
         const eng__kernels *k = eng__kernels_get((eng__kernel_level)lv);
         if (!k || (only >= 0 && lv != only)) continue;
         for (int ti = 0; ti < ntypes; ti++) {
@@ -260,7 +307,7 @@ int main(int argc, char **argv)
             double gbs = (double)ws * (double)nr_dec / td * 1e-9;
             double r64 = -1, r512 = -1;
             if (dec_only) {
-                printf("%-7s %-6s %12.2f\n", k->name, info->name, gbs);
+                printf("%-8s %-6s %12.2f\n", k->name, info->name, gbs);
                 goto next;
             }
             double t64 = time_gemm(nth, k->gemm[t], n, w, ws, nr_pre, x, xs, 64, y, 1);
@@ -269,9 +316,10 @@ int main(int argc, char **argv)
                 double t512 = time_gemm(nth, k->gemm[t], n, w, ws, nr_pre, x, xs, 512, y, 1);
                 r512 = 2.0 * (double)n * (double)nr_pre * 512 / t512 * 1e-9;
             }
-            printf("%-7s %-6s %12.2f %14.1f ", k->name, info->name, gbs, r64);
-            if (r512 >= 0) printf("%14.1f\n", r512);
-            else printf("%14s\n", "-");
+            printf("%-8s %-6s %12.2f %14.1f ", k->name, info->name, gbs, r64);
+            if (r512 >= 0) printf("%14.1f", r512);
+            else printf("%14s", "-");
+            print_of_peak((eng__kernel_level)lv, t, r512, pk);
         next:
             if (k->gemm_packed[t]) { /* the same matrix repacked (internal.h), as the model loads it */
                 uint8_t *wp = eng__aligned_alloc(64, ws * (size_t)nr_max);
@@ -279,14 +327,16 @@ int main(int argc, char **argv)
                     eng__pack16(t, w + (size_t)g * ws, ws, wp + (size_t)g * ws);
                 td = time_gemm(nth, k->gemm_packed[t], n, wp, ws, nr_dec, x, xs, 1, y, dec_reps);
                 gbs = (double)ws * (double)nr_dec / td * 1e-9;
-                printf("%-7s %-6s %12.2f", k->name, "packed", gbs);
+                printf("%-8s %-6s %12.2f", k->name, "packed", gbs);
                 if (!dec_only) {
                     double p64 = time_gemm(nth, k->gemm_packed[t], n, wp, ws, nr_pre, x, xs, 64, y, 1);
                     double p512 = time_gemm(nth, k->gemm_packed[t], n, wp, ws, nr_pre, x, xs, 512, y, 1);
-                    printf(" %14.1f %14.1f", 2.0 * (double)n * (double)nr_pre * 64 / p64 * 1e-9,
-                           2.0 * (double)n * (double)nr_pre * 512 / p512 * 1e-9);
+                    double g512 = 2.0 * (double)n * (double)nr_pre * 512 / p512 * 1e-9;
+                    printf(" %14.1f %14.1f", 2.0 * (double)n * (double)nr_pre * 64 / p64 * 1e-9, g512);
+                    print_of_peak((eng__kernel_level)lv, t, g512, pk);
+                } else {
+                    printf("\n");
                 }
-                printf("\n");
                 eng__aligned_free(wp);
             }
             fflush(stdout);

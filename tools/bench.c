@@ -7,15 +7,21 @@
  * -M 0: read the model into memory (huge pages) instead of mapping it;
  * -R 0: keep the file's weight layout instead of repacking (model.c).
  *
- * For each thread count it measures the FP32-FMA, BF16-dot and int8-VNNI
- * peaks (tight loops of independent AVX-512 instructions) and the memory read
+ * It prints the CPU (model name, SIMD features) and the kernel level in use
+ * (ORTHOSERVE_ISA, else the best the CPU has); for each thread count it
+ * measures the arithmetic peaks the CPU has (FP32 FMA on ymm / zmm, int8
+ * vpmaddubsw+vpmaddwd on ymm, vpdpbusd on ymm / zmm, BF16 vdpbf16ps on zmm;
+ * "n/a" for what it lacks: tools/common/machine.h) and the memory read
  * bandwidth; for each model, prefill tokens/s of a P-token prompt and decode
  * tokens/s of N tokens (median of RUNS), with the bandwidth measured right
  * before and after each decode run. Ratios: decode vs the bandwidth bound
  * (weight bytes read per token / bandwidth; the median over runs of each
  * run's speed against the bandwidth measured around it, since the machine's
  * 2-thread bandwidth can change between runs) and the prefill weight-product
- * FLOP rate vs the int8 peak (quantized weights) or the BF16 peak (F16/BF16).
+ * FLOP rate vs the peak of the level in use for the model's main weight
+ * type (mach_level_peak: the level's int8 instruction for quantized weights,
+ * vdpbf16ps for BF16 on avx512, else FP32 FMA of the level's width; none
+ * for scalar).
  * With -s, every run also measures OrthoRank at that sparsity (k = 1/3,
  * decode policy threshold) right after the dense measurement, and reports
  * the median of the per-run speed ratios with the realised skip fractions.
@@ -175,6 +181,27 @@ static void orthorank_rows(eng_model *m, const char *base, int threads, int runs
     eng_context_free(c);
 }
 
+/* The peaks the CPU has and the read bandwidth, per thread count: one
+ * table row each ("n/a" for instructions the CPU lacks). */
+static void peak_table(const int *threads, int n_thr, double pk[][MACH_N_PEAKS])
+{
+    printf("| threads |");
+    for (int p = 0; p < MACH_N_PEAKS; p++) printf(" %s G/s |", mach_peak_name((mach_peak)p));
+    printf(" read GB/s |\n|---|");
+    for (int p = 0; p <= MACH_N_PEAKS; p++) printf("---|");
+    printf("\n");
+    for (int ti = 0; ti < n_thr; ti++) {
+        printf("| %d |", threads[ti]);
+        for (int p = 0; p < MACH_N_PEAKS; p++) {
+            pk[ti][p] = mach_peak_ops((mach_peak)p, threads[ti]);
+            if (pk[ti][p] > 0) printf(" %.0f |", pk[ti][p] / 1e9);
+            else printf(" n/a |");
+        }
+        printf(" %.1f |\n", mach_read_bw(threads[ti]) / 1e9);
+        fflush(stdout);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int runs = 5, n_prompt = 512, n_gen = 128, threads[8] = {1, 2}, n_thr = 2, i0 = 1;
@@ -198,22 +225,17 @@ int main(int argc, char **argv)
         } else usage();
     }
     if (i0 >= argc || runs < 1 || runs > 100 || n_prompt < 1 || n_gen < 1) usage();
-    if (!mach_supported()) {
-        fprintf(stderr, "bench: the peak loops need AVX-512 with VNNI and BF16\n");
+    eng__kernel_level lvl;
+    char err0[512];
+    if (!mach_level(&lvl, err0, sizeof err0)) {
+        fprintf(stderr, "bench: %s\n", err0);
         return 1;
     }
-    printf("kernels: %s; runs: %d (median); prompt %d tokens, decode %d tokens; weights %s, %s\n\n",
-           eng_kernel_name(), runs, n_prompt, n_gen, use_mmap ? "mapped" : "read into memory",
-           repack ? "repacked" : "in the file layout");
-    double pk_fma[8], pk_bf16[8], pk_vnni[8];
-    printf("| threads | FP32 FMA GFLOP/s | BF16 dot GFLOP/s | int8 VNNI GOP/s | read GB/s |\n|---|---|---|---|---|\n");
-    for (int ti = 0; ti < n_thr; ti++) {
-        pk_fma[ti] = mach_peak_fma(threads[ti]);
-        pk_bf16[ti] = mach_peak_bf16(threads[ti]);
-        pk_vnni[ti] = mach_peak_vnni(threads[ti]);
-        printf("| %d | %.0f | %.0f | %.0f | %.1f |\n", threads[ti], pk_fma[ti] / 1e9, pk_bf16[ti] / 1e9,
-               pk_vnni[ti] / 1e9, mach_read_bw(threads[ti]) / 1e9);
-    }
+    mach_print_cpu(stdout, lvl);
+    printf("runs: %d (median); prompt %d tokens, decode %d tokens; weights %s, %s\n\n", runs, n_prompt,
+           n_gen, use_mmap ? "mapped" : "read into memory", repack ? "repacked" : "in the file layout");
+    double pk[8][MACH_N_PEAKS];
+    peak_table(threads, n_thr, pk);
     printf("\n| model | type | threads | prefill tok/s | prefill GFLOP/s | of peak | decode tok/s | BW before/after GB/s | bound tok/s | of bound |\n"
            "|---|---|---|---|---|---|---|---|---|---|\n");
     for (int mi = i0; mi < argc; mi++) {
@@ -227,8 +249,9 @@ int main(int argc, char **argv)
             return 1;
         }
         const char *base = strrchr(argv[mi], '/') ? strrchr(argv[mi], '/') + 1 : argv[mi];
-        bool q = !(strcmp(m->file_type, "F16") == 0 || strcmp(m->file_type, "BF16") == 0 ||
-                   strcmp(m->file_type, "F32") == 0);
+        /* the roofline: the peak of the level in use for the main weight type */
+        const int wt = !strcmp(m->file_type, "F32") ? ENG_TYPE_F32 : !strcmp(m->file_type, "F16") ? ENG_TYPE_F16
+                     : !strcmp(m->file_type, "BF16") ? ENG_TYPE_BF16 : ENG_TYPE_Q8_0;
         int32_t *tok = make_tokens(m, n_prompt + n_gen);
         for (int ti = 0; ti < n_thr; ti++) {
             eng_context_params cp = eng_context_default_params();
@@ -263,10 +286,14 @@ int main(int argc, char **argv)
             double pfm = median(pf, runs), dcm = median(dc, runs), bound = bound_sum / runs,
                    of_bound = median(ratio, runs);
             double gflops = matmul_flops(m, n_prompt) / ((double)n_prompt / pfm) / 1e9;
-            double peak = (q ? pk_vnni[ti] : pk_bf16[ti]) / 1e9;
-            printf("| %s | %s | %d | %.1f | %.0f | %.1f%% of %s | %.1f | %.0f / %.0f | %.1f | %.1f%% |\n", base,
-                   m->file_type, threads[ti], pfm, gflops, 100.0 * gflops / peak, q ? "int8" : "BF16", dcm,
-                   bw_lo / 1e9, bw_hi / 1e9, bound, 100.0 * of_bound);
+            char of_peak[96] = "n/a (scalar)";
+            const mach_peak pkind = mach_level_peak(lvl, wt);
+            if (pkind != MACH_NO_PEAK && pk[ti][pkind] > 0)
+                snprintf(of_peak, sizeof of_peak, "%.1f%% of %s", 100.0 * gflops / (pk[ti][pkind] / 1e9),
+                         mach_peak_name(pkind));
+            printf("| %s | %s | %d | %.1f | %.0f | %s | %.1f | %.0f / %.0f | %.1f | %.1f%% |\n", base,
+                   m->file_type, threads[ti], pfm, gflops, of_peak, dcm, bw_lo / 1e9, bw_hi / 1e9, bound,
+                   100.0 * of_bound);
             fflush(stdout);
             eng_context_free(c);
         }

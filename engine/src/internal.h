@@ -168,9 +168,32 @@ typedef struct {
 } eng__cpu;
 const eng__cpu *eng__cpu_get(void);
 
-/* Kernel levels; eng__kernels(level) returns that level's table, and
- * eng__kernels_best() the best the CPU supports (or ORTHOSERVE_KERNELS=scalar|avx2|avx512). */
-typedef enum { ENG_KL_SCALAR = 0, ENG_KL_AVX2 = 1, ENG_KL_AVX512 = 2 } eng__kernel_level;
+/*
+ * Kernel levels, each a superset of the one before in what the CPU needs:
+ *   scalar    portable C, any CPU;
+ *   avx2      AVX2 + FMA + F16C (+ BMI2);
+ *   avx2vnni  avx2 + AVX-VNNI (vpdpbusd on ymm);
+ *   avx512    avx2 + AVX-512 F/BW/VL/DQ + AVX512-VNNI + AVX512-BF16.
+ * eng__kernels_get(level) returns that level's table (NULL if the CPU lacks
+ * it); eng__kernels_best() the level in use: ORTHOSERVE_ISA=scalar|avx2|
+ * avx2vnni|avx512 when set (and not empty), else the best the CPU has.
+ */
+typedef enum {
+    ENG_KL_SCALAR = 0, ENG_KL_AVX2 = 1, ENG_KL_AVX2VNNI = 2, ENG_KL_AVX512 = 3
+} eng__kernel_level;
+#define ENG_KL_COUNT 4
+const char *eng__kernel_level_name(eng__kernel_level lvl); /* "scalar", "avx2", ... */
+/* Whether the CPU c has everything level lvl needs; when not and missing is
+ * non-NULL, the missing features ("avx512bf16, avx512vnni") go there. */
+bool eng__isa_has(const eng__cpu *c, eng__kernel_level lvl, char *missing, size_t len);
+/*
+ * The level to use on CPU c given the ORTHOSERVE_ISA value env (NULL or ""
+ * for the default: the best level c has). Returns 0 and sets *out, or -1
+ * with a message in msg naming ORTHOSERVE_ISA, the level asked for, what the
+ * CPU lacks and the levels it has (an unknown name or a level the CPU lacks
+ * is an error, never a silent fallback). Pure: depends on its arguments only.
+ */
+int eng__isa_choose(const char *env, const eng__cpu *c, eng__kernel_level *out, char *msg, size_t len);
 
 /*
  * One weight type. A matrix row of n elements (n % blck == 0) takes
@@ -246,7 +269,7 @@ void eng__attn_scalar(const eng__attn_args *a);
 void eng__attn_avx512(const eng__attn_args *a);
 
 typedef struct {
-    const char *name; /* "scalar", "avx2", "avx512" */
+    const char *name; /* eng__kernel_level_name() of its level */
     eng__vec_dot_fn vec_dot[ENG_TYPE_COUNT];
     eng__gemm_fn gemm[ENG_TYPE_COUNT];
     eng__gemm_fn gemm_packed[ENG_TYPE_COUNT]; /* packed rows (below), or NULL */
@@ -291,7 +314,10 @@ void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t w_stride, i
                           const void *x, size_t x_stride, int64_t nx, float *y, size_t y_stride);
 
 const eng__kernels *eng__kernels_get(eng__kernel_level lvl); /* NULL if CPU lacks it */
+/* The level in use, or NULL when ORTHOSERVE_ISA cannot be honoured; then
+ * eng__kernels_error() says why (eng_kernels_check() in the public API). */
 const eng__kernels *eng__kernels_best(void);
+const char *eng__kernels_error(void);
 
 float eng__fp16_to_fp32(uint16_t h);
 uint16_t eng__fp32_to_fp16(float f);   /* round to nearest even, like F16C */

@@ -365,6 +365,7 @@ eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model
         eng__errf(err, errlen, "n_threads must be in [1, 512]");
         return ENG_EINVAL;
     }
+    if (eng_kernels_check(err, errlen) != ENG_OK) return ENG_EUNSUPPORTED; /* ORTHOSERVE_ISA */
     eng_model *m = eng__calloc(1, sizeof *m);
     if (!m) return ENG_ENOMEM;
     m->n_threads = p->n_threads;

@@ -28,8 +28,10 @@
 #include <string.h>
 
 /* SIMD table initialisers (quant_avx2.c, quant_avx512.c): they overwrite the
- * entries they implement in a table that starts as a copy of the scalar one. */
-void eng__quant_avx2_init(eng__kernels *k);
+ * entries they implement in a table that starts as a copy of the scalar one
+ * (avx512: of the avx2vnni one, else the avx2 one). vnni: the CPU has
+ * AVX-VNNI (the avx2vnni level). */
+void eng__quant_avx2_init(eng__kernels *k, bool vnni);
 void eng__quant_avx512_init(eng__kernels *k);
 
 /* ------------------------------------------------------------------------ */
@@ -818,9 +820,10 @@ void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t ws, int64_t
 /* Kernel tables                                                            */
 /* ------------------------------------------------------------------------ */
 
-static eng__kernels tab_scalar, tab_avx2, tab_avx512;
-static bool have_avx2, have_avx512;
-static const eng__kernels *tab_best;
+static eng__kernels tab_scalar, tab_avx2, tab_avx2vnni, tab_avx512;
+static bool have_avx2, have_avx2vnni, have_avx512;
+static const eng__kernels *tab_best; /* NULL when ORTHOSERVE_ISA cannot be honoured */
+static char tab_err[320];            /* then why */
 static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
 
 #define SET(k, T, t)                                                                     \
@@ -849,29 +852,29 @@ static void tables_init(void)
     SET(k, Q6_K, q6_k);
 
     const eng__cpu *c = eng__cpu_get();
-    have_avx2 = c->avx2 && c->fma && c->f16c;
-    have_avx512 = have_avx2 && c->avx512f && c->avx512bw && c->avx512vl && c->avx512vnni &&
-                  c->avx512bf16;
+    have_avx2 = eng__isa_has(c, ENG_KL_AVX2, NULL, 0);
+    have_avx2vnni = eng__isa_has(c, ENG_KL_AVX2VNNI, NULL, 0);
+    have_avx512 = eng__isa_has(c, ENG_KL_AVX512, NULL, 0);
     if (have_avx2) {
         tab_avx2 = tab_scalar;
         tab_avx2.name = "avx2";
-        eng__quant_avx2_init(&tab_avx2);
+        eng__quant_avx2_init(&tab_avx2, false);
+    }
+    if (have_avx2vnni) {
+        tab_avx2vnni = tab_scalar;
+        tab_avx2vnni.name = "avx2vnni";
+        eng__quant_avx2_init(&tab_avx2vnni, true);
     }
     if (have_avx512) {
-        tab_avx512 = tab_avx2;
+        tab_avx512 = have_avx2vnni ? tab_avx2vnni : tab_avx2;
         tab_avx512.name = "avx512";
         eng__quant_avx512_init(&tab_avx512);
     }
 
-    tab_best = have_avx512 ? &tab_avx512 : have_avx2 ? &tab_avx2 : &tab_scalar;
-    const char *env = getenv("ORTHOSERVE_KERNELS");
-    if (env) {
-        if (!strcmp(env, "scalar")) tab_best = &tab_scalar;
-        else if (!strcmp(env, "avx2") && have_avx2) tab_best = &tab_avx2;
-        else if (!strcmp(env, "avx512") && have_avx512) tab_best = &tab_avx512;
-        else eng__log(ENG_LOG_WARN, "ORTHOSERVE_KERNELS=%s not available; using %s", env,
-                      tab_best->name);
-    }
+    const eng__kernels *tabs[ENG_KL_COUNT] = {&tab_scalar, &tab_avx2, &tab_avx2vnni, &tab_avx512};
+    eng__kernel_level lvl;
+    if (eng__isa_choose(getenv("ORTHOSERVE_ISA"), c, &lvl, tab_err, sizeof tab_err) == 0)
+        tab_best = tabs[lvl];
 }
 
 const eng__kernels *eng__kernels_get(eng__kernel_level lvl)
@@ -880,6 +883,7 @@ const eng__kernels *eng__kernels_get(eng__kernel_level lvl)
     switch (lvl) {
     case ENG_KL_SCALAR: return &tab_scalar;
     case ENG_KL_AVX2: return have_avx2 ? &tab_avx2 : NULL;
+    case ENG_KL_AVX2VNNI: return have_avx2vnni ? &tab_avx2vnni : NULL;
     case ENG_KL_AVX512: return have_avx512 ? &tab_avx512 : NULL;
     }
     return NULL;
@@ -891,7 +895,22 @@ const eng__kernels *eng__kernels_best(void)
     return tab_best;
 }
 
+const char *eng__kernels_error(void)
+{
+    pthread_once(&tab_once, tables_init);
+    return tab_best ? NULL : tab_err;
+}
+
+eng_status eng_kernels_check(char *err, size_t errlen)
+{
+    const char *e = eng__kernels_error();
+    if (!e) return ENG_OK;
+    eng__errf(err, errlen, "%s", e);
+    return ENG_EUNSUPPORTED;
+}
+
 const char *eng_kernel_name(void)
 {
-    return eng__kernels_best()->name;
+    const eng__kernels *k = eng__kernels_best();
+    return k ? k->name : "none";
 }

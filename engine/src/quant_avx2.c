@@ -16,7 +16,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-void eng__quant_avx2_init(eng__kernels *k);
+void eng__quant_avx2_init(eng__kernels *k, bool vnni);
 
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -508,7 +508,7 @@ static void bf16_act(const float *src, void *dst, int64_t n)
     for (; i < n; i++) o[i] = eng__fp32_to_bf16(src[i]);
 }
 
-void eng__quant_avx2_init(eng__kernels *k)
+void eng__quant_avx2_init(eng__kernels *k, bool vnni)
 {
     f32_install(k);
     f16_install(k);

@@ -158,7 +158,7 @@ class MetricsTest(unittest.TestCase):
         build = [l for n, l, v in sc.samples if n == "orthoserve_build_info" and v == 1]
         self.assertEqual(len(build), 1)
         self.assertRegex(build[0]["version"], r"^\d+\.\d+\.\d+$")
-        self.assertIn(build[0]["kernels"], ("scalar", "avx2", "avx512"))
+        self.assertIn(build[0]["kernels"], ("scalar", "avx2", "avx2vnni", "avx512"))
         self.assertEqual(sc.get("orthoserve_model_loaded"), 1)
         ratio = sc.get("orthoserve_kv_cache_usage_ratio")
         self.assertTrue(0 <= ratio <= 1)

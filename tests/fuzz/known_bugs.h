@@ -24,7 +24,7 @@
  * 4-byte alignment (1-D tensors are). With general.alignment 1 or 2 and an
  * odd tensor offset, the scalar kernels (quant.c dot_f32, gemm) load
  * misaligned `const float *` (UBSan alignment; a vectorizing compiler may
- * emit aligned SIMD loads that fault). Reproduce with ORTHOSERVE_KERNELS=scalar.
+ * emit aligned SIMD loads that fault). Reproduce with ORTHOSERVE_ISA=scalar.
  * Regression: regressions/fuzz_model/f32-matrix-misaligned.gguf */
 #ifndef KNOWN_BUG_F32_MAT_MISALIGNED
 #define KNOWN_BUG_F32_MAT_MISALIGNED 0 /* fixed: bind_mat checks element alignment */
@@ -34,7 +34,7 @@
  * quantization): `(int)nearbyintf(v)` of NaN or of +-inf (x * id with
  * amax = inf gives NaN) is undefined behaviour (UBSan float-cast-overflow).
  * Any model whose weights produce a NaN/inf activation hits it on the
- * scalar kernels (ORTHOSERVE_KERNELS=scalar, or a CPU without AVX2).
+ * scalar kernels (ORTHOSERVE_ISA=scalar, or a CPU without AVX2).
  * While open, the scalar-kernel run of fuzz_model only runs models whose
  * products all take F32 activations.
  * Regression: regressions/fuzz_model/q8-act-nan.gguf */

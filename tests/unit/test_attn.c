@@ -1,7 +1,8 @@
 /*
- * test_attn.c - the attention kernels (attn.c, attn_avx512.c) on random
- * caches: against a two-pass double-precision softmax written here from the
- * definition, SIMD against the scalar reference, and each query's result
+ * test_attn.c - the attention kernels (attn.c, attn_avx512.c) of every kernel
+ * level the CPU has, on random caches: against a two-pass double-precision
+ * softmax written here from the definition, SIMD against the scalar
+ * reference, and each query's result
  * independent of the other queries in the call (bit for bit), which the
  * engine's batching guarantees rest on.
  */
@@ -173,22 +174,30 @@ static void check_level(eng__kernel_level lvl)
 }
 
 Test(attn, scalar) { check_level(ENG_KL_SCALAR); }
+Test(attn, avx2) { check_level(ENG_KL_AVX2); }
+Test(attn, avx2vnni) { check_level(ENG_KL_AVX2VNNI); }
 Test(attn, avx512) { check_level(ENG_KL_AVX512); }
 
-/* SIMD and scalar agree closely with each other on a long context. */
-Test(attn, avx512_vs_scalar_long)
+/* Each SIMD level's attention and the scalar one agree closely with each
+ * other on a long context. */
+static void check_long(eng__kernel_level lvl)
 {
-    const eng__kernels *k5 = eng__kernels_get(ENG_KL_AVX512), *ks = eng__kernels_get(ENG_KL_SCALAR);
-    if (!k5) cr_skip_test("CPU lacks AVX-512");
+    const eng__kernels *kl = eng__kernels_get(lvl), *ks = eng__kernels_get(ENG_KL_SCALAR);
+    if (!kl) cr_skip_test("CPU lacks this kernel level");
     fixture f;
     make(&f, 64, 8, 1, 1000, 8, 2.0f, 5);
     size_t qd = (size_t)8 * 64;
     float *a = malloc(sizeof(float) * qd * 8), *b = malloc(sizeof(float) * qd * 8);
-    run(k5, &f, 0, 0, 8, a);
+    run(kl, &f, 0, 0, 8, a);
     run(ks, &f, 0, 0, 8, b);
     for (size_t i = 0; i < qd * 8; i++)
-        cr_assert(fabsf(a[i] - b[i]) <= 1e-5f + 1e-5f * fabsf(b[i]), "elem %zu: %.8g vs %.8g", i, a[i], b[i]);
+        cr_assert(fabsf(a[i] - b[i]) <= 1e-5f + 1e-5f * fabsf(b[i]), "%s elem %zu: %.8g vs %.8g", kl->name, i,
+                  a[i], b[i]);
     free(a);
     free(b);
     drop(&f);
 }
+
+Test(attn, avx2_vs_scalar_long) { check_long(ENG_KL_AVX2); }
+Test(attn, avx2vnni_vs_scalar_long) { check_long(ENG_KL_AVX2VNNI); }
+Test(attn, avx512_vs_scalar_long) { check_long(ENG_KL_AVX512); }

@@ -1,6 +1,7 @@
 /*
  * test_quant.c - block formats, conversions and kernels (quant.c, quant_avx2.c,
- * quant_avx512.c, the gemm.c driver, cpu.c).
+ * quant_avx512.c, the gemm.c driver, cpu.c) and the choice of kernel level
+ * (isa.c, ORTHOSERVE_ISA) on made-up CPUs.
  *
  * The scalar table is the oracle: SIMD vec_dot / gemm must agree with it
  * within a tight tolerance, integer-exact parts (activation quantizers) must
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gemm.h"
 #include "internal.h"
@@ -24,7 +26,8 @@ static const int k_types[] = {ENG_TYPE_F32,  ENG_TYPE_F16,  ENG_TYPE_BF16, ENG_T
                               ENG_TYPE_Q8_1, ENG_TYPE_Q4_K, ENG_TYPE_Q5_K, ENG_TYPE_Q6_K};
 #define N_TYPES ((int)(sizeof k_types / sizeof k_types[0]))
 
-static const eng__kernel_level k_levels[] = {ENG_KL_SCALAR, ENG_KL_AVX2, ENG_KL_AVX512};
+static const eng__kernel_level k_levels[] = {ENG_KL_SCALAR, ENG_KL_AVX2, ENG_KL_AVX2VNNI, ENG_KL_AVX512};
+#define N_LEVELS ((int)(sizeof k_levels / sizeof k_levels[0]))
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                  */
@@ -212,9 +215,12 @@ Test(quant, cpu_and_tables)
     const eng__kernels *s = eng__kernels_get(ENG_KL_SCALAR);
     cr_assert_not_null(s);
     cr_expect_str_eq(s->name, "scalar");
-    for (size_t l = 0; l < 3; l++) {
+    cr_expect_eq(N_LEVELS, ENG_KL_COUNT);
+    for (int l = 0; l < N_LEVELS; l++) {
         const eng__kernels *k = eng__kernels_get(k_levels[l]);
+        cr_expect_eq(k != NULL, eng__isa_has(c, k_levels[l], NULL, 0), "level %d", l);
         if (!k) continue;
+        cr_expect_str_eq(k->name, eng__kernel_level_name(k_levels[l]));
         for (int i = 0; i < N_TYPES; i++) {
             int t = k_types[i];
             cr_expect_not_null(k->vec_dot[t], "%s %s", k->name, eng_type_name(t));
@@ -223,15 +229,133 @@ Test(quant, cpu_and_tables)
         }
     }
     const eng__kernels *b = eng__kernels_best();
-    cr_assert_not_null(b);
+    cr_assert_not_null(b, "%s", eng__kernels_error());
+    cr_expect_null(eng__kernels_error());
+    cr_expect_eq(eng_kernels_check(NULL, 0), ENG_OK);
     cr_expect_str_eq(eng_kernel_name(), b->name);
-    const char *env = getenv("ORTHOSERVE_KERNELS");
-    if (!env) {
-        const eng__kernels *want = eng__kernels_get(ENG_KL_AVX512);
-        if (!want) want = eng__kernels_get(ENG_KL_AVX2);
-        if (!want) want = s;
-        cr_expect_eq(b, want);
+    const char *env = getenv("ORTHOSERVE_ISA");
+    if (env && env[0]) {
+        cr_expect(!strcasecmp(b->name, env), "ORTHOSERVE_ISA=%s but %s in use", env, b->name);
+    } else { /* the best level the CPU has */
+        const eng__kernels *want = s;
+        for (int l = 0; l < N_LEVELS; l++)
+            if (eng__kernels_get(k_levels[l])) want = eng__kernels_get(k_levels[l]);
+        cr_expect_eq(b, want, "%s in use, %s is the best", b->name, want->name);
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The kernel level in use: eng__isa_choose on made-up CPUs                 */
+/* ------------------------------------------------------------------------ */
+
+static const eng__cpu cpu_none = {0};
+static const eng__cpu cpu_avx2 = {.avx2 = true, .fma = true, .f16c = true};
+static const eng__cpu cpu_avx2_nofma = {.avx2 = true, .f16c = true};
+static const eng__cpu cpu_avx2vnni = {.avx2 = true, .fma = true, .f16c = true, .avxvnni = true};
+/* AVX-512 without AVX-VNNI (Ice Lake / Zen 4 style): avx512 but not avx2vnni */
+static const eng__cpu cpu_avx512 = {.avx2 = true, .fma = true, .f16c = true, .avx512f = true,
+                                    .avx512bw = true, .avx512vl = true, .avx512vnni = true,
+                                    .avx512bf16 = true};
+static const eng__cpu cpu_full = {.avx2 = true, .fma = true, .f16c = true, .avxvnni = true,
+                                  .avx512f = true, .avx512bw = true, .avx512vl = true,
+                                  .avx512vnni = true, .avx512bf16 = true};
+
+/* eng__isa_choose's verdict; on success msg must be empty, on failure it
+ * must hold every string of want (NULL-terminated). */
+static int choose(const char *env, const eng__cpu *c, eng__kernel_level *lvl, const char *const *want)
+{
+    char msg[320];
+    memset(msg, 'x', sizeof msg);
+    *lvl = (eng__kernel_level)-1;
+    int rc = eng__isa_choose(env, c, lvl, msg, sizeof msg);
+    cr_assert(memchr(msg, 0, sizeof msg), "message not terminated");
+    if (rc == 0) cr_expect_str_empty(msg, "ORTHOSERVE_ISA=%s: ok with a message: %s", env, msg);
+    else cr_expect_eq((int)*lvl, -1, "ORTHOSERVE_ISA=%s: failed but set the level", env);
+    for (int i = 0; want && want[i]; i++)
+        cr_expect(strstr(msg, want[i]), "ORTHOSERVE_ISA=%s: '%s' not in \"%s\"", env ? env : "(unset)",
+                  want[i], msg);
+    return rc;
+}
+
+Test(quant, isa_default_is_best_level)
+{
+    const struct { const eng__cpu *c; eng__kernel_level want; } cases[] = {
+        {&cpu_none, ENG_KL_SCALAR},     {&cpu_avx2_nofma, ENG_KL_SCALAR}, {&cpu_avx2, ENG_KL_AVX2},
+        {&cpu_avx2vnni, ENG_KL_AVX2VNNI}, {&cpu_avx512, ENG_KL_AVX512},   {&cpu_full, ENG_KL_AVX512},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        eng__kernel_level l;
+        cr_assert_eq(choose(NULL, cases[i].c, &l, NULL), 0);
+        cr_expect_eq(l, cases[i].want, "case %zu (unset): %d", i, l);
+        cr_assert_eq(choose("", cases[i].c, &l, NULL), 0, "empty: the default");
+        cr_expect_eq(l, cases[i].want, "case %zu (empty): %d", i, l);
+    }
+}
+
+Test(quant, isa_each_name_on_a_full_cpu)
+{
+    static const char *const names[] = {"scalar", "avx2", "avx2vnni", "avx512"};
+    for (int l = 0; l < ENG_KL_COUNT; l++) {
+        eng__kernel_level got;
+        cr_expect_str_eq(eng__kernel_level_name((eng__kernel_level)l), names[l]);
+        cr_assert_eq(choose(names[l], &cpu_full, &got, NULL), 0, "%s", names[l]);
+        cr_expect_eq(got, (eng__kernel_level)l, "%s", names[l]);
+        cr_expect(eng__isa_has(&cpu_full, (eng__kernel_level)l, NULL, 0));
+    }
+    eng__kernel_level got;
+    cr_assert_eq(choose("AVX512", &cpu_full, &got, NULL), 0, "names are not case-sensitive");
+    cr_expect_eq(got, ENG_KL_AVX512);
+    cr_assert_eq(choose("scalar", &cpu_none, &got, NULL), 0, "scalar runs anywhere");
+    cr_expect_eq(got, ENG_KL_SCALAR);
+}
+
+Test(quant, isa_unknown_name_is_an_error)
+{
+    eng__kernel_level l;
+    const char *const want[] = {"ORTHOSERVE_ISA=bogus", "not a kernel level", "avx2vnni",
+                                "levels this CPU has: scalar, avx2, avx2vnni, avx512", NULL};
+    cr_expect_eq(choose("bogus", &cpu_full, &l, want), -1);
+    const char *const want2[] = {"ORTHOSERVE_ISA=avx", "levels this CPU has: scalar, avx2)", NULL};
+    cr_expect_eq(choose("avx", &cpu_avx2, &l, want2), -1, "a prefix is not a level");
+    cr_expect_eq(choose("avx2 ", &cpu_avx2, &l, NULL), -1, "trailing space");
+    /* a long value is cut in the message, which stays terminated */
+    char longv[600];
+    memset(longv, 'z', sizeof longv - 1);
+    longv[sizeof longv - 1] = 0;
+    cr_expect_eq(choose(longv, &cpu_full, &l, NULL), -1);
+    cr_expect_eq(eng__isa_choose("bogus", &cpu_full, &l, NULL, 0), -1, "no message buffer");
+}
+
+Test(quant, isa_level_the_cpu_lacks_is_an_error)
+{
+    eng__kernel_level l;
+    const char *const w1[] = {"ORTHOSERVE_ISA=avx512", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
+                              "avx512bf16", "levels this CPU has: scalar, avx2)", NULL};
+    cr_expect_eq(choose("avx512", &cpu_avx2, &l, w1), -1, "avx512 on an AVX2-only CPU");
+    const char *const w2[] = {"ORTHOSERVE_ISA=avx2:", "lacks fma,", "levels this CPU has: scalar)", NULL};
+    cr_expect_eq(choose("avx2", &cpu_avx2_nofma, &l, w2), -1, "avx2 without FMA");
+    const char *const w3[] = {"ORTHOSERVE_ISA=avx2vnni", "lacks avxvnni,", "scalar, avx2, avx512)", NULL};
+    cr_expect_eq(choose("avx2vnni", &cpu_avx512, &l, w3), -1, "avx2vnni on AVX-512 without AVX-VNNI");
+    const char *const w4[] = {"ORTHOSERVE_ISA=avx2vnni", "avx2, fma, f16c, avxvnni", "has: scalar)", NULL};
+    cr_expect_eq(choose("avx2vnni", &cpu_none, &l, w4), -1);
+    /* what each level needs, feature by feature */
+    char miss[128];
+    cr_expect(!eng__isa_has(&cpu_avx2vnni, ENG_KL_AVX512, miss, sizeof miss));
+    cr_expect_str_eq(miss, "avx512f, avx512bw, avx512vl, avx512vnni, avx512bf16");
+    eng__cpu c = cpu_full;
+    c.avx512bf16 = false;
+    cr_expect(!eng__isa_has(&c, ENG_KL_AVX512, miss, sizeof miss));
+    cr_expect_str_eq(miss, "avx512bf16");
+    cr_expect(eng__isa_has(&c, ENG_KL_AVX2VNNI, miss, sizeof miss));
+    cr_expect_str_empty(miss);
+    c = cpu_full;
+    c.f16c = false;
+    for (int lv = ENG_KL_AVX2; lv < ENG_KL_COUNT; lv++) {
+        cr_expect(!eng__isa_has(&c, (eng__kernel_level)lv, miss, sizeof miss), "level %d without f16c", lv);
+        cr_expect_str_eq(miss, "f16c");
+    }
+    cr_expect(eng__isa_has(&c, ENG_KL_SCALAR, NULL, 0));
+    cr_expect(!eng__isa_has(&cpu_full, (eng__kernel_level)ENG_KL_COUNT, NULL, 0), "no such level");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -608,6 +732,7 @@ static void check_level(eng__kernel_level lvl)
 }
 
 Test(quant, avx2_vs_scalar) { check_level(ENG_KL_AVX2); }
+Test(quant, avx2vnni_vs_scalar) { check_level(ENG_KL_AVX2VNNI); }
 Test(quant, avx512_vs_scalar) { check_level(ENG_KL_AVX512); }
 Test(quant, scalar_gemm_vs_vec_dot) { check_level(ENG_KL_SCALAR); }
 
@@ -642,6 +767,7 @@ static void check_quantize_act(eng__kernel_level lvl)
 }
 
 Test(quant, quantize_act_avx2) { check_quantize_act(ENG_KL_AVX2); }
+Test(quant, quantize_act_avx2vnni) { check_quantize_act(ENG_KL_AVX2VNNI); }
 Test(quant, quantize_act_avx512) { check_quantize_act(ENG_KL_AVX512); }
 Test(quant, quantize_act_scalar) { check_quantize_act(ENG_KL_SCALAR); }
 
@@ -798,6 +924,9 @@ Test(quant, packable_types)
         cr_assert_eq(eng__packable(t, 4096), want, "type %d", t);
         const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
         if (k) cr_assert_eq(k->gemm_packed[t] != NULL, want, "avx512 gemm_packed of type %d", t);
+        for (int l = 0; l < N_LEVELS; l++) /* a level may pack only what is packable */
+            if ((k = eng__kernels_get(k_levels[l])) && k->gemm_packed[t])
+                cr_assert(want, "%s gemm_packed of unpackable type %d", k->name, t);
         cr_assert_null(eng__kernels_get(ENG_KL_SCALAR)->gemm_packed[t]);
     }
     /* F16 rows are packed 16 elements at a time */
@@ -856,14 +985,17 @@ Test(quant, pack_layout_and_roundtrip)
 /* gemm_packed (and its scalar reference) on packed rows == gemm / vec_dot on
  * the same rows unpacked, bit for bit: decode (nx < 4) and the prefill tiles
  * (pairs of groups and a lone last group, 1..6 x rows and remainders). */
-Test(quant, packed_gemm_matches_unpacked)
+static void check_packed(eng__kernel_level lvl)
 {
-    const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
-    if (!k) cr_skip_test("CPU lacks AVX-512");
+    const eng__kernels *k = eng__kernels_get(lvl);
+    if (!k) cr_skip_test("CPU lacks this kernel level");
     const eng__kernels *sc = eng__kernels_get(ENG_KL_SCALAR);
     uint64_t s = 4242;
+    int n_types = 0;
     for (size_t i = 0; i < sizeof k_packable / sizeof k_packable[0]; i++) {
         const int t = k_packable[i], vt = eng__type(t)->vec_type;
+        if (!k->gemm_packed[t]) continue;
+        n_types++;
         for (int c = 0; c < n_count(t); c++) {
             const int64_t n = test_n(t, c);
             if (!eng__packable(t, n)) continue; /* F16: n % 16 */
@@ -902,7 +1034,12 @@ Test(quant, packed_gemm_matches_unpacked)
             }
         }
     }
+    if (!n_types) cr_skip_test("%s has no packed kernels", k->name);
 }
+
+Test(quant, packed_gemm_matches_unpacked_avx2) { check_packed(ENG_KL_AVX2); }
+Test(quant, packed_gemm_matches_unpacked_avx2vnni) { check_packed(ENG_KL_AVX2VNNI); }
+Test(quant, packed_gemm_matches_unpacked_avx512) { check_packed(ENG_KL_AVX512); }
 
 /* ------------------------------------------------------------------------ */
 /* The gemm driver (gemm.c) with micro-kernels made of the scalar vec_dot    */

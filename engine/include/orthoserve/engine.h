@@ -606,8 +606,16 @@ void eng_sched_drain(eng_sched *s);
  * thread and free. Call from a thread that is not a callback. NULL is fine. */
 void eng_sched_free(eng_sched *s);
 
-/* Kernel level in use: "scalar", "avx2" or "avx512". */
+/* Kernel level in use: "scalar", "avx2", "avx2vnni" or "avx512" (the
+ * environment variable ORTHOSERVE_ISA names one; unset or empty: the best
+ * this CPU has). "none" when ORTHOSERVE_ISA names an unknown level or one the
+ * CPU lacks: then every eng_model_load fails, saying why. */
 const char *eng_kernel_name(void);
+
+/* ENG_OK when the kernel level can be used, else ENG_EUNSUPPORTED with a
+ * message naming ORTHOSERVE_ISA, the level asked for, the CPU features
+ * missing and the levels this CPU has (the one eng_model_load gives). */
+eng_status eng_kernels_check(char *err, size_t errlen);
 
 #ifdef __cplusplus
 }
