@@ -856,6 +856,7 @@ static void tables_init(void)
         tab_avx2 = tab_scalar;
         tab_avx2.name = "avx2";
         eng__quant_avx2_init(&tab_avx2);
+        tab_avx2.attn = eng__attn_avx2;
     }
     if (have_avx512) {
         tab_avx512 = tab_avx2;
