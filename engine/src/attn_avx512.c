@@ -50,49 +50,76 @@ AI __m512 exp2_16(__m512 x)
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
 }
 
-/* Scores of NT queries against one block's 16 keys (K transposed). */
-AI void scores(int NT, int hd, const float *const *q, const float *K, __m512 *s)
+/* Scores of NT queries against the 16 keys of block K0 (s[t][0]) and, when
+ * TWO, of block K1 too (s[t][1]); keys transposed. One FMA chain per query
+ * and block, over head dims in order. */
+AI void scores(int NT, int TWO, int hd, const float *const *q, const float *K0, const float *K1, __m512 (*s)[2])
 {
     __m512 c[TILE][2];
     UNROLL for (int t = 0; t < NT; t++) c[t][0] = c[t][1] = _mm512_setzero_ps();
-    int d = 0;
-    for (; d + 2 <= hd; d += 2) {
-        const __m512 k0 = _mm512_loadu_ps(K + (size_t)d * B), k1 = _mm512_loadu_ps(K + (size_t)(d + 1) * B);
+    for (int d = 0; d < hd; d++) {
+        const __m512 k0 = _mm512_loadu_ps(K0 + (size_t)d * B);
+        const __m512 k1 = TWO ? _mm512_loadu_ps(K1 + (size_t)d * B) : k0;
         UNROLL for (int t = 0; t < NT; t++) {
-            c[t][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d]), k0, c[t][0]);
-            c[t][1] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d + 1]), k1, c[t][1]);
+            const __m512 x = _mm512_set1_ps(q[t][d]);
+            c[t][0] = _mm512_fmadd_ps(x, k0, c[t][0]);
+            if (TWO) c[t][1] = _mm512_fmadd_ps(x, k1, c[t][1]);
         }
     }
-    if (d < hd) {
-        const __m512 k0 = _mm512_loadu_ps(K + (size_t)d * B);
-        UNROLL for (int t = 0; t < NT; t++) c[t][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d]), k0, c[t][0]);
-    }
-    UNROLL for (int t = 0; t < NT; t++) s[t] = _mm512_add_ps(c[t][0], c[t][1]);
+    UNROLL for (int t = 0; t < NT; t++) s[t][0] = c[t][0], s[t][1] = c[t][1];
 }
 
-/* One block's online-softmax step for one query with cnt (1..16) of the
- * block's keys: updates its maximum *m (in base-2 units) and lane sums *l,
- * writes its 16 weights to p (0 past cnt) and the accumulator's factor. */
-AI void softmax_step(__m512 s, int cnt, float c, float *m, __m512 *l, float *p, float *alpha)
+AI __mmask16 first(int32_t n) /* lanes 0..n-1, n clamped to 0..16 */
 {
-    const __mmask16 valid = cnt >= B ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
-    const __m512 t = _mm512_mul_ps(s, _mm512_set1_ps(c));
-    const float mb = _mm512_mask_reduce_max_ps(valid, t);
+    return n >= B ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* One step of the online softmax for one query over a pair of blocks, cnt
+ * (1..32) of its 32 keys: updates its maximum *m (in base-2 units) and lane
+ * sums *l, writes its 32 weights to p (0 past cnt) and the accumulator's
+ * factor. */
+AI void softmax_step(const __m512 *s, int cnt, float c, float *m, __m512 *l, float *p, float *alpha)
+{
+    const __mmask16 v0 = first(cnt), v1 = first(cnt - B);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    const __m512 t0 = _mm512_mask_mul_ps(ninf, v0, s[0], _mm512_set1_ps(c));
+    const __m512 t1 = _mm512_mask_mul_ps(ninf, v1, s[1], _mm512_set1_ps(c));
+    const float mb = _mm512_reduce_max_ps(_mm512_max_ps(t0, t1));
     float al = 1.0f;
     if (mb > *m) {
         al = *m == -INFINITY ? 0.0f : _mm512_cvtss_f32(exp2_16(_mm512_set1_ps(*m - mb)));
         *m = mb;
     }
-    const __m512 pv = _mm512_maskz_mov_ps(valid, exp2_16(_mm512_sub_ps(t, _mm512_set1_ps(*m))));
-    *l = _mm512_fmadd_ps(*l, _mm512_set1_ps(al), pv);
-    _mm512_storeu_ps(p, pv);
+    const __m512 mm = _mm512_set1_ps(*m);
+    const __m512 p0 = _mm512_maskz_mov_ps(v0, exp2_16(_mm512_sub_ps(t0, mm)));
+    const __m512 p1 = _mm512_maskz_mov_ps(v1, exp2_16(_mm512_sub_ps(t1, mm)));
+    *l = _mm512_fmadd_ps(*l, _mm512_set1_ps(al), _mm512_add_ps(p0, p1));
+    _mm512_storeu_ps(p, p0);
+    _mm512_storeu_ps(p + B, p1);
     *alpha = al;
 }
 
+/* x[t] += sum_j p[t][j] * V[j] for dims d..d+16W-1, keys j < cnt. */
+AI void pv_keys(int NT, int W, __mmask16 m0, __mmask16 mk, int hd, int d, __m512 (*x)[2], const float (*p)[2 * B],
+                int j0, int cnt, const float *V)
+{
+    for (int j = 0; j < cnt; j++) {
+        const float *v = V + (size_t)j * hd + d;
+        const __m512 v0 = _mm512_maskz_loadu_ps(m0, v);
+        const __m512 v1 = W == 2 ? _mm512_maskz_loadu_ps(mk, v + 16) : v0;
+        UNROLL for (int t = 0; t < NT; t++) {
+            const __m512 pj = _mm512_set1_ps(p[t][j0 + j]);
+            x[t][0] = _mm512_fmadd_ps(pj, v0, x[t][0]);
+            if (W == 2) x[t][1] = _mm512_fmadd_ps(pj, v1, x[t][1]);
+        }
+    }
+}
+
 /* acc = acc * alpha + sum_j p[j] * V[j] for dims d..d+16W-1 (W = 1 or 2
- * vectors; the last one masked by mk), keys j < cnt. */
-AI void pv_chunk(int NT, int W, __mmask16 mk, int hd, int d, float *const *acc, const float (*p)[B],
-                 const float *alpha, int cnt, const float *V)
+ * vectors; the last one masked by mk), over the cnt0 keys of block V0 then
+ * the cnt1 of V1. */
+AI void pv_chunk(int NT, int W, __mmask16 mk, int hd, int d, float *const *acc, const float (*p)[2 * B],
+                 const float *alpha, int cnt0, const float *V0, int cnt1, const float *V1)
 {
     __m512 x[TILE][2];
     const __mmask16 m0 = W == 2 ? (__mmask16)0xffff : mk;
@@ -101,31 +128,21 @@ AI void pv_chunk(int NT, int W, __mmask16 mk, int hd, int d, float *const *acc, 
         x[t][0] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, acc[t] + d), a);
         if (W == 2) x[t][1] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[t] + d + 16), a);
     }
-    for (int j = 0; j < cnt; j++) {
-        const float *v = V + (size_t)j * hd + d;
-        const __m512 v0 = _mm512_maskz_loadu_ps(m0, v);
-        const __m512 v1 = W == 2 ? _mm512_maskz_loadu_ps(mk, v + 16) : v0;
-        UNROLL for (int t = 0; t < NT; t++) {
-            const __m512 pj = _mm512_set1_ps(p[t][j]);
-            x[t][0] = _mm512_fmadd_ps(pj, v0, x[t][0]);
-            if (W == 2) x[t][1] = _mm512_fmadd_ps(pj, v1, x[t][1]);
-        }
-    }
+    pv_keys(NT, W, m0, mk, hd, d, x, p, 0, cnt0, V0);
+    pv_keys(NT, W, m0, mk, hd, d, x, p, B, cnt1, V1);
     UNROLL for (int t = 0; t < NT; t++) {
         _mm512_mask_storeu_ps(acc[t] + d, m0, x[t][0]);
         if (W == 2) _mm512_mask_storeu_ps(acc[t] + d + 16, mk, x[t][1]);
     }
 }
 
-AI void pv(int NT, int hd, float *const *acc, const float (*p)[B], const float *alpha, int cnt, const float *V)
+AI void pv(int NT, int hd, float *const *acc, const float (*p)[2 * B], const float *alpha, int cnt,
+           const float *V0, const float *V1)
 {
+    const int cnt0 = cnt < B ? cnt : B, cnt1 = cnt - cnt0;
     int d = 0;
-    for (; d + 32 <= hd; d += 32) pv_chunk(NT, 2, 0xffff, hd, d, acc, p, alpha, cnt, V);
-    for (; d < hd; d += 16) {
-        const int left = hd - d;
-        pv_chunk(NT, 1, left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1), hd, d, acc, p, alpha,
-                 cnt, V);
-    }
+    for (; d + 32 <= hd; d += 32) pv_chunk(NT, 2, 0xffff, hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
+    for (; d < hd; d += 16) pv_chunk(NT, 1, first(hd - d), hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
 }
 
 /* Ask for block b's keys and values (into L2) while the one before is used:
@@ -150,7 +167,7 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
     const int hd = a->hd;
     const float c = a->scale * 1.44269504088896341f; /* scores in base-2 units */
     const float *q[TILE];
-    float *acc[TILE], m[TILE], p[TILE][B], alpha[TILE];
+    float *acc[TILE], m[TILE], p[TILE][2 * B], alpha[TILE];
     __m512 l[TILE];
     int32_t nk[TILE], nk_max = 0;
     for (int t = 0; t < NT; t++) {
@@ -163,25 +180,33 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
         nk[t] = a->last[i] + 1;
         if (nk[t] > nk_max) nk_max = nk[t];
     }
-    for (int32_t b = 0; b * B < nk_max; b++) {
-        const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
-        const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
-        if ((b + 1) * B < nk_max && (b + 1) * B >= seen) prefetch_block(a, b + 1);
-        __m512 s[TILE];
-        scores(NT, hd, q, K, s);
+    for (int32_t b = 0; b * B < nk_max; b += 2) { /* steps of two blocks */
+        const int two = (b + 1) * B < nk_max;
+        const float *K0 = a->k + (size_t)a->blk[b] * a->blk_stride, *K1 = K0;
+        const float *V0 = a->v + (size_t)a->blk[b] * a->blk_stride, *V1 = V0;
+        if (two) {
+            K1 = a->k + (size_t)a->blk[b + 1] * a->blk_stride;
+            V1 = a->v + (size_t)a->blk[b + 1] * a->blk_stride;
+        }
+        for (int32_t n = b + 2; n < b + 4 && n * B < nk_max; n++)
+            if (n * B >= seen) prefetch_block(a, n);
+        __m512 s[TILE][2];
+        if (two) scores(NT, 1, hd, q, K0, K1, s);
+        else scores(NT, 0, hd, q, K0, K1, s);
         int cnt_max = 0;
         UNROLL for (int t = 0; t < NT; t++) {
             const int32_t cnt = nk[t] - b * B;
-            if (cnt <= 0) { /* this query's keys ended in an earlier block */
+            if (cnt <= 0) { /* this query's keys ended in an earlier step */
                 _mm512_storeu_ps(p[t], _mm512_setzero_ps());
+                _mm512_storeu_ps(p[t] + B, _mm512_setzero_ps());
                 alpha[t] = 1.0f;
                 continue;
             }
-            const int cb = cnt < B ? (int)cnt : B;
+            const int cb = cnt < 2 * B ? (int)cnt : 2 * B;
             softmax_step(s[t], cb, c, &m[t], &l[t], p[t], &alpha[t]);
             if (cb > cnt_max) cnt_max = cb;
         }
-        pv(NT, hd, acc, (const float(*)[B])p, alpha, cnt_max, V);
+        pv(NT, hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);
     }
     for (int t = 0; t < NT; t++) {
         const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
