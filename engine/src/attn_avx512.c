@@ -5,22 +5,24 @@
  *
  * Queries (row, head) are taken in tiles of up to TILE = 8 consecutive ones
  * (the n_rep heads of a row, then the next rows), which share every loaded
- * key and value vector: per key block the scores of all the tile's queries
- * are computed in 16 accumulators (two chains of 16 keys per query), and the
- * values are accumulated 32 head dims at a time for all of them (16
- * accumulators again), so each K or V load feeds 8 FMAs.
+ * key and value vector, and keys in steps of two cache blocks (32 keys): per
+ * step the scores of all the tile's queries are computed in 16 accumulators
+ * (one vector per query and block; each broadcast query element feeds two
+ * FMAs), and the values are accumulated 32 head dims at a time for all of
+ * them (16 accumulators again), so each K or V load feeds 8 FMAs.
  *
  * Per query the recipe is fixed whatever the tile holds, so a query's result
  * never depends on the other queries of the call:
- *  - scores: two FMA chains (even and odd head dims, in order), then added;
- *  - softmax in base 2: t = score * scale * log2(e), per block the running
- *    maximum m, p = 2^(t - m) (exp2_16 below), the running sum kept as 16
- *    lane partials, and the accumulator rescaled by 2^(m_old - m) only when
- *    the maximum grows (otherwise the factor is exactly 1);
+ *  - scores: one FMA chain per block of 16 keys, over head dims in order;
+ *  - softmax in base 2: t = score * scale * log2(e), per step of 32 keys the
+ *    running maximum m, p = 2^(t - m) (exp2_16 below), the running sum kept
+ *    as 16 lane partials, and the accumulator rescaled by 2^(m_old - m) only
+ *    when the maximum grows (otherwise the factor is exactly 1);
  *  - values: acc = acc * alpha, then one FMA per key in order, per dim.
  * Keys past a query's last position but inside the tile's range get p = 0
- * exactly (0 * a finite value adds nothing), and a query whose keys ended in
- * an earlier block takes p = 0, alpha = 1 (no change).
+ * exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
+ * into +0), and a query whose keys ended in
+ * an earlier step takes p = 0, alpha = 1 (no change).
  */
 #include "internal.h"
 

@@ -240,7 +240,7 @@ typedef struct {
     float scale;
     float *scratch;      /* ENG_ATTN_SCRATCH(hd) floats */
 } eng__attn_args;
-#define ENG_ATTN_SCRATCH(hd) ((size_t)8 * (size_t)(hd)) /* a tile of up to 8 queries' sums */
+#define ENG_ATTN_SCRATCH(hd) ((size_t)8 * (size_t)(hd)) /* sums of a tile of up to 8 queries */
 typedef void (*eng__attn_fn)(const eng__attn_args *a);
 void eng__attn_scalar(const eng__attn_args *a);
 void eng__attn_avx2(const eng__attn_args *a);
@@ -252,7 +252,7 @@ typedef struct {
     eng__gemm_fn gemm[ENG_TYPE_COUNT];
     eng__gemm_fn gemm_packed[ENG_TYPE_COUNT]; /* packed rows (below), or NULL */
     eng__quant_fn quantize_act[ENG_TYPE_COUNT];
-    eng__attn_fn attn;
+    eng__attn_fn attn; /* attn.c, attn_avx2.c, attn_avx512.c */
 } eng__kernels;
 
 /*

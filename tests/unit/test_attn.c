@@ -222,9 +222,10 @@ static void check(eng__kernel_level lvl, shape c)
 /*
  * Head sizes of the supported models (32, 48, 64, 80, 96, 128, 256) and of
  * the test models (8), ragged ones (13, 100: SIMD tails); GQA factors 1..8
- * (tiles of 4 or 6 queries plus every remainder); block boundaries 1, 15,
- * 16, 17, 33 and long contexts of 2,100 keys; 1..70 rows (decode, prompt
- * chunks), causal or at scattered positions.
+ * (tiles of 6 or 8 queries plus every remainder); block boundaries 1, 15,
+ * 16, 17, 33, odd and even block counts (steps of two blocks) and long
+ * contexts of 2,100 keys; 1..70 rows (decode, prompt chunks), causal or at
+ * scattered positions.
  */
 static const shape shapes[] = {
     {8, 2, 4, 1, 1, 1.0f, CAUSAL},     {64, 1, 2, 15, 3, 1.0f, MIXED},    {64, 8, 1, 16, 1, 1.0f, CAUSAL},
