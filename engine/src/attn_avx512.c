@@ -21,8 +21,8 @@
  *  - values: acc = acc * alpha, then one FMA per key in order, per dim.
  * Keys past a query's last position but inside the tile's range get p = 0
  * exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
- * into +0), and a query whose keys ended in
- * an earlier step takes p = 0, alpha = 1 (no change).
+ * into +0), and a query whose keys ended in an earlier step takes p = 0,
+ * alpha = 1 (no change).
  */
 #include "internal.h"
 
