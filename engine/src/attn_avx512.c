@@ -1,14 +1,28 @@
 /*
  * attn_avx512.c - attention over the block KV cache, AVX-512 (see attn.c for
- * the layout and the scalar reference it is tested against).
+ * the layout and the scalar reference it is tested against; attn_avx2.c is
+ * the same design on 8-lane vectors).
  *
- * Queries (row, head) are taken in tiles of up to 4 that share each loaded
- * key block. Per query the recipe is fixed whatever the tile holds: scores
- * for 16 keys in one vector, summed over head dims in 4 interleaved partial
- * chains ((c0 + c1) + (c2 + c3)); masked max; exp by a degree-6 polynomial
- * and scalef; running max/sum; values accumulated dim-vector by dim-vector
- * over the block's keys in order. So a query's result never depends on which
- * other queries share its call.
+ * Queries (row, head) are taken in tiles of up to TILE = 8 consecutive ones
+ * (the n_rep heads of a row, then the next rows), which share every loaded
+ * key and value vector, and keys in steps of two cache blocks (32 keys): per
+ * step the scores of all the tile's queries are computed in 16 accumulators
+ * (one vector per query and block; each broadcast query element feeds two
+ * FMAs), and the values are accumulated 32 head dims at a time for all of
+ * them (16 accumulators again), so each K or V load feeds 8 FMAs.
+ *
+ * Per query the recipe is fixed whatever the tile holds, so a query's result
+ * never depends on the other queries of the call:
+ *  - scores: one FMA chain per block of 16 keys, over head dims in order;
+ *  - softmax in base 2: t = score * scale * log2(e), per step of 32 keys the
+ *    running maximum m, p = 2^(t - m) (exp2_16 below), the running sum kept
+ *    as 16 lane partials, and the accumulator rescaled by 2^(m_old - m) only
+ *    when the maximum grows (otherwise the factor is exactly 1);
+ *  - values: acc = acc * alpha, then one FMA per key in order, per dim.
+ * Keys past a query's last position but inside the tile's range get p = 0
+ * exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
+ * into +0), and a query whose keys ended in an earlier step takes p = 0,
+ * alpha = 1 (no change).
  */
 #include "internal.h"
 
@@ -16,151 +30,209 @@
 #include <math.h>
 
 #define AI static inline __attribute__((always_inline))
-#define TILE 4
+#define UNROLL _Pragma("GCC unroll 8")
+#define TILE 8
+#define B ENG_KV_BLOCK
 
-/* e^x for x <= 0 (inputs below -87 give e^-87): Cephes' expf reduction and
- * polynomial, 2^n applied with scalef. */
-AI __m512 exp512(__m512 x)
+/* 2^x for x <= 0, inputs below -64 giving 2^-64: the polynomial and the
+ * error (8.2e-8 relative) of exp2_8 in attn_avx2.c. */
+AI __m512 exp2_16(__m512 x)
 {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-64.0f));
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.54614449e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.34004280e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61805694e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55032715e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226507e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147182e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
 }
 
-AI float exp1(float x) { return _mm512_cvtss_f32(exp512(_mm512_set1_ps(x))); }
-
-/* Scores of NT queries against one block's 16 keys (K transposed). */
-AI void scores(int NT, int hd, const float *const *q, const float *K, __m512 *s)
+/* Scores of NT queries against the 16 keys of block K0 (s[t][0]) and, when
+ * TWO, of block K1 too (s[t][1]); keys transposed. One FMA chain per query
+ * and block, over head dims in order. */
+AI void scores(int NT, int TWO, int hd, const float *const *q, const float *K0, const float *K1, __m512 (*s)[2])
 {
-    __m512 c[TILE][4];
-    for (int t = 0; t < NT; t++)
-        for (int u = 0; u < 4; u++) c[t][u] = _mm512_setzero_ps();
+    __m512 c[TILE][2];
+    UNROLL for (int t = 0; t < NT; t++) c[t][0] = c[t][1] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        const __m512 k0 = _mm512_loadu_ps(K0 + (size_t)d * B);
+        const __m512 k1 = TWO ? _mm512_loadu_ps(K1 + (size_t)d * B) : k0;
+        UNROLL for (int t = 0; t < NT; t++) {
+            const __m512 x = _mm512_set1_ps(q[t][d]);
+            c[t][0] = _mm512_fmadd_ps(x, k0, c[t][0]);
+            if (TWO) c[t][1] = _mm512_fmadd_ps(x, k1, c[t][1]);
+        }
+    }
+    UNROLL for (int t = 0; t < NT; t++) s[t][0] = c[t][0], s[t][1] = c[t][1];
+}
+
+AI __mmask16 first(int32_t n) /* lanes 0..n-1, n clamped to 0..16 */
+{
+    return n >= B ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* One step of the online softmax for one query over a pair of blocks, cnt
+ * (1..32) of its 32 keys: updates its maximum *m (in base-2 units) and lane
+ * sums *l, writes its 32 weights to p (0 past cnt) and the accumulator's
+ * factor. */
+AI void softmax_step(const __m512 *s, int cnt, float c, float *m, __m512 *l, float *p, float *alpha)
+{
+    const __mmask16 v0 = first(cnt), v1 = first(cnt - B);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    const __m512 t0 = _mm512_mask_mul_ps(ninf, v0, s[0], _mm512_set1_ps(c));
+    const __m512 t1 = _mm512_mask_mul_ps(ninf, v1, s[1], _mm512_set1_ps(c));
+    const float mb = _mm512_reduce_max_ps(_mm512_max_ps(t0, t1));
+    float al = 1.0f;
+    if (mb > *m) {
+        al = *m == -INFINITY ? 0.0f : _mm512_cvtss_f32(exp2_16(_mm512_set1_ps(*m - mb)));
+        *m = mb;
+    }
+    const __m512 mm = _mm512_set1_ps(*m);
+    const __m512 p0 = _mm512_maskz_mov_ps(v0, exp2_16(_mm512_sub_ps(t0, mm)));
+    const __m512 p1 = _mm512_maskz_mov_ps(v1, exp2_16(_mm512_sub_ps(t1, mm)));
+    *l = _mm512_fmadd_ps(*l, _mm512_set1_ps(al), _mm512_add_ps(p0, p1));
+    _mm512_storeu_ps(p, p0);
+    _mm512_storeu_ps(p + B, p1);
+    *alpha = al;
+}
+
+/* x[t] += sum_j p[t][j] * V[j] for dims d..d+16W-1, keys j < cnt. */
+AI void pv_keys(int NT, int W, __mmask16 m0, __mmask16 mk, int hd, int d, __m512 (*x)[2], const float (*p)[2 * B],
+                int j0, int cnt, const float *V)
+{
+    for (int j = 0; j < cnt; j++) {
+        const float *v = V + (size_t)j * hd + d;
+        const __m512 v0 = _mm512_maskz_loadu_ps(m0, v);
+        const __m512 v1 = W == 2 ? _mm512_maskz_loadu_ps(mk, v + 16) : v0;
+        UNROLL for (int t = 0; t < NT; t++) {
+            const __m512 pj = _mm512_set1_ps(p[t][j0 + j]);
+            x[t][0] = _mm512_fmadd_ps(pj, v0, x[t][0]);
+            if (W == 2) x[t][1] = _mm512_fmadd_ps(pj, v1, x[t][1]);
+        }
+    }
+}
+
+/* acc = acc * alpha + sum_j p[j] * V[j] for dims d..d+16W-1 (W = 1 or 2
+ * vectors; the last one masked by mk), over the cnt0 keys of block V0 then
+ * the cnt1 of V1. */
+AI void pv_chunk(int NT, int W, __mmask16 mk, int hd, int d, float *const *acc, const float (*p)[2 * B],
+                 const float *alpha, int cnt0, const float *V0, int cnt1, const float *V1)
+{
+    __m512 x[TILE][2];
+    const __mmask16 m0 = W == 2 ? (__mmask16)0xffff : mk;
+    UNROLL for (int t = 0; t < NT; t++) {
+        const __m512 a = _mm512_set1_ps(alpha[t]);
+        x[t][0] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, acc[t] + d), a);
+        if (W == 2) x[t][1] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[t] + d + 16), a);
+    }
+    pv_keys(NT, W, m0, mk, hd, d, x, p, 0, cnt0, V0);
+    pv_keys(NT, W, m0, mk, hd, d, x, p, B, cnt1, V1);
+    UNROLL for (int t = 0; t < NT; t++) {
+        _mm512_mask_storeu_ps(acc[t] + d, m0, x[t][0]);
+        if (W == 2) _mm512_mask_storeu_ps(acc[t] + d + 16, mk, x[t][1]);
+    }
+}
+
+AI void pv(int NT, int hd, float *const *acc, const float (*p)[2 * B], const float *alpha, int cnt,
+           const float *V0, const float *V1)
+{
+    const int cnt0 = cnt < B ? cnt : B, cnt1 = cnt - cnt0;
     int d = 0;
-    for (; d + 4 <= hd; d += 4) {
-        const __m512 k0 = _mm512_loadu_ps(K + (size_t)(d + 0) * ENG_KV_BLOCK);
-        const __m512 k1 = _mm512_loadu_ps(K + (size_t)(d + 1) * ENG_KV_BLOCK);
-        const __m512 k2 = _mm512_loadu_ps(K + (size_t)(d + 2) * ENG_KV_BLOCK);
-        const __m512 k3 = _mm512_loadu_ps(K + (size_t)(d + 3) * ENG_KV_BLOCK);
-        for (int t = 0; t < NT; t++) {
-            c[t][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d + 0]), k0, c[t][0]);
-            c[t][1] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d + 1]), k1, c[t][1]);
-            c[t][2] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d + 2]), k2, c[t][2]);
-            c[t][3] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d + 3]), k3, c[t][3]);
-        }
-    }
-    for (; d < hd; d++) {
-        const __m512 k0 = _mm512_loadu_ps(K + (size_t)d * ENG_KV_BLOCK);
-        for (int t = 0; t < NT; t++) c[t][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d]), k0, c[t][0]);
-    }
-    for (int t = 0; t < NT; t++)
-        s[t] = _mm512_add_ps(_mm512_add_ps(c[t][0], c[t][1]), _mm512_add_ps(c[t][2], c[t][3]));
+    for (; d + 32 <= hd; d += 32) pv_chunk(NT, 2, 0xffff, hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
+    for (; d < hd; d += 16) pv_chunk(NT, 1, first(hd - d), hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
 }
 
-/* acc = acc * alpha + sum_j p[j] * V[j] over the block's first cnt keys. */
-AI void accumulate(int hd, float *acc, float alpha, const float *p, int cnt, const float *V)
+/* Ask for block b's keys and values (into L2) while the one before is used:
+ * the blocks of a sequence are scattered, which the hardware prefetchers do
+ * not follow. Only for blocks no earlier tile of the call read (the others
+ * are in cache: prefetching them again costs a prefill call ~10 %). */
+AI void prefetch_block(const eng__attn_args *a, int32_t b)
 {
-    const __m512 al = _mm512_set1_ps(alpha);
-    for (int d = 0; d < hd; d += 64) {
-        __mmask16 mk[4];
-        __m512 x[4];
-        for (int u = 0; u < 4; u++) {
-            int left = hd - d - 16 * u;
-            mk[u] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-            x[u] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[u], acc + d + 16 * u), al);
-        }
-        for (int j = 0; j < cnt; j++) {
-            const __m512 pj = _mm512_set1_ps(p[j]);
-            const float *v = V + (size_t)j * hd + d;
-            for (int u = 0; u < 4; u++)
-                x[u] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mk[u], v + 16 * u), x[u]);
-        }
-        for (int u = 0; u < 4; u++) _mm512_mask_storeu_ps(acc + d + 16 * u, mk[u], x[u]);
+    const char *k = (const char *)(a->k + (size_t)a->blk[b] * a->blk_stride);
+    const char *v = (const char *)(a->v + (size_t)a->blk[b] * a->blk_stride);
+    const size_t bytes = (size_t)a->hd * B * sizeof(float);
+    for (size_t o = 0; o < bytes; o += 64) {
+        _mm_prefetch(k + o, _MM_HINT_T1);
+        _mm_prefetch(v + o, _MM_HINT_T1);
     }
 }
 
-AI void tile(int NT, const eng__attn_args *a, const int32_t *qi)
+/* The queries q0..q0+NT-1; seen: keys an earlier tile of the call read (in
+ * cache now, so not prefetched again). Returns the keys this tile read. */
+AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
 {
-    const int hd = a->hd, B = ENG_KV_BLOCK;
+    const int hd = a->hd;
+    const float c = a->scale * 1.44269504088896341f; /* scores in base-2 units */
     const float *q[TILE];
-    float *acc[TILE], m[TILE], l[TILE];
+    float *acc[TILE], m[TILE], p[TILE][2 * B], alpha[TILE];
+    __m512 l[TILE];
     int32_t nk[TILE], nk_max = 0;
     for (int t = 0; t < NT; t++) {
-        const int32_t i = qi[t] / a->n_rep, r = qi[t] % a->n_rep;
+        const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
         q[t] = a->q + (size_t)i * a->q_stride + (size_t)r * hd;
         acc[t] = a->scratch + (size_t)t * hd;
         for (int d = 0; d < hd; d++) acc[t][d] = 0.0f;
         m[t] = -INFINITY;
-        l[t] = 0.0f;
+        l[t] = _mm512_setzero_ps();
         nk[t] = a->last[i] + 1;
         if (nk[t] > nk_max) nk_max = nk[t];
     }
-    const __m512 scale = _mm512_set1_ps(a->scale);
-    const size_t head_bytes = (size_t)hd * B * sizeof(float);
-    for (int32_t b = 0; b * B < nk_max; b++) {
-        const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
-        const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
-        if ((b + 1) * B < nk_max) {
-            /* blocks are scattered: ask for the next one's keys and values
-             * (into L2) while this one is computed */
-            const char *nk_ = (const char *)(a->k + (size_t)a->blk[b + 1] * a->blk_stride);
-            const char *nv_ = (const char *)(a->v + (size_t)a->blk[b + 1] * a->blk_stride);
-            for (size_t o = 0; o < head_bytes; o += 64) {
-                _mm_prefetch(nk_ + o, _MM_HINT_T1);
-                _mm_prefetch(nv_ + o, _MM_HINT_T1);
+    for (int32_t b = 0; b * B < nk_max; b += 2) { /* steps of two blocks */
+        const int two = (b + 1) * B < nk_max;
+        const float *K0 = a->k + (size_t)a->blk[b] * a->blk_stride, *K1 = K0;
+        const float *V0 = a->v + (size_t)a->blk[b] * a->blk_stride, *V1 = V0;
+        if (two) {
+            K1 = a->k + (size_t)a->blk[b + 1] * a->blk_stride;
+            V1 = a->v + (size_t)a->blk[b + 1] * a->blk_stride;
+        }
+        for (int32_t n = b + 2; n < b + 4 && n * B < nk_max; n++)
+            if (n * B >= seen) prefetch_block(a, n);
+        __m512 s[TILE][2];
+        if (two) scores(NT, 1, hd, q, K0, K1, s);
+        else scores(NT, 0, hd, q, K0, K1, s);
+        int cnt_max = 0;
+        UNROLL for (int t = 0; t < NT; t++) {
+            const int32_t cnt = nk[t] - b * B;
+            if (cnt <= 0) { /* this query's keys ended in an earlier step */
+                _mm512_storeu_ps(p[t], _mm512_setzero_ps());
+                _mm512_storeu_ps(p[t] + B, _mm512_setzero_ps());
+                alpha[t] = 1.0f;
+                continue;
             }
+            const int cb = cnt < 2 * B ? (int)cnt : 2 * B;
+            softmax_step(s[t], cb, c, &m[t], &l[t], p[t], &alpha[t]);
+            if (cb > cnt_max) cnt_max = cb;
         }
-        __m512 s[TILE];
-        scores(NT, hd, q, K, s);
-        for (int t = 0; t < NT; t++) {
-            const int cnt = nk[t] - b * B;
-            if (cnt <= 0) continue; /* this query's keys ended in an earlier block */
-            const __mmask16 valid = cnt >= B ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
-            const __m512 st = _mm512_mul_ps(s[t], scale);
-            const float mb = _mm512_mask_reduce_max_ps(valid, st);
-            const float mn = mb > m[t] ? mb : m[t];
-            const float alpha = m[t] == -INFINITY ? 0.0f : exp1(m[t] - mn);
-            const __m512 p = _mm512_maskz_mov_ps(valid, exp512(_mm512_sub_ps(st, _mm512_set1_ps(mn))));
-            l[t] = l[t] * alpha + _mm512_reduce_add_ps(p);
-            float pa[ENG_KV_BLOCK];
-            _mm512_storeu_ps(pa, p);
-            accumulate(hd, acc[t], alpha, pa, cnt < B ? cnt : B, V);
-            m[t] = mn;
-        }
+        pv(NT, hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);
     }
     for (int t = 0; t < NT; t++) {
-        const int32_t i = qi[t] / a->n_rep, r = qi[t] % a->n_rep;
+        const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
         float *o = a->out + (size_t)i * a->q_stride + (size_t)r * hd;
-        const __m512 inv = _mm512_set1_ps(1.0f / l[t]);
-        for (int d = 0; d < hd; d += 16) {
-            const int left = hd - d;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-            _mm512_mask_storeu_ps(o + d, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[t] + d), inv));
-        }
+        const float inv = 1.0f / _mm512_reduce_add_ps(l[t]);
+        for (int d = 0; d < hd; d++) o[d] = acc[t][d] * inv;
     }
+    return nk_max;
 }
 
 void eng__attn_avx512(const eng__attn_args *a)
 {
     const int32_t n = a->nq * a->n_rep;
-    int32_t qi[TILE];
-    for (int32_t q0 = 0; q0 < n; q0 += TILE) {
-        const int nt = n - q0 < TILE ? (int)(n - q0) : TILE;
-        for (int t = 0; t < nt; t++) qi[t] = q0 + t;
-        switch (nt) {
-        case 1: tile(1, a, qi); break;
-        case 2: tile(2, a, qi); break;
-        case 3: tile(3, a, qi); break;
-        default: tile(4, a, qi); break;
+    int32_t seen = 0, r = 0;
+    for (int32_t q0 = 0; q0 < n; q0 += TILE, seen = r > seen ? r : seen) {
+        switch (n - q0 < TILE ? (int)(n - q0) : TILE) {
+        case 1: r = tile(1, a, q0, seen); break;
+        case 2: r = tile(2, a, q0, seen); break;
+        case 3: r = tile(3, a, q0, seen); break;
+        case 4: r = tile(4, a, q0, seen); break;
+        case 5: r = tile(5, a, q0, seen); break;
+        case 6: r = tile(6, a, q0, seen); break;
+        case 7: r = tile(7, a, q0, seen); break;
+        default: r = tile(8, a, q0, seen); break;
         }
     }
 }

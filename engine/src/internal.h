@@ -239,7 +239,7 @@ typedef void (*eng__gemm_fn)(int64_t n, const void *w, size_t w_stride, int64_t 
 typedef void (*eng__quant_fn)(const float *src, void *dst, int64_t n);
 
 /*
- * Attention over the block KV cache (attn.c, attn_avx512.c). The cache holds
+ * Attention over the block KV cache (attn.c, attn_avx2.c, attn_avx512.c). The cache holds
  * ENG_KV_BLOCK positions per block; within a block, each kv head's keys are
  * stored transposed, [head_dim][ENG_KV_BLOCK], and its values as
  * [ENG_KV_BLOCK][head_dim].
@@ -263,9 +263,10 @@ typedef struct {
     float scale;
     float *scratch;      /* ENG_ATTN_SCRATCH(hd) floats */
 } eng__attn_args;
-#define ENG_ATTN_SCRATCH(hd) ((size_t)4 * (size_t)(hd))
+#define ENG_ATTN_SCRATCH(hd) ((size_t)8 * (size_t)(hd)) /* sums of a tile of up to 8 queries */
 typedef void (*eng__attn_fn)(const eng__attn_args *a);
 void eng__attn_scalar(const eng__attn_args *a);
+void eng__attn_avx2(const eng__attn_args *a);
 void eng__attn_avx512(const eng__attn_args *a);
 
 typedef struct {
@@ -274,7 +275,7 @@ typedef struct {
     eng__gemm_fn gemm[ENG_TYPE_COUNT];
     eng__gemm_fn gemm_packed[ENG_TYPE_COUNT]; /* packed rows (below), or NULL */
     eng__quant_fn quantize_act[ENG_TYPE_COUNT];
-    eng__attn_fn attn; /* the AVX2 level uses the scalar one */
+    eng__attn_fn attn; /* attn.c, attn_avx2.c, attn_avx512.c */
 } eng__kernels;
 
 /*

@@ -859,11 +859,13 @@ static void tables_init(void)
         tab_avx2 = tab_scalar;
         tab_avx2.name = "avx2";
         eng__quant_avx2_init(&tab_avx2, false);
+        tab_avx2.attn = eng__attn_avx2;
     }
     if (have_avx2vnni) {
         tab_avx2vnni = tab_scalar;
         tab_avx2vnni.name = "avx2vnni";
         eng__quant_avx2_init(&tab_avx2vnni, true);
+        tab_avx2vnni.attn = eng__attn_avx2;
     }
     if (have_avx512) {
         tab_avx512 = have_avx2vnni ? tab_avx2vnni : tab_avx2;

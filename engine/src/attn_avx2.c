@@ -1,0 +1,244 @@
+/*
+ * attn_avx2.c - attention over the block KV cache, AVX2 + FMA (see attn.c for
+ * the layout and the scalar reference it is tested against).
+ *
+ * Queries (row, head) are taken in tiles of up to TILE = 6 consecutive ones
+ * (the n_rep heads of a row, then the next rows), which share every loaded
+ * key and value vector: per key block the scores of all the tile's queries
+ * are computed in 12 accumulators (two vectors of 8 keys per query), and the
+ * values are accumulated 16 head dims at a time for all of them (12
+ * accumulators again), so each K or V load feeds 6 or 12 FMAs.
+ *
+ * Per query the recipe is fixed whatever the tile holds, so a query's result
+ * never depends on the other queries of the call:
+ *  - scores: one FMA chain per 8 keys, over head dims in order;
+ *  - softmax in base 2: t = score * scale * log2(e), per block the running
+ *    maximum m, p = 2^(t - m) (exp2_8 below), the running sum kept as 8
+ *    lane partials, and the accumulator rescaled by 2^(m_old - m) only when
+ *    the maximum grows (otherwise the factor is exactly 1);
+ *  - values: acc = acc * alpha, then one FMA per key in order, per dim.
+ * Keys past a query's last position but inside the tile's range get p = 0
+ * exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
+ * into +0), and a query whose keys ended in an earlier block takes p = 0,
+ * alpha = 1 (no change).
+ */
+#include "internal.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#define AI static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+#define TILE 6
+#define B ENG_KV_BLOCK
+
+/*
+ * 2^x for x <= 0. Inputs below -64 give 2^-64 (a softmax term that small
+ * against the maximum's 1 changes nothing, and the clamp keeps every result
+ * and product normal: no denormal assists). x = n + f with n = round(x),
+ * |f| <= 1/2 (exact); 2^f by a degree-6 polynomial interpolating 2^f at the
+ * Chebyshev nodes of [-1/2, 1/2] (c0 = 1, so 2^0 = 1 exactly), evaluated by
+ * Horner in float; 2^n added to the exponent bits. Max relative error over
+ * [-64, 0], measured against exp2 in double on every float of [-1/2, 1/2]:
+ * 8.2e-8 (1.4 units of 2^-24); expf is within 1 ulp.
+ */
+AI __m256 exp2_8(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_set1_ps(-64.0f));
+    const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(x, n);
+    __m256 p = _mm256_set1_ps(1.54614449e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.34004280e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.61805694e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.55032715e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.40226507e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.93147182e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+/* The maximum of the 8 lanes, in every lane. */
+AI __m256 hmax8(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_permute2f128_ps(x, x, 1));
+    x = _mm256_max_ps(x, _mm256_permute_ps(x, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm256_max_ps(x, _mm256_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
+AI float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Scores of NT queries against one block's 16 keys (K transposed):
+ * s[t][0] keys 0..7, s[t][1] keys 8..15. */
+AI void scores(int NT, int hd, const float *const *q, const float *K, __m256 (*s)[2])
+{
+    __m256 c[TILE][2];
+    UNROLL for (int t = 0; t < NT; t++) c[t][0] = c[t][1] = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        const __m256 k0 = _mm256_loadu_ps(K + (size_t)d * B), k1 = _mm256_loadu_ps(K + (size_t)d * B + 8);
+        UNROLL for (int t = 0; t < NT; t++) {
+            const __m256 x = _mm256_broadcast_ss(q[t] + d);
+            c[t][0] = _mm256_fmadd_ps(x, k0, c[t][0]);
+            c[t][1] = _mm256_fmadd_ps(x, k1, c[t][1]);
+        }
+    }
+    UNROLL for (int t = 0; t < NT; t++) s[t][0] = c[t][0], s[t][1] = c[t][1];
+}
+
+/* One block's online-softmax step for one query with cnt (1..16) of the
+ * block's keys: updates its maximum *m (in base-2 units) and lane sums *l,
+ * writes its 16 weights to p (0 past cnt) and the accumulator's factor. */
+AI void softmax_step(const __m256 *s, int cnt, float c, float *m, __m256 *l, float *p, float *alpha)
+{
+    __m256 t0 = _mm256_mul_ps(s[0], _mm256_set1_ps(c)), t1 = _mm256_mul_ps(s[1], _mm256_set1_ps(c));
+    __m256 v0 = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), v1 = v0;
+    if (cnt < B) {
+        const __m256 n = _mm256_set1_ps((float)cnt), ninf = _mm256_set1_ps(-INFINITY);
+        v0 = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), n, _CMP_LT_OQ);
+        v1 = _mm256_cmp_ps(_mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15), n, _CMP_LT_OQ);
+        t0 = _mm256_blendv_ps(ninf, t0, v0);
+        t1 = _mm256_blendv_ps(ninf, t1, v1);
+    }
+    const __m256 mn = _mm256_max_ps(hmax8(_mm256_max_ps(t0, t1)), _mm256_set1_ps(*m));
+    const float mnew = _mm256_cvtss_f32(mn);
+    float al = 1.0f;
+    if (mnew > *m) {
+        al = *m == -INFINITY ? 0.0f : _mm256_cvtss_f32(exp2_8(_mm256_set1_ps(*m - mnew)));
+        *m = mnew;
+    }
+    const __m256 p0 = _mm256_and_ps(exp2_8(_mm256_sub_ps(t0, mn)), v0);
+    const __m256 p1 = _mm256_and_ps(exp2_8(_mm256_sub_ps(t1, mn)), v1);
+    *l = _mm256_fmadd_ps(*l, _mm256_set1_ps(al), _mm256_add_ps(p0, p1));
+    _mm256_storeu_ps(p, p0);
+    _mm256_storeu_ps(p + 8, p1);
+    *alpha = al;
+}
+
+/* acc = acc * alpha + sum_j p[j] * V[j] for dims d..d+8W-1 (W = 1 or 2
+ * vectors; the last vector masked by mk when masked), keys j < cnt. */
+AI void pv_chunk(int NT, int W, int masked, __m256i mk, int hd, int d, float *const *acc, const float (*p)[B],
+                 const float *alpha, int cnt, const float *V)
+{
+    __m256 x[TILE][2];
+    UNROLL for (int t = 0; t < NT; t++) {
+        const __m256 a = _mm256_broadcast_ss(alpha + t);
+        x[t][0] = _mm256_mul_ps(masked ? _mm256_maskload_ps(acc[t] + d, mk) : _mm256_loadu_ps(acc[t] + d), a);
+        if (W == 2) x[t][1] = _mm256_mul_ps(_mm256_loadu_ps(acc[t] + d + 8), a);
+    }
+    for (int j = 0; j < cnt; j++) {
+        const float *v = V + (size_t)j * hd + d;
+        const __m256 v0 = masked ? _mm256_maskload_ps(v, mk) : _mm256_loadu_ps(v);
+        const __m256 v1 = W == 2 ? _mm256_loadu_ps(v + 8) : v0;
+        UNROLL for (int t = 0; t < NT; t++) {
+            const __m256 pj = _mm256_broadcast_ss(&p[t][j]);
+            x[t][0] = _mm256_fmadd_ps(pj, v0, x[t][0]);
+            if (W == 2) x[t][1] = _mm256_fmadd_ps(pj, v1, x[t][1]);
+        }
+    }
+    UNROLL for (int t = 0; t < NT; t++) {
+        if (masked) _mm256_maskstore_ps(acc[t] + d, mk, x[t][0]);
+        else _mm256_storeu_ps(acc[t] + d, x[t][0]);
+        if (W == 2) _mm256_storeu_ps(acc[t] + d + 8, x[t][1]);
+    }
+}
+
+AI void pv(int NT, int hd, float *const *acc, const float (*p)[B], const float *alpha, int cnt, const float *V)
+{
+    const __m256i none = _mm256_setzero_si256();
+    int d = 0;
+    for (; d + 16 <= hd; d += 16) pv_chunk(NT, 2, 0, none, hd, d, acc, p, alpha, cnt, V);
+    if (d + 8 <= hd) {
+        pv_chunk(NT, 1, 0, none, hd, d, acc, p, alpha, cnt, V);
+        d += 8;
+    }
+    if (d < hd) {
+        const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(hd - d), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        pv_chunk(NT, 1, 1, mk, hd, d, acc, p, alpha, cnt, V);
+    }
+}
+
+/* Ask for block b's keys and values (into L2) while the one before is used:
+ * the blocks of a sequence are scattered, which the hardware prefetchers do
+ * not follow. Only for blocks no earlier tile of the call read (the others
+ * are in cache: prefetching them again costs a prefill call ~10 %). */
+AI void prefetch_block(const eng__attn_args *a, int32_t b)
+{
+    const char *k = (const char *)(a->k + (size_t)a->blk[b] * a->blk_stride);
+    const char *v = (const char *)(a->v + (size_t)a->blk[b] * a->blk_stride);
+    const size_t bytes = (size_t)a->hd * B * sizeof(float);
+    for (size_t o = 0; o < bytes; o += 64) {
+        _mm_prefetch(k + o, _MM_HINT_T1);
+        _mm_prefetch(v + o, _MM_HINT_T1);
+    }
+}
+
+/* The queries q0..q0+NT-1; seen: keys an earlier tile of the call read (in
+ * cache now, so not prefetched again). Returns the keys this tile read. */
+AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
+{
+    const int hd = a->hd;
+    const float c = a->scale * 1.44269504088896341f; /* scores in base-2 units */
+    const float *q[TILE];
+    float *acc[TILE], m[TILE], p[TILE][B], alpha[TILE];
+    __m256 l[TILE];
+    int32_t nk[TILE], nk_max = 0;
+    for (int t = 0; t < NT; t++) {
+        const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
+        q[t] = a->q + (size_t)i * a->q_stride + (size_t)r * hd;
+        acc[t] = a->scratch + (size_t)t * hd;
+        for (int d = 0; d < hd; d++) acc[t][d] = 0.0f;
+        m[t] = -INFINITY;
+        l[t] = _mm256_setzero_ps();
+        nk[t] = a->last[i] + 1;
+        if (nk[t] > nk_max) nk_max = nk[t];
+    }
+    for (int32_t b = 0; b * B < nk_max; b++) {
+        const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
+        const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
+        if ((b + 1) * B < nk_max && (b + 1) * B >= seen) prefetch_block(a, b + 1);
+        __m256 s[TILE][2];
+        scores(NT, hd, q, K, s);
+        int cnt_max = 0;
+        UNROLL for (int t = 0; t < NT; t++) {
+            const int32_t cnt = nk[t] - b * B;
+            if (cnt <= 0) { /* this query's keys ended in an earlier block */
+                for (int j = 0; j < B; j++) p[t][j] = 0.0f;
+                alpha[t] = 1.0f;
+                continue;
+            }
+            const int cb = cnt < B ? (int)cnt : B;
+            softmax_step(s[t], cb, c, &m[t], &l[t], p[t], &alpha[t]);
+            if (cb > cnt_max) cnt_max = cb;
+        }
+        pv(NT, hd, acc, (const float(*)[B])p, alpha, cnt_max, V);
+    }
+    for (int t = 0; t < NT; t++) {
+        const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
+        float *o = a->out + (size_t)i * a->q_stride + (size_t)r * hd;
+        const float inv = 1.0f / hsum8(l[t]);
+        for (int d = 0; d < hd; d++) o[d] = acc[t][d] * inv;
+    }
+    return nk_max;
+}
+
+void eng__attn_avx2(const eng__attn_args *a)
+{
+    const int32_t n = a->nq * a->n_rep;
+    int32_t seen = 0, r = 0;
+    for (int32_t q0 = 0; q0 < n; q0 += TILE, seen = r > seen ? r : seen) {
+        switch (n - q0 < TILE ? (int)(n - q0) : TILE) {
+        case 1: r = tile(1, a, q0, seen); break;
+        case 2: r = tile(2, a, q0, seen); break;
+        case 3: r = tile(3, a, q0, seen); break;
+        case 4: r = tile(4, a, q0, seen); break;
+        case 5: r = tile(5, a, q0, seen); break;
+        default: r = tile(6, a, q0, seen); break;
+        }
+    }
+}
