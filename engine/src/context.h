@@ -21,7 +21,7 @@ typedef struct {
  * prompt chunks) are updated at rate k. Decode and prompt rows keep apart
  * counts, so decoding depends on the prompt only through its K/V and its
  * last token (what a reused prefix reproduces). */
-#define RATE_WIN 32 /* recent selection keys a row is ranked against */
+#define RATE_WIN 128 /* recent selection keys a row is ranked against */
 typedef struct {
     float win[RATE_WIN];    /* ring of the phase's recent keys (score, or -score for inverse) */
     int32_t n_win, head;

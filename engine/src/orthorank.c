@@ -562,7 +562,7 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_orthorank *sq,
 #define RATE_BEHIND_DECODE 3.0
 #define RATE_BEHIND_PROMPT 1.0
 #define RATE_GAIN (1.0 / 32)
-#define RATE_GAIN_AHEAD (1.0 / 8)
+#define RATE_GAIN_AHEAD (1.0 / 16)
 #define RATE_WARM 8
 
 /* The running rule (docs/ORTHORANK.md, "Decoding"): whether row t, decided
