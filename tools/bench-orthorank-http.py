@@ -13,10 +13,14 @@ non-streaming /v1/completions requests, twice:
 Each measurement is repeated R times, alternating dense and sparsified; the
 table gives medians and the median of the per-repeat speedups, with the
 skipped fractions the responses reported (token_layers_skipped / total).
+--grouping adds a third setting in the same alternation, the sparsity with
+"decode_grouping": "batch" (docs/ORTHORANK.md, "Batched decode grouping"),
+and its own columns; --phases picks prefill, decode or both.
 Python 3 standard library only.
 
 usage: tools/bench-orthorank-http.py --port 8080 [--concurrency 1,4,8] [--sparsity 0.2]
        [--prompt-words 180] [--decode-tokens 64] [--repeats 3] [--text FILE]
+       [--grouping] [--phases prefill,decode]
 """
 import argparse
 import http.client
@@ -71,6 +75,8 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--text", default="../shared/testdata/corpus/tinystories_val.txt")
+    ap.add_argument("--grouping", action="store_true", help="also measure decode_grouping=batch")
+    ap.add_argument("--phases", default="prefill,decode")
     a = ap.parse_args()
     words = open(a.text).read().split()
     serial = [0]
@@ -81,13 +87,16 @@ def main():
         return " ".join(words[i:i + n])
 
     settings = [("dense", {"sparsity": 0}), ("orthorank", {"sparsity": a.sparsity})]
+    if a.grouping:
+        settings.append(("grouped", {"sparsity": a.sparsity, "decode_grouping": "batch"}))
+    gh = " grouped tok/s | grouped speedup | grouped skipped (decode) |" if a.grouping else ""
     print("| concurrency | phase | dense tok/s | OrthoRank tok/s | speedup | skipped (prefill / decode) | "
-          "target | k | layers |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "target | k | layers |" + gh)
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if a.grouping else ""))
     for c in [int(x) for x in a.concurrency.split(",")]:
-        for phase in ("prefill", "decode"):
+        for phase in a.phases.split(","):
             rates = {name: [] for name, _ in settings}
-            ratios, info = [], {}
+            ratios, gratios, info, ginfo = [], [], {}, 0.0
             for _ in range(a.repeats):
                 got = {}
                 for name, orank in settings:
@@ -105,11 +114,19 @@ def main():
                         o = resps[0]["orthorank"]
                         info = {"pf": skipped(resps, "prefill"), "dc": skipped(resps, "decode"),
                                 "target": o["sparsity_target"], "k": o["token_ratio"], "layers": len(o["layers"])}
+                    if name == "grouped":
+                        ginfo = skipped(resps, "decode")
                 ratios.append(got["orthorank"] / got["dense"])
-            print("| %d | %s | %.1f | %.1f | **%.3fx** | %.3f / %.3f | %.3f | %.4f | %d |" % (
+                if a.grouping:
+                    gratios.append(got["grouped"] / got["dense"])
+            gcols = ""
+            if a.grouping:
+                gcols = " %.1f | **%.3fx** | %.3f |" % (statistics.median(rates["grouped"]),
+                                                        statistics.median(gratios), ginfo)
+            print("| %d | %s | %.1f | %.1f | **%.3fx** | %.3f / %.3f | %.3f | %.4f | %d |%s" % (
                 c, phase, statistics.median(rates["dense"]), statistics.median(rates["orthorank"]),
-                statistics.median(ratios), info["pf"], info["dc"], info["target"], info["k"], info["layers"]),
-                flush=True)
+                statistics.median(ratios), info["pf"], info["dc"], info["target"], info["k"], info["layers"],
+                gcols), flush=True)
 
 
 if __name__ == "__main__":
