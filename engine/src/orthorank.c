@@ -4,8 +4,9 @@
  * sparsity resolves to (layers and k), per-sequence state, the per-layer
  * work of the forward pass (sink scores, the choice of which rows a layer
  * updates and which write K/V: top-k for prompt chunks, the running rule
- * held at rate k for decode rows and short chunks) and the stats every
- * response reports.
+ * held at rate k for decode rows and short chunks, or taken together by
+ * the step's cohort of rows that opted into batched decode grouping) and
+ * the stats every response reports.
  *
  * forward.c calls eng__orthorank_step once per eng_decode and
  * eng__orthorank_layer once per layer, then runs the Q/O/FFN products on the

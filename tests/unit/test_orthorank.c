@@ -580,7 +580,7 @@ Test(orthorank, settings_name_their_field_and_say_why)
     char names[128] = "";
     for (size_t i = 0; i < n; i++)
         if (fs[i].per_request) snprintf(names + strlen(names), sizeof names - strlen(names), "%s ", fs[i].name);
-    cr_assert_str_eq(names, "sparsity token_ratio layers decode method ");
+    cr_assert_str_eq(names, "sparsity token_ratio layers decode method decode_grouping ");
     const eng_orthorank_field *sp = eng_orthorank_field_find("sparsity", 8),
                               *k = eng_orthorank_field_find("token_ratio_x", 11),
                               *mt = eng_orthorank_field_find("min_tokens", 10),
@@ -598,6 +598,14 @@ Test(orthorank, settings_name_their_field_and_say_why)
     expect_refused(eng_orthorank_set_number(&p, mt, 1.5, msg, sizeof msg), msg, "must be an integer in [0, 1048576]");
     expect_refused(eng_orthorank_set_number(&p, dec, 1, msg, sizeof msg), msg,
                    "must be one of \"threshold\", \"full\", \"off\"");
+    const eng_orthorank_field *grp = eng_orthorank_field_find("decode_grouping", 15);
+    cr_assert(grp);
+    expect_refused(eng_orthorank_set_name(&p, grp, "batches", 7, msg, sizeof msg), msg,
+                   "must be one of \"none\", \"batch\"");
+    cr_assert_eq(eng_orthorank_set_name(&p, grp, "batch", 5, msg, sizeof msg), ENG_OK);
+    cr_assert_eq(p.decode_grouping, ENG_ORTHORANK_GROUPING_BATCH);
+    cr_assert(!eng_orthorank_params_equal(&p, &before), "grouping is part of the settings");
+    p.decode_grouping = ENG_ORTHORANK_GROUPING_NONE;
     expect_refused(eng_orthorank_set_name(&p, dec, "sometimes", 9, msg, sizeof msg), msg,
                    "must be one of \"threshold\", \"full\", \"off\"");
     expect_refused(eng_orthorank_set_name(&p, dec, NULL, 0, msg, sizeof msg), msg,
