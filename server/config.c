@@ -103,6 +103,8 @@ static const copt OPTS[] = {
      "OrthoRank method default: orthorank, layer_skip, random or inverse"},
     {"orthorank_min_tokens", CT_ORTHORANK, OFF(orthorank), "orthorank-min-tokens", 0, 0, 0, "16",
      "prompt chunks shorter than this are selected token by token, like decoding"},
+    {"orthorank_decode_grouping", CT_ORTHORANK, OFF(orthorank), "orthorank-decode-grouping", 0, 0, 0, "none",
+     "OrthoRank batched decode grouping default: none or batch (batch: a sequence's output depends on its batch)"},
     {"orthorank_plan", CT_STR, OFF(orthorank_plan), "orthorank-plan", 0, 0, 0, "",
      "layer plan from 'orthoserve calibrate'; default: MODEL.orthorank.json beside the model if present"},
 };

@@ -32,6 +32,7 @@ json_t *orthorank_json(const eng_orthorank_stats *st)
     json_t *layers = json_array();
     json_object_set_new(o, "method", json_string(eng_orthorank_method_name(st->method)));
     json_object_set_new(o, "decode_policy", json_string(eng_orthorank_decode_name(st->decode)));
+    json_object_set_new(o, "decode_grouping", json_string(eng_orthorank_grouping_name(st->decode_grouping)));
     json_object_set_new(o, "sparsity_requested", ratio_json(st->sparsity_requested));
     json_object_set_new(o, "sparsity_target", ratio_json(st->sparsity_target));
     json_object_set_new(o, "token_ratio", ratio_json(st->token_ratio));
@@ -78,6 +79,7 @@ void api_orthorank(hreq *r)
     json_object_set_new(dj, "decode", json_string(eng_orthorank_decode_name(d->decode)));
     json_object_set_new(dj, "method", json_string(eng_orthorank_method_name(d->method)));
     json_object_set_new(dj, "min_tokens", json_integer(d->min_tokens));
+    json_object_set_new(dj, "decode_grouping", json_string(eng_orthorank_grouping_name(d->decode_grouping)));
     json_object_set_new(o, "defaults", dj);
     http_reply_json(r, 200, o);
 }

@@ -14,6 +14,8 @@
 typedef struct {
     int32_t seq, row0, n, pos0; /* batch rows [row0, row0+n) of seq, first position pos0 */
     int32_t act0, act_n;        /* this layer: its updated rows are act[act0 .. act0+act_n) */
+    int8_t grouped;             /* this layer: its decode row's decision taken with its cohort
+                                 * (0 skip, 1 update; -1: it decides alone) */
 } seq_group;
 
 /* The running rule of one sequence at one OrthoRank layer (orthorank.c,
@@ -21,7 +23,7 @@ typedef struct {
  * prompt chunks) are updated at rate k. Decode and prompt rows keep apart
  * counts, so decoding depends on the prompt only through its K/V and its
  * last token (what a reused prefix reproduces). */
-#define RATE_WIN 32 /* recent selection keys a row is ranked against */
+#define RATE_WIN 128 /* recent selection keys a row is ranked against */
 typedef struct {
     float win[RATE_WIN];    /* ring of the phase's recent keys (score, or -score for inverse) */
     int32_t n_win, head;
@@ -81,6 +83,7 @@ struct eng_context {
     bool orthorank_active;     /* this step: some group is sparsified or recorded */
     float *scores;             /* (T) sink scores of the current layer, NAN if unscored */
     float *rec_scores;         /* (T, n_layer) recorded scores */
+    rate_ctl *cohort;          /* (n_layer) batch grouping: the recent cohort keys per layer (win only) */
     int32_t *sel_tmp;          /* (3T) selection scratch */
     double flops_layer, flops_kv; /* weight-product FLOPs of one token-layer, and of its K/V part */
     /* The current layer's selection (with the groups' act0/act_n), which forward.c follows */

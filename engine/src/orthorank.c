@@ -4,8 +4,9 @@
  * sparsity resolves to (layers and k), per-sequence state, the per-layer
  * work of the forward pass (sink scores, the choice of which rows a layer
  * updates and which write K/V: top-k for prompt chunks, the running rule
- * held at rate k for decode rows and short chunks) and the stats every
- * response reports.
+ * held at rate k for decode rows and short chunks, or taken together by
+ * the step's cohort of rows that opted into batched decode grouping) and
+ * the stats every response reports.
  *
  * forward.c calls eng__orthorank_step once per eng_decode and
  * eng__orthorank_layer once per layer, then runs the Q/O/FFN products on the
@@ -39,6 +40,7 @@ eng_orthorank_params eng_orthorank_default_params(void)
 
 static const char *const method_names[] = {"orthorank", "layer_skip", "random", "inverse", NULL};
 static const char *const decode_names[] = {"threshold", "full", "off", NULL};
+static const char *const grouping_names[] = {"none", "batch", NULL};
 
 const char *eng_orthorank_method_name(eng_orthorank_method m)
 {
@@ -50,8 +52,13 @@ const char *eng_orthorank_decode_name(eng_orthorank_decode d)
     return (unsigned)d <= ENG_ORTHORANK_DECODE_OFF ? decode_names[d] : "?";
 }
 
+const char *eng_orthorank_grouping_name(eng_orthorank_grouping g)
+{
+    return (unsigned)g <= ENG_ORTHORANK_GROUPING_BATCH ? grouping_names[g] : "?";
+}
+
 /* The list, in the order of F_* (which says where each field is stored). */
-enum { F_SPARSITY, F_TOKEN_RATIO, F_LAYERS, F_DECODE, F_METHOD, F_MIN_TOKENS, F_SEED, N_FIELDS };
+enum { F_SPARSITY, F_TOKEN_RATIO, F_LAYERS, F_DECODE, F_METHOD, F_MIN_TOKENS, F_SEED, F_GROUPING, N_FIELDS };
 static const eng_orthorank_field fields[N_FIELDS] = {
     {"sparsity", ENG_ORTHORANK_FIELD_NUMBER, 0, 0.9, false, NULL, "a number", true},
     {"token_ratio", ENG_ORTHORANK_FIELD_NUMBER, 0, 1, true, NULL, "a number", true},
@@ -61,6 +68,7 @@ static const eng_orthorank_field fields[N_FIELDS] = {
      "one of \"orthorank\", \"layer_skip\", \"random\", \"inverse\"", true},
     {"min_tokens", ENG_ORTHORANK_FIELD_INTEGER, 0, 1 << 20, false, NULL, "an integer", false},
     {"seed", ENG_ORTHORANK_FIELD_INTEGER, 0, 1e18, false, NULL, "an integer", false},
+    {"decode_grouping", ENG_ORTHORANK_FIELD_NAME, 0, 0, false, grouping_names, "one of \"none\", \"batch\"", true},
 };
 
 const eng_orthorank_field *eng_orthorank_fields(size_t *n)
@@ -134,6 +142,7 @@ eng_status eng_orthorank_set_name(eng_orthorank_params *p, const eng_orthorank_f
     int i = f->kind == ENG_ORTHORANK_FIELD_NAME ? name_index(f->names, s, n) : -1;
     if (i < 0) return fail(msg, len, "must be %s", f->expect);
     if (f - fields == F_DECODE) p->decode = (eng_orthorank_decode)i;
+    else if (f - fields == F_GROUPING) p->decode_grouping = (eng_orthorank_grouping)i;
     else p->method = (eng_orthorank_method)i;
     return ENG_OK;
 }
@@ -182,6 +191,9 @@ static eng_status field_ok(const eng_model *m, const eng_orthorank_params *p, in
     case F_METHOD:
         if ((unsigned)p->method > ENG_ORTHORANK_METHOD_INVERSE) return fail(msg, len, "must be %s", f->expect);
         return ENG_OK;
+    case F_GROUPING:
+        if ((unsigned)p->decode_grouping > ENG_ORTHORANK_GROUPING_BATCH) return fail(msg, len, "must be %s", f->expect);
+        return ENG_OK;
     case F_LAYERS:
         if (p->n_layers < 0 || p->n_layers > max) /* refused before any is read */
             return layers_ok(NULL, p->n_layers < 0 ? SIZE_MAX : (size_t)p->n_layers, max, m != NULL, msg, len);
@@ -194,7 +206,8 @@ static eng_status field_ok(const eng_model *m, const eng_orthorank_params *p, in
 bool eng_orthorank_params_equal(const eng_orthorank_params *a, const eng_orthorank_params *b)
 {
     if (a->sparsity != b->sparsity || a->token_ratio != b->token_ratio || a->n_layers != b->n_layers ||
-        a->decode != b->decode || a->method != b->method || a->min_tokens != b->min_tokens || a->seed != b->seed)
+        a->decode != b->decode || a->method != b->method || a->min_tokens != b->min_tokens || a->seed != b->seed ||
+        a->decode_grouping != b->decode_grouping)
         return false;
     return a->n_layers <= 0 || !memcmp(a->layers, b->layers, (size_t)a->n_layers * sizeof *a->layers);
 }
@@ -306,10 +319,11 @@ eng_status eng__orthorank_ctx_init(eng_context *c)
     c->orthorank = eng__calloc((size_t)S, sizeof *c->orthorank);
     c->scores = eng__malloc((size_t)T * sizeof(float));
     c->rec_scores = eng__malloc((size_t)T * L * sizeof(float));
+    c->cohort = eng__calloc((size_t)L, sizeof *c->cohort);
     c->act = eng__malloc((size_t)T * sizeof(int32_t));
     c->kvr = eng__malloc((size_t)T * sizeof(int32_t));
     c->sel_tmp = eng__malloc((size_t)T * 3 * sizeof(int32_t)); /* ranked pairs + marks */
-    if (!c->orthorank || !c->scores || !c->rec_scores || !c->act || !c->kvr || !c->sel_tmp) return ENG_ENOMEM;
+    if (!c->orthorank || !c->scores || !c->rec_scores || !c->cohort || !c->act || !c->kvr || !c->sel_tmp) return ENG_ENOMEM;
     for (int32_t s = 0; s < S; s++) {
         seq_orthorank *sq = &c->orthorank[s];
         sq->layer_on = eng__calloc((size_t)L, 1);
@@ -342,6 +356,7 @@ void eng__orthorank_ctx_free(eng_context *c)
     free(c->orthorank);
     free(c->scores);
     free(c->rec_scores);
+    free(c->cohort);
     free(c->act);
     free(c->kvr);
     free(c->sel_tmp);
@@ -401,6 +416,7 @@ eng_status eng_seq_set_orthorank(eng_context *c, int32_t seq, const eng_orthoran
     seq_reset(sq);
     sq->stats.method = d.method;
     sq->stats.decode = d.decode;
+    sq->stats.decode_grouping = d.decode_grouping;
     sq->stats.sparsity_requested = (float)d.sparsity;
     sq->stats.token_ratio = (float)d.token_ratio;
     sq->min_tokens = d.min_tokens;
@@ -562,16 +578,70 @@ static void select_prompt(eng_context *c, const seq_group *g, seq_orthorank *sq,
 #define RATE_BEHIND_DECODE 3.0
 #define RATE_BEHIND_PROMPT 1.0
 #define RATE_GAIN (1.0 / 32)
-#define RATE_GAIN_AHEAD (1.0 / 8)
+#define RATE_GAIN_AHEAD (1.0 / 16)
 #define RATE_WARM 8
+
+/* Row t's phase begins in r: the first decode row restarts `random`'s
+ * stream from the seed, and decoding starts afresh from the last prompt
+ * token's key. */
+static void rate_phase(seq_orthorank *sq, rate_ctl *r, bool decode)
+{
+    if (decode && !sq->decoding) { /* random draws of decoding do not depend on the prompt's */
+        sq->decoding = true;
+        sq->rng = sq->seed ^ 0xd1b54a32d192ed03ull;
+    }
+    if (r->decode != decode) {
+        float last = r->last_prompt_key;
+        *r = (rate_ctl){.decode = decode, .last_prompt_key = last};
+        rate_push(r, last);
+    }
+}
+
+/* key's mid-rank quantile among r's recent keys (ties count half: a
+ * repeated token is not always the best). */
+static double rate_quantile(const rate_ctl *r, float key)
+{
+    double below = 0;
+    for (int32_t i = 0; i < r->n_win; i++) below += r->win[i] < key ? 1.0 : r->win[i] == key ? 0.5 : 0.0;
+    return (below + 0.5) / (r->n_win + 1);
+}
+
+/* The quantile below which a row is proposed: k, leaning against the
+ * error e (updates ahead of the rate). */
+static double rate_cut(double k, double e)
+{
+    return k - e * (e > 0 ? RATE_GAIN_AHEAD : RATE_GAIN);
+}
+
+/* A proposal held to the rate: the count of updated rows stays within the
+ * slack of k times the rows decided. */
+static bool rate_bound(bool up, double e, double k, bool decode)
+{
+    if (up && e + 1 - k > (decode ? RATE_AHEAD_DECODE : RATE_AHEAD_PROMPT)) return false;
+    if (!up && e - k < -(decode ? RATE_BEHIND_DECODE : RATE_BEHIND_PROMPT)) return true;
+    return up;
+}
+
+static double rng_uniform(uint64_t *s)
+{
+    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Row (at pos, with key) decided: counted, and its key known. */
+static void rate_count(seq_orthorank *sq, rate_ctl *r, int32_t pos, float key, bool up)
+{
+    if (sq->stats.method != ENG_ORTHORANK_METHOD_RANDOM) rate_push(r, key);
+    if (pos == sq->n_prompt - 1) r->last_prompt_key = key;
+    r->seen++;
+    r->updated += up;
+}
 
 /* The running rule (docs/ORTHORANK.md, "Decoding"): whether row t, decided
  * on its own, is updated at layer il. The proposal ranks the row's key
  * against the phase's last RATE_WIN keys (updated if it is in their best
  * k, the cut leaning against the error), or against the plan's calibrated
  * threshold while few keys are known; `random` proposes with probability
- * k. The proposal is then held to the rate: the count of updated rows
- * stays within the slack of k times the rows decided. Forced rows (the
+ * k. The proposal is then held to the rate (rate_bound). Forced rows (the
  * sink, the last prompt token) are updated and counted. */
 static bool rate_decide(const eng_context *c, seq_orthorank *sq, int il, int32_t t, bool forced)
 {
@@ -580,42 +650,106 @@ static bool rate_decide(const eng_context *c, seq_orthorank *sq, int il, int32_t
     const int32_t pos = c->batch->pos[t];
     const bool decode = pos >= sq->n_prompt;
     rate_ctl *r = &sq->rate[il];
-    if (decode && !sq->decoding) { /* random draws of decoding do not depend on the prompt's */
-        sq->decoding = true;
-        sq->rng = sq->seed ^ 0xd1b54a32d192ed03ull;
-    }
-    if (r->decode != decode) { /* decoding starts afresh from the last prompt token */
-        float last = r->last_prompt_key;
-        *r = (rate_ctl){.decode = decode, .last_prompt_key = last};
-        rate_push(r, last);
-    }
+    rate_phase(sq, r, decode);
     const double e = (double)r->updated - k * (double)r->seen; /* updates ahead of the rate */
     float key = sel_key(sq, c->scores[t]);
     bool up = forced;
     if (!forced) {
         const eng__orthorank_plan *plan = &c->m->orthorank;
         if (method == ENG_ORTHORANK_METHOD_RANDOM) {
-            up = (double)(rng_next(&sq->rng) >> 11) * (1.0 / 9007199254740992.0) < k;
+            up = rng_uniform(&sq->rng) < k;
         } else if (isnan(key) || r->n_win == 0) {
             up = e < 0;
         } else if (r->n_win < RATE_WARM && method == ENG_ORTHORANK_METHOD_ORTHORANK && plan->has_thresholds &&
                    fabsf(plan->threshold_ratio - (float)k) < 1e-3f && !isnan(plan->thresholds[il])) {
             up = key < plan->thresholds[il];
         } else {
-            /* the cut leans against the error: a row ahead lowers it */
-            double q = k - e * (e > 0 ? RATE_GAIN_AHEAD : RATE_GAIN);
-            double below = 0; /* ties count half: a repeated token is not always the best */
-            for (int32_t i = 0; i < r->n_win; i++) below += r->win[i] < key ? 1.0 : r->win[i] == key ? 0.5 : 0.0;
-            up = (below + 0.5) / (r->n_win + 1) < q; /* the row's mid-rank quantile */
+            up = rate_quantile(r, key) < rate_cut(k, e); /* the cut leans against the error */
         }
-        if (up && e + 1 - k > (decode ? RATE_AHEAD_DECODE : RATE_AHEAD_PROMPT)) up = false;
-        if (!up && e - k < -(decode ? RATE_BEHIND_DECODE : RATE_BEHIND_PROMPT)) up = true;
+        up = rate_bound(up, e, k, decode);
     }
-    if (method != ENG_ORTHORANK_METHOD_RANDOM) rate_push(r, key);
-    if (pos == sq->n_prompt - 1) r->last_prompt_key = key;
-    r->seen++;
-    r->updated += up;
+    rate_count(sq, r, pos, key, up);
     return up;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Batched decode grouping (docs/ORTHORANK.md, "Batched decode grouping")   */
+/* ------------------------------------------------------------------------ */
+
+/* Whether group g's row is decided with its cohort at layer il: one decode
+ * row of a sequence that chose batch grouping and sparsifies il by tokens. */
+static bool groupable(const eng_context *c, const seq_group *g, int il)
+{
+    const seq_orthorank *sq = &c->orthorank[g->seq];
+    return g->n == 1 && sq->on && sq->layer_on[il] && sq->stats.decode_grouping == ENG_ORTHORANK_GROUPING_BATCH &&
+           sq->stats.method != ENG_ORTHORANK_METHOD_LAYER_SKIP && sq->stats.decode == ENG_ORTHORANK_DECODE_THRESHOLD &&
+           c->batch->pos[g->row0] >= sq->n_prompt;
+}
+
+/* How strongly a member asks for the update: its key's quantile among its
+ * own recent keys (random: a uniform draw); 0.5 without any. */
+static double member_quantile(const eng_context *c, seq_orthorank *sq, const rate_ctl *r, int32_t t)
+{
+    if (sq->stats.method == ENG_ORTHORANK_METHOD_RANDOM) return rng_uniform(&sq->rng);
+    float key = sel_key(sq, c->scores[t]);
+    return isnan(key) || r->n_win == 0 ? 0.5 : rate_quantile(r, key);
+}
+
+/* The cohort of the step's groupable rows at layer il with the k of group
+ * `first` (marked -2 by the caller) decides together: the mean of the
+ * members' quantiles is ranked against the layer's recent cohort means and
+ * the layer is updated for all of them if it is in their best k, the cut
+ * leaning against the members' mean error, as one sequence's rule does.
+ * Each member is then held to its own rate bounds (a member at its bound
+ * decides against the cohort), and counted. A cohort of one decides alone
+ * (grouped = -1), exactly as without grouping. */
+static void cohort_decide(eng_context *c, int il, int32_t first)
+{
+    const float k = c->orthorank[c->groups[first].seq].stats.token_ratio;
+    int32_t n = 0;
+    for (int32_t gi = first; gi < c->n_groups; gi++) {
+        seq_group *g = &c->groups[gi];
+        if (g->grouped == -2 && c->orthorank[g->seq].stats.token_ratio == k) {
+            g->grouped = 2; /* a member, undecided */
+            n++;
+        }
+    }
+    if (n == 1) {
+        c->groups[first].grouped = -1;
+        return;
+    }
+    double u = 0, e = 0;
+    for (int32_t gi = first; gi < c->n_groups; gi++) {
+        seq_group *g = &c->groups[gi];
+        if (g->grouped != 2) continue;
+        seq_orthorank *sq = &c->orthorank[g->seq];
+        rate_ctl *r = &sq->rate[il];
+        rate_phase(sq, r, true);
+        u += member_quantile(c, sq, r, g->row0);
+        e += (double)r->updated - k * (double)r->seen;
+    }
+    u /= n;
+    e /= n;
+    rate_ctl *cr = &c->cohort[il];
+    bool up = cr->n_win == 0 ? e < 0 : rate_quantile(cr, (float)u) < rate_cut(k, e);
+    rate_push(cr, (float)u);
+    for (int32_t gi = first; gi < c->n_groups; gi++) {
+        seq_group *g = &c->groups[gi];
+        if (g->grouped != 2) continue;
+        seq_orthorank *sq = &c->orthorank[g->seq];
+        rate_ctl *r = &sq->rate[il];
+        bool dec = rate_bound(up, (double)r->updated - k * (double)r->seen, k, true);
+        rate_count(sq, r, c->batch->pos[g->row0], sel_key(sq, c->scores[g->row0]), dec);
+        g->grouped = dec;
+    }
+}
+
+/* Every group's `grouped` for layer il: the cohorts' decisions, or -1. */
+static void group_decide(eng_context *c, int il)
+{
+    for (int32_t gi = 0; gi < c->n_groups; gi++) c->groups[gi].grouped = groupable(c, &c->groups[gi], il) ? -2 : -1;
+    for (int32_t gi = 0; gi < c->n_groups; gi++)
+        if (c->groups[gi].grouped == -2) cohort_decide(c, il, gi);
 }
 
 /* Mark the rows of group g that layer il updates (all of them unless the
@@ -638,6 +772,7 @@ static void select_group(eng_context *c, const seq_group *g, seq_orthorank *sq, 
             int32_t t = g->row0 + i, pos = b->pos[t];
             bool decode = pos >= sq->n_prompt;
             if (decode && sq->stats.decode == ENG_ORTHORANK_DECODE_FULL) mark[i] = 1;
+            else if (g->grouped >= 0) mark[i] = (uint8_t)g->grouped; /* decided and counted with its cohort */
             else mark[i] = rate_decide(c, sq, il, t, pos == 0 || pos == sq->n_prompt - 1);
         }
     }
@@ -649,6 +784,7 @@ void eng__orthorank_select(eng_context *c, int il)
     const int32_t T = c->n_tokens;
     uint8_t *mark = (uint8_t *)(c->sel_tmp + 2 * (size_t)T); /* after the ranked pairs */
     c->n_act = c->n_kvr = 0;
+    group_decide(c, il);
     for (int32_t gi = 0; gi < c->n_groups; gi++) {
         seq_group *g = &c->groups[gi];
         seq_orthorank *sq = &c->orthorank[g->seq];

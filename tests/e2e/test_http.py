@@ -91,7 +91,8 @@ class HttpTest(unittest.TestCase):
         # (the rest came from the prefix cache); decode the 47 tokens fed
         # back (the 48th is sampled, never computed).
         computed = 5 - j["usage"]["prompt_tokens_details"]["cached_tokens"]
-        self.assertEqual(o, {"method": "orthorank", "decode_policy": "threshold", "sparsity_requested": 0,
+        self.assertEqual(o, {"method": "orthorank", "decode_policy": "threshold", "decode_grouping": "none",
+                             "sparsity_requested": 0,
                              "sparsity_target": 0, "token_ratio": 0.3333, "layers": [], "layer_order_source": "fallback",
                              "prefill": {"tokens": computed, "token_layers_total": 5 * computed,
                                          "token_layers_skipped": 0},

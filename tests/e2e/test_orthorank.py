@@ -5,8 +5,12 @@
   sparsity_effective within 0.03 of the target; the report matches the
   contract (openapi.yaml);
 - the prefix cache reuses a sparsified prompt's K/V only for the same
-  prompt and settings, and the output is the same as without reuse."""
+  prompt and settings, and the output is the same as without reuse;
+- "decode_grouping": "batch" is accepted, reported and validated, grouped
+  requests decoded side by side still get their sparsity, and a request that
+  did not opt in gets the same text beside them as alone."""
 import os
+import threading
 import unittest
 
 from e2eutil import MODEL, OpenAPI, Server
@@ -93,6 +97,36 @@ class SparsityTest(unittest.TestCase):
         self.assertEqual(c3, 0, "other settings reuse nothing")
         _, c4, _ = run({"sparsity": 0})
         self.assertEqual(c4, 0, "a dense request does not reuse a sparsified prefix")
+
+    def test_decode_grouping(self):
+        st, _, j, _ = self.s.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2,
+                                                       "orthorank": {"decode_grouping": "together"}})
+        self.assertEqual(st, 400, j)
+        self.assertEqual(j["error"]["param"], "orthorank.decode_grouping")
+        st, j = self.s.get_json("/v1/orthorank")
+        self.assertEqual(j["defaults"]["decode_grouping"], "none")
+        words = corpus_prompt(400).split()
+        prompts = [" ".join(words[40 * i + 200:40 * i + 208]) for i in range(3)]
+        grouped = {"sparsity": 0.2, "decode_grouping": "batch"}
+        alone = self.complete(prompts[2], {"sparsity": 0.2})
+        out = [None] * 3
+
+        def run(i):  # two grouped requests and one that is not, side by side (--parallel 2: queued otherwise)
+            out[i] = self.complete(prompts[i], grouped if i < 2 else {"sparsity": 0.2})
+
+        th = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        for i in range(2):
+            o = out[i]["orthorank"]
+            self.assertEqual(o["decode_grouping"], "batch")
+            self.assertAlmostEqual(o["sparsity_effective"], o["sparsity_target"], delta=0.03, msg=o)
+        self.assertEqual(out[2]["orthorank"]["decode_grouping"], "none")
+        self.assertEqual(out[2]["choices"][0]["text"], alone["choices"][0]["text"],
+                         "a request that did not opt in does not depend on its batch")
+        self.assertEqual(out[2]["orthorank"]["decode"], alone["orthorank"]["decode"])
 
     def test_dense_target_is_zero(self):
         o = self.complete("Once upon a time", {"sparsity": 0}, max_tokens=4)["orthorank"]

@@ -11,6 +11,9 @@
  *   - decoding with the threshold policy (the running rule) holds each
  *     layer's update rate at k, and the effective sparsity at the target,
  *     on every model OrthoRank runs on (issue #16's acceptance);
+ *   - batched decode grouping: the grouped sequences of a step skip a layer
+ *     together and each holds its rate; a sequence that did not opt in gets
+ *     bit for bit what it gets alone, and so does a grouped one alone;
  *   - the settings' field list, setters and checks name the field and say
  *     why (the server's and the CLI's messages are these).
  */
@@ -436,6 +439,132 @@ Test(orthorank, rates_hold_tiny256_tied_q8_0, .timeout = 300) { rates_hold("mode
 Test(orthorank, rates_hold_qwen2tiny_f32, .timeout = 300) { rates_hold("models/qwen2tiny-F32.gguf"); }
 Test(orthorank, rates_hold_qwen2tiny_q8_0, .timeout = 300) { rates_hold("models/qwen2tiny-Q8_0.gguf"); }
 
+/* Batched decode grouping: G_SEQ sequences with prompts of G_PROMPT corpus
+ * tokens (from offs[s]) under settings ps[s], then G_GEN greedy decode
+ * steps of one row per sequence each. Records each sequence's
+ * decode_skipped after every step, the logits of sequence `watch` at every
+ * step, and the final stats. */
+#define G_SEQ 5
+#define G_PROMPT 24
+#define G_GEN 80
+typedef struct {
+    uint64_t skipped[G_GEN][G_SEQ];
+    eng_orthorank_stats st[G_SEQ];
+} group_trace;
+
+static int32_t argmax(const float *v, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++) best = v[i] > v[best] ? i : best;
+    return best;
+}
+
+static void group_run(eng_model *m, const eng_orthorank_params *const *ps, const int32_t *offs, int32_t n, int32_t watch,
+                      float *logits, group_trace *tr)
+{
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    const int32_t V = info.n_vocab;
+    int32_t *ids = corpus_tokens(m, 400);
+    eng_context *c = mkctx(m, n);
+    int32_t tok[G_SEQ], pos[G_SEQ], sq[G_SEQ];
+    int8_t w[G_SEQ];
+    for (int32_t s = 0; s < n; s++) {
+        cr_assert_eq(eng_seq_set_orthorank(c, s, ps[s], G_PROMPT), ENG_OK);
+        decode_seq(c, s, ids + offs[s], G_PROMPT, 0);
+        tok[s] = argmax(eng_get_logits(c, G_PROMPT - 1), V);
+    }
+    for (int32_t step = 0; step < G_GEN; step++) {
+        for (int32_t s = 0; s < n; s++) {
+            pos[s] = G_PROMPT + step;
+            sq[s] = s;
+            w[s] = 1;
+        }
+        eng_batch b = {n, tok, pos, sq, w};
+        cr_assert_eq(eng_decode(c, &b), ENG_OK);
+        memcpy(logits + (size_t)step * V, eng_get_logits(c, watch), (size_t)V * sizeof *logits);
+        for (int32_t s = 0; s < n; s++) {
+            tok[s] = argmax(eng_get_logits(c, s), V);
+            cr_assert_eq(eng_seq_get_orthorank_stats(c, s, &tr->st[s]), ENG_OK);
+            tr->skipped[step][s] = tr->st[s].decode_skipped;
+        }
+    }
+    free(ids);
+    eng_context_free(c);
+}
+
+/* Steps at which sequences 0..3 skipped different numbers of layers. */
+static int32_t steps_apart(const group_trace *tr)
+{
+    int32_t apart = 0;
+    for (int32_t i = 0; i < G_GEN; i++) {
+        uint64_t d0 = tr->skipped[i][0] - (i ? tr->skipped[i - 1][0] : 0);
+        for (int32_t s = 1; s < 4; s++)
+            if (tr->skipped[i][s] - (i ? tr->skipped[i - 1][s] : 0) != d0) {
+                apart++;
+                break;
+            }
+    }
+    return apart;
+}
+
+Test(orthorank, grouped_decode_skips_together_holds_rate_and_leaves_others_alone, .timeout = 120)
+{
+    eng_model *m = load("models/stories260K.gguf");
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    const int32_t V = info.n_vocab;
+    eng_orthorank_params solo = eng_orthorank_default_params();
+    solo.layers[0] = 2;
+    solo.layers[1] = 4;
+    solo.n_layers = 2;
+    eng_orthorank_params grp = solo;
+    grp.decode_grouping = ENG_ORTHORANK_GROUPING_BATCH;
+    const int32_t offs[G_SEQ] = {0, 60, 120, 180, 240};
+    float *batch = malloc((size_t)G_GEN * V * sizeof *batch), *alone = malloc((size_t)G_GEN * V * sizeof *alone);
+    group_trace *tr = malloc(sizeof *tr), *ref = malloc(sizeof *ref);
+
+    /* Without grouping the four sequences skip apart (the test can fail). */
+    const eng_orthorank_params *none[G_SEQ] = {&solo, &solo, &solo, &solo, &solo};
+    group_run(m, none, offs, G_SEQ, 4, batch, ref);
+    cr_assert(steps_apart(ref) > G_GEN / 4, "ungrouped sequences apart at only %d steps", steps_apart(ref));
+
+    /* Four grouped sequences and one that is not. */
+    const eng_orthorank_params *mix[G_SEQ] = {&grp, &grp, &grp, &grp, &solo};
+    group_run(m, mix, offs, G_SEQ, 4, batch, tr);
+    cr_assert_eq(steps_apart(tr), 0, "grouped sequences skipped apart at %d steps", steps_apart(tr));
+    int32_t both = 0; /* steps at which the grouped rows skipped both layers: their weights are not read */
+    for (int32_t i = 0; i < G_GEN; i++) both += tr->skipped[i][0] - (i ? tr->skipped[i - 1][0] : 0) == 2;
+    cr_assert(both > 0 && both < G_GEN, "both layers skipped together at %d of %d steps", both, G_GEN);
+    for (int32_t s = 0; s < 4; s++) {
+        const eng_orthorank_stats *st = &tr->st[s];
+        cr_assert_eq(st->decode_grouping, ENG_ORTHORANK_GROUPING_BATCH);
+        cr_assert(fabs(st->decode_rate_min - st->token_ratio) <= 0.05 &&
+                      fabs(st->decode_rate_max - st->token_ratio) <= 0.05,
+                  "seq %d decode rates %.3f..%.3f, k %.3f", s, st->decode_rate_min, st->decode_rate_max,
+                  (double)st->token_ratio);
+    }
+
+    /* The sequence that did not opt in: bit for bit what it gets alone. */
+    const eng_orthorank_params *one[1] = {&solo};
+    group_run(m, one, offs + 4, 1, 0, alone, ref);
+    for (int32_t i = 0; i < G_GEN; i++)
+        cr_assert_eq(memcmp(batch + (size_t)i * V, alone + (size_t)i * V, (size_t)V * sizeof *batch), 0,
+                     "ungrouped sequence differs from alone at step %d", i);
+    cr_assert_eq(tr->st[4].decode_skipped, ref->st[0].decode_skipped);
+
+    /* A grouped sequence without companions decides exactly as without grouping. */
+    const eng_orthorank_params *one_grp[1] = {&grp};
+    group_run(m, one_grp, offs + 4, 1, 0, batch, tr);
+    cr_assert_eq(memcmp(batch, alone, (size_t)G_GEN * V * sizeof *batch), 0, "grouping alone changed the output");
+    cr_assert_eq(tr->st[0].decode_skipped, ref->st[0].decode_skipped);
+    free(batch);
+    free(alone);
+    free(tr);
+    free(ref);
+    eng_model_free(m);
+}
+
 /* set a field by name, expecting refusal with exactly this message */
 static void expect_refused(eng_status st, const char *msg, const char *want)
 {
@@ -451,7 +580,7 @@ Test(orthorank, settings_name_their_field_and_say_why)
     char names[128] = "";
     for (size_t i = 0; i < n; i++)
         if (fs[i].per_request) snprintf(names + strlen(names), sizeof names - strlen(names), "%s ", fs[i].name);
-    cr_assert_str_eq(names, "sparsity token_ratio layers decode method ");
+    cr_assert_str_eq(names, "sparsity token_ratio layers decode method decode_grouping ");
     const eng_orthorank_field *sp = eng_orthorank_field_find("sparsity", 8),
                               *k = eng_orthorank_field_find("token_ratio_x", 11),
                               *mt = eng_orthorank_field_find("min_tokens", 10),
@@ -469,6 +598,14 @@ Test(orthorank, settings_name_their_field_and_say_why)
     expect_refused(eng_orthorank_set_number(&p, mt, 1.5, msg, sizeof msg), msg, "must be an integer in [0, 1048576]");
     expect_refused(eng_orthorank_set_number(&p, dec, 1, msg, sizeof msg), msg,
                    "must be one of \"threshold\", \"full\", \"off\"");
+    const eng_orthorank_field *grp = eng_orthorank_field_find("decode_grouping", 15);
+    cr_assert(grp);
+    expect_refused(eng_orthorank_set_name(&p, grp, "batches", 7, msg, sizeof msg), msg,
+                   "must be one of \"none\", \"batch\"");
+    cr_assert_eq(eng_orthorank_set_name(&p, grp, "batch", 5, msg, sizeof msg), ENG_OK);
+    cr_assert_eq(p.decode_grouping, ENG_ORTHORANK_GROUPING_BATCH);
+    cr_assert(!eng_orthorank_params_equal(&p, &before), "grouping is part of the settings");
+    p.decode_grouping = ENG_ORTHORANK_GROUPING_NONE;
     expect_refused(eng_orthorank_set_name(&p, dec, "sometimes", 9, msg, sizeof msg), msg,
                    "must be one of \"threshold\", \"full\", \"off\"");
     expect_refused(eng_orthorank_set_name(&p, dec, NULL, 0, msg, sizeof msg), msg,

@@ -334,6 +334,15 @@ typedef enum {
     ENG_ORTHORANK_DECODE_OFF = 2        /* OrthoRank off for the whole sequence */
 } eng_orthorank_decode;
 
+typedef enum {
+    ENG_ORTHORANK_GROUPING_NONE = 0, /* the sequence's decode rows decide alone */
+    ENG_ORTHORANK_GROUPING_BATCH = 1 /* at an OrthoRank layer, the decode rows of the step's sequences that
+                                      * chose "batch" (and have the same k) are updated or skipped together,
+                                      * so a layer's weights are not read when all of them skip it; each
+                                      * sequence's rate is still held at k. Its output then depends on its
+                                      * batch companions (docs/ORTHORANK.md, "Batched decode grouping") */
+} eng_orthorank_grouping;
+
 /* A sequence's settings: plain data, copied by value (no pointers). */
 typedef struct {
     double sparsity;         /* layer-equivalents in [0, 0.9]; 0 = dense (used as a float) */
@@ -344,13 +353,16 @@ typedef struct {
     eng_orthorank_method method;
     int32_t min_tokens;      /* prompt chunks shorter than this are selected token by token (default 16) */
     uint64_t seed;           /* for ENG_ORTHORANK_METHOD_RANDOM */
+    eng_orthorank_grouping decode_grouping; /* default none */
 } eng_orthorank_params;
 
-/* Dense defaults: sparsity 0, token_ratio 1/3, decode threshold, method orthorank, min_tokens 16. */
+/* Dense defaults: sparsity 0, token_ratio 1/3, decode threshold, method orthorank, min_tokens 16,
+ * decode_grouping none. */
 eng_orthorank_params eng_orthorank_default_params(void);
 /* Names as the API spells them ("orthorank", "layer_skip", ...; "threshold", "full", "off"). */
 const char *eng_orthorank_method_name(eng_orthorank_method m);
 const char *eng_orthorank_decode_name(eng_orthorank_decode d);
+const char *eng_orthorank_grouping_name(eng_orthorank_grouping g); /* "none", "batch" */
 
 /*
  * The settings' one list: every field of eng_orthorank_params by the name
@@ -371,7 +383,8 @@ typedef enum {
 } eng_orthorank_field_kind;
 
 typedef struct {
-    const char *name;           /* "sparsity", "token_ratio", "layers", "decode", "method", "min_tokens", "seed" */
+    const char *name;           /* "sparsity", "token_ratio", "layers", "decode", "method", "min_tokens", "seed",
+                                 * "decode_grouping" */
     eng_orthorank_field_kind kind;
     double lo, hi;              /* NUMBER and INTEGER */
     bool lo_open;
@@ -445,6 +458,7 @@ void eng_model_get_orthorank_plan(const eng_model *m, eng_orthorank_plan *out);
 typedef struct {
     eng_orthorank_method method;
     eng_orthorank_decode decode;
+    eng_orthorank_grouping decode_grouping;
     float sparsity_requested, token_ratio; /* token_ratio: the k in force (see sparsity_target) */
     float sparsity_target;          /* planned: n_layers*(1-k)/n_layer (layer_skip: n_layers/n_layer) */
     int32_t n_layers;
