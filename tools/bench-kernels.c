@@ -1,7 +1,7 @@
 /*
  * bench-kernels - throughput of the weight kernels per type and ISA level.
  *
- *   bench-kernels [-t threads] [-n row_len] [-l scalar|avx2|avx512] [-m] [-b] [type ...]
+ *   bench-kernels [-t threads] [-n row_len] [-l scalar|avx2|avx2vnni|avx512] [-m] [-b] [type ...]
  *
  * -l: only that kernel level. -b: also measure memory read bandwidth.
  * -d MB: decode matrix size (default 96; e.g. 0.5 for a cache-resident matrix,
@@ -200,7 +200,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-D")) dec_only = 1;
         else if (!strcmp(argv[i], "-l") && i + 1 < argc) {
             i++;
-            only = !strcmp(argv[i], "scalar") ? 0 : !strcmp(argv[i], "avx2") ? 1 : 2;
+            only = !strcmp(argv[i], "scalar") ? 0 : !strcmp(argv[i], "avx2") ? 1 : !strcmp(argv[i], "avx2vnni") ? 2 : 3;
         }
         else if (!strcmp(argv[i], "-n") && i + 1 < argc) n = atoll(argv[++i]);
         else {
@@ -220,7 +220,7 @@ int main(int argc, char **argv)
     printf("threads %d, row length %ld, best kernels: %s\n", nth, (long)n, eng_kernel_name());
     if (bw || model) printf("memory read bandwidth:          %8.1f GB/s\n", mach_read_bw(nth) / 1e9);
     if (model) {
-        for (int lv = 0; lv < 3; lv++) {
+        for (int lv = 0; lv < 4; lv++) {
             const eng__kernels *k = eng__kernels_get((eng__kernel_level)lv);
             if (!k || (only >= 0 && lv != only) || (only < 0 && lv == 0)) continue;
             for (int ti = 0; ti < ntypes; ti++) model_decode(nth, k, types[ti]);
@@ -234,7 +234,7 @@ int main(int argc, char **argv)
     printf("%-7s %-6s %12s %14s %14s\n", "level", "type", "nx=1 GB/s", "nx=64 GOP/s", "nx=512 GOP/s");
 
     uint64_t seed = 1;
-    for (int lv = 0; lv < 3; lv++) {
+    for (int lv = 0; lv < 4; lv++) {
         const eng__kernels *k = eng__kernels_get((eng__kernel_level)lv);
         if (!k || (only >= 0 && lv != only)) continue;
         for (int ti = 0; ti < ntypes; ti++) {

@@ -169,8 +169,12 @@ typedef struct {
 const eng__cpu *eng__cpu_get(void);
 
 /* Kernel levels; eng__kernels(level) returns that level's table, and
- * eng__kernels_best() the best the CPU supports (or ORTHOSERVE_KERNELS=scalar|avx2|avx512). */
-typedef enum { ENG_KL_SCALAR = 0, ENG_KL_AVX2 = 1, ENG_KL_AVX512 = 2 } eng__kernel_level;
+ * eng__kernels_best() the best the CPU supports (or
+ * ORTHOSERVE_KERNELS=scalar|avx2|avx2vnni|avx512). avx2vnni is avx2 with the
+ * int8 dot products done by AVX-VNNI (vpdpbusd on ymm). */
+typedef enum {
+    ENG_KL_SCALAR = 0, ENG_KL_AVX2 = 1, ENG_KL_AVX2VNNI = 2, ENG_KL_AVX512 = 3
+} eng__kernel_level;
 
 /*
  * One weight type. A matrix row of n elements (n % blck == 0) takes

@@ -29,7 +29,7 @@
 
 /* SIMD table initialisers (quant_avx2.c, quant_avx512.c): they overwrite the
  * entries they implement in a table that starts as a copy of the scalar one. */
-void eng__quant_avx2_init(eng__kernels *k);
+void eng__quant_avx2_init(eng__kernels *k, bool vnni);
 void eng__quant_avx512_init(eng__kernels *k);
 
 /* ------------------------------------------------------------------------ */
@@ -818,8 +818,8 @@ void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t ws, int64_t
 /* Kernel tables                                                            */
 /* ------------------------------------------------------------------------ */
 
-static eng__kernels tab_scalar, tab_avx2, tab_avx512;
-static bool have_avx2, have_avx512;
+static eng__kernels tab_scalar, tab_avx2, tab_avx2vnni, tab_avx512;
+static bool have_avx2, have_avx2vnni, have_avx512;
 static const eng__kernels *tab_best;
 static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
 
@@ -855,7 +855,13 @@ static void tables_init(void)
     if (have_avx2) {
         tab_avx2 = tab_scalar;
         tab_avx2.name = "avx2";
-        eng__quant_avx2_init(&tab_avx2);
+        eng__quant_avx2_init(&tab_avx2, false);
+    }
+    have_avx2vnni = have_avx2 && c->avxvnni;
+    if (have_avx2vnni) {
+        tab_avx2vnni = tab_scalar;
+        tab_avx2vnni.name = "avx2vnni";
+        eng__quant_avx2_init(&tab_avx2vnni, true);
     }
     if (have_avx512) {
         tab_avx512 = tab_avx2;
@@ -863,11 +869,15 @@ static void tables_init(void)
         eng__quant_avx512_init(&tab_avx512);
     }
 
-    tab_best = have_avx512 ? &tab_avx512 : have_avx2 ? &tab_avx2 : &tab_scalar;
+    tab_best = have_avx512      ? &tab_avx512
+               : have_avx2vnni ? &tab_avx2vnni
+               : have_avx2     ? &tab_avx2
+                               : &tab_scalar;
     const char *env = getenv("ORTHOSERVE_KERNELS");
     if (env) {
         if (!strcmp(env, "scalar")) tab_best = &tab_scalar;
         else if (!strcmp(env, "avx2") && have_avx2) tab_best = &tab_avx2;
+        else if (!strcmp(env, "avx2vnni") && have_avx2vnni) tab_best = &tab_avx2vnni;
         else if (!strcmp(env, "avx512") && have_avx512) tab_best = &tab_avx512;
         else eng__log(ENG_LOG_WARN, "ORTHOSERVE_KERNELS=%s not available; using %s", env,
                       tab_best->name);
@@ -880,6 +890,7 @@ const eng__kernels *eng__kernels_get(eng__kernel_level lvl)
     switch (lvl) {
     case ENG_KL_SCALAR: return &tab_scalar;
     case ENG_KL_AVX2: return have_avx2 ? &tab_avx2 : NULL;
+    case ENG_KL_AVX2VNNI: return have_avx2vnni ? &tab_avx2vnni : NULL;
     case ENG_KL_AVX512: return have_avx512 ? &tab_avx512 : NULL;
     }
     return NULL;

@@ -16,7 +16,8 @@
 #include <immintrin.h>
 #include <string.h>
 
-void eng__quant_avx2_init(eng__kernels *k);
+void eng__quant_avx2_init(eng__kernels *k, bool vnni);
+void eng__quant_avx2vnni_install(eng__kernels *k);
 
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -160,36 +161,6 @@ TILE_KERNELS(bf16, BF16)
 /* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
 /* ------------------------------------------------------------------------ */
 
-AI void q8_0_tile(TILE_ARGS)
-{
-    __m256 acc[MRMAX][NXMAX];
-    ZERO_ACC(acc);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < n / 32; b++) {
-        __m256i wq[MRMAX], aw[MRMAX], xq[NXMAX];
-        __m256 dw[MRMAX], dx[NXMAX];
-        UNROLL for (int r = 0; r < MR; r++) {
-            const uint8_t *p = w + r * ws + 34 * b;
-            wq[r] = lu(p + 2);
-            aw[r] = _mm256_abs_epi8(wq[r]);
-            dw[r] = _mm256_set1_ps(ldh(p));
-        }
-        UNROLL for (int j = 0; j < NX; j++) {
-            const uint8_t *p = x + j * xs + 34 * b;
-            xq[j] = lu(p + 2);
-            dx[j] = _mm256_set1_ps(ldh(p));
-        }
-        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
-            __m256i p16 = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xq[j], wq[r]));
-            __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-            acc[r][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[r], dx[j]), acc[r][j]);
-        }
-    }
-    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
-        hsum8(acc[r][j]);
-}
-TILE_KERNELS(q8_0, Q8_0)
-
 AI void q4_0_tile(TILE_ARGS)
 {
     __m256 acc[MRMAX][NXMAX];
@@ -257,17 +228,6 @@ AI void kunp_scales_q45(kunp *u, const uint8_t *a)
     u->dmin = ldh(a + 2);
 }
 
-AI void unpack_q4_k(kunp *u, const uint8_t *a)
-{
-    const __m256i m4 = _mm256_set1_epi8(0xf);
-    for (int g = 0; g < 4; g++) {
-        __m256i v = lu(a + 16 + 32 * g);
-        _mm256_store_si256((__m256i *)(u->q + 64 * g), _mm256_and_si256(v, m4));
-        _mm256_store_si256((__m256i *)(u->q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-    }
-    kunp_scales_q45(u, a);
-}
-
 AI void unpack_q5_k(kunp *u, const uint8_t *a)
 {
     const __m256i m4 = _mm256_set1_epi8(0xf), one = _mm256_set1_epi8(1);
@@ -282,32 +242,6 @@ AI void unpack_q5_k(kunp *u, const uint8_t *a)
         _mm256_store_si256((__m256i *)(u->q + 64 * g + 32), hi);
     }
     kunp_scales_q45(u, a);
-}
-
-AI void unpack_q6_k(kunp *u, const uint8_t *a)
-{
-    const __m256i m4 = _mm256_set1_epi8(0xf), m3 = _mm256_set1_epi8(3);
-    for (int h = 0; h < 2; h++) {
-        __m256i l0 = lu(a + 64 * h), l1 = lu(a + 64 * h + 32), qh = lu(a + 128 + 32 * h);
-        __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-        __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-        __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-        __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-        _mm256_store_si256((__m256i *)(u->q + 128 * h), q0);
-        _mm256_store_si256((__m256i *)(u->q + 128 * h + 32), q1);
-        _mm256_store_si256((__m256i *)(u->q + 128 * h + 64), q2);
-        _mm256_store_si256((__m256i *)(u->q + 128 * h + 96), q3);
-    }
-    const int8_t *sc = (const int8_t *)(a + 192);
-    for (int s = 0; s < 8; s++)
-        u->sc[s] = _mm256_setr_m128i(_mm_set1_epi16(sc[2 * s]), _mm_set1_epi16(sc[2 * s + 1]));
-    u->mins = _mm256_cvtepi8_epi16(lu128(a + 192));
-    u->d = ldh(a + 208);
-    u->dmin = 0.0f;
 }
 
 /* Integer part of one superblock for one (row, x) pair: sum over chunks of
@@ -361,9 +295,14 @@ AI __m256i kdot(const kunp *u, const uint8_t *xb)
     }                                                                                        \
     TILE_KERNELS(NAME, T)
 
-KQ_TILE(q4_k, Q4_K, 144, unpack_q4_k, 0)
 KQ_TILE(q5_k, Q5_K, 176, unpack_q5_k, 0)
-KQ_TILE(q6_k, Q6_K, 210, unpack_q6_k, 1)
+
+/* ------------------------------------------------------------------------ */
+/* Q8_0, Q4_K, Q6_K: the packed-layout kernels (without VNNI)               */
+/* ------------------------------------------------------------------------ */
+
+#define PK_VNNI 0
+#include "quant_avx2_pk.h"
 
 /* ------------------------------------------------------------------------ */
 /* Activation quantizers (bit-identical to the scalar from_float)           */
@@ -508,16 +447,17 @@ static void bf16_act(const float *src, void *dst, int64_t n)
     for (; i < n; i++) o[i] = eng__fp32_to_bf16(src[i]);
 }
 
-void eng__quant_avx2_init(eng__kernels *k)
+/* The avx2 table; vnni: the packed-layout kernels from quant_avx2vnni.c
+ * (the CPU has AVX-VNNI), else from the body below. */
+void eng__quant_avx2_init(eng__kernels *k, bool vnni)
 {
     f32_install(k);
     f16_install(k);
     bf16_install(k);
-    q8_0_install(k);
     q4_0_install(k);
-    q4_k_install(k);
     q5_k_install(k);
-    q6_k_install(k);
+    if (vnni) eng__quant_avx2vnni_install(k);
+    else pk_install(k);
     for (int t = 0; t < ENG_TYPE_COUNT; t++) {
         const eng__type_info *ti = eng__type(t);
         if (!ti || !k->vec_dot[t]) continue;

@@ -24,7 +24,7 @@ static const int k_types[] = {ENG_TYPE_F32,  ENG_TYPE_F16,  ENG_TYPE_BF16, ENG_T
                               ENG_TYPE_Q8_1, ENG_TYPE_Q4_K, ENG_TYPE_Q5_K, ENG_TYPE_Q6_K};
 #define N_TYPES ((int)(sizeof k_types / sizeof k_types[0]))
 
-static const eng__kernel_level k_levels[] = {ENG_KL_SCALAR, ENG_KL_AVX2, ENG_KL_AVX512};
+static const eng__kernel_level k_levels[] = {ENG_KL_SCALAR, ENG_KL_AVX2, ENG_KL_AVX2VNNI, ENG_KL_AVX512};
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                  */
@@ -212,7 +212,7 @@ Test(quant, cpu_and_tables)
     const eng__kernels *s = eng__kernels_get(ENG_KL_SCALAR);
     cr_assert_not_null(s);
     cr_expect_str_eq(s->name, "scalar");
-    for (size_t l = 0; l < 3; l++) {
+    for (size_t l = 0; l < sizeof k_levels / sizeof k_levels[0]; l++) {
         const eng__kernels *k = eng__kernels_get(k_levels[l]);
         if (!k) continue;
         for (int i = 0; i < N_TYPES; i++) {
@@ -228,6 +228,7 @@ Test(quant, cpu_and_tables)
     const char *env = getenv("ORTHOSERVE_KERNELS");
     if (!env) {
         const eng__kernels *want = eng__kernels_get(ENG_KL_AVX512);
+        if (!want) want = eng__kernels_get(ENG_KL_AVX2VNNI);
         if (!want) want = eng__kernels_get(ENG_KL_AVX2);
         if (!want) want = s;
         cr_expect_eq(b, want);
@@ -608,6 +609,7 @@ static void check_level(eng__kernel_level lvl)
 }
 
 Test(quant, avx2_vs_scalar) { check_level(ENG_KL_AVX2); }
+Test(quant, avx2vnni_vs_scalar) { check_level(ENG_KL_AVX2VNNI); }
 Test(quant, avx512_vs_scalar) { check_level(ENG_KL_AVX512); }
 Test(quant, scalar_gemm_vs_vec_dot) { check_level(ENG_KL_SCALAR); }
 
@@ -642,6 +644,7 @@ static void check_quantize_act(eng__kernel_level lvl)
 }
 
 Test(quant, quantize_act_avx2) { check_quantize_act(ENG_KL_AVX2); }
+Test(quant, quantize_act_avx2vnni) { check_quantize_act(ENG_KL_AVX2VNNI); }
 Test(quant, quantize_act_avx512) { check_quantize_act(ENG_KL_AVX512); }
 Test(quant, quantize_act_scalar) { check_quantize_act(ENG_KL_SCALAR); }
 
@@ -796,8 +799,13 @@ Test(quant, packable_types)
     for (int t = 0; t < ENG_TYPE_COUNT; t++) {
         bool want = t == ENG_TYPE_F16 || t == ENG_TYPE_Q8_0 || t == ENG_TYPE_Q4_K || t == ENG_TYPE_Q6_K;
         cr_assert_eq(eng__packable(t, 4096), want, "type %d", t);
-        const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
-        if (k) cr_assert_eq(k->gemm_packed[t] != NULL, want, "avx512 gemm_packed of type %d", t);
+        for (size_t l = 1; l < sizeof k_levels / sizeof k_levels[0]; l++) {
+            const eng__kernels *k = eng__kernels_get(k_levels[l]);
+            if (!k) continue;
+            /* a level may keep a packable type in the file layout; avx512 packs all */
+            if (k->gemm_packed[t]) cr_assert(want, "%s gemm_packed of unpackable type %d", k->name, t);
+            if (k_levels[l] == ENG_KL_AVX512) cr_assert_eq(k->gemm_packed[t] != NULL, want, "avx512 type %d", t);
+        }
         cr_assert_null(eng__kernels_get(ENG_KL_SCALAR)->gemm_packed[t]);
     }
     /* F16 rows are packed 16 elements at a time */
@@ -856,14 +864,15 @@ Test(quant, pack_layout_and_roundtrip)
 /* gemm_packed (and its scalar reference) on packed rows == gemm / vec_dot on
  * the same rows unpacked, bit for bit: decode (nx < 4) and the prefill tiles
  * (pairs of groups and a lone last group, 1..6 x rows and remainders). */
-Test(quant, packed_gemm_matches_unpacked)
+static void check_packed(eng__kernel_level lvl)
 {
-    const eng__kernels *k = eng__kernels_get(ENG_KL_AVX512);
-    if (!k) cr_skip_test("CPU lacks AVX-512");
+    const eng__kernels *k = eng__kernels_get(lvl);
+    if (!k) cr_skip_test("CPU lacks this kernel level");
     const eng__kernels *sc = eng__kernels_get(ENG_KL_SCALAR);
     uint64_t s = 4242;
     for (size_t i = 0; i < sizeof k_packable / sizeof k_packable[0]; i++) {
         const int t = k_packable[i], vt = eng__type(t)->vec_type;
+        if (!k->gemm_packed[t]) continue; /* the level keeps the file layout */
         for (int c = 0; c < n_count(t); c++) {
             const int64_t n = test_n(t, c);
             if (!eng__packable(t, n)) continue; /* F16: n % 16 */
@@ -885,8 +894,8 @@ Test(quant, packed_gemm_matches_unpacked)
                 for (int j = 0; j < nx; j++)
                     for (size_t r = 0; r < ys; r++) {
                         size_t q = (size_t)j * ys + r;
-                        cr_assert_eq(fbits(yp[q]), fbits(y[q]), "%s n=%ld nr=%d nx=%d (r=%zu j=%d): packed %.9g != gemm %.9g",
-                                     eng_type_name(t), (long)n, nr, nx, r, j, yp[q], y[q]);
+                        cr_assert_eq(fbits(yp[q]), fbits(y[q]), "%s %s n=%ld nr=%d nx=%d (r=%zu j=%d): packed %.9g != gemm %.9g",
+                                     k->name, eng_type_name(t), (long)n, nr, nx, r, j, yp[q], y[q]);
                         if (r < (size_t)nr)
                             cr_assert_eq(fbits(yr[q]), fbits(sc->vec_dot[t](n, w + r * ws, x + (size_t)j * xs)),
                                          "%s: scalar packed reference != scalar vec_dot", eng_type_name(t));
@@ -903,6 +912,10 @@ Test(quant, packed_gemm_matches_unpacked)
         }
     }
 }
+
+Test(quant, packed_gemm_matches_unpacked_avx2) { check_packed(ENG_KL_AVX2); }
+Test(quant, packed_gemm_matches_unpacked_avx2vnni) { check_packed(ENG_KL_AVX2VNNI); }
+Test(quant, packed_gemm_matches_unpacked_avx512) { check_packed(ENG_KL_AVX512); }
 
 /* ------------------------------------------------------------------------ */
 /* The gemm driver (gemm.c) with micro-kernels made of the scalar vec_dot    */
