@@ -27,8 +27,9 @@
  * 128, 2 * 2 * 63 * 128 < 32768) before one vpmaddwd by the scales.
  *
  * File-layout rows (a partial last group, vec_dot, models loaded without
- * repacking) are packed on the fly into a small buffer, a chunk of blocks at
- * a time, with the portable eng__pack16, and run through the same routine.
+ * repacking) are packed on the fly (8 x 8 dword transposes, the same bytes as
+ * eng__pack16): decode a chunk of blocks at a time into a buffer in L1,
+ * prefill the whole strip once per call; then the same routine runs.
  */
 #ifndef PK_VNNI
 #error "define PK_VNNI (0 or 1) before including quant_avx2_pk.h"
@@ -41,8 +42,6 @@
 /* 16-row groups per prefill strip: the strip stays in L2 while activation
  * rows pass in chunks of PK_NX that stay in L1. */
 #define PK_GROUPS 4
-/* Bytes of file-layout rows packed per step (one temporary on the stack). */
-#define PK_CHUNK 8192
 
 PKAI __m256i pk_bc(const uint8_t *p)
 {
@@ -84,16 +83,67 @@ PKAI void pk_store(const int NX, int nv, __m256 acc[2][PK_NX], float *y, size_t 
     }
 }
 
+/* 8 x 8 transpose of dwords: out[t] lane i = dword t of r[i]. */
+PKAI void pk_tr8(const __m256i r[8], __m256i out[8])
+{
+    __m256i t[8], u[8];
+    PKU for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    PKU for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);     /* dwords 0 | 4 */
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]); /* 1 | 5 */
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]); /* 2 | 6 */
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]); /* 3 | 7 */
+    }
+    PKU for (int i = 0; i < 4; i++) {
+        out[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
+        out[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* The nd dwords (8 or 4) at offset fo of 16 rows (row k's block at rp[k])
+ * into the packed [dword t][row] run at dst + us * t, each byte ^ flip. */
+PKAI void pk_run(const uint8_t *const *rp, size_t fo, const int nd, uint8_t *dst, size_t us, __m256i flip)
+{
+    PKU for (int h = 0; h < 2; h++) {
+        __m256i r[8], o[8];
+        PKU for (int i = 0; i < 8; i++)
+            r[i] = nd == 8 ? pk_l(rp[8 * h + i] + fo) : _mm256_zextsi128_si256(pk_l128(rp[8 * h + i] + fo));
+        pk_tr8(r, o);
+        PKU for (int t = 0; t < nd; t++) _mm256_storeu_si256((__m256i *)(dst + us * t + 32 * h), _mm256_xor_si256(o[t], flip));
+    }
+}
+
 /* Blocks b0 .. b0 + nbc of 16 file-layout rows (nv valid; the others repeat
- * row 0 and are never stored), block size bs, packed into dst. */
+ * row 0 and are never stored) of type T (block size bs) into the packed
+ * layout at dst: the SIMD twin of eng__pack16, the same bytes. */
 static void pk_gather(int type, size_t bs, int nv, const uint8_t *w, size_t ws, int64_t b0,
                       int64_t nbc, uint8_t *dst)
 {
-    _Alignas(64) uint8_t tmp[PK_CHUNK];
-    const size_t cb = (size_t)nbc * bs;
-    ENG_ASSERT(16 * cb <= sizeof tmp);
-    for (int k = 0; k < 16; k++) memcpy(tmp + (size_t)k * cb, w + (size_t)(k < nv ? k : 0) * ws + (size_t)b0 * bs, cb);
-    eng__pack16(type, tmp, cb, dst);
+    const __m256i z = _mm256_setzero_si256();
+    const size_t gbs = 16 * bs;
+    for (int64_t b = b0; b < b0 + nbc; b++, dst += gbs) {
+        const uint8_t *rp[16];
+        for (int k = 0; k < 16; k++) rp[k] = w + (size_t)(k < nv ? k : 0) * ws + (size_t)b * bs;
+        if (type == ENG_TYPE_Q8_0) {
+            pk_run(rp, 2, 8, dst, 64, _mm256_set1_epi8((char)0x80));
+            for (int k = 0; k < 16; k++) memcpy(dst + 512 + 2 * k, rp[k], 2);
+        } else if (type == ENG_TYPE_Q4_K) {
+            pk_run(rp, 0, 4, dst, 64, z);
+            for (int grp = 0; grp < 4; grp++) pk_run(rp, 16 + 32 * (size_t)grp, 8, dst + 256 + 512 * grp, 64, z);
+        } else {
+            pk_run(rp, 192, 4, dst, 64, z);
+            for (int h = 0; h < 2; h++) {
+                uint8_t *d = dst + 256 + 1536 * h;
+                pk_run(rp, 64 * (size_t)h, 8, d, 192, z);
+                pk_run(rp, 64 * (size_t)h + 32, 8, d + 64, 192, z);
+                pk_run(rp, 128 + 32 * (size_t)h, 8, d + 128, 192, z);
+            }
+            for (int k = 0; k < 16; k++) memcpy(dst + 3328 + 2 * k, rp[k] + 208, 2);
+        }
+    }
 }
 
 /* Side data of one activation row and block: dx, and the x-side integer
@@ -242,7 +292,7 @@ PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
             __m256i sh = _mm256_or_si256(_mm256_and_si256(w2, m4), _mm256_and_si256(_mm256_srli_epi16(w0, 2), m30));
             __m256i is[PK_NX];
             PKU for (int j = 0; j < NX; j++) is[j] = _mm256_setzero_si256();
-            for (int s = 0; s < 8; s++) {
+            PKU for (int s = 0; s < 8; s++) {
                 const uint8_t *qp = g + 256 + 512 * (s / 2) + 32 * h;
                 __m256i a[PK_NX];
                 PKU for (int j = 0; j < NX; j++) a[j] = _mm256_setzero_si256();
@@ -299,7 +349,7 @@ PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
         PKU for (int rh = 0; rh < 2; rh++) {
             __m256i is[PK_NX];
             PKU for (int j = 0; j < NX; j++) is[j] = _mm256_setzero_si256();
-            for (int sb = 0; sb < 16; sb++) {
+            _Pragma("GCC unroll 16") for (int sb = 0; sb < 16; sb++) {
                 const int h = sb / 8, qd = (sb / 2) & 3, e = sb & 1;
                 __m256i sc = pk_scale(pk_l(g + 64 * (sb / 4) + 32 * rh), sb & 3, 1);
 #if PK_VNNI
@@ -430,8 +480,8 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
         .gemv16_packed = NAME##_gemv16_packed, .strip_packed = true};                                  \
     ENG_GEMM_ENTRIES(NAME, NAME##_uk)
 
-PK_KERNELS(pk_q8_0, Q8_0, 34, 544, 34, pk_xq8, 14)
-PK_KERNELS(pk_q4_k, Q4_K, 144, 2304, 292, pk_xk, 3)
+PK_KERNELS(pk_q8_0, Q8_0, 34, 544, 34, pk_xq8, 8)
+PK_KERNELS(pk_q4_k, Q4_K, 144, 2304, 292, pk_xk, 2)
 PK_KERNELS(pk_q6_k, Q6_K, 210, 3360, 292, pk_xk, 2)
 
 static void pk_install(eng__kernels *k)
