@@ -1,15 +1,23 @@
 /*
  * quant_avx2.c - AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c).
  *
- * Micro-kernels only (the driver that cuts a product into them is gemm.c):
- * every type is a register-tile routine TILE(MR, NX) over MR weight rows and
- * NX activation rows; MR and NX are compile-time constants in each
- * instantiation. The arithmetic done for one (row, x) pair never depends
- * on MR / NX (each pair has its own accumulator, updated in the same order),
- * so gemm results are bit-identical to vec_dot, which is TILE(1, 1).
+ * Micro-kernels only (the driver that cuts a product into them is gemm.c).
  *
- * K-quant weights are unpacked per superblock into a small scratch (bytes of
- * 0..63 plus int16 scale vectors) shared by all activation rows of the tile.
+ * F32, BF16, Q4_0, Q5_K, and F16 in the file layout: a register-tile routine
+ * TILE(MR, NX) over MR weight rows and NX activation rows; MR and NX are
+ * compile-time constants in each instantiation. The arithmetic done for one
+ * (row, x) pair never depends on MR / NX (each pair has its own accumulator,
+ * updated in the same order), so gemm results are bit-identical to vec_dot,
+ * which is TILE(1, 1). Q5_K weights are unpacked per superblock into a small
+ * scratch (bytes of 0..63 plus int16 scale vectors) shared by all activation
+ * rows of the tile.
+ *
+ * Packed F16 (16-row groups, internal.h): decode reads the groups in place
+ * with f16_tile's per-pair recipe; prefill unpacks them back to the tiles.
+ *
+ * Q8_0, Q4_K, Q6_K: the packed-layout kernels of quant_avx2_pk.h (decode
+ * and prefill strips with row lanes), included below without VNNI; the
+ * avx2vnni table takes the same body built with AVX-VNNI (quant_avx2vnni.c).
  */
 #include "gemm.h"
 
@@ -46,7 +54,7 @@ AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
  * instantiated for every constant MR <= MRMAX, NX <= NXMAX, and the table
  * entries over it. */
 #define TILE_CALL(NAME, A, B) NAME##_tile(A, B, n, w, ws, x, xs, y, ys)
-#define TILE_KERNELS(NAME, T)                                                                \
+#define TILE_DISPATCH(NAME)                                                                  \
     static void NAME##_tiles(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,         \
                              const uint8_t *x, size_t xs, float *y, size_t ys)               \
     {                                                                                        \
@@ -60,7 +68,10 @@ AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
         case 33: TILE_CALL(NAME, 4, 1); break;                                               \
         default: TILE_CALL(NAME, 4, 2); break;                                               \
         }                                                                                    \
-    }                                                                                        \
+    }
+/* A type done by register tiles alone: its eng__ukernel and table entries. */
+#define TILE_KERNELS(NAME, T)                                                                \
+    TILE_DISPATCH(NAME)                                                                      \
     static const eng__ukernel NAME##_uk = {                                                  \
         .type = ENG_TYPE_##T, .tile = NAME##_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX};     \
     ENG_GEMM_ENTRIES(NAME, NAME##_uk)
@@ -119,7 +130,90 @@ AI void f16_tile(TILE_ARGS)
         y[j * ys + r] = s;
     }
 }
-TILE_KERNELS(f16, F16)
+TILE_DISPATCH(f16)
+
+/* Packed F16 (internal.h: per 16 elements, [element l][row k] halfs).
+ * Decode keeps f16_tile's per-pair recipe exactly: lane l of a row's
+ * accumulator takes elements 8c + l in order (here a[l], lanes = rows; the
+ * 16-element unit brings elements l and l + 8), then hsum8's fixed tree done
+ * on 8 vectors at once. 16 accumulators do not fit the 16 registers with
+ * their operands, so each row half (8 rows, 16 bytes of every 32-byte unit)
+ * runs over a chunk of the group (in L1 for the second half) in turn. */
+#define F16_CHUNK 32 /* 16-element units per chunk: 16 KB of the group */
+AI void f16_dec_packed(int64_t n, const uint8_t *g, const float *x, float *y)
+{
+    __m256 A[2][8];
+    UNROLL for (int h = 0; h < 2; h++) UNROLL for (int l = 0; l < 8; l++) A[h][l] = _mm256_setzero_ps();
+    const int64_t nu = n / 16;
+    for (int64_t c0 = 0; c0 < nu; c0 += F16_CHUNK) {
+        const int64_t ce = c0 + F16_CHUNK < nu ? c0 + F16_CHUNK : nu;
+        UNROLL for (int h = 0; h < 2; h++) {
+            __m256 a[8];
+            UNROLL for (int l = 0; l < 8; l++) a[l] = A[h][l];
+            for (int64_t c = c0; c < ce; c++) {
+                const uint8_t *u = g + 512 * c + 16 * h;
+                const float *xc = x + 16 * c;
+                UNROLL for (int l = 0; l < 8; l++)
+                    a[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(lu128(u + 32 * l)), _mm256_set1_ps(xc[l]), a[l]);
+                UNROLL for (int l = 0; l < 8; l++)
+                    a[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(lu128(u + 32 * (l + 8))), _mm256_set1_ps(xc[l + 8]), a[l]);
+            }
+            UNROLL for (int l = 0; l < 8; l++) A[h][l] = a[l];
+        }
+    }
+    UNROLL for (int h = 0; h < 2; h++) {
+        __m256 *a = A[h];
+        UNROLL for (int l = 0; l < 4; l++) a[l] = _mm256_add_ps(a[l], a[l + 4]);
+        _mm256_storeu_ps(y + 8 * h, _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3])));
+    }
+}
+
+/* One packed F16 group back to 16 rows (row k at dst + k * ds): per 16
+ * elements a 16 x 16 transpose of 16-bit values (unpack 16/32/64, lanes). */
+static void f16_unpack_group(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst)
+{
+    for (int64_t c = 0; c < n / 16; c++, g += 512) {
+        __m256i R[16], A[16], B[4][4], C[2][4][2];
+        UNROLL for (int l = 0; l < 16; l++) R[l] = lu(g + 32 * l);
+        UNROLL for (int i = 0; i < 8; i++) {
+            A[2 * i] = _mm256_unpacklo_epi16(R[2 * i], R[2 * i + 1]);
+            A[2 * i + 1] = _mm256_unpackhi_epi16(R[2 * i], R[2 * i + 1]);
+        }
+        UNROLL for (int j = 0; j < 4; j++) UNROLL for (int h = 0; h < 2; h++) {
+            B[j][2 * h] = _mm256_unpacklo_epi32(A[4 * j + h], A[4 * j + 2 + h]);
+            B[j][2 * h + 1] = _mm256_unpackhi_epi32(A[4 * j + h], A[4 * j + 2 + h]);
+        }
+        UNROLL for (int jj = 0; jj < 2; jj++) UNROLL for (int m = 0; m < 4; m++) {
+            C[jj][m][0] = _mm256_unpacklo_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
+            C[jj][m][1] = _mm256_unpackhi_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
+        }
+        /* C[jj][m][e]: lane 0 row 2m + e, lane 1 row 8 + 2m + e; elements 8jj.. */
+        UNROLL for (int m = 0; m < 4; m++) UNROLL for (int e = 0; e < 2; e++) {
+            const int k = 2 * m + e;
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)k * ds + 32 * (size_t)c),
+                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x20));
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)(k + 8) * ds + 32 * (size_t)c),
+                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x31));
+        }
+    }
+}
+
+static void f16_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                              const void *xa, float *y)
+{
+    (void)nv, (void)ws, (void)xa;
+    ENG_ASSERT(n % 16 == 0);
+    f16_dec_packed(n, w, (const float *)x, y);
+}
+
+/* File layout: the tiles. Packed (n % 16 == 0): decode straight from the
+ * groups; prefill unpacks 4 groups at a time (in L2) and runs the tiles. */
+static const eng__ukernel f16_uk = {
+    .type = ENG_TYPE_F16, .tile = f16_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX,
+    .prefill_nx = 4, .strip_groups = 4,
+    .gemv16_packed = f16_gemv16_packed, .unpack16 = f16_unpack_group,
+};
+ENG_GEMM_ENTRIES(f16, f16_uk)
 
 AI __m256 bf16x8(const uint8_t *p)
 {
