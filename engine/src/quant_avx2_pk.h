@@ -67,17 +67,29 @@ PKAI int32_t pk_hsum_i32(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
-/* y[j * ys + 0 .. nv) = the two halves of acc[.][j]. */
-PKAI void pk_store(const int NX, int nv, __m256 acc[2][PK_NX], float *y, size_t ys)
+/* The float accumulators of a tile live in memory (L1), ACC(h, j) = rows
+ * 8h..8h+7 against activation row j: they are touched once per block or
+ * superblock, and keeping them out of the 16 registers leaves those to the
+ * integer sums (the compiler spilled the hot ones otherwise). */
+typedef struct {
+    _Alignas(32) float v[2][PK_NX][8];
+} pk_acc;
+#define ACC(h, j) (ac->v[h][j])
+
+PKAI void pk_fma(float *p, __m256 m, __m256 s) { _mm256_store_ps(p, _mm256_fmadd_ps(m, s, _mm256_load_ps(p))); }
+PKAI void pk_fnma(float *p, __m256 m, __m256 s) { _mm256_store_ps(p, _mm256_fnmadd_ps(m, s, _mm256_load_ps(p))); }
+
+/* y[j * ys + 0 .. nv) = the two halves of ACC(., j). */
+PKAI void pk_store(const int NX, int nv, const pk_acc *ac, float *y, size_t ys)
 {
     PKU for (int j = 0; j < NX; j++) {
         if (nv == 16) {
-            _mm256_storeu_ps(y + j * ys, acc[0][j]);
-            _mm256_storeu_ps(y + j * ys + 8, acc[1][j]);
+            memcpy(y + j * ys, ACC(0, j), 32);
+            memcpy(y + j * ys + 8, ACC(1, j), 32);
         } else {
             float t[16];
-            _mm256_storeu_ps(t, acc[0][j]);
-            _mm256_storeu_ps(t + 8, acc[1][j]);
+            memcpy(t, ACC(0, j), 32);
+            memcpy(t + 8, ACC(1, j), 32);
             memcpy(y + j * ys, t, sizeof(float) * (size_t)nv);
         }
     }
@@ -182,7 +194,7 @@ static void pk_q8_0_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
 /* nb blocks of one packed group g times NX activation rows (x at block 0,
  * row stride xs; xa at block 0, xas entries per row); acc carried. */
 PKAI void pk_q8_0_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
-                      const pk_xq8 *xa, int64_t xas, __m256 acc[2][PK_NX])
+                      const pk_xq8 *xa, int64_t xas, pk_acc *ac)
 {
 #if !PK_VNNI
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
@@ -207,8 +219,7 @@ PKAI void pk_q8_0_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
             }
             __m256 dw = _mm256_cvtph_ps(pk_l128(g + 512 + 16 * h));
             PKU for (int j = 0; j < NX; j++)
-                acc[h][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[j]),
-                                            _mm256_mul_ps(dw, _mm256_set1_ps(xa[j * xas + b].dx)), acc[h][j]);
+                pk_fma(ACC(h, j), _mm256_cvtepi32_ps(ia[j]), _mm256_mul_ps(dw, _mm256_set1_ps(xa[j * xas + b].dx)));
         }
     }
 }
@@ -279,7 +290,7 @@ PKAI __m256i pk_scale(__m256i v, int t, const int sgn)
 #endif
 
 PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
-                      const pk_xk *xa, int64_t xas, __m256 acc[2][PK_NX])
+                      const pk_xk *xa, int64_t xas, pk_acc *ac)
 {
     const __m256i m4 = _mm256_set1_epi8(0xf), m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30),
                   lo16 = _mm256_set1_epi32(0x00ff00ff);
@@ -323,8 +334,8 @@ PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                 ms = _mm256_add_epi32(ms, _mm256_add_epi32(_mm256_madd_epi16(mhe, _mm256_set1_epi32(e->m[2])),
                                                            _mm256_madd_epi16(mho, _mm256_set1_epi32(e->m[3]))));
                 __m256 dx = _mm256_set1_ps(e->dx);
-                acc[h][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j]), _mm256_mul_ps(d, dx), acc[h][j]);
-                acc[h][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, dx), acc[h][j]);
+                pk_fma(ACC(h, j), _mm256_cvtepi32_ps(is[j]), _mm256_mul_ps(d, dx));
+                pk_fnma(ACC(h, j), _mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, dx));
             }
         }
     }
@@ -342,7 +353,7 @@ PKAI __m256i pk_q6(const uint8_t *base, int qd)
 }
 
 PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
-                      const pk_xk *xa, int64_t xas, __m256 acc[2][PK_NX])
+                      const pk_xk *xa, int64_t xas, pk_acc *ac)
 {
     for (int64_t b = 0; b < nb; b++, g += 3360) {
         const uint8_t *xq = x + 292 * b + 4;
@@ -388,8 +399,7 @@ PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                     C = _mm256_add_epi32(C, _mm256_madd_epi16(od[c], _mm256_set1_epi32(ex->m[2 * c + 1])));
                 }
                 __m256i isum = _mm256_sub_epi32(is[j], _mm256_slli_epi32(C, 5));
-                acc[rh][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(ex->dx)),
-                                             acc[rh][j]);
+                pk_fma(ACC(rh, j), _mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(ex->dx)));
             }
         }
     }
@@ -414,10 +424,10 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
     PKAI void NAME##_tile(const int NX, int nv, int64_t nb, const uint8_t *g, const uint8_t *x,       \
                           size_t xs, const void *xa, float *y, size_t ys)                              \
     {                                                                                                  \
-        __m256 acc[2][PK_NX];                                                                          \
-        PKU for (int j = 0; j < NX; j++) acc[0][j] = acc[1][j] = _mm256_setzero_ps();                   \
-        NAME##_run(NX, nb, g, x, xs, xa, nb, acc);                                                     \
-        pk_store(NX, nv, acc, y, ys);                                                                  \
+        pk_acc acc;                                                                                    \
+        memset(&acc, 0, sizeof acc);                                                                   \
+        NAME##_run(NX, nb, g, x, xs, xa, nb, &acc);                                                    \
+        pk_store(NX, nv, &acc, y, ys);                                                                 \
     }                                                                                                  \
     static void NAME##_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws,                  \
                                      const uint8_t *x, const void *xa, float *y)                      \
@@ -430,14 +440,14 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
     {                                                                                                  \
         const int64_t nb = n / (BS == 34 ? 32 : 256);                                                  \
         _Alignas(64) uint8_t gb[PER * GBS];                                                            \
-        __m256 acc[2][PK_NX];                                                                          \
-        acc[0][0] = acc[1][0] = _mm256_setzero_ps();                                                   \
+        pk_acc acc;                                                                                    \
+        memset(&acc, 0, sizeof acc);                                                                   \
         for (int64_t b0 = 0; b0 < nb; b0 += PER) {                                                     \
             int64_t m = nb - b0 < PER ? nb - b0 : PER;                                                 \
             pk_gather(ENG_TYPE_##T, BS, nv, w, ws, b0, m, gb);                                         \
-            NAME##_run(1, m, gb, x + XBS * (size_t)b0, 0, (const XT *)xa + b0, 0, acc);                \
+            NAME##_run(1, m, gb, x + XBS * (size_t)b0, 0, (const XT *)xa + b0, 0, &acc);               \
         }                                                                                              \
-        pk_store(1, nv, acc, y, 0);                                                                    \
+        pk_store(1, nv, &acc, y, 0);                                                                   \
     }                                                                                                  \
     static size_t NAME##_strip_bytes(int64_t n, bool packed)                                           \
     {                                                                                                  \
