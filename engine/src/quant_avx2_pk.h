@@ -39,6 +39,12 @@
 #define PKU _Pragma("GCC unroll 8")
 /* Most activation rows per strip tile (register budget of 16 ymm). */
 #define PK_NX 4
+/* Activation rows per strip tile of each type, from llvm-mca -mcpu=znver3
+ * (Zen 3; multiply-adds per cycle of the tile loop; more rows spill):
+ * Q8_0 4 (18.8, VNNI 54), Q4_K 2 (24.5; VNNI 3: 31), Q6_K 3 (19.4, VNNI 22.6). */
+#define PK_Q8_NX 4
+#define PK_Q4K_NX (PK_VNNI ? 3 : 2)
+#define PK_Q6K_NX 3
 /* 16-row groups per prefill strip: the strip stays in L2 while activation
  * rows pass in chunks of PK_NX that stay in L1. */
 #define PK_GROUPS 4
@@ -48,6 +54,17 @@ PKAI __m256i pk_bc(const uint8_t *p)
     int32_t v;
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
+}
+
+/* The same, as its own load each time (K-quants): left to itself
+ * the compiler keeps the broadcasts of one x dword for both row halves and
+ * spills them (32 stores + loads a block, the tiles' bottleneck per
+ * llvm-mca -mcpu=znver3); a broadcast load is as cheap as a reload. */
+PKAI __m256i pk_bcv(const uint8_t *p)
+{
+    __m256i r;
+    __asm__ volatile("vpbroadcastd %1, %0" : "=x"(r) : "m"(*(const int32_t *)p));
+    return r;
 }
 PKAI __m256i pk_l(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 PKAI __m128i pk_l128(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
@@ -201,25 +218,33 @@ PKAI void pk_q8_0_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
 #endif
     for (int64_t b = 0; b < nb; b++, g += 544) {
         const uint8_t *xq = x + 34 * b + 2;
-        PKU for (int h = 0; h < 2; h++) {
-            __m256i ia[PK_NX];
-            PKU for (int j = 0; j < NX; j++) ia[j] = _mm256_set1_epi32(xa[j * xas + b].corr);
-            PKU for (int t = 0; t < 8; t++) {
-                __m256i u = pk_l(g + 64 * t + 32 * h);
+        __m256i ia[2][PK_NX];
+        PKU for (int j = 0; j < NX; j++) ia[0][j] = ia[1][j] = _mm256_set1_epi32(xa[j * xas + b].corr);
+        /* both row halves per x dword: one broadcast feeds 16 rows */
+        PKU for (int t = 0; t < 8; t++) {
+            __m256i u0 = pk_l(g + 64 * t), u1 = pk_l(g + 64 * t + 32);
 #if PK_VNNI
-                PKU for (int j = 0; j < NX; j++)
-                    ia[j] = _mm256_dpbusd_avx_epi32(ia[j], u, pk_bc(xq + j * xs + 4 * t));
-#else
-                __m256i q = _mm256_xor_si256(u, flip), a = _mm256_abs_epi8(q);
-                PKU for (int j = 0; j < NX; j++) {
-                    __m256i p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(pk_bc(xq + j * xs + 4 * t), q));
-                    ia[j] = _mm256_add_epi32(ia[j], _mm256_madd_epi16(p, ones));
-                }
-#endif
+            PKU for (int j = 0; j < NX; j++) {
+                __m256i xv = pk_bc(xq + j * xs + 4 * t);
+                ia[0][j] = _mm256_dpbusd_avx_epi32(ia[0][j], u0, xv);
+                ia[1][j] = _mm256_dpbusd_avx_epi32(ia[1][j], u1, xv);
             }
+#else
+            __m256i q0 = _mm256_xor_si256(u0, flip), a0 = _mm256_abs_epi8(q0);
+            __m256i q1 = _mm256_xor_si256(u1, flip), a1 = _mm256_abs_epi8(q1);
+            PKU for (int j = 0; j < NX; j++) {
+                __m256i xv = pk_bc(xq + j * xs + 4 * t);
+                __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xv, q0));
+                __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xv, q1));
+                ia[0][j] = _mm256_add_epi32(ia[0][j], _mm256_madd_epi16(p0, ones));
+                ia[1][j] = _mm256_add_epi32(ia[1][j], _mm256_madd_epi16(p1, ones));
+            }
+#endif
+        }
+        PKU for (int h = 0; h < 2; h++) {
             __m256 dw = _mm256_cvtph_ps(pk_l128(g + 512 + 16 * h));
             PKU for (int j = 0; j < NX; j++)
-                pk_fma(ACC(h, j), _mm256_cvtepi32_ps(ia[j]), _mm256_mul_ps(dw, _mm256_set1_ps(xa[j * xas + b].dx)));
+                pk_fma(ACC(h, j), _mm256_cvtepi32_ps(ia[h][j]), _mm256_mul_ps(dw, _mm256_set1_ps(xa[j * xas + b].dx)));
         }
     }
 }
@@ -310,7 +335,7 @@ PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                 PKU for (int t = 0; t < 8; t++) {
                     __m256i v = pk_l(qp + 64 * t);
                     __m256i q = _mm256_and_si256(s & 1 ? _mm256_srli_epi16(v, 4) : v, m4);
-                    PKU for (int j = 0; j < NX; j++) PK_DOT(a[j], q, pk_bc(xq + j * xs + 32 * s + 4 * t));
+                    PKU for (int j = 0; j < NX; j++) PK_DOT(a[j], q, pk_bcv(xq + j * xs + 32 * s + 4 * t));
                 }
                 __m256i sc = pk_scale(s < 4 ? sl : sh, s & 3, 0);
                 PKU for (int j = 0; j < NX; j++) PK_SCALE(is[j], a[j], sc);
@@ -368,7 +393,7 @@ PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                 PKU for (int j = 0; j < NX; j++) a[j] = _mm256_setzero_si256();
                 PKU for (int t = 4 * e; t < 4 * e + 4; t++) {
                     __m256i q = pk_q6(g + 256 + 1536 * h + 192 * t + 32 * rh, qd);
-                    PKU for (int j = 0; j < NX; j++) PK_DOT(a[j], q, pk_bc(xq + j * xs + 128 * h + 32 * qd + 4 * t));
+                    PKU for (int j = 0; j < NX; j++) PK_DOT(a[j], q, pk_bcv(xq + j * xs + 128 * h + 32 * qd + 4 * t));
                 }
                 PKU for (int j = 0; j < NX; j++) PK_SCALE(is[j], a[j], sc);
 #else
@@ -377,7 +402,7 @@ PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                     PKU for (int j = 0; j < NX; j++) a[j] = _mm256_setzero_si256();
                     PKU for (int t = t0; t < t0 + 2; t++) {
                         __m256i q = pk_q6(g + 256 + 1536 * h + 192 * t + 32 * rh, qd);
-                        PKU for (int j = 0; j < NX; j++) PK_DOT(a[j], q, pk_bc(xq + j * xs + 128 * h + 32 * qd + 4 * t));
+                        PKU for (int j = 0; j < NX; j++) PK_DOT(a[j], q, pk_bcv(xq + j * xs + 128 * h + 32 * qd + 4 * t));
                     }
                     PKU for (int j = 0; j < NX; j++) PK_SCALE(is[j], a[j], sc);
                 }
@@ -419,8 +444,9 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
 /* ------------------------------------------------------------------------ */
 
 /* NAME's micro-kernels over NAME##_run: block size BS (file), GBS (packed
- * group), activation block XBS, side data XT, PER blocks per packing chunk. */
-#define PK_KERNELS(NAME, T, BS, GBS, XBS, XT, PER)                                                     \
+ * group), activation block XBS, side data XT, PER blocks per packing chunk,
+ * NXM (<= PK_NX) activation rows per strip tile. */
+#define PK_KERNELS(NAME, T, BS, GBS, XBS, XT, PER, NXM)                                                     \
     PKAI void NAME##_tile(const int NX, int nv, int64_t nb, const uint8_t *g, const uint8_t *x,       \
                           size_t xs, const void *xa, float *y, size_t ys)                              \
     {                                                                                                  \
@@ -474,7 +500,7 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
         for (int v = 0; v < groups; v++) {                                                             \
             const int nv = v == groups - 1 ? nv_last : 16;                                             \
             float *yv = y + 16 * v;                                                                    \
-            switch (nx) {                                                                              \
+            switch (nx < NXM ? nx : NXM) {                                                             \
             case 1: NAME##_tile(1, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
             case 2: NAME##_tile(2, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
             case 3: NAME##_tile(3, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
@@ -486,13 +512,13 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
         .type = ENG_TYPE_##T, .xaux_block_bytes = sizeof(XT), .xaux = NAME##_xaux,                    \
         .gemv16 = NAME##_gemv16, .prefill_nx = 2, .strip_bytes = NAME##_strip_bytes,                   \
         .strip_pack = NAME##_strip_pack, .strip_tile = NAME##_strip_tile,                              \
-        .strip_groups = PK_GROUPS, .strip_nx = PK_NX,                                                  \
+        .strip_groups = PK_GROUPS, .strip_nx = NXM,                                                  \
         .gemv16_packed = NAME##_gemv16_packed, .strip_packed = true};                                  \
     ENG_GEMM_ENTRIES(NAME, NAME##_uk)
 
-PK_KERNELS(pk_q8_0, Q8_0, 34, 544, 34, pk_xq8, 8)
-PK_KERNELS(pk_q4_k, Q4_K, 144, 2304, 292, pk_xk, 2)
-PK_KERNELS(pk_q6_k, Q6_K, 210, 3360, 292, pk_xk, 2)
+PK_KERNELS(pk_q8_0, Q8_0, 34, 544, 34, pk_xq8, 8, PK_Q8_NX)
+PK_KERNELS(pk_q4_k, Q4_K, 144, 2304, 292, pk_xk, 2, PK_Q4K_NX)
+PK_KERNELS(pk_q6_k, Q6_K, 210, 3360, 292, pk_xk, 2, PK_Q6K_NX)
 
 static void pk_install(eng__kernels *k)
 {
