@@ -288,10 +288,10 @@ AI void q4_0_tile(TILE_ARGS)
 TILE_KERNELS(q4_0, Q4_0)
 
 /* ------------------------------------------------------------------------ */
-/* K-quants x Q8_K                                                          */
+/* Q5_K x Q8_K                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* One unpacked K-quant superblock. */
+/* One unpacked Q5_K superblock. */
 typedef struct {
     uint8_t q[256] __attribute__((aligned(32))); /* quants, 0..63 */
     __m256i sc[8];  /* per 32-element chunk: int16 multipliers for madd */
@@ -351,45 +351,32 @@ AI __m256i kdot(const kunp *u, const uint8_t *xb)
     return isum;
 }
 
-#define KQ_TILE(NAME, T, BSZ, UNPACK, IS_Q6)                                                 \
-    AI void NAME##_tile(TILE_ARGS)                                                           \
-    {                                                                                        \
-        __m256 acc[MRMAX][NXMAX];                                                            \
-        ZERO_ACC(acc);                                                                       \
-        kunp u[MRMAX];                                                                       \
-        for (int64_t b = 0; b < n / 256; b++) {                                              \
-            UNROLL for (int r = 0; r < MR; r++) UNPACK(&u[r], w + r * ws + BSZ * b);         \
-            UNROLL for (int j = 0; j < NX; j++) {                                            \
-                const uint8_t *xb = x + j * xs + 292 * b;                                    \
-                float dxs;                                                                   \
-                memcpy(&dxs, xb, 4);                                                         \
-                __m256 dx = _mm256_set1_ps(dxs);                                             \
-                __m256i bs = lu(xb + 260);                                                   \
-                UNROLL for (int r = 0; r < MR; r++) {                                        \
-                    __m256i isum = kdot(&u[r], xb);                                          \
-                    __m256i ms = _mm256_madd_epi16(bs, u[r].mins);                           \
-                    if (IS_Q6) {                                                             \
-                        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(ms, 5));             \
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),                \
-                                                    _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx), \
-                                                    acc[r][j]);                              \
-                    } else {                                                                 \
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),                \
-                                                    _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx), \
-                                                    acc[r][j]);                              \
-                        acc[r][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms),                 \
-                                                     _mm256_mul_ps(_mm256_set1_ps(u[r].dmin), dx), \
-                                                     acc[r][j]);                             \
-                    }                                                                        \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++)              \
-            y[j * ys + r] = hsum8(acc[r][j]);                                                \
-    }                                                                                        \
-    TILE_KERNELS(NAME, T)
-
-KQ_TILE(q5_k, Q5_K, 176, unpack_q5_k, 0)
+AI void q5_k_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    kunp u[MRMAX];
+    for (int64_t b = 0; b < n / 256; b++) {
+        UNROLL for (int r = 0; r < MR; r++) unpack_q5_k(&u[r], w + r * ws + 176 * b);
+        UNROLL for (int j = 0; j < NX; j++) {
+            const uint8_t *xb = x + j * xs + 292 * b;
+            float dxs;
+            memcpy(&dxs, xb, 4);
+            __m256 dx = _mm256_set1_ps(dxs);
+            __m256i bs = lu(xb + 260);
+            UNROLL for (int r = 0; r < MR; r++) {
+                __m256i isum = kdot(&u[r], xb);
+                __m256i ms = _mm256_madd_epi16(bs, u[r].mins);
+                acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx),
+                                            acc[r][j]);
+                acc[r][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(_mm256_set1_ps(u[r].dmin), dx),
+                                             acc[r][j]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] = hsum8(acc[r][j]);
+}
+TILE_KERNELS(q5_k, Q5_K)
 
 /* ------------------------------------------------------------------------ */
 /* Q8_0, Q4_K, Q6_K: the packed-layout kernels (without VNNI)               */
