@@ -1,15 +1,23 @@
 /*
  * quant_avx2.c - AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c).
  *
- * Micro-kernels only (the driver that cuts a product into them is gemm.c):
- * every type is a register-tile routine TILE(MR, NX) over MR weight rows and
- * NX activation rows; MR and NX are compile-time constants in each
- * instantiation. The arithmetic done for one (row, x) pair never depends
- * on MR / NX (each pair has its own accumulator, updated in the same order),
- * so gemm results are bit-identical to vec_dot, which is TILE(1, 1).
+ * Micro-kernels only (the driver that cuts a product into them is gemm.c).
  *
- * K-quant weights are unpacked per superblock into a small scratch (bytes of
- * 0..63 plus int16 scale vectors) shared by all activation rows of the tile.
+ * F32, BF16, Q4_0, Q5_K, and F16 in the file layout: a register-tile routine
+ * TILE(MR, NX) over MR weight rows and NX activation rows; MR and NX are
+ * compile-time constants in each instantiation. The arithmetic done for one
+ * (row, x) pair never depends on MR / NX (each pair has its own accumulator,
+ * updated in the same order), so gemm results are bit-identical to vec_dot,
+ * which is TILE(1, 1). Q5_K weights are unpacked per superblock into a small
+ * scratch (bytes of 0..63 plus int16 scale vectors) shared by all activation
+ * rows of the tile.
+ *
+ * Packed F16 (16-row groups, internal.h): decode reads the groups in place
+ * with f16_tile's per-pair recipe; prefill unpacks them back to the tiles.
+ *
+ * Q8_0, Q4_K, Q6_K: the packed-layout kernels of quant_avx2_pk.h (decode
+ * and prefill strips with row lanes), included below without VNNI; the
+ * avx2vnni table takes the same body built with AVX-VNNI (quant_avx2vnni.c).
  */
 #include "gemm.h"
 
@@ -17,6 +25,7 @@
 #include <string.h>
 
 void eng__quant_avx2_init(eng__kernels *k, bool vnni);
+void eng__quant_avx2vnni_install(eng__kernels *k);
 
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -45,7 +54,7 @@ AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
  * instantiated for every constant MR <= MRMAX, NX <= NXMAX, and the table
  * entries over it. */
 #define TILE_CALL(NAME, A, B) NAME##_tile(A, B, n, w, ws, x, xs, y, ys)
-#define TILE_KERNELS(NAME, T)                                                                \
+#define TILE_DISPATCH(NAME)                                                                  \
     static void NAME##_tiles(int mr, int nj, int64_t n, const uint8_t *w, size_t ws,         \
                              const uint8_t *x, size_t xs, float *y, size_t ys)               \
     {                                                                                        \
@@ -59,7 +68,10 @@ AI __m128i lu128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
         case 33: TILE_CALL(NAME, 4, 1); break;                                               \
         default: TILE_CALL(NAME, 4, 2); break;                                               \
         }                                                                                    \
-    }                                                                                        \
+    }
+/* A type done by register tiles alone: its eng__ukernel and table entries. */
+#define TILE_KERNELS(NAME, T)                                                                \
+    TILE_DISPATCH(NAME)                                                                      \
     static const eng__ukernel NAME##_uk = {                                                  \
         .type = ENG_TYPE_##T, .tile = NAME##_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX};     \
     ENG_GEMM_ENTRIES(NAME, NAME##_uk)
@@ -118,7 +130,90 @@ AI void f16_tile(TILE_ARGS)
         y[j * ys + r] = s;
     }
 }
-TILE_KERNELS(f16, F16)
+TILE_DISPATCH(f16)
+
+/* Packed F16 (internal.h: per 16 elements, [element l][row k] halfs).
+ * Decode keeps f16_tile's per-pair recipe exactly: lane l of a row's
+ * accumulator takes elements 8c + l in order (here a[l], lanes = rows; the
+ * 16-element unit brings elements l and l + 8), then hsum8's fixed tree done
+ * on 8 vectors at once. 16 accumulators do not fit the 16 registers with
+ * their operands, so each row half (8 rows, 16 bytes of every 32-byte unit)
+ * runs over a chunk of the group (in L1 for the second half) in turn. */
+#define F16_CHUNK 32 /* 16-element units per chunk: 16 KB of the group */
+AI void f16_dec_packed(int64_t n, const uint8_t *g, const float *x, float *y)
+{
+    __m256 A[2][8];
+    UNROLL for (int h = 0; h < 2; h++) UNROLL for (int l = 0; l < 8; l++) A[h][l] = _mm256_setzero_ps();
+    const int64_t nu = n / 16;
+    for (int64_t c0 = 0; c0 < nu; c0 += F16_CHUNK) {
+        const int64_t ce = c0 + F16_CHUNK < nu ? c0 + F16_CHUNK : nu;
+        UNROLL for (int h = 0; h < 2; h++) {
+            __m256 a[8];
+            UNROLL for (int l = 0; l < 8; l++) a[l] = A[h][l];
+            for (int64_t c = c0; c < ce; c++) {
+                const uint8_t *u = g + 512 * c + 16 * h;
+                const float *xc = x + 16 * c;
+                UNROLL for (int l = 0; l < 8; l++)
+                    a[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(lu128(u + 32 * l)), _mm256_set1_ps(xc[l]), a[l]);
+                UNROLL for (int l = 0; l < 8; l++)
+                    a[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(lu128(u + 32 * (l + 8))), _mm256_set1_ps(xc[l + 8]), a[l]);
+            }
+            UNROLL for (int l = 0; l < 8; l++) A[h][l] = a[l];
+        }
+    }
+    UNROLL for (int h = 0; h < 2; h++) {
+        __m256 *a = A[h];
+        UNROLL for (int l = 0; l < 4; l++) a[l] = _mm256_add_ps(a[l], a[l + 4]);
+        _mm256_storeu_ps(y + 8 * h, _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3])));
+    }
+}
+
+/* One packed F16 group back to 16 rows (row k at dst + k * ds): per 16
+ * elements a 16 x 16 transpose of 16-bit values (unpack 16/32/64, lanes). */
+static void f16_unpack_group(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst)
+{
+    for (int64_t c = 0; c < n / 16; c++, g += 512) {
+        __m256i R[16], A[16], B[4][4], C[2][4][2];
+        UNROLL for (int l = 0; l < 16; l++) R[l] = lu(g + 32 * l);
+        UNROLL for (int i = 0; i < 8; i++) {
+            A[2 * i] = _mm256_unpacklo_epi16(R[2 * i], R[2 * i + 1]);
+            A[2 * i + 1] = _mm256_unpackhi_epi16(R[2 * i], R[2 * i + 1]);
+        }
+        UNROLL for (int j = 0; j < 4; j++) UNROLL for (int h = 0; h < 2; h++) {
+            B[j][2 * h] = _mm256_unpacklo_epi32(A[4 * j + h], A[4 * j + 2 + h]);
+            B[j][2 * h + 1] = _mm256_unpackhi_epi32(A[4 * j + h], A[4 * j + 2 + h]);
+        }
+        UNROLL for (int jj = 0; jj < 2; jj++) UNROLL for (int m = 0; m < 4; m++) {
+            C[jj][m][0] = _mm256_unpacklo_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
+            C[jj][m][1] = _mm256_unpackhi_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
+        }
+        /* C[jj][m][e]: lane 0 row 2m + e, lane 1 row 8 + 2m + e; elements 8jj.. */
+        UNROLL for (int m = 0; m < 4; m++) UNROLL for (int e = 0; e < 2; e++) {
+            const int k = 2 * m + e;
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)k * ds + 32 * (size_t)c),
+                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x20));
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)(k + 8) * ds + 32 * (size_t)c),
+                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x31));
+        }
+    }
+}
+
+static void f16_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
+                              const void *xa, float *y)
+{
+    (void)nv, (void)ws, (void)xa;
+    ENG_ASSERT(n % 16 == 0);
+    f16_dec_packed(n, w, (const float *)x, y);
+}
+
+/* File layout: the tiles. Packed (n % 16 == 0): decode straight from the
+ * groups; prefill unpacks 4 groups at a time (in L2) and runs the tiles. */
+static const eng__ukernel f16_uk = {
+    .type = ENG_TYPE_F16, .tile = f16_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX,
+    .prefill_nx = 4, .strip_groups = 4,
+    .gemv16_packed = f16_gemv16_packed, .unpack16 = f16_unpack_group,
+};
+ENG_GEMM_ENTRIES(f16, f16_uk)
 
 AI __m256 bf16x8(const uint8_t *p)
 {
@@ -160,36 +255,6 @@ TILE_KERNELS(bf16, BF16)
 /* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
 /* ------------------------------------------------------------------------ */
 
-AI void q8_0_tile(TILE_ARGS)
-{
-    __m256 acc[MRMAX][NXMAX];
-    ZERO_ACC(acc);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < n / 32; b++) {
-        __m256i wq[MRMAX], aw[MRMAX], xq[NXMAX];
-        __m256 dw[MRMAX], dx[NXMAX];
-        UNROLL for (int r = 0; r < MR; r++) {
-            const uint8_t *p = w + r * ws + 34 * b;
-            wq[r] = lu(p + 2);
-            aw[r] = _mm256_abs_epi8(wq[r]);
-            dw[r] = _mm256_set1_ps(ldh(p));
-        }
-        UNROLL for (int j = 0; j < NX; j++) {
-            const uint8_t *p = x + j * xs + 34 * b;
-            xq[j] = lu(p + 2);
-            dx[j] = _mm256_set1_ps(ldh(p));
-        }
-        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
-            __m256i p16 = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xq[j], wq[r]));
-            __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-            acc[r][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[r], dx[j]), acc[r][j]);
-        }
-    }
-    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
-        hsum8(acc[r][j]);
-}
-TILE_KERNELS(q8_0, Q8_0)
-
 AI void q4_0_tile(TILE_ARGS)
 {
     __m256 acc[MRMAX][NXMAX];
@@ -223,10 +288,10 @@ AI void q4_0_tile(TILE_ARGS)
 TILE_KERNELS(q4_0, Q4_0)
 
 /* ------------------------------------------------------------------------ */
-/* K-quants x Q8_K                                                          */
+/* Q5_K x Q8_K                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* One unpacked K-quant superblock. */
+/* One unpacked Q5_K superblock. */
 typedef struct {
     uint8_t q[256] __attribute__((aligned(32))); /* quants, 0..63 */
     __m256i sc[8];  /* per 32-element chunk: int16 multipliers for madd */
@@ -257,17 +322,6 @@ AI void kunp_scales_q45(kunp *u, const uint8_t *a)
     u->dmin = ldh(a + 2);
 }
 
-AI void unpack_q4_k(kunp *u, const uint8_t *a)
-{
-    const __m256i m4 = _mm256_set1_epi8(0xf);
-    for (int g = 0; g < 4; g++) {
-        __m256i v = lu(a + 16 + 32 * g);
-        _mm256_store_si256((__m256i *)(u->q + 64 * g), _mm256_and_si256(v, m4));
-        _mm256_store_si256((__m256i *)(u->q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-    }
-    kunp_scales_q45(u, a);
-}
-
 AI void unpack_q5_k(kunp *u, const uint8_t *a)
 {
     const __m256i m4 = _mm256_set1_epi8(0xf), one = _mm256_set1_epi8(1);
@@ -284,32 +338,6 @@ AI void unpack_q5_k(kunp *u, const uint8_t *a)
     kunp_scales_q45(u, a);
 }
 
-AI void unpack_q6_k(kunp *u, const uint8_t *a)
-{
-    const __m256i m4 = _mm256_set1_epi8(0xf), m3 = _mm256_set1_epi8(3);
-    for (int h = 0; h < 2; h++) {
-        __m256i l0 = lu(a + 64 * h), l1 = lu(a + 64 * h + 32), qh = lu(a + 128 + 32 * h);
-        __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-        __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-        __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-        __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
-        _mm256_store_si256((__m256i *)(u->q + 128 * h), q0);
-        _mm256_store_si256((__m256i *)(u->q + 128 * h + 32), q1);
-        _mm256_store_si256((__m256i *)(u->q + 128 * h + 64), q2);
-        _mm256_store_si256((__m256i *)(u->q + 128 * h + 96), q3);
-    }
-    const int8_t *sc = (const int8_t *)(a + 192);
-    for (int s = 0; s < 8; s++)
-        u->sc[s] = _mm256_setr_m128i(_mm_set1_epi16(sc[2 * s]), _mm_set1_epi16(sc[2 * s + 1]));
-    u->mins = _mm256_cvtepi8_epi16(lu128(a + 192));
-    u->d = ldh(a + 208);
-    u->dmin = 0.0f;
-}
-
 /* Integer part of one superblock for one (row, x) pair: sum over chunks of
  * madd(maddubs(q, x), scale). */
 AI __m256i kdot(const kunp *u, const uint8_t *xb)
@@ -323,47 +351,39 @@ AI __m256i kdot(const kunp *u, const uint8_t *xb)
     return isum;
 }
 
-#define KQ_TILE(NAME, T, BSZ, UNPACK, IS_Q6)                                                 \
-    AI void NAME##_tile(TILE_ARGS)                                                           \
-    {                                                                                        \
-        __m256 acc[MRMAX][NXMAX];                                                            \
-        ZERO_ACC(acc);                                                                       \
-        kunp u[MRMAX];                                                                       \
-        for (int64_t b = 0; b < n / 256; b++) {                                              \
-            UNROLL for (int r = 0; r < MR; r++) UNPACK(&u[r], w + r * ws + BSZ * b);         \
-            UNROLL for (int j = 0; j < NX; j++) {                                            \
-                const uint8_t *xb = x + j * xs + 292 * b;                                    \
-                float dxs;                                                                   \
-                memcpy(&dxs, xb, 4);                                                         \
-                __m256 dx = _mm256_set1_ps(dxs);                                             \
-                __m256i bs = lu(xb + 260);                                                   \
-                UNROLL for (int r = 0; r < MR; r++) {                                        \
-                    __m256i isum = kdot(&u[r], xb);                                          \
-                    __m256i ms = _mm256_madd_epi16(bs, u[r].mins);                           \
-                    if (IS_Q6) {                                                             \
-                        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(ms, 5));             \
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),                \
-                                                    _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx), \
-                                                    acc[r][j]);                              \
-                    } else {                                                                 \
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),                \
-                                                    _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx), \
-                                                    acc[r][j]);                              \
-                        acc[r][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms),                 \
-                                                     _mm256_mul_ps(_mm256_set1_ps(u[r].dmin), dx), \
-                                                     acc[r][j]);                             \
-                    }                                                                        \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++)              \
-            y[j * ys + r] = hsum8(acc[r][j]);                                                \
-    }                                                                                        \
-    TILE_KERNELS(NAME, T)
+AI void q5_k_tile(TILE_ARGS)
+{
+    __m256 acc[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    kunp u[MRMAX];
+    for (int64_t b = 0; b < n / 256; b++) {
+        UNROLL for (int r = 0; r < MR; r++) unpack_q5_k(&u[r], w + r * ws + 176 * b);
+        UNROLL for (int j = 0; j < NX; j++) {
+            const uint8_t *xb = x + j * xs + 292 * b;
+            float dxs;
+            memcpy(&dxs, xb, 4);
+            __m256 dx = _mm256_set1_ps(dxs);
+            __m256i bs = lu(xb + 260);
+            UNROLL for (int r = 0; r < MR; r++) {
+                __m256i isum = kdot(&u[r], xb);
+                __m256i ms = _mm256_madd_epi16(bs, u[r].mins);
+                acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_set1_ps(u[r].d), dx),
+                                            acc[r][j]);
+                acc[r][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(_mm256_set1_ps(u[r].dmin), dx),
+                                             acc[r][j]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] = hsum8(acc[r][j]);
+}
+TILE_KERNELS(q5_k, Q5_K)
 
-KQ_TILE(q4_k, Q4_K, 144, unpack_q4_k, 0)
-KQ_TILE(q5_k, Q5_K, 176, unpack_q5_k, 0)
-KQ_TILE(q6_k, Q6_K, 210, unpack_q6_k, 1)
+/* ------------------------------------------------------------------------ */
+/* Q8_0, Q4_K, Q6_K: the packed-layout kernels (without VNNI)               */
+/* ------------------------------------------------------------------------ */
+
+#define PK_VNNI 0
+#include "quant_avx2_pk.h"
 
 /* ------------------------------------------------------------------------ */
 /* Activation quantizers (bit-identical to the scalar from_float)           */
@@ -508,16 +528,17 @@ static void bf16_act(const float *src, void *dst, int64_t n)
     for (; i < n; i++) o[i] = eng__fp32_to_bf16(src[i]);
 }
 
+/* The avx2 table; vnni: the packed-layout kernels from quant_avx2vnni.c
+ * (the CPU has AVX-VNNI), else from the body below. */
 void eng__quant_avx2_init(eng__kernels *k, bool vnni)
 {
     f32_install(k);
     f16_install(k);
     bf16_install(k);
-    q8_0_install(k);
     q4_0_install(k);
-    q4_k_install(k);
     q5_k_install(k);
-    q6_k_install(k);
+    if (vnni) eng__quant_avx2vnni_install(k);
+    else pk_install(k);
     for (int t = 0; t < ENG_TYPE_COUNT; t++) {
         const eng__type_info *ti = eng__type(t);
         if (!ti || !k->vec_dot[t]) continue;

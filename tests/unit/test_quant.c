@@ -1017,8 +1017,8 @@ static void check_packed(eng__kernel_level lvl)
                 for (int j = 0; j < nx; j++)
                     for (size_t r = 0; r < ys; r++) {
                         size_t q = (size_t)j * ys + r;
-                        cr_assert_eq(fbits(yp[q]), fbits(y[q]), "%s n=%ld nr=%d nx=%d (r=%zu j=%d): packed %.9g != gemm %.9g",
-                                     eng_type_name(t), (long)n, nr, nx, r, j, yp[q], y[q]);
+                        cr_assert_eq(fbits(yp[q]), fbits(y[q]), "%s %s n=%ld nr=%d nx=%d (r=%zu j=%d): packed %.9g != gemm %.9g",
+                                     k->name, eng_type_name(t), (long)n, nr, nx, r, j, yp[q], y[q]);
                         if (r < (size_t)nr)
                             cr_assert_eq(fbits(yr[q]), fbits(sc->vec_dot[t](n, w + r * ws, x + (size_t)j * xs)),
                                          "%s: scalar packed reference != scalar vec_dot", eng_type_name(t));
