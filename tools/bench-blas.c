@@ -18,10 +18,11 @@
  * Attention: nq = P prompt rows from position 0 (causal), TinyLlama heads
  * (32 query heads of 64, 4 kv heads), one (kv head) unit per thread as
  * forward.c does; GFLOP/s of the useful (causal) work. ours-avx2 is the
- * scalar kernel (the AVX2 level has no attention kernel of its own); blas
- * gathers the unit's keys and values out of the block cache, then per head
- * and tile of 128 queries: S = Q K^T (sgemm), masked softmax (AVX2 exp),
- * O = P V (sgemm). Its max difference from the scalar kernel is printed.
+ * scalar kernel (the AVX2 level has no attention kernel of its own);
+ * blas-sgemm is the engine's opt-in eng__attn_blas (attn_blas.c: keys and
+ * values gathered out of the block cache, then per head and tile of 128
+ * queries S = Q K^T, masked softmax, O = S V). Its largest difference from
+ * the first level's kernel is printed.
  *
  * Threads: the engine's compute pool; each thread calls OpenBLAS on its share
  * with OpenBLAS set to one thread (as the engine sets it), so OpenBLAS never
@@ -40,7 +41,6 @@
 #include <unistd.h>
 
 #define MAX_MODES 4
-#define ATT_QT 128 /* query rows per sgemm tile in the blas attention */
 
 static int g_reps = 5, g_strip = 128;
 
@@ -320,90 +320,10 @@ typedef struct {
     float **scratch;          /* per thread */
 } ajob;
 
-/* e^x for x <= 0, 8 at a time (Cephes' expf reduction and polynomial). */
-__attribute__((target("avx2,fma"))) static __m256 exp8(__m256 x)
-{
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-/* Row s[0..nk) (keys 0..last visible): s = exp(s - max), rest 0; returns the sum. */
-__attribute__((target("avx2,fma"))) static float softmax_row(float *s, int32_t nk, int32_t last)
-{
-    float mx = -INFINITY;
-    for (int32_t j = 0; j <= last; j++) mx = s[j] > mx ? s[j] : mx;
-    __m256 vm = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
-    int32_t j = 0;
-    for (; j + 8 <= last + 1; j += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-        _mm256_storeu_ps(s + j, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float t[8], sum = 0.0f;
-    _mm256_storeu_ps(t, acc);
-    for (int i = 0; i < 8; i++) sum += t[i];
-    for (; j <= last; j++) {
-        float tmp[8] = {s[j] - mx};
-        _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
-        s[j] = tmp[0];
-        sum += s[j];
-    }
-    for (; j < nk; j++) s[j] = 0.0f;
-    return sum;
-}
-
-/* One kv head by two sgemm per query head and tile of ATT_QT queries. */
-static void attn_blas(const ajob *a, int kh, float *scr)
-{
-    const int32_t P = a->P, B = ENG_KV_BLOCK, nb = (P + B - 1) / B;
-    const size_t kvd = (size_t)A_NKV * A_HD, bstride = (size_t)B * kvd, qs = (size_t)A_NHEAD * A_HD;
-    float *kg = scr, *vg = kg + (size_t)nb * B * A_HD, *S = vg + (size_t)nb * B * A_HD;
-    for (int32_t b = 0; b < nb; b++) { /* gather: K [pos][hd], V [pos][hd] */
-        const float *K = a->kc + a->blk[b] * bstride + (size_t)kh * B * A_HD;
-        const float *V = a->vc + a->blk[b] * bstride + (size_t)kh * B * A_HD;
-        for (int j = 0; j < B; j++)
-            for (int d = 0; d < A_HD; d++) kg[((size_t)b * B + j) * A_HD + d] = K[d * B + j];
-        memcpy(vg + (size_t)b * B * A_HD, V, sizeof(float) * B * A_HD);
-    }
-    const float scale = 1.0f / sqrtf((float)A_HD);
-    for (int r = 0; r < A_REP; r++) {
-        const size_t h = (size_t)kh * A_REP + r;
-        for (int32_t i0 = 0; i0 < P; i0 += ATT_QT) {
-            const int32_t m = P - i0 < ATT_QT ? P - i0 : ATT_QT;
-            int32_t nk = a->last[i0 + m - 1] + 1;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, A_HD, scale, a->q + i0 * qs + h * A_HD,
-                        (int)qs, kg, A_HD, 0.0f, S, nk);
-            float inv[ATT_QT];
-            for (int32_t i = 0; i < m; i++) inv[i] = 1.0f / softmax_row(S + (size_t)i * nk, nk, a->last[i0 + i]);
-            float *o = a->out + i0 * qs + h * A_HD;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, A_HD, nk, 1.0f, S, nk, vg, A_HD, 0.0f, o,
-                        (int)qs);
-            for (int32_t i = 0; i < m; i++)
-                for (int d = 0; d < A_HD; d++) o[i * qs + d] *= inv[i];
-        }
-    }
-}
-
 static void ajob_run(int ith, int nth, void *arg)
 {
     const ajob *a = arg;
     for (int kh = ith; kh < A_NKV; kh += nth) {
-        if (!a->k) {
-            attn_blas(a, kh, a->scratch[ith]);
-            continue;
-        }
         const size_t kvd = (size_t)A_NKV * A_HD;
         eng__attn_args x = {.hd = A_HD, .n_rep = A_REP, .nq = a->P, .q = a->q + (size_t)kh * A_REP * A_HD,
                             .out = a->out + (size_t)kh * A_REP * A_HD, .q_stride = (size_t)A_NHEAD * A_HD,
@@ -411,7 +331,8 @@ static void ajob_run(int ith, int nth, void *arg)
                             .v = a->vc + (size_t)kh * ENG_KV_BLOCK * A_HD, .blk = a->blk,
                             .blk_stride = ENG_KV_BLOCK * kvd, .scale = 1.0f / sqrtf((float)A_HD),
                             .scratch = a->scratch[ith]};
-        a->k->attn(&x);
+        if (a->k) a->k->attn(&x);
+        else if (!eng__attn_blas(&x)) abort();
     }
 }
 
@@ -424,7 +345,7 @@ static void bench_attn_one(eng__pool *pool, const eng__kernels *const *lv, int n
     float *vc = eng__aligned_alloc(64, cn * 4), *out[MAX_MODES];
     int32_t *blk = malloc(sizeof(int32_t) * (size_t)nb), *last = malloc(sizeof(int32_t) * (size_t)P);
     float *scr[64];
-    const size_t sn = 2 * (size_t)nb * ENG_KV_BLOCK * A_HD + (size_t)ATT_QT * P + ENG_ATTN_SCRATCH(A_HD);
+    const size_t sn = ENG_ATTN_SCRATCH(A_HD);
     for (int i = 0; i < nth; i++) scr[i] = eng__aligned_alloc(64, sn * 4);
     for (size_t i = 0; i < qn; i++) q[i] = frand(seed);
     for (size_t i = 0; i < cn; i++) kc[i] = frand(seed), vc[i] = frand(seed);
