@@ -3,7 +3,7 @@
  * wide products of prefill (F32, F16, BF16 weights) and prefill attention
  * over a long prompt done as two sgemm per query head.
  *
- *   bench-blas [-t threads] [-r reps] [-l avx2|avx512] [-s strip_rows] [-W|-A] [-P 512,1024]
+ *   bench-blas [-t threads] [-r reps] [-l avx2|avx512] [-W|-A] [-P 512,1024,2048]
  *
  * Weight products, TinyLlama shapes (out x in: 2048x2048, 256x2048,
  * 5632x2048, 2048x5632) times 64 and 512 activation rows, GFLOP/s
@@ -13,8 +13,10 @@
  *                activations already converted to the kernel's type;
  *   blas-f32     cblas_sgemm on weights converted to F32 once (for F16/BF16
  *                twice the engine's weight memory: an upper bound);
- *   blas-strip   F16/BF16 rows converted per call into an F32 strip of
- *                strip_rows rows (default 128), then cblas_sgemm per strip.
+ *   blas-eng     the engine's opt-in path (eng__gemm_blas, gemm_blas.c): on
+ *                the rows as the engine holds them (packed F16 unpacked
+ *                first), F16/BF16 converted per call into F32 strips, then
+ *                cblas_sgemm per strip; BF16 activations widened per call.
  * Attention: nq = P prompt rows from position 0 (causal), TinyLlama heads
  * (32 query heads of 64, 4 kv heads), one (kv head) unit per thread as
  * forward.c does; GFLOP/s of the useful (causal) work. ours-avx2 is the
@@ -42,7 +44,7 @@
 
 #define MAX_MODES 4
 
-static int g_reps = 5, g_strip = 128;
+static int g_reps = 5;
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -100,7 +102,7 @@ static void print_machine(int nth)
 /* Weight products                                                          */
 /* ------------------------------------------------------------------------ */
 
-typedef enum { M_OURS, M_BLAS_F32, M_BLAS_STRIP } mode;
+typedef enum { M_OURS, M_BLAS_F32, M_BLAS_ENG } mode;
 
 typedef struct {
     mode md;
@@ -114,28 +116,7 @@ typedef struct {
     size_t xas;
     const float *xf;       /* activations as F32 */
     float *y;
-    float **strip;         /* per thread, g_strip * n floats */
 } wjob;
-
-__attribute__((target("avx2,f16c"))) static void to_f32_rows(int type, const uint8_t *src, size_t ws,
-                                                            int64_t rows, int64_t n, float *dst)
-{
-    for (int64_t r = 0; r < rows; r++) {
-        const uint16_t *s = (const uint16_t *)(src + (size_t)r * ws);
-        float *d = dst + (size_t)r * n;
-        int64_t i = 0;
-        if (type == ENG_TYPE_F16)
-            for (; i + 8 <= n; i += 8)
-                _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-        else
-            for (; i + 8 <= n; i += 8) {
-                __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
-                _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
-            }
-        for (; i < n; i++)
-            d[i] = type == ENG_TYPE_F16 ? eng__fp16_to_fp32(s[i]) : eng__bf16_to_fp32(s[i]);
-    }
-}
 
 static void wjob_run(int ith, int nth, void *arg)
 {
@@ -155,13 +136,10 @@ static void wjob_run(int ith, int nth, void *arg)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->nx, (int)(r1 - r0), (int)n, 1.0f, j->xf,
                     (int)n, j->wf + (size_t)r0 * n, (int)n, 0.0f, j->y + r0, (int)j->nr);
     } else {
-        float *buf = j->strip[ith];
-        for (int64_t r = r0; r < r1; r += g_strip) {
-            int64_t m = r1 - r < g_strip ? r1 - r : g_strip;
-            to_f32_rows(j->type, j->w + (size_t)r * j->ws, j->ws, m, n, buf);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->nx, (int)m, (int)n, 1.0f, j->xf,
-                        (int)n, buf, (int)n, 0.0f, j->y + r, (int)j->nr);
-        }
+        const uint8_t *w = j->wp ? j->wp : j->w;
+        if (!eng__gemm_blas(j->type, j->wp != NULL, n, w + (size_t)r0 * j->ws, j->ws, r1 - r0, j->xa, j->xas,
+                            j->nx, j->y + r0, (size_t)j->nr))
+            abort();
     }
 }
 
@@ -230,11 +208,11 @@ typedef struct {
     const char *name[MAX_MODES];
 } modes;
 
-static void modes_for(const wset *s, const eng__kernels *const *lv, int nlv, float **strip, modes *ms)
+static void modes_for(const wset *s, const eng__kernels *const *lv, int nlv, modes *ms)
 {
     ms->n = 0;
     wjob base = {.type = s->type, .n = s->n, .nr = s->nr, .nx = s->nx, .w = s->w, .ws = s->ws,
-                 .wf = s->wf, .xf = s->xf, .y = s->y, .strip = strip};
+                 .wf = s->wf, .xf = s->xf, .y = s->y};
     for (int i = 0; i < nlv; i++) {
         wjob j = base;
         j.md = M_OURS;
@@ -248,11 +226,9 @@ static void modes_for(const wset *s, const eng__kernels *const *lv, int nlv, flo
     ms->job[ms->n] = base;
     ms->job[ms->n].md = M_BLAS_F32;
     ms->name[ms->n++] = "blas-f32";
-    if (s->type != ENG_TYPE_F32) {
-        ms->job[ms->n] = base;
-        ms->job[ms->n].md = M_BLAS_STRIP;
-        ms->name[ms->n++] = "blas-strip";
-    }
+    ms->job[ms->n] = ms->job[nlv - 1]; /* the engine's rows and activations at the last level */
+    ms->job[ms->n].md = M_BLAS_ENG;
+    ms->name[ms->n++] = "blas-eng";
 }
 
 static const char *type_name(int t) { return eng__type(t)->name; }
@@ -262,12 +238,9 @@ static void bench_weights(eng__pool *pool, const eng__kernels *const *lv, int nl
     static const int types[] = {ENG_TYPE_F32, ENG_TYPE_F16, ENG_TYPE_BF16};
     static const int64_t shapes[][2] = {{2048, 2048}, {256, 2048}, {5632, 2048}, {2048, 5632}};
     static const int64_t nxs[] = {64, 512};
-    const int nth = eng__pool_size(pool);
-    float *strip[64];
-    for (int i = 0; i < nth; i++) strip[i] = eng__aligned_alloc(64, sizeof(float) * (size_t)g_strip * 5632);
     printf("\n%-5s %-10s %4s", "type", "out x in", "nx");
     for (int i = 0; i < nlv; i++) printf(" %11s", lv[i]->name);
-    printf(" %11s %11s %9s\n", "blas-f32", "blas-strip", "blas/ours");
+    printf(" %11s %11s %9s\n", "blas-f32", "blas-eng", "eng/ours");
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
@@ -278,7 +251,7 @@ static void bench_weights(eng__pool *pool, const eng__kernels *const *lv, int nl
                     exit(1);
                 }
                 modes ms;
-                modes_for(&s, lv, nlv, strip, &ms);
+                modes_for(&s, lv, nlv, &ms);
                 double t[MAX_MODES][64], g[MAX_MODES];
                 for (int m = 0; m < ms.n; m++) eng__pool_run(pool, wjob_run, &ms.job[m]); /* warm */
                 for (int r = 0; r < g_reps; r++)
@@ -288,21 +261,18 @@ static void bench_weights(eng__pool *pool, const eng__kernels *const *lv, int nl
                         t[m][r] = eng__now() - t0;
                     }
                 const double flop = 2.0 * (double)s.nr * (double)s.n * (double)s.nx;
-                double best_ours = 0, best_blas = 0;
+                double best_ours = 0;
                 printf("%-5s %4lldx%-5lld %4lld", type_name(s.type), (long long)s.nr, (long long)s.n,
                        (long long)s.nx);
                 for (int m = 0; m < ms.n; m++) {
                     g[m] = flop / median(t[m], g_reps) / 1e9;
                     printf(" %11.1f", g[m]);
                     if (ms.job[m].md == M_OURS) best_ours = g[m] > best_ours ? g[m] : best_ours;
-                    else best_blas = g[m] > best_blas ? g[m] : best_blas;
                 }
-                if (s.type == ENG_TYPE_F32) printf(" %11s", "-");
-                printf(" %8.2fx\n", best_blas / best_ours);
+                printf(" %8.2fx\n", g[ms.n - 1] / best_ours);
                 fflush(stdout);
                 wset_free(&s);
             }
-    for (int i = 0; i < nth; i++) eng__aligned_free(strip[i]);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -407,23 +377,22 @@ int main(int argc, char **argv)
     int nth = 1, opt;
     const char *level = NULL, *plist = "512,1024,2048";
     bool weights = true, attn = true;
-    while ((opt = getopt(argc, argv, "t:r:l:s:WAP:")) != -1) {
+    while ((opt = getopt(argc, argv, "t:r:l:WAP:")) != -1) {
         switch (opt) {
         case 't': nth = atoi(optarg); break;
         case 'r': g_reps = atoi(optarg); break;
         case 'l': level = optarg; break;
-        case 's': g_strip = atoi(optarg); break;
         case 'W': attn = false; break;
         case 'A': weights = false; break;
         case 'P': plist = optarg; break;
         default:
-            fprintf(stderr, "usage: bench-blas [-t threads] [-r reps] [-l avx2|avx512] [-s strip_rows] "
+            fprintf(stderr, "usage: bench-blas [-t threads] [-r reps] [-l avx2|avx512] "
                             "[-W weights only | -A attention only] [-P 512,1024,2048]\n");
             return 2;
         }
     }
-    if (nth < 1 || nth > 64 || g_reps < 1 || g_reps > 64 || g_strip < 16) {
-        fprintf(stderr, "bench-blas: bad -t, -r or -s\n");
+    if (nth < 1 || nth > 64 || g_reps < 1 || g_reps > 64) {
+        fprintf(stderr, "bench-blas: bad -t or -r\n");
         return 2;
     }
     openblas_set_num_threads(1);
