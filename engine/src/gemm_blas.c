@@ -58,20 +58,35 @@ static void half_to_f32(int type, const void *src, float *dst, int64_t n)
     else eng__type(type)->to_float(src, dst, n);
 }
 
-/* rows file-layout (or packed-group, whole groups) rows of n to F32 at dst
- * (row stride n); grp: ENG_PACK_ROWS rows of scratch for unpacking. */
-static void rows_to_f32(int type, bool packed, int64_t n, const uint8_t *w, size_t ws, int64_t rows,
-                        uint8_t *grp, float *dst)
+/* rows of n in the file layout to F32 at dst (row stride n). */
+static void rows_to_f32(int type, int64_t n, const uint8_t *w, size_t ws, int64_t rows, float *dst)
 {
-    for (int64_t r = 0; r < rows; r += packed ? ENG_PACK_ROWS : 1) {
-        const uint8_t *src = w + (size_t)r * ws;
-        int64_t cnt = 1;
-        if (packed) {
-            eng__unpack16(type, src, ws, grp);
-            src = grp;
-            cnt = ENG_PACK_ROWS;
+    for (int64_t r = 0; r < rows; r++) half_to_f32(type, w + (size_t)r * ws, dst + (size_t)r * n, n);
+}
+
+__attribute__((target("avx2,f16c"))) static void packed_to_f32t_avx2(const uint16_t *g, int64_t n, float *bt,
+                                                                    int64_t ldb)
+{
+    for (int64_t e = 0; e < n; e++, g += ENG_PACK_ROWS) {
+        _mm256_storeu_ps(bt + e * ldb, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g)));
+        _mm256_storeu_ps(bt + e * ldb + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 8))));
+    }
+}
+
+/* rows (whole packed F16 groups) to the transposed strip bt[e * rows + row]:
+ * a packed group holds element e of its 16 rows at e * 16 (internal.h), so
+ * W^T comes out of it by linear conversion. */
+static void packed_to_f32t(int64_t n, const uint8_t *w, size_t ws, int64_t rows, float *bt)
+{
+    const eng__cpu *c = eng__cpu_get();
+    for (int64_t g = 0; g < rows; g += ENG_PACK_ROWS) {
+        const uint16_t *src = (const uint16_t *)(w + (size_t)g * ws);
+        if (c->avx2 && c->f16c) {
+            packed_to_f32t_avx2(src, n, bt + g, rows);
+            continue;
         }
-        for (int64_t i = 0; i < cnt; i++) half_to_f32(type, src + (size_t)i * ws, dst + (size_t)(r + i) * n, n);
+        for (int64_t e = 0; e < n; e++)
+            for (int i = 0; i < ENG_PACK_ROWS; i++) bt[e * rows + g + i] = eng__fp16_to_fp32(src[e * ENG_PACK_ROWS + i]);
     }
 }
 
@@ -103,17 +118,22 @@ bool eng__gemm_blas(int type, bool packed, int64_t n, const void *wv, size_t ws,
         return true;
     }
     float *strip = malloc(sizeof(float) * (size_t)(STRIP_ROWS * n));
-    uint8_t *grp = packed ? malloc(ENG_PACK_ROWS * ws) : NULL;
-    if (!strip || (packed && !grp)) {
-        free(strip), free(grp), free(xbf);
+    if (!strip) {
+        free(xbf);
         return false;
     }
     for (int64_t r = 0; r < nr; r += STRIP_ROWS) {
         const int64_t m = nr - r < STRIP_ROWS ? nr - r : STRIP_ROWS;
-        rows_to_f32(type, packed, n, w + (size_t)r * ws, ws, m, grp, strip);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nx, (int)m, (int)n, 1.0f, xf, lda, strip,
-                    (int)n, 0.0f, y + r, (int)ys);
+        if (packed) { /* strip = W^T (n x m) */
+            packed_to_f32t(n, w + (size_t)r * ws, ws, m, strip);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nx, (int)m, (int)n, 1.0f, xf, lda, strip,
+                        (int)m, 0.0f, y + r, (int)ys);
+        } else { /* strip = W (m x n) */
+            rows_to_f32(type, n, w + (size_t)r * ws, ws, m, strip);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nx, (int)m, (int)n, 1.0f, xf, lda, strip,
+                        (int)n, 0.0f, y + r, (int)ys);
+        }
     }
-    free(strip), free(grp), free(xbf);
+    free(strip), free(xbf);
     return true;
 }

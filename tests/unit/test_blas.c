@@ -2,9 +2,9 @@
  * test_blas.c - the opt-in OpenBLAS product path (gemm_blas.c).
  *
  * It is not bit-identical to the kernel table, so it is checked against the
- * scalar gemm within float rounding (a bound from sum |w| |x|), packed rows
- * against the file layout (same F32 weights into the same sgemm: equal), the
- * ORTHOSERVE_BLAS_NX switch, and whole models: the F16 and BF16 test models'
+ * scalar gemm within float rounding (a bound from sum |w| |x|), from the file
+ * layout and from packed F16 groups (read as W^T), the
+ * ORTHOSERVE_BLAS_NX switch, and whole models: the F32, F16 and BF16 test models
  * logits with the path on stay within the golden tolerance of the path off.
  */
 #include <criterion/criterion.h>
@@ -52,21 +52,27 @@ static void prod_free(prod *p)
     free(p->w), free(p->x), free(p->wf), free(p->xf);
 }
 
-static void check_vs_scalar(int type, int64_t n, int64_t nr, int64_t nx)
+/* packed: the weights in packed groups (F16, nr % 16 == 0) for the blas path. */
+static void check_vs_scalar(int type, bool packed, int64_t n, int64_t nr, int64_t nx)
 {
     uint64_t seed = 77 + (uint64_t)type;
     prod p;
     prod_new(&p, type, n, nr, nx, &seed);
     float *yb = malloc(sizeof(float) * (size_t)(nr * nx)), *yr = malloc(sizeof(float) * (size_t)(nr * nx));
-    cr_assert(eng__gemm_blas(type, false, n, p.w, p.ws, nr, p.x, p.xs, nx, yb, (size_t)nr));
+    uint8_t *pk = malloc(p.ws * (size_t)nr);
+    if (packed)
+        for (int64_t g = 0; g < nr; g += ENG_PACK_ROWS)
+            eng__pack16(type, p.w + (size_t)g * p.ws, p.ws, pk + (size_t)g * p.ws);
+    cr_assert(eng__gemm_blas(type, packed, n, packed ? pk : p.w, p.ws, nr, p.x, p.xs, nx, yb, (size_t)nr));
+    free(pk);
     eng__kernels_get(ENG_KL_SCALAR)->gemm[type](n, p.w, p.ws, nr, p.x, p.xs, nx, yr, (size_t)nr);
     for (int64_t j = 0; j < nx; j++)
         for (int64_t r = 0; r < nr; r++) {
             double mag = 0;
             for (int64_t i = 0; i < n; i++) mag += fabs((double)p.wf[r * n + i] * p.xf[j * n + i]);
             const double d = fabs((double)yb[j * nr + r] - yr[j * nr + r]);
-            cr_assert_leq(d, 4e-6 * mag + 1e-30, "%s n=%lld row %lld act %lld: blas %.9g scalar %.9g",
-                          eng__type(type)->name, (long long)n, (long long)r, (long long)j, yb[j * nr + r],
+            cr_assert_leq(d, 4e-6 * mag + 1e-30, "%s%s n=%lld row %lld act %lld: blas %.9g scalar %.9g",
+                          eng__type(type)->name, packed ? " packed" : "", (long long)n, (long long)r, (long long)j, yb[j * nr + r],
                           yr[j * nr + r]);
         }
     free(yb), free(yr);
@@ -75,37 +81,26 @@ static void check_vs_scalar(int type, int64_t n, int64_t nr, int64_t nx)
 
 Test(blas, f32_vs_scalar)
 {
-    check_vs_scalar(ENG_TYPE_F32, 96, 53, 70);
-    check_vs_scalar(ENG_TYPE_F32, 1000, 300, 1);
+    check_vs_scalar(ENG_TYPE_F32, false, 96, 53, 70);
+    check_vs_scalar(ENG_TYPE_F32, false, 1000, 300, 1);
 }
 
 Test(blas, f16_vs_scalar)
 {
-    check_vs_scalar(ENG_TYPE_F16, 96, 53, 70);
-    check_vs_scalar(ENG_TYPE_F16, 1001, 300, 3); /* strips of 256 rows and a row tail */
+    check_vs_scalar(ENG_TYPE_F16, false, 96, 53, 70);
+    check_vs_scalar(ENG_TYPE_F16, false, 1001, 300, 3); /* strips of 256 rows and a row tail */
+}
+
+Test(blas, f16_packed_vs_scalar)
+{
+    check_vs_scalar(ENG_TYPE_F16, true, 96, 48, 70);
+    check_vs_scalar(ENG_TYPE_F16, true, 64, 288, 9); /* two strips, the second of 2 groups */
 }
 
 Test(blas, bf16_vs_scalar)
 {
-    check_vs_scalar(ENG_TYPE_BF16, 96, 53, 70);
-    check_vs_scalar(ENG_TYPE_BF16, 1001, 300, 3);
-}
-
-Test(blas, packed_equals_file_layout)
-{
-    uint64_t seed = 5;
-    prod p;
-    const int64_t n = 64, nr = 288, nx = 9; /* two strips */
-    prod_new(&p, ENG_TYPE_F16, n, nr, nx, &seed);
-    uint8_t *pk = malloc(p.ws * (size_t)nr);
-    for (int64_t g = 0; g < nr; g += ENG_PACK_ROWS)
-        eng__pack16(ENG_TYPE_F16, p.w + (size_t)g * p.ws, p.ws, pk + (size_t)g * p.ws);
-    float *a = malloc(sizeof(float) * (size_t)(nr * nx)), *b = malloc(sizeof(float) * (size_t)(nr * nx));
-    cr_assert(eng__gemm_blas(ENG_TYPE_F16, false, n, p.w, p.ws, nr, p.x, p.xs, nx, a, (size_t)nr));
-    cr_assert(eng__gemm_blas(ENG_TYPE_F16, true, n, pk, p.ws, nr, p.x, p.xs, nx, b, (size_t)nr));
-    cr_assert(memcmp(a, b, sizeof(float) * (size_t)(nr * nx)) == 0);
-    free(a), free(b), free(pk);
-    prod_free(&p);
+    check_vs_scalar(ENG_TYPE_BF16, false, 96, 53, 70);
+    check_vs_scalar(ENG_TYPE_BF16, false, 1001, 300, 3);
 }
 
 Test(blas, switch_and_types)
