@@ -65,6 +65,12 @@ def _cleanup(*_):
     _procs.clear()
 
 
+def _forget(p):
+    _stop(p)
+    if p in _procs:
+        _procs.remove(p)
+
+
 def _on_signal(sig, _frame):
     _cleanup()
     sys.exit(128 + sig)
@@ -119,9 +125,8 @@ def start(kind, llama_dir, model, isa):
     _procs.append(proc)
     try:
         wait_ready(port, proc, log)
-    except Exception:
-        _stop(proc)
-        _procs.remove(proc)
+    except BaseException:
+        _forget(proc)
         raise
     return proc, port, log
 
@@ -212,8 +217,7 @@ def main():
             try:
                 r = measure(port, 1000 * rnd + (0 if kind == "llama" else 500))
             finally:
-                _stop(proc)
-                _procs.remove(proc)
+                _forget(proc)
                 log.close()
             runs[kind].append(r)
             dec = r["decode_timings"] if r["decode_timings"] else r["decode_wall"]
@@ -238,4 +242,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (RuntimeError, OSError) as e:  # a server that did not start or answer
+        _cleanup()
+        print("bench-vs-llamacpp: %s" % e, file=sys.stderr)
+        sys.exit(1)
