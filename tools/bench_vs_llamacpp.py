@@ -161,7 +161,9 @@ def measure(port, salt):
     def client(i):
         try:
             res[i] = n_generated(post(port, body(prompt_ids(salt + 10 + i, 16), CONC_TOKENS))[1])
-        except Exception as e:  # reported below
+        except urllib.error.HTTPError as e:  # reported below, with the server's reason
+            errs.append("HTTP %d: %s" % (e.code, e.read()[:300].decode(errors="replace")))
+        except Exception as e:
             errs.append(repr(e))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CONC)]
