@@ -121,7 +121,8 @@ def start(kind, llama_dir, model, isa):
         if isa:
             env["ORTHOSERVE_KERNELS"] = env["ORTHOSERVE_ISA"] = isa
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            cwd=tempfile.gettempdir())  # llama-server writes llama.log into its cwd
     _procs.append(proc)
     try:
         wait_ready(port, proc, log)
