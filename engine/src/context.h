@@ -50,6 +50,7 @@ struct eng_context {
     eng_model *m;
     eng__pool *pool;
     const eng__kernels *kern;
+    int64_t blas_nx; /* products of at least this many rows use OpenBLAS (F32/F16/BF16); 0: never */
     int32_t n_ctx, n_seq_max, n_batch_max, n_threads;
     /* KV: (n_layer, n_blocks, KV_BLOCK * kvd) floats each; within a block,
      * per kv head, K transposed and V row-major (see eng__attn_args) */

@@ -14,10 +14,13 @@
  * the attention kernel (eng__attn_args), which reads them in place: one
  * thread per (sequence, kv-head) unit. Weight products go through the
  * kernel table (quantized activations for quantized weights, as ggml does).
- * No product of the forward pass calls OpenBLAS any more: our F32 kernels
- * measured faster than its sgemm, and the in-place attention kernel made
- * decode up to 2x faster with 512-token prefill unchanged (BENCHMARKS.md).
- * It is still set to one thread so that any use never oversubscribes.
+ * OpenBLAS is used only when ORTHOSERVE_BLAS_NX is set (gemm_blas.c,
+ * attn_blas.c): then wide F32/F16/BF16 products and the attention of that
+ * many query rows and more run as sgemm (faster in prefill, but not
+ * bit-identical to our kernels). By default every product and attention
+ * uses our kernels (the in-place attention kernel made decode up to 2x
+ * faster, BENCHMARKS.md).
+ * It is set to one thread per pool thread so it never oversubscribes.
  */
 #include "context.h"
 
@@ -67,6 +70,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     if (!c) return ENG_ENOMEM;
     c->m = m;
     c->kern = eng__kernels_best();
+    c->blas_nx = eng__blas_min_nx();
     c->n_ctx = n_ctx;
     c->n_seq_max = p->n_seq_max;
     c->n_batch_max = p->n_batch_max;
@@ -354,14 +358,20 @@ static void matmul(eng_context *c, int ith, int nth, thread_state *ts, const eng
     eng__split(W->n_out, ith, nth, ROW_ALIGN, r0, r1);
     /* rows below n_packed are packed groups (ROW_ALIGN keeps r0 on one) */
     int64_t pe = *r1 < W->n_packed ? *r1 : W->n_packed, r = *r0;
+    const bool blas = c->blas_nx > 0 && nx >= c->blas_nx && eng__blas_type(W->type);
     if (pe > r) {
-        c->kern->gemm_packed[W->type](W->n_in, W->data + (size_t)r * W->row_bytes, W->row_bytes,
-                                      pe - r, xa, xs, nx, Y + r, (size_t)W->n_out);
+        const uint8_t *w = W->data + (size_t)r * W->row_bytes;
+        if (!blas || !eng__gemm_blas(W->type, true, W->n_in, w, W->row_bytes, pe - r, xa, xs, nx, Y + r,
+                                     (size_t)W->n_out))
+            c->kern->gemm_packed[W->type](W->n_in, w, W->row_bytes, pe - r, xa, xs, nx, Y + r, (size_t)W->n_out);
         r = pe;
     }
-    if (*r1 > r)
-        c->kern->gemm[W->type](W->n_in, W->data + (size_t)r * W->row_bytes, W->row_bytes,
-                               *r1 - r, xa, xs, nx, Y + r, (size_t)W->n_out);
+    if (*r1 > r) {
+        const uint8_t *w = W->data + (size_t)r * W->row_bytes;
+        if (!blas || !eng__gemm_blas(W->type, false, W->n_in, w, W->row_bytes, *r1 - r, xa, xs, nx, Y + r,
+                                     (size_t)W->n_out))
+            c->kern->gemm[W->type](W->n_in, w, W->row_bytes, *r1 - r, xa, xs, nx, Y + r, (size_t)W->n_out);
+    }
 }
 
 /* x[rows[j]][r] += y[j][r] for this thread's output rows r in [r0, r1). */
@@ -446,7 +456,7 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
         .scale = 1.0f / sqrtf((float)hd),
         .scratch = c->attn_scratch + (size_t)ith * c->attn_per_thread,
     };
-    c->kern->attn(&a);
+    if (!(c->blas_nx > 0 && a.nq >= c->blas_nx && eng__attn_blas(&a))) c->kern->attn(&a);
 }
 
 /* Normalize rows of x (rows NULL: 0..n-1) with weight w into out[j]: split

@@ -314,6 +314,23 @@ void eng__unpack16(int type, const uint8_t *src, size_t row_bytes, uint8_t *dst)
 void eng__gemm_packed_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t nr,
                           const void *x, size_t x_stride, int64_t nx, float *y, size_t y_stride);
 
+
+/*
+ * Opt-in OpenBLAS path for wide F32/F16/BF16 products (gemm_blas.c). NOT
+ * bit-identical to gemm[] (within float rounding of it), so off by default:
+ * eng__blas_min_nx() is ORTHOSERVE_BLAS_NX (activation rows from which
+ * forward.c uses it), 0 when unset. eng__gemm_blas has gemm[type]'s
+ * arguments (x in the type's vec_type; packed: whole packed groups) and
+ * returns false, doing nothing, when it cannot run (type, sizes, memory).
+ */
+int64_t eng__blas_min_nx(void);
+bool eng__blas_type(int type);
+bool eng__gemm_blas(int type, bool packed, int64_t n, const void *w, size_t w_stride, int64_t nr,
+                    const void *x, size_t x_stride, int64_t nx, float *y, size_t y_stride);
+/* attn(a) through OpenBLAS sgemm (attn_blas.c), within float rounding of the
+ * kernels; false (nothing done) without memory. Same switch as above. */
+bool eng__attn_blas(const eng__attn_args *a);
+
 const eng__kernels *eng__kernels_get(eng__kernel_level lvl); /* NULL if CPU lacks it */
 /* The level in use, or NULL when ORTHOSERVE_ISA cannot be honoured; then
  * eng__kernels_error() says why (eng_kernels_check() in the public API). */
