@@ -580,15 +580,17 @@ int srv_config_load(srv_config *c, int argc, char **argv)
     }
 
     /* Environment. Unknown ORTHOSERVE_* names are reported but not fatal:
-     * other tools of the project share the prefix. ORTHOSERVE_ISA is the
-     * engine's (its kernel level, checked by cli_serve). */
+     * other tools of the project share the prefix. ORTHOSERVE_ISA and
+     * ORTHOSERVE_BLAS_NX are the engine's (its kernel level, checked by
+     * cli_serve; the opt-in OpenBLAS product path). */
     for (char **e = environ; *e; e++) {
         if (strncmp(*e, "ORTHOSERVE_", 11)) continue;
         const char *eq = strchr(*e, '=');
         if (!eq) continue;
         size_t nlen = (size_t)(eq - *e);
         bool known = (nlen == 17 && !strncmp(*e, "ORTHOSERVE_CONFIG", 17)) ||
-                     (nlen == 14 && !strncmp(*e, "ORTHOSERVE_ISA", 14));
+                     (nlen == 14 && !strncmp(*e, "ORTHOSERVE_ISA", 14)) ||
+                     (nlen == 18 && !strncmp(*e, "ORTHOSERVE_BLAS_NX", 18));
         for (size_t i = 0; i < N_OPTS && !known; i++) {
             char name[64];
             env_name(&OPTS[i], name, sizeof name);

@@ -22,11 +22,10 @@
  *                cblas_sgemm per strip; BF16 activations widened per call.
  * Attention: nq = P prompt rows from position 0 (causal), TinyLlama heads
  * (32 query heads of 64, 4 kv heads), one (kv head) unit per thread as
- * forward.c does; GFLOP/s of the useful (causal) work. ours-avx2 is the
- * scalar kernel (the AVX2 level has no attention kernel of its own);
- * blas-sgemm is the engine's opt-in eng__attn_blas (attn_blas.c: keys and
- * values gathered out of the block cache, then per head and tile of 128
- * queries S = Q K^T, masked softmax, O = S V). Its largest difference from
+ * forward.c does; GFLOP/s of the useful (causal) work, per kernel level;
+ * blas-sgemm is bench_attn_sgemm (common/attn_sgemm.c: keys and values
+ * gathered out of the block cache, then per head and tile of 128 queries
+ * S = Q K^T, masked softmax, O = S V), which the engine does not use. Its largest difference from
  * the first level's kernel is printed.
  *
  * Threads: the engine's compute pool; each thread calls OpenBLAS on its share
@@ -35,6 +34,7 @@
  * OpenBLAS picked (it chooses its kernels from that, not from our level).
  */
 #define _POSIX_C_SOURCE 200809L
+#include "common/attn_sgemm.h"
 #include "internal.h"
 
 #include <cblas.h>
@@ -318,7 +318,7 @@ static void ajob_run(int ith, int nth, void *arg)
                             .blk_stride = ENG_KV_BLOCK * kvd, .scale = 1.0f / sqrtf((float)A_HD),
                             .scratch = a->scratch[ith]};
         if (a->k) a->k->attn(&x);
-        else if (!eng__attn_blas(&x)) abort();
+        else if (!bench_attn_sgemm(&x)) abort();
     }
 }
 
@@ -377,7 +377,7 @@ static void bench_attn(eng__pool *pool, const eng__kernels *const *lv, int nlv, 
 {
     printf("\n%-12s", "attention");
     for (int i = 0; i < nlv; i++)
-        printf(" %11s", !strcmp(lv[i]->name, "avx2") ? "avx2(scalar)" : lv[i]->name);
+        printf(" %11s", lv[i]->name);
     printf(" %11s %9s\n", "blas-sgemm", "blas/ours");
     uint64_t seed = 12345;
     char buf[256];

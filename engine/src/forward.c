@@ -14,12 +14,11 @@
  * the attention kernel (eng__attn_args), which reads them in place: one
  * thread per (sequence, kv-head) unit. Weight products go through the
  * kernel table (quantized activations for quantized weights, as ggml does).
- * OpenBLAS is used only when ORTHOSERVE_BLAS_NX is set (gemm_blas.c,
- * attn_blas.c): then wide F32/F16/BF16 products and the attention of that
- * many query rows and more run as sgemm (faster in prefill, but not
- * bit-identical to our kernels). By default every product and attention
- * uses our kernels (the in-place attention kernel made decode up to 2x
- * faster, BENCHMARKS.md).
+ * OpenBLAS is used only when ORTHOSERVE_BLAS_NX is set (gemm_blas.c): then
+ * F32/F16/BF16 products of that many activation rows and more run as sgemm
+ * (faster in wide prefill, but not bit-identical to our kernels). By default
+ * every product uses our kernels; attention always does (its SIMD kernels
+ * outrun sgemm attention, tools/bench-blas -A).
  * It is set to one thread per pool thread so it never oversubscribes.
  */
 #include "context.h"
@@ -456,7 +455,7 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
         .scale = 1.0f / sqrtf((float)hd),
         .scratch = c->attn_scratch + (size_t)ith * c->attn_per_thread,
     };
-    if (!(c->blas_nx > 0 && a.nq >= c->blas_nx && eng__attn_blas(&a))) c->kern->attn(&a);
+    c->kern->attn(&a);
 }
 
 /* Normalize rows of x (rows NULL: 0..n-1) with weight w into out[j]: split

@@ -327,9 +327,6 @@ int64_t eng__blas_min_nx(void);
 bool eng__blas_type(int type);
 bool eng__gemm_blas(int type, bool packed, int64_t n, const void *w, size_t w_stride, int64_t nr,
                     const void *x, size_t x_stride, int64_t nx, float *y, size_t y_stride);
-/* attn(a) through OpenBLAS sgemm (attn_blas.c), within float rounding of the
- * kernels; false (nothing done) without memory. Same switch as above. */
-bool eng__attn_blas(const eng__attn_args *a);
 
 const eng__kernels *eng__kernels_get(eng__kernel_level lvl); /* NULL if CPU lacks it */
 /* The level in use, or NULL when ORTHOSERVE_ISA cannot be honoured; then

@@ -175,34 +175,3 @@ static void check_model(const char *name)
 Test(blas, model_f16_logits) { check_model("tiny256-F16"); }
 Test(blas, model_bf16_logits) { check_model("tiny256-BF16"); }
 Test(blas, model_f32_logits) { check_model("tiny256-F32"); }
-
-/* The OpenBLAS attention against the scalar kernel: a sequence of 300
- * positions in scattered blocks, 170 query rows continuing a cached prefix
- * (two tiles of sgemm, the second partial), 3 query heads per kv head. */
-Test(blas, attention_vs_scalar)
-{
-    enum { HD = 64, REP = 3, NQ = 170, P0 = 130, NPOS = P0 + NQ, NB = (NPOS + ENG_KV_BLOCK - 1) / ENG_KV_BLOCK };
-    const size_t kvd = 2 * HD, blk_stride = (size_t)ENG_KV_BLOCK * kvd, qs = (size_t)2 * REP * HD;
-    uint64_t seed = 99;
-    float *kc = malloc(sizeof(float) * blk_stride * (NB + 3)), *vc = malloc(sizeof(float) * blk_stride * (NB + 3));
-    float *q = malloc(sizeof(float) * NQ * qs), *o1 = calloc(NQ * qs, sizeof(float)), *o2 = calloc(NQ * qs, sizeof(float));
-    float scratch[ENG_ATTN_SCRATCH(HD)];
-    for (size_t i = 0; i < blk_stride * (NB + 3); i++) kc[i] = td_randf(&seed), vc[i] = td_randf(&seed);
-    for (size_t i = 0; i < NQ * qs; i++) q[i] = 3.0f * td_randf(&seed);
-    int32_t blk[NB], last[NQ];
-    for (int b = 0; b < NB; b++) blk[b] = (b * 5 + 2) % (NB + 3);
-    for (int i = 0; i < NQ; i++) last[i] = P0 + i;
-    /* kv head 1 of 2: offsets into the blocks, as forward.c passes them */
-    eng__attn_args a = {.hd = HD, .n_rep = REP, .nq = NQ, .q = q + REP * HD, .out = o1 + REP * HD, .q_stride = qs,
-                        .last = last, .k = kc + ENG_KV_BLOCK * HD, .v = vc + ENG_KV_BLOCK * HD, .blk = blk,
-                        .blk_stride = blk_stride, .scale = 0.125f, .scratch = scratch};
-    eng__attn_scalar(&a);
-    a.out = o2 + REP * HD;
-    cr_assert(eng__attn_blas(&a));
-    double dmax = 0;
-    for (size_t i = 0; i < NQ * qs; i++) dmax = fmax(dmax, fabs((double)o1[i] - o2[i]));
-    cr_assert_leq(dmax, 2e-6, "max difference %g", dmax);
-    for (int i = 0; i < NQ; i++) /* kv head 0's part untouched */
-        cr_assert_eq(o2[(size_t)i * qs], 0.0f);
-    free(kc), free(vc), free(q), free(o1), free(o2);
-}

@@ -1,5 +1,6 @@
 /*
- * attn_blas.c - the opt-in OpenBLAS path for prefill attention: one
+ * attn_sgemm.c - prefill attention through OpenBLAS, for tools/bench-blas to
+ * measure against the engine's kernels (the engine does not use it): one
  * eng__attn_args call (the query heads of one kv head, nq query rows of one
  * sequence; layout in internal.h) as two sgemm per query head and tile of
  * query rows over keys and values gathered out of the block cache.
@@ -7,13 +8,12 @@
  * Per tile of QT query rows with last key position L (the largest of its
  * rows): S = scale * Q K^T over keys 0..L (sgemm), each row's keys past its
  * own last position set to 0 after a softmax over its own keys, O = S V
- * (sgemm), each row divided by its sum. Measured with tools/bench-blas at
- * 512-2048 prompt tokens: 1.6-2.7x the AVX-512 kernel and 15-20x the scalar
- * one (the AVX2 level's). Not bit-identical to the kernels (the sgemm
- * reduction order depends on the tile), so it is used only when
- * ORTHOSERVE_BLAS_NX is set (gemm_blas.c), from that many query rows on.
+ * (sgemm), each row divided by its sum. It was an opt-in engine path while
+ * the AVX2 level's attention was the scalar loop; the SIMD kernels
+ * (attn_avx2.c, attn_avx512.c) now run 1.3-1.9x its speed (bench-blas -A),
+ * so it stays a measurement only.
  */
-#include "internal.h"
+#include "common/attn_sgemm.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -93,7 +93,7 @@ static void gather(const eng__attn_args *a, int32_t nb, float *kg, float *vg)
     }
 }
 
-bool eng__attn_blas(const eng__attn_args *a)
+bool bench_attn_sgemm(const eng__attn_args *a)
 {
     const int hd = a->hd, B = ENG_KV_BLOCK;
     if (a->nq <= 0) return true;
