@@ -172,8 +172,10 @@ static void pk_gather(int type, size_t bs, int nv, const uint8_t *w, size_t ws, 
         const uint8_t *rp[16];
         for (int k = 0; k < 16; k++) rp[k] = w + (size_t)(k < nv ? k : 0) * ws + (size_t)b * bs;
         /* decode streams 16 rows at once, which the hardware prefetchers
-         * follow badly: each row's bytes PK_PF_ROW ahead into L2 */
-        for (int k = 0; k < nv; k++) pk_pf(rp[k], PK_PF_ROW, bs);
+         * follow badly: each row's bytes PK_PF_ROW ahead into L2 (a line
+         * covers two Q8_0 blocks: every other block) */
+        if (bs >= 64 || !(b & 1))
+            for (int k = 0; k < nv; k++) pk_pf(rp[k], PK_PF_ROW, bs);
         if (type == ENG_TYPE_Q8_0) {
             pk_run(rp, 2, 8, dst, 64, _mm256_set1_epi8((char)0x80));
             for (int k = 0; k < 16; k++) memcpy(dst + 512 + 2 * k, rp[k], 2);
