@@ -75,18 +75,20 @@ PKAI float pk_h(const uint8_t *p)
     return _cvtsh_ss(h);
 }
 
-/* Decode streams each packed group once, from memory: while a block is
- * worked on, the bytes pf ahead of it (pf: PK_PF, or 0 in the strips, whose
- * groups are in L2 already) are prefetched into L2, a line at a time, so
- * the stream's misses overlap however long the block's arithmetic takes.
- * The groups of a product are contiguous, so the prefetch runs on into the
- * next group; prefetches never fault, so running past the matrix is harmless. */
+/* Q8_0 decode streams each packed group once, from memory: while a block
+ * is worked on, the bytes PK_PF ahead of it are prefetched into L2, a line
+ * at a time, so the stream's misses overlap however long the block's
+ * arithmetic takes (the groups of a product are contiguous, so this runs on
+ * into the next group; prefetches never fault, so running past the matrix
+ * is harmless). Q4_K / Q6_K decode did no better with it (small-Q4_K_M,
+ * bench). File-layout rows, 16 streams at once, prefetch each row PK_PF_ROW
+ * ahead (pk_gather). */
+#ifndef PK_PF
 #define PK_PF 4096
-/* The same per file-layout row (16 rows stream at once when packing on the fly). */
+#endif
 #define PK_PF_ROW 576
 PKAI void pk_pf(const uint8_t *p, const size_t pf, const size_t bytes)
 {
-    if (!pf) return;
     PKU for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(p + pf + o), _MM_HINT_T1);
 }
 
@@ -230,7 +232,7 @@ static void pk_q8_0_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
 
 /* nb blocks of one packed group g times NX activation rows (x at block 0,
  * row stride xs; xa at block 0, xas entries per row); acc carried. */
-PKAI void pk_q8_0_run(const int NX, const size_t pf, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
+PKAI void pk_q8_0_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
                       const pk_xq8 *xa, int64_t xas, pk_acc *ac)
 {
 #if !PK_VNNI
@@ -238,7 +240,6 @@ PKAI void pk_q8_0_run(const int NX, const size_t pf, int64_t nb, const uint8_t *
 #endif
     for (int64_t b = 0; b < nb; b++, g += 544) {
         const uint8_t *xq = x + 34 * b + 2;
-        pk_pf(g, pf, 544);
         __m256i ia[2][PK_NX];
         PKU for (int j = 0; j < NX; j++) ia[0][j] = ia[1][j] = _mm256_set1_epi32(xa[j * xas + b].corr);
         /* both row halves per x dword: one broadcast feeds 16 rows */
@@ -273,7 +274,7 @@ PKAI void pk_q8_0_run(const int NX, const size_t pf, int64_t nb, const uint8_t *
 /* Decode of one packed group (NX = 1, pk_q8_0_run's sums and recipe): the
  * float accumulators stay in two registers, the integer sums of a block in
  * two pairs (even / odd dwords: shorter chains; exact, so any order); the
- * packed stream is prefetched PK_PF ahead. */
+ * packed stream is prefetched PK_PF ahead (PK_PF 0: none). */
 PKAI void pk_q8_0_dec(int64_t nb, const uint8_t *g, const uint8_t *x, const pk_xq8 *xa, float *y)
 {
 #if !PK_VNNI
@@ -282,7 +283,7 @@ PKAI void pk_q8_0_dec(int64_t nb, const uint8_t *g, const uint8_t *x, const pk_x
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++, g += 544) {
         const uint8_t *xq = x + 34 * b + 2;
-        pk_pf(g, PK_PF, 544);
+        if (PK_PF) pk_pf(g, PK_PF, 544);
         __m256i a0 = _mm256_set1_epi32(xa[b].corr), a1 = a0, c0 = _mm256_setzero_si256(), c1 = c0;
         PKU for (int t = 0; t < 8; t++) {
             __m256i xv = pk_bc(xq + 4 * t), *e0 = t & 1 ? &c0 : &a0, *e1 = t & 1 ? &c1 : &a1;
@@ -375,14 +376,13 @@ PKAI __m256i pk_scale(__m256i v, int t, const int sgn)
 #define PK_SCALE(isum, a, sc) ((isum) = _mm256_add_epi32((isum), _mm256_madd_epi16((a), (sc))))
 #endif
 
-PKAI void pk_q4_k_run(const int NX, const size_t pf, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
+PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
                       const pk_xk *xa, int64_t xas, pk_acc *ac)
 {
     const __m256i m4 = _mm256_set1_epi8(0xf), m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30),
                   lo16 = _mm256_set1_epi32(0x00ff00ff);
     for (int64_t b = 0; b < nb; b++, g += 2304) {
         const uint8_t *xq = x + 292 * b + 4;
-        pk_pf(g, pf, 2304);
         PKU for (int h = 0; h < 2; h++) {
             const uint8_t *hd = g + 32 * h;
             __m256i w0 = pk_l(hd + 64), w1 = pk_l(hd + 128), w2 = pk_l(hd + 192);
@@ -439,12 +439,11 @@ PKAI __m256i pk_q6(const uint8_t *base, int qd)
     return _mm256_or_si256(lo, _mm256_and_si256(hb, m30));
 }
 
-PKAI void pk_q6_k_run(const int NX, const size_t pf, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
+PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t *x, size_t xs,
                       const pk_xk *xa, int64_t xas, pk_acc *ac)
 {
     for (int64_t b = 0; b < nb; b++, g += 3360) {
         const uint8_t *xq = x + 292 * b + 4;
-        pk_pf(g, pf, 3360);
         PKU for (int rh = 0; rh < 2; rh++) {
             __m256i is[PK_NX];
             PKU for (int j = 0; j < NX; j++) is[j] = _mm256_setzero_si256();
@@ -510,12 +509,12 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
  * group), activation block XBS, side data XT, PER blocks per packing chunk,
  * NXM (<= PK_NX) activation rows per strip tile. */
 #define PK_KERNELS(NAME, T, BS, GBS, XBS, XT, PER, NXM)                                                     \
-    PKAI void NAME##_tile(const int NX, const size_t pf, int nv, int64_t nb, const uint8_t *g,       \
-                          const uint8_t *x, size_t xs, const void *xa, float *y, size_t ys)            \
+    PKAI void NAME##_tile(const int NX, int nv, int64_t nb, const uint8_t *g, const uint8_t *x,       \
+                          size_t xs, const void *xa, float *y, size_t ys)                              \
     {                                                                                                  \
         pk_acc acc;                                                                                    \
         memset(&acc, 0, sizeof acc);                                                                   \
-        NAME##_run(NX, pf, nb, g, x, xs, xa, nb, &acc);                                                    \
+        NAME##_run(NX, nb, g, x, xs, xa, nb, &acc);                                                    \
         pk_store(NX, nv, &acc, y, ys);                                                                 \
     }                                                                                                  \
     static void NAME##_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws,                  \
@@ -523,7 +522,7 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
     {                                                                                                  \
         (void)ws;                                                                                      \
         if (BS == 34) pk_q8_0_dec(n / 32, w, x, xa, y);                                                \
-        else NAME##_tile(1, PK_PF, nv, n / (BS == 34 ? 32 : 256), w, x, 0, xa, y, 0);                  \
+        else NAME##_tile(1, nv, n / (BS == 34 ? 32 : 256), w, x, 0, xa, y, 0);                          \
     }                                                                                                  \
     static void NAME##_gemv16(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,        \
                               const void *xa, float *y)                                                \
@@ -535,7 +534,7 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
         for (int64_t b0 = 0; b0 < nb; b0 += PER) {                                                     \
             int64_t m = nb - b0 < PER ? nb - b0 : PER;                                                 \
             pk_gather(ENG_TYPE_##T, BS, nv, w, ws, b0, m, gb);                                         \
-            NAME##_run(1, 0, m, gb, x + XBS * (size_t)b0, 0, (const XT *)xa + b0, 0, &acc);               \
+            NAME##_run(1, m, gb, x + XBS * (size_t)b0, 0, (const XT *)xa + b0, 0, &acc);               \
         }                                                                                              \
         pk_store(1, nv, &acc, y, 0);                                                                   \
     }                                                                                                  \
@@ -565,10 +564,10 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
             const int nv = v == groups - 1 ? nv_last : 16;                                             \
             float *yv = y + 16 * v;                                                                    \
             switch (nx < NXM ? nx : NXM) {                                                             \
-            case 1: NAME##_tile(1, 0, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
-            case 2: NAME##_tile(2, 0, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
-            case 3: NAME##_tile(3, 0, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
-            default: NAME##_tile(4, 0, nv, nb, g[v], x, xs, xa, yv, ys); break;                           \
+            case 1: NAME##_tile(1, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
+            case 2: NAME##_tile(2, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
+            case 3: NAME##_tile(3, nv, nb, g[v], x, xs, xa, yv, ys); break;                            \
+            default: NAME##_tile(4, nv, nb, g[v], x, xs, xa, yv, ys); break;                           \
             }                                                                                          \
         }                                                                                              \
     }                                                                                                  \
