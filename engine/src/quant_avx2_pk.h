@@ -75,6 +75,23 @@ PKAI float pk_h(const uint8_t *p)
     return _cvtsh_ss(h);
 }
 
+/* Q8_0 decode streams each packed group once, from memory: while a block
+ * is worked on, the bytes PK_PF ahead of it are prefetched into L2, a line
+ * at a time, so the stream's misses overlap however long the block's
+ * arithmetic takes (the groups of a product are contiguous, so this runs on
+ * into the next group; prefetches never fault, so running past the matrix
+ * is harmless). Q4_K / Q6_K decode did no better with it (small-Q4_K_M,
+ * bench). File-layout rows, 16 streams at once, prefetch each row PK_PF_ROW
+ * ahead (pk_gather). */
+#ifndef PK_PF
+#define PK_PF 4096
+#endif
+#define PK_PF_ROW 576
+PKAI void pk_pf(const uint8_t *p, const size_t pf, const size_t bytes)
+{
+    PKU for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(p + pf + o), _MM_HINT_T1);
+}
+
 /* Horizontal sum of the int32 lanes. */
 PKAI int32_t pk_hsum_i32(__m256i v)
 {
@@ -156,6 +173,11 @@ static void pk_gather(int type, size_t bs, int nv, const uint8_t *w, size_t ws, 
     for (int64_t b = b0; b < b0 + nbc; b++, dst += gbs) {
         const uint8_t *rp[16];
         for (int k = 0; k < 16; k++) rp[k] = w + (size_t)(k < nv ? k : 0) * ws + (size_t)b * bs;
+        /* decode streams 16 rows at once, which the hardware prefetchers
+         * follow badly: each row's bytes PK_PF_ROW ahead into L2 (a line
+         * covers two Q8_0 blocks: every other block) */
+        if (bs >= 64 || !(b & 1))
+            for (int k = 0; k < nv; k++) pk_pf(rp[k], PK_PF_ROW, bs);
         if (type == ENG_TYPE_Q8_0) {
             pk_run(rp, 2, 8, dst, 64, _mm256_set1_epi8((char)0x80));
             for (int k = 0; k < 16; k++) memcpy(dst + 512 + 2 * k, rp[k], 2);
@@ -247,6 +269,46 @@ PKAI void pk_q8_0_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                 pk_fma(ACC(h, j), _mm256_cvtepi32_ps(ia[h][j]), _mm256_mul_ps(dw, _mm256_set1_ps(xa[j * xas + b].dx)));
         }
     }
+}
+
+/* Decode of one packed group (NX = 1, pk_q8_0_run's sums and recipe): the
+ * float accumulators stay in two registers, the integer sums of a block in
+ * two pairs (even / odd dwords: shorter chains; exact, so any order); the
+ * packed stream is prefetched PK_PF ahead (PK_PF 0: none). */
+PKAI void pk_q8_0_dec(int64_t nb, const uint8_t *g, const uint8_t *x, const pk_xq8 *xa, float *y)
+{
+#if !PK_VNNI
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+#endif
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, g += 544) {
+        const uint8_t *xq = x + 34 * b + 2;
+        if (PK_PF) pk_pf(g, PK_PF, 544);
+        __m256i a0 = _mm256_set1_epi32(xa[b].corr), a1 = a0, c0 = _mm256_setzero_si256(), c1 = c0;
+        PKU for (int t = 0; t < 8; t++) {
+            __m256i xv = pk_bc(xq + 4 * t), *e0 = t & 1 ? &c0 : &a0, *e1 = t & 1 ? &c1 : &a1;
+#if PK_VNNI
+            *e0 = _mm256_dpbusd_avx_epi32(*e0, pk_l(g + 64 * t), xv);
+            *e1 = _mm256_dpbusd_avx_epi32(*e1, pk_l(g + 64 * t + 32), xv);
+#else
+            __m256i q0 = _mm256_xor_si256(pk_l(g + 64 * t), flip), q1 = _mm256_xor_si256(pk_l(g + 64 * t + 32), flip);
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(q0), _mm256_sign_epi8(xv, q0));
+            __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(q1), _mm256_sign_epi8(xv, q1));
+            *e0 = _mm256_add_epi32(*e0, _mm256_madd_epi16(p0, ones));
+            *e1 = _mm256_add_epi32(*e1, _mm256_madd_epi16(p1, ones));
+#endif
+            /* each sum in its register as it goes: left free, the compiler
+             * reassociates the adds into a tree and spills the products */
+            __asm__("" : "+x"(*e0), "+x"(*e1));
+        }
+        __m256 dx = _mm256_set1_ps(xa[b].dx);
+        __m256 d0 = _mm256_mul_ps(_mm256_cvtph_ps(pk_l128(g + 512)), dx);
+        __m256 d1 = _mm256_mul_ps(_mm256_cvtph_ps(pk_l128(g + 528)), dx);
+        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, c0)), d0, s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a1, c1)), d1, s1);
+    }
+    _mm256_storeu_ps(y, s0);
+    _mm256_storeu_ps(y + 8, s1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -459,7 +521,8 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
                                      const uint8_t *x, const void *xa, float *y)                      \
     {                                                                                                  \
         (void)ws;                                                                                      \
-        NAME##_tile(1, nv, n / (BS == 34 ? 32 : 256), w, x, 0, xa, y, 0);                              \
+        if (BS == 34) pk_q8_0_dec(n / 32, w, x, xa, y);                                                \
+        else NAME##_tile(1, nv, n / (BS == 34 ? 32 : 256), w, x, 0, xa, y, 0);                          \
     }                                                                                                  \
     static void NAME##_gemv16(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,        \
                               const void *xa, float *y)                                                \
