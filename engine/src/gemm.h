@@ -51,6 +51,9 @@
  *        strip_tile(groups, nx, nv_last, n, g, x, xs, xa, y, ys): the
  *          groups x 16 rows (g[v] as returned; the last has nv_last valid
  *          rows, the others 16) times nx activation rows.
+ *      With many activation rows the driver packs a panel of strips (each
+ *      into its own buf) before it runs their tiles, a pass of activation
+ *      rows that stays in L2 at a time (gemm.c, eng__gemm_blocking).
  *
  * - The packed layout (internal.h, "Packed weights") is optional:
  *   gemv16_packed is gemv16 on one packed group (all 16 rows valid). Prefill
@@ -116,6 +119,11 @@ typedef struct {
  * rows are whole packed groups (nr % 16 == 0) and uk has gemv16_packed. */
 void eng__gemm(const eng__ukernel *uk, bool packed, int64_t n, const void *w, size_t ws,
                int64_t nr, const void *x, size_t xs, int64_t nx, float *y, size_t ys);
+
+/* The prefill blocking of the strips (gemm.c): bytes of activation rows per
+ * pass and of strips per panel; 0 restores a default. Tests shrink them to
+ * reach every path with small shapes; it changes no result bit. */
+void eng__gemm_blocking(size_t pass_bytes, size_t panel_bytes);
 
 /* NAME_dot, NAME_gemm, NAME_gemm_packed (table entries over eng__gemm with
  * the eng__ukernel UK) and NAME_install(k), which puts them in table k

@@ -1041,13 +1041,30 @@ Test(quant, packed_gemm_matches_unpacked_avx2) { check_packed(ENG_KL_AVX2); }
 Test(quant, packed_gemm_matches_unpacked_avx2vnni) { check_packed(ENG_KL_AVX2VNNI); }
 Test(quant, packed_gemm_matches_unpacked_avx512) { check_packed(ENG_KL_AVX512); }
 
+/* The same with the prefill blocking shrunk (gemm.c: passes of a few
+ * activation rows over panels of two strips), so that the small shapes
+ * above run several passes over several panels: still bit for bit. */
+static void check_blocked(eng__kernel_level lvl)
+{
+    if (!eng__kernels_get(lvl)) cr_skip_test("CPU lacks this kernel level");
+    eng__gemm_blocking(2048, 24576);
+    check_level(lvl);
+    check_packed(lvl);
+    eng__gemm_blocking(0, 0);
+}
+
+Test(quant, prefill_blocking_avx2) { check_blocked(ENG_KL_AVX2); }
+Test(quant, prefill_blocking_avx2vnni) { check_blocked(ENG_KL_AVX2VNNI); }
+Test(quant, prefill_blocking_avx512) { check_blocked(ENG_KL_AVX512); }
+
 /* ------------------------------------------------------------------------ */
 /* The gemm driver (gemm.c) with micro-kernels made of the scalar vec_dot    */
 /* ------------------------------------------------------------------------ */
 /*
  * Every path of the driver (register tiles; 16-row decode; strips of 2 or 3
- * groups, from the file layout or packed groups; packed prefill through the
- * portable unpack) must cover each (row, activation) pair exactly once with
+ * groups, from the file layout or packed groups, in one pass or in passes
+ * over panels of strips; packed prefill through the portable unpack) must
+ * cover each (row, activation) pair exactly once with
  * the right pointers: results equal the scalar gemm bit for bit, and every
  * kernel checks the activation side data it is given belongs to its row.
  */
@@ -1168,17 +1185,22 @@ Test(quant, gemm_driver_paths)
             for (int j = 0; j < nx; j++) rand_act(DT, x + (size_t)j * xs, n, &s);
             for (int g = 0; g < nr / 16; g++) eng__pack16(DT, w + (size_t)g * 16 * ws, ws, wp + (size_t)g * 16 * ws);
             sc->gemm[DT](n, w, ws, nr, x, xs, nx, want, ys);
-            for (size_t u = 0; u < 3; u++)
-                for (int packed = 0; packed < 2; packed++) {
-                    if (packed && nr % 16) continue;
-                    for (size_t i = 0; i < ny; i++) got[i] = NAN;
-                    eng__gemm(uks[u], packed, n, packed ? wp : w, ws, nr, x, xs, nx, got, ys);
-                    for (int j = 0; j < nx; j++)
-                        for (int r = 0; r < nr; r++)
-                            cr_assert_eq(memcmp(&got[j * ys + r], &want[j * ys + r], 4), 0,
-                                         "kernels %zu packed %d nr=%d nx=%d (r=%d j=%d)", u, packed,
-                                         nr, nx, r, j);
-                }
+            /* default blocking, then passes of 6 rows over panels of 2 strips */
+            for (int bl = 0; bl < 2; bl++) {
+                eng__gemm_blocking(bl ? 6 * (xs + 4 * (n / 32)) : 0, bl ? 2 * 32 * eng__row_size(DT, n) : 0);
+                for (size_t u = 0; u < 3; u++)
+                    for (int packed = 0; packed < 2; packed++) {
+                        if (packed && nr % 16) continue;
+                        for (size_t i = 0; i < ny; i++) got[i] = NAN;
+                        eng__gemm(uks[u], packed, n, packed ? wp : w, ws, nr, x, xs, nx, got, ys);
+                        for (int j = 0; j < nx; j++)
+                            for (int r = 0; r < nr; r++)
+                                cr_assert_eq(memcmp(&got[j * ys + r], &want[j * ys + r], 4), 0,
+                                             "kernels %zu packed %d blocked %d nr=%d nx=%d (r=%d j=%d)",
+                                             u, packed, bl, nr, nx, r, j);
+                    }
+            }
+            eng__gemm_blocking(0, 0);
             free(w);
             free(wp);
             free(x);
