@@ -103,8 +103,9 @@ def metric(s, name):
 
 class SlowBodyFloodTest(unittest.TestCase):
     """D1: sockets that send POST headers with a Content-Length and no body
-    must not take every connection slot: /health answers 200 within 100 ms
-    throughout, with and without API keys."""
+    must not take every connection slot: /health answers 200 throughout
+    (each probe within 1 s, their median within 100 ms), with and without
+    API keys."""
 
     def flood(self, s, n, src=None, head=SLOW_HEAD):
         socks = []
@@ -118,14 +119,20 @@ class SlowBodyFloodTest(unittest.TestCase):
         return socks
 
     def probes(self, s, n=15, path="/health", headers=None):
-        worst = 0
+        """n probes during the flood: every one answered 200 within 1 s (a
+        server whose slots the flood holds answers none of them), and the
+        median within 100 ms (a single probe may wait for the CPU on a busy
+        machine). Returns the slowest."""
+        times = []
         for _ in range(n):
             st, dt = probe(s, path, headers)
             self.assertEqual(st, 200, "probe of %s during the flood" % path)
-            self.assertLess(dt, scaled(0.1), "probe of %s took %.0f ms" % (path, dt * 1e3))
-            worst = max(worst, dt)
+            self.assertLess(dt, scaled(1), "probe of %s took %.0f ms" % (path, dt * 1e3))
+            times.append(dt)
             time.sleep(0.05)
-        return worst
+        times.sort()
+        self.assertLess(times[n // 2], scaled(0.1), "median probe of %s took %.0f ms" % (path, times[n // 2] * 1e3))
+        return times[-1]
 
     def test_small_limit_without_keys(self):
         raise_nofile(1024)
