@@ -7,8 +7,8 @@
 #   tools/bench-vs-llamacpp.sh LLAMA_BIN_DIR MODEL [ISA]
 #
 # LLAMA_BIN_DIR holds llama-server (llama.cpp or a fork with the same server,
-# e.g. ik_llama.cpp); ISA (avx2|avx512) is given to orthoserve as
-# ORTHOSERVE_KERNELS and ORTHOSERVE_ISA. orthoserve is build/server/orthoserve
+# e.g. ik_llama.cpp); ISA (scalar|avx2|avx2vnni|avx512) is given to
+# orthoserve as ORTHOSERVE_ISA. orthoserve is build/server/orthoserve
 # (ORTHOSERVE_BIN to override). Only 127.0.0.1 is used; the servers are
 # started and stopped here (tools/bench_vs_llamacpp.py does the work).
 set -euo pipefail

@@ -17,7 +17,7 @@ it, then does the same with `orthoserve serve`. Per server and round:
 Both servers: 2 threads, 8 slots of 1024 positions (llama-server's -c is the
 total: 8192), batch 512. Median of ROUNDS (default 3) rounds; prints the
 three ratios ours/llama (> 1: orthoserve faster) and the CPU line. ISA sets
-ORTHOSERVE_KERNELS and ORTHOSERVE_ISA for orthoserve. Only 127.0.0.1 is
+ORTHOSERVE_ISA for orthoserve. Only 127.0.0.1 is
 used; every wait and request has a deadline; both servers are stopped on
 any exit.
 """
@@ -119,7 +119,7 @@ def start(kind, llama_dir, model, isa):
         cmd = [ORTHOSERVE, "serve", "-m", model, "--host", "127.0.0.1", "--port", str(port), "-t", str(THREADS),
                "-c", str(SLOT_CTX), "--parallel", str(CONC), "-b", str(BATCH), "--log-requests=false"]
         if isa:
-            env["ORTHOSERVE_KERNELS"] = env["ORTHOSERVE_ISA"] = isa
+            env["ORTHOSERVE_ISA"] = isa
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                             cwd=tempfile.gettempdir())  # llama-server writes llama.log into its cwd
