@@ -17,9 +17,11 @@ it, then does the same with `orthoserve serve`. Per server and round:
 Both servers: 2 threads, 8 slots of 1024 positions (llama-server's -c is the
 total: 8192), batch 512. Median of ROUNDS (default 3) rounds; prints the
 three ratios ours/llama (> 1: orthoserve faster) and the CPU line. ISA sets
-ORTHOSERVE_ISA for orthoserve. Only 127.0.0.1 is
-used; every wait and request has a deadline; both servers are stopped on
-any exit.
+ORTHOSERVE_ISA for orthoserve. Every request bans the SentencePiece byte
+tokens (ids 3-258, logit_bias -100; BAN_BYTES=0 keeps them): llama-server
+answers HTTP 500 when a text is not valid UTF-8, which random-weight models
+emit. Only 127.0.0.1 is used; every wait and request has a deadline; both
+servers are stopped on any exit.
 """
 import atexit
 import json
@@ -42,6 +44,7 @@ REQ_S = float(os.environ.get("REQUEST_TIMEOUT", "300"))  # per request
 PROMPT_TOKENS, DECODE_TOKENS, CONC, CONC_TOKENS = 670, 128, 8, 64
 SLOT_CTX, BATCH, THREADS = 1024, 512, 2
 ORTHOSERVE = os.environ.get("ORTHOSERVE_BIN", os.path.join(ROOT, "build", "server", "orthoserve"))
+BAN = {} if os.environ.get("BAN_BYTES", "1") == "0" else {str(i): -100 for i in range(3, 259)}
 
 _procs = []
 
@@ -136,7 +139,7 @@ def body(prompt, n):
     # ignore_eos + min_tokens (orthoserve, vLLM) / n_predict (llama-server):
     # both generate exactly n tokens; no prompt cache on either side.
     return {"prompt": prompt, "max_tokens": n, "n_predict": n, "min_tokens": n, "ignore_eos": True,
-            "temperature": 0, "cache_prompt": False, "stream": False}
+            "temperature": 0, "cache_prompt": False, "stream": False, "logit_bias": BAN}
 
 
 def prompt_ids(first, n):
