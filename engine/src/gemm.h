@@ -115,6 +115,10 @@ typedef struct {
     eng__unpack16_fn unpack16;
 } eng__ukernel;
 
+/* One packed F16 group back to its 16 file-layout rows (row k at dst + k * ds),
+ * an eng__unpack16_fn in AVX2 (quant_avx2.c); the AVX-512 F16 kernels use it too. */
+void eng__f16_unpack16_avx2(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst);
+
 /* Y = W · X with uk's kernels, as eng__gemm_fn (internal.h); packed: the
  * rows are whole packed groups (nr % 16 == 0) and uk has gemv16_packed. */
 void eng__gemm(const eng__ukernel *uk, bool packed, int64_t n, const void *w, size_t ws,

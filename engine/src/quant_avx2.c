@@ -170,7 +170,7 @@ AI void f16_dec_packed(int64_t n, const uint8_t *g, const float *x, float *y)
 
 /* One packed F16 group back to 16 rows (row k at dst + k * ds): per 16
  * elements a 16 x 16 transpose of 16-bit values (unpack 16/32/64, lanes). */
-static void f16_unpack_group(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst)
+void eng__f16_unpack16_avx2(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst)
 {
     for (int64_t c = 0; c < n / 16; c++, g += 512) {
         __m256i R[16], A[16], B[4][4], C[2][4][2];
@@ -211,7 +211,7 @@ static void f16_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, co
 static const eng__ukernel f16_uk = {
     .type = ENG_TYPE_F16, .tile = f16_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX,
     .prefill_nx = 4, .strip_groups = 4,
-    .gemv16_packed = f16_gemv16_packed, .unpack16 = f16_unpack_group,
+    .gemv16_packed = f16_gemv16_packed, .unpack16 = eng__f16_unpack16_avx2,
 };
 ENG_GEMM_ENTRIES(f16, f16_uk)
 

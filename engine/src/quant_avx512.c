@@ -175,38 +175,6 @@ AI void f16_dec_packed(int64_t n, const uint8_t *g, const float *x, float *y)
     _mm512_storeu_ps(y, _mm512_add_ps(A[0], A[1]));
 }
 
-/* One packed F16 group back to 16 rows (row k at dst + k * ds): per 16
- * elements a 16 x 16 transpose of 16-bit values (unpack 16/32/64, lanes). */
-static void f16_unpack_group(int64_t n, const uint8_t *g, size_t ds, uint8_t *dst)
-{
-    for (int64_t c = 0; c < n / 16; c++, g += 512) {
-        __m256i R[16], A[16], B[4][4], C[2][4][2];
-        UNROLL for (int l = 0; l < 16; l++) R[l] = lu(g + 32 * l);
-        UNROLL for (int i = 0; i < 8; i++) {
-            A[2 * i] = _mm256_unpacklo_epi16(R[2 * i], R[2 * i + 1]);
-            A[2 * i + 1] = _mm256_unpackhi_epi16(R[2 * i], R[2 * i + 1]);
-        }
-        /* A[2i + h]: k in {4h..4h+3} (and + 8), dwords (l = 2i, 2i + 1) */
-        UNROLL for (int j = 0; j < 4; j++) UNROLL for (int h = 0; h < 2; h++) {
-            B[j][2 * h] = _mm256_unpacklo_epi32(A[4 * j + h], A[4 * j + 2 + h]);
-            B[j][2 * h + 1] = _mm256_unpackhi_epi32(A[4 * j + h], A[4 * j + 2 + h]);
-        }
-        /* B[j][m]: k in {2m, 2m + 1} (and + 8), qwords (l = 4j..4j+3) */
-        UNROLL for (int jj = 0; jj < 2; jj++) UNROLL for (int m = 0; m < 4; m++) {
-            C[jj][m][0] = _mm256_unpacklo_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
-            C[jj][m][1] = _mm256_unpackhi_epi64(B[2 * jj][m], B[2 * jj + 1][m]);
-        }
-        /* C[jj][m][e]: lane 0 row 2m + e, lane 1 row 8 + 2m + e; l = 8jj..8jj+7 */
-        UNROLL for (int m = 0; m < 4; m++) UNROLL for (int e = 0; e < 2; e++) {
-            const int k = 2 * m + e;
-            _mm256_storeu_si256((__m256i *)(dst + (size_t)k * ds + 32 * (size_t)c),
-                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x20));
-            _mm256_storeu_si256((__m256i *)(dst + (size_t)(k + 8) * ds + 32 * (size_t)c),
-                                _mm256_permute2x128_si256(C[0][m][e], C[1][m][e], 0x31));
-        }
-    }
-}
-
 static void f16_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,
                               const void *xa, float *y)
 {
@@ -222,7 +190,7 @@ static void f16_gemv16_packed(int nv, int64_t n, const uint8_t *w, size_t ws, co
 static const eng__ukernel f16_uk = {
     .type = ENG_TYPE_F16, .tile = f16_tiles, .tile_mr = MRMAX, .tile_nx = NXMAX,
     .prefill_nx = 4, .strip_groups = 4,
-    .gemv16_packed = f16_gemv16_packed, .unpack16 = f16_unpack_group,
+    .gemv16_packed = f16_gemv16_packed, .unpack16 = eng__f16_unpack16_avx2,
 };
 ENG_GEMM_ENTRIES(f16, f16_uk)
 
