@@ -47,13 +47,9 @@ AI __m256 exp2_8(__m256 x)
     x = _mm256_max_ps(x, _mm256_set1_ps(-64.0f));
     const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(x, n);
-    __m256 p = _mm256_set1_ps(1.54614449e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.34004280e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.61805694e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.55032715e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.40226507e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.93147182e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    static const float c[] = {ENG_EXP2_POLY};
+    __m256 p = _mm256_set1_ps(c[0]);
+    UNROLL for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c[i]));
     const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }

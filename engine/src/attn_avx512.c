@@ -41,13 +41,9 @@ AI __m512 exp2_16(__m512 x)
     x = _mm512_max_ps(x, _mm512_set1_ps(-64.0f));
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.54614449e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.34004280e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61805694e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55032715e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226507e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147182e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    static const float c[] = {ENG_EXP2_POLY};
+    __m512 p = _mm512_set1_ps(c[0]);
+    UNROLL for (int i = 1; i < 7; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
     const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
 }

@@ -267,6 +267,11 @@ typedef struct {
 typedef void (*eng__attn_fn)(const eng__attn_args *a);
 void eng__attn_scalar(const eng__attn_args *a);
 void eng__attn_avx2(const eng__attn_args *a);
+/* The SIMD attention kernels' 2^f on |f| <= 1/2: a degree-6 polynomial
+ * interpolating 2^f at the Chebyshev nodes of [-1/2, 1/2], highest degree
+ * first (c0 = 1, so 2^0 = 1 exactly); error in attn_avx2.c. */
+#define ENG_EXP2_POLY 1.54614449e-4f, 1.34004280e-3f, 9.61805694e-3f, 5.55032715e-2f, \
+                      2.40226507e-1f, 6.93147182e-1f, 1.0f
 void eng__attn_avx512(const eng__attn_args *a);
 
 typedef struct {
