@@ -35,6 +35,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "common/attn_sgemm.h"
+#include "common/machine.h"
 #include "internal.h"
 
 #include <cblas.h>
@@ -61,17 +62,6 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static uint64_t rng(uint64_t *s)
 {
@@ -281,7 +271,7 @@ static void bench_weights(eng__pool *pool, const eng__kernels *const *lv, int nl
                 printf("%-5s %4lldx%-5lld %4lld", type_name(s.type), (long long)s.nr, (long long)s.n,
                        (long long)s.nx);
                 for (int m = 0; m < ms.n; m++) {
-                    g[m] = flop / median(t[m], g_reps) / 1e9;
+                    g[m] = flop / mach_median(t[m], g_reps) / 1e9;
                     printf(" %11.1f", g[m]);
                     if (ms.job[m].md == M_OURS) best_ours = g[m] > best_ours ? g[m] : best_ours;
                 }
@@ -356,7 +346,7 @@ static void bench_attn_one(eng__pool *pool, const eng__kernels *const *lv, int n
     double best_ours = 0, dmax = 0;
     printf("attn  P=%-6d", P);
     for (int m = 0; m < nm; m++) {
-        double g = flop / median(t[m], g_reps) / 1e9;
+        double g = flop / mach_median(t[m], g_reps) / 1e9;
         printf(" %11.1f", g);
         if (m < nlv) best_ours = g > best_ours ? g : best_ours;
         else printf(" %8.2fx", g / best_ours);

@@ -29,11 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 typedef struct {
     eng__gemm_fn fn;
@@ -115,9 +110,9 @@ static void model_decode(int nth, const eng__kernels *k, int t)
         eng__pool_run(pool, model_step, &mj);
         ts[rep] = eng__now() - t0;
     }
-    qsort(ts, 7, sizeof ts[0], cmp_d);
+    const double med = mach_median(ts, 7); /* sorts ts */
     printf("%-7s %-6s model decode: %7.2f ms/token  %6.2f GB/s  (%.0f MB, best %.2f GB/s)\n",
-           k->name, info->name, ts[3] * 1e3, (double)total / ts[3] * 1e-9, (double)total * 1e-6,
+           k->name, info->name, med * 1e3, (double)total / med * 1e-9, (double)total * 1e-6,
            (double)total / ts[0] * 1e-9);
     fflush(stdout);
     eng__pool_free(pool);
@@ -154,8 +149,7 @@ static double time_gemm(int nth, eng__gemm_fn fn, int64_t n, const uint8_t *w, s
         for (int i = 1; i < nth; i++) pthread_join(th[i], NULL);
         t[rep] = eng__now() - t0;
     }
-    qsort(t, 5, sizeof t[0], cmp_d);
-    return t[2] / reps;
+    return mach_median(t, 5) / reps;
 }
 
 /* Random quants, sane scales (fp16/bf16/f32 weights from a fixed pattern). */

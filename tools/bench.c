@@ -35,17 +35,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Model runs                                                               */
@@ -175,8 +164,8 @@ static void orthorank_rows(eng_model *m, const char *base, int threads, int runs
     eng_orthorank_stats st;
     eng_seq_get_orthorank_stats(c, 0, &st);
     printf("| %s | %s | %d | %.2f | %d | %.0f | %.0f | **%.3fx** | %.3f | %.1f | %.1f | **%.3fx** | %.3f |\n", base,
-           m->file_type, threads, sparsity, st.n_layers, median(pd, runs), median(ps, runs), median(pr, runs),
-           sp.pf_skip, median(dd, runs), median(ds, runs), median(dr, runs), sp.dc_skip);
+           m->file_type, threads, sparsity, st.n_layers, mach_median(pd, runs), mach_median(ps, runs), mach_median(pr, runs),
+           sp.pf_skip, mach_median(dd, runs), mach_median(ds, runs), mach_median(dr, runs), sp.dc_skip);
     fflush(stdout);
     eng_context_free(c);
 }
@@ -283,8 +272,8 @@ int main(int argc, char **argv)
                 if (b0 > bw_hi) bw_hi = b0;
                 if (b1 > bw_hi) bw_hi = b1;
             }
-            double pfm = median(pf, runs), dcm = median(dc, runs), bound = bound_sum / runs,
-                   of_bound = median(ratio, runs);
+            double pfm = mach_median(pf, runs), dcm = mach_median(dc, runs), bound = bound_sum / runs,
+                   of_bound = mach_median(ratio, runs);
             double gflops = matmul_flops(m, n_prompt) / ((double)n_prompt / pfm) / 1e9;
             char of_peak[96] = "n/a (scalar)";
             const mach_peak pkind = mach_level_peak(lvl, wt);

@@ -47,6 +47,9 @@ double mach_peak_ops(mach_peak p, int nth);
  * width. MACH_NO_PEAK for the scalar level. */
 mach_peak mach_level_peak(eng__kernel_level lvl, int t);
 
+/* The median of v[0..n) (sorts v in place); n >= 1. */
+double mach_median(double *v, int n);
+
 /* Bytes per second reading a 1 GiB buffer with nth threads, best of 3. */
 double mach_read_bw(int nth);
 #endif
