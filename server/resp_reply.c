@@ -63,7 +63,7 @@ char *resp_reply_event(json_t *ev, size_t *len)
     size_t tl = type ? strlen(type) : 0, n;
     char *type_copy = type ? strdup(type) : NULL;
     char *data = reply_dump(ev, &n); /* steals ev */
-    char *out = data && type_copy ? malloc(tl + n + 16) : NULL;
+    char *out = data && type_copy ? malloc(tl + n + 32) : NULL;
     if (out) {
         size_t k = 0;
         memcpy(out + k, "event: ", 7), k += 7;
