@@ -330,12 +330,67 @@ static int load_previous(creation *c, json_t **items, json_t **output)
     return 0;
 }
 
+/* An item_reference's item: the output item of that id of the stored
+ * response its id names ("<type>_<48 hex digits of the response>"): a new
+ * reference, or NULL with c->err set. */
+static json_t *referenced_item(creation *c, const char *id, const char *param)
+{
+    const char *us = strchr(id, '_');
+    char rid[RESP_ID_MAX + 8], why[256];
+    if (!c->store) {
+        set_err(&c->err, 400, "invalid_request_error", "not_supported", param,
+                "item references need stored responses, which this server does not keep (store_responses is false)");
+        return NULL;
+    }
+    snprintf(rid, sizeof rid, "resp_%.48s", us ? us + 1 : "");
+    char *out = NULL;
+    resp_store_status rs = us && strlen(us + 1) >= 48 ? resp_store_get(c->store, rid, now_unix(), NULL, &out, why,
+                                                                       sizeof why)
+                                                      : RESP_STORE_NOT_FOUND;
+    if (rs == RESP_STORE_ERROR) {
+        set_err(&c->err, 500, "server_error", "storage_error", NULL, "the stored responses cannot be read: %s", why);
+        return NULL;
+    }
+    json_t *resp = out ? json_loads(out, 0, NULL) : NULL, *found = NULL, *it;
+    free(out);
+    size_t i;
+    json_array_foreach(json_object_get(resp, "output"), i, it) {
+        const char *iid = json_string_value(json_object_get(it, "id"));
+        if (iid && !strcmp(iid, id)) found = json_incref(it);
+    }
+    json_decref(resp);
+    if (!found)
+        set_err(&c->err, 404, "not_found_error", "item_not_found", param,
+                "no stored item with id '%.80s' (unknown, or its response was deleted or expired)", id);
+    return found;
+}
+
+/* Replace every item_reference of the input by the stored item. */
+static int resolve_references(creation *c)
+{
+    json_t *in = c->st->rq.input, *it;
+    size_t i;
+    json_array_foreach(in, i, it) {
+        const char *type = json_string_value(json_object_get(it, "type"));
+        const char *id = json_string_value(json_object_get(it, "id"));
+        if (!type || strcmp(type, "item_reference")) continue;
+        char param[32];
+        snprintf(param, sizeof param, "input[%zu]", i);
+        if (!id) return set_err(&c->err, 400, "invalid_request_error", "invalid_value", param,
+                                "'%s' (an item_reference) needs a string 'id'", param);
+        json_t *item = referenced_item(c, id, param);
+        if (!item) return -1;
+        json_array_set_new(in, i, item);
+    }
+    return 0;
+}
+
 static void create_work(void *ctx)
 {
     creation *c = ctx;
     resp_request *rq = &c->st->rq;
     c->rc = -1;
-    if (resp_request_parse(c->body, rq, &c->err)) return;
+    if (resp_request_parse(c->body, rq, &c->err) || resolve_references(c)) return;
     json_t *items = NULL, *output = NULL;
     if (rq->previous_id[0] && load_previous(c, &items, &output)) {
         json_decref(items);
@@ -385,7 +440,9 @@ void api_responses_create(hreq *r)
     st->s = r->s;
     st->created_at = (long long)time(NULL);
     new_id(st->id, sizeof st->id, "resp_");
-    new_id(st->msg_id, sizeof st->msg_id, "msg_");
+    /* The message's id carries its response's: an item_reference to it
+     * finds the stored response (resolve_references). */
+    snprintf(st->msg_id, sizeof st->msg_id, "msg_%s", st->id + 5);
     c->lim = api_limits_of(r->s);
     c->store = r->s->store;
     c->body = r->json;

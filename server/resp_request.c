@@ -232,7 +232,7 @@ static int item_to_message(conv *c, json_t *it, const char *param)
     }
     if (!strcmp(ts, "reasoning")) return 0; /* a thinking model's own notes: not context for the next turn */
     if (!strcmp(ts, "item_reference"))
-        return fail(c->err, param, "not_supported", "item references are not supported (use previous_response_id)");
+        return fail(c->err, param, "not_supported", "an item_reference must name an output item of a stored response");
     return fail(c->err, param, "not_supported", "input items of type '%s' are not supported", ts);
 }
 

@@ -80,6 +80,19 @@ async function before() {
   const su = await st.usage;
   check("AI SDK streamText usage", su.outputTokens === r.usage.output_tokens, su);
 
+  // A second turn with the first turn's messages: with store on (the default) the AI SDK sends the
+  // assistant's text as an item_reference to the stored output item; without, the text itself.
+  const msgs = [{ role: "user", content: "Once upon a time" }, ...g.response.messages,
+                { role: "user", content: "Then what?" }];
+  const t2 = await generateText({ model: provider(model), messages: msgs, maxOutputTokens: 8, temperature: 0,
+                                  maxRetries: 0 });
+  check("AI SDK second turn sends an item_reference", JSON.stringify(t2.request.body).includes("item_reference"),
+        t2.request.body);
+  const t2full = await generateText({ model: provider(model), messages: msgs, maxOutputTokens: 8, temperature: 0,
+                                      maxRetries: 0, providerOptions: { openai: { store: false } } });
+  check("AI SDK item_reference == the text itself", t2.text === t2full.text &&
+        t2.usage.inputTokens === t2full.usage.inputTokens, { ref: t2.text, full: t2full.text });
+
   const first = await client.responses.create({ model, input: "Tom had a red ball.", max_output_tokens: 8,
                                                 temperature: 0 });
   console.log("PREV " + first.id + " " + JSON.stringify(first.output_text));

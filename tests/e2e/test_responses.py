@@ -134,6 +134,20 @@ class ResponsesTest(unittest.TestCase):
         self.assertGreater(r2["usage"]["input_tokens_details"]["cached_tokens"], 0)
         r3 = self.create({"input": "And then?", "previous_response_id": r2["id"], "max_output_tokens": 4})
         self.assertGreater(r3["usage"]["input_tokens"], r2["usage"]["input_tokens"] + r2["usage"]["output_tokens"])
+        # An item_reference to r1's message is that message.
+        msg = r1["output"][0]
+        ref = self.create({"input": [{"role": "user", "content": "Tom had a dog."},
+                                     {"type": "item_reference", "id": msg["id"]},
+                                     {"role": "user", "content": "What next?"}], "max_output_tokens": 8,
+                           "temperature": 0, "store": False})
+        full = self.create({"input": [{"role": "user", "content": "Tom had a dog."},
+                                      {"role": "assistant", "content": self.text_of(r1)},
+                                      {"role": "user", "content": "What next?"}], "max_output_tokens": 8,
+                            "temperature": 0, "store": False})
+        self.assertEqual(self.text_of(ref), self.text_of(full))
+        self.assertEqual(ref["usage"]["input_tokens"], full["usage"]["input_tokens"])
+        st, _, e, _ = self.s.post("/v1/responses", {"input": [{"type": "item_reference", "id": "msg_" + "0" * 48}]})
+        self.assertEqual((st, e["error"]["code"], e["error"]["param"]), (404, "item_not_found", "input[0]"))
         st, _, e, _ = self.s.post("/v1/responses", {"input": "x", "previous_response_id": "resp_nope"})
         self.assertEqual(st, 404)
         self.api.validate(e, "Error")
