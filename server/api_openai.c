@@ -32,7 +32,9 @@ static void deliver_text(job *j, bool force)
 {
     size_t n;
     const char *t = textbuf_take(j->tb, &n);
-    if (j->stream) {
+    if (j->stream && j->out) {
+        if (n) j->out->text(j, t, n);
+    } else if (j->stream) {
         stream_text(j, t, n, force);
     } else if (n) {
         sbuf_add(&j->text, t, n);
@@ -84,7 +86,8 @@ static void reply_failure(job *j)
         st = reply_status_from_done(j->status, &type, &code);
         snprintf(msg, sizeof msg, "generation failed: %s", eng_strerror(j->status));
     }
-    if (j->stream) stream_error(j, type, code, msg);
+    if (j->out) j->out->fail(j, st, type, code, msg);
+    else if (j->stream) stream_error(j, type, code, msg);
     else http_reply_error(j->hr, st, type, code, NULL, "%s", msg);
 }
 
@@ -115,6 +118,7 @@ static void answer(job *j)
     if (j->stream && !j->echo_sent) stream_text(j, "", 0, true);
     deliver_text(j, true);
     if (failed) reply_failure(j);
+    else if (j->out) j->out->finish(j);
     else if (j->stream) stream_finish(j, job_finish(j));
     else reply_whole(j);
 }
@@ -144,7 +148,7 @@ void api_on_event(const eng_event *ev, void *user)
 /* Submission                                                               */
 /* ------------------------------------------------------------------------ */
 
-static bool server_ready(hreq *r)
+bool api_server_ready(hreq *r)
 {
     srv *s = r->s;
     if (s->state == SRV_LOADING) {
@@ -158,8 +162,7 @@ static bool server_ready(hreq *r)
     return true;
 }
 
-/* The facts a request is validated against. */
-static api_limits limits_of(srv *s)
+api_limits api_limits_of(srv *s)
 {
     return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .n_ctx = s->n_ctx,
                         .model = s->model, .model_id = s->model_id, .model_file = s->model_file};
@@ -177,15 +180,17 @@ static void reply_submit_error(hreq *r, const api_request *req, eng_status st)
         http_reply_eng_error(r, st, NULL, NULL);
 }
 
-/* Queue a validated request as a job. Takes ownership of req's echo text. */
-static void submit(hreq *r, api_request *req)
+void api_submit(hreq *r, api_request *req, const job_output *out, void *out_ctx)
 {
     srv *s = r->s;
     job *j = job_new(r, req);
     if (!j) {
+        if (out && out->release) out->release(out_ctx);
         http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
+    j->out = out;
+    j->out_ctx = out_ctx;
     req->p.orthorank = &req->orthorank;
     req->p.on_event = bridge_event_cb;
     req->p.user = &j->bu;
@@ -201,7 +206,8 @@ static void submit(hreq *r, api_request *req)
     job_link(j);
     job_attach(j, r);
     if (j->stream) {
-        stream_begin(j);
+        if (j->out) j->out->begin(j);
+        else stream_begin(j);
         http_start_stream(r);
     } else {
         http_suspend(r);
@@ -238,8 +244,8 @@ static void validate_done(hreq *r, void *ctx)
     if (r && v->rc)
         http_reply_error(r, v->err.status, v->err.type, v->err.code, v->err.param[0] ? v->err.param : NULL, "%s",
                          v->err.message);
-    else if (r && server_ready(r))
-        submit(r, &v->req);
+    else if (r && api_server_ready(r))
+        api_submit(r, &v->req, NULL, NULL);
     if (!v->rc) api_request_free(&v->req);
     free(v);
 }
@@ -247,13 +253,13 @@ static void validate_done(hreq *r, void *ctx)
 /* Validate (request.c, off the loop), then submit or reply with the error. */
 static void completion(hreq *r, bool chat)
 {
-    if (!server_ready(r)) return;
+    if (!api_server_ready(r)) return;
     validation *v = calloc(1, sizeof *v);
     if (!v) {
         http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    v->lim = limits_of(r->s);
+    v->lim = api_limits_of(r->s);
     v->chat = chat;
     v->body = r->json;
     http_offload(r, validate_work, validate_done, v);
@@ -294,7 +300,7 @@ void api_models(hreq *r)
 void api_model(hreq *r)
 {
     srv *s = r->s;
-    api_limits lim = limits_of(s);
+    api_limits lim = api_limits_of(s);
     if (!api_model_name_ok(&lim, r->path_rest)) {
         http_reply_error(r, 404, "not_found_error", "model_not_found", "model", "the model '%s' does not exist",
                          r->path_rest);

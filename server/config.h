@@ -52,6 +52,10 @@ typedef struct {
     bool verbose;            /* engine log messages (the same as log_level "debug") */
     char *log_format;        /* "text" | "json" (one JSON object per line) */
     char *log_level;         /* "error" | "warn" | "info" | "debug" */
+    bool store_responses;    /* /v1/responses may store responses (resp_store.h) */
+    char *state_dir;         /* the directory of the stored responses' database */
+    long max_stored_responses;
+    double stored_response_ttl; /* seconds */
     eng_orthorank_params orthorank; /* every request's OrthoRank settings before its own (keys
                                      * orthorank_<field>: sparsity, token_ratio, decode, method,
                                      * min_tokens), checked without a model */

@@ -92,6 +92,7 @@ void job_free(job *j)
 {
     if (!j) return;
     if (j->er) eng_request_release(j->er);
+    if (j->out && j->out->release) j->out->release(j->out_ctx);
     textbuf_free(j->tb);
     free(j->text.p);
     free(j->lps);

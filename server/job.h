@@ -26,6 +26,17 @@
 
 typedef struct job job;
 
+/* The output of a job that answers in another shape than a completion
+ * (the Responses API: api_responses.c). api_openai.c calls these in place
+ * of its own output when job.out is set; ctx is job.out_ctx. */
+typedef struct {
+    void (*begin)(job *j);                          /* a stream's first records */
+    void (*text)(job *j, const char *t, size_t n);  /* streamed text the textbuf released */
+    void (*finish)(job *j);                         /* success: the whole reply, or the stream's end */
+    void (*fail)(job *j, unsigned status, const char *type, const char *code, const char *msg);
+    void (*release)(void *ctx);                     /* job_free: the job no longer needs ctx */
+} job_output;
+
 struct job {
     srv *s;
     hreq *hr; /* NULL once the request is gone */
@@ -60,6 +71,8 @@ struct job {
     double t_start;             /* monotonic: the HTTP request's arrival */
     double t_first, t_last;     /* monotonic: first / latest token event on the loop; 0: none yet */
     eng_orthorank_stats orthorank; /* what the engine reported at DONE */
+    const job_output *out;      /* NULL: a completion (stream.c / reply.c) */
+    void *out_ctx;              /* out's, released by job_free */
 };
 
 /* A job for the validated request req of r (takes req's echo text; draws

@@ -8,6 +8,7 @@
 #include "routes.h"
 #include "api_openai.h"
 #include "api_ops.h"
+#include "api_responses.h"
 #include "orthorank_json.h"
 
 #include <stdbool.h>
@@ -27,6 +28,12 @@ const http_route server_routes[] = {
     {"POST", "/tokenize", false, api_tokenize, "tokenize"},
     {"POST", "/detokenize", false, api_detokenize, "detokenize"},
     {"GET", "/v1/orthorank", false, api_orthorank, "orthorank"},
+    {"POST", "/v1/responses", false, api_responses_create, "responses"},
+    {"POST", "/responses", false, api_responses_create, "responses"},
+    {"GET", "/v1/responses/", true, api_responses_get, "responses"}, /* /v1/responses/{id} */
+    {"DELETE", "/v1/responses/", true, api_responses_delete, "responses"},
+    {"GET", "/responses/", true, api_responses_get, "responses"},
+    {"DELETE", "/responses/", true, api_responses_delete, "responses"},
 };
 
 const size_t server_n_routes = sizeof server_routes / sizeof server_routes[0];

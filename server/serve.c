@@ -376,6 +376,8 @@ static void srv_init(srv *s, srv_config *cfg)
     s->rng = random_seed();
     s->cache_secret[0] = random_seed();
     s->cache_secret[1] = random_seed();
+    if (cfg->store_responses) /* opened on first use (resp_store.h); NULL: stored requests get 500 */
+        s->store = resp_store_new(cfg->state_dir, cfg->max_stored_responses, cfg->stored_response_ttl);
     char *dup = strdup(cfg->model);
     snprintf(s->model_file, sizeof s->model_file, "%s", dup ? basename(dup) : cfg->model);
     free(dup);
@@ -470,6 +472,7 @@ int cli_serve(int argc, char **argv)
     if (s->sched) eng_sched_free(s->sched);
     eng_model_free(s->model);
     srv_metrics_free(&s->mx);
+    resp_store_free(s->store);
     uv_loop_close(s->loop);
     log_shutdown();
     free(s);

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "http.h"
 #include "log.h"
+#include "resp_store.h"
 #include "srv_metrics.h"
 #include "orthoserve/engine.h"
 
@@ -62,6 +63,7 @@ struct srv {
     size_t n_jobs;
     uint64_t rng;         /* xorshift64 state: response ids and seeds (job.c), never 0 */
     uint64_t cache_secret[2]; /* random: the key of api_cache_scope (request.h) */
+    resp_store *store;    /* stored responses (api_responses.c); NULL when store_responses is off */
     int exit_code;
 };
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config git ca-certificates curl
       libopenblas-dev libmicrohttpd-dev libjansson-dev libuv1-dev libcriterion-dev
-      libcurl4-openssl-dev python3 nodejs npm clang libclang-rt-dev
+      libcurl4-openssl-dev libsqlite3-dev python3 nodejs npm clang libclang-rt-dev
       python3-yaml python3-jsonschema wrk
       podman debootstrap uidmap fuse-overlayfs prometheus)  # the image and deploy tests (slow;image)
 missing=()

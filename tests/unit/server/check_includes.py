@@ -16,6 +16,7 @@ import sys
 LAYERS = [
     ["serve"],                                     # cli_serve: loop, loading, signals, drain
     ["routes"],                                    # the route table
+    ["api_responses"],                             # /v1/responses (submits through api_openai)
     ["api_openai", "api_ops"],                     # route handlers
     ["stream"],                                    # SSE records of a job
     ["job"],                                       # a generation's state and lifetime
@@ -23,9 +24,10 @@ LAYERS = [
     ["server"],                                    # struct srv
     ["http"],                                      # MHD in libuv, routing by table, hooks
     ["srv_metrics", "log"],                        # the server's metrics; log lines
-    ["request", "plan"],                           # request bodies -> engine parameters; plan files
+    ["resp_request"],                              # /v1/responses bodies -> chat bodies
+    ["request", "plan", "resp_reply"],             # request bodies -> engine parameters; plan files; Responses JSON
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
-    ["metrics", "bridge", "textbuf", "config"],
+    ["metrics", "bridge", "textbuf", "config", "resp_store"],
     ["sbuf", "jsoncount"],
 ]
 __doc__ += "".join("  %d. %s\n" % (i, ", ".join(l)) for i, l in enumerate(LAYERS))
