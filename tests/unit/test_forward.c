@@ -302,10 +302,10 @@ GOLDEN(phi3tiny_Q8_0, "phi3tiny-Q8_0")
 /* The same prompt decoded whole, in chunks, and next to other sequences in
  * one batch gives bitwise the same logits: batch composition and chunked
  * prefill never change a sequence's arithmetic (prefix reuse relies on it). */
-Test(forward, batch_composition, .timeout = 120)
+static void batch_composition(const char *name)
 {
     fixture f;
-    fx_open(&f, "tiny256-Q8_0", 3);
+    fx_open(&f, name, 3);
     json_t *p = prompt_by_id(f.g, 5);
     size_t n;
     int32_t *ids = json_ids(json_object_get(p, "tokens"), &n);
@@ -350,6 +350,15 @@ Test(forward, batch_composition, .timeout = 120)
     free(tok); free(pos); free(sq); free(w); free(ids2); free(ids); free(ref);
     fx_close(&f);
 }
+
+Test(forward, batch_composition, .timeout = 120) { batch_composition("tiny256-Q8_0"); }
+/* the later architectures: q/k norms, gemma3's post-norms and sliding
+ * window (140 tokens, window 32: chunks of 7 see it cut through earlier
+ * chunks), phi3's fused matrices */
+Test(forward, batch_composition_qwen3, .timeout = 120) { batch_composition("qwen3tiny-Q8_0"); }
+Test(forward, batch_composition_gemma3, .timeout = 120) { batch_composition("gemma3tiny-Q8_0"); }
+Test(forward, batch_composition_gemma3_f32, .timeout = 120) { batch_composition("gemma3tiny-F32"); }
+Test(forward, batch_composition_phi3, .timeout = 120) { batch_composition("phi3tiny-Q8_0"); }
 
 Test(forward, rejects_bad_batches, .timeout = 60)
 {
