@@ -157,6 +157,10 @@ typedef struct {
 /* Detect the family of a Jinja chat template (tokenizer.chat_template). NULL
  * or an unrecognised template gives ENG_CHAT_UNKNOWN. */
 eng_chat_format eng_chat_detect(const char *tmpl);
+/* The family an architecture's models use ("qwen3" -> CHATML, "gemma3" ->
+ * GEMMA, "phi3" -> PHI3, "qwen2" -> CHATML), for files without a template;
+ * ENG_CHAT_UNKNOWN for "llama" (several families) and anything else. */
+eng_chat_format eng_chat_for_arch(const char *arch);
 const char *eng_chat_format_name(eng_chat_format f); /* "chatml", "llama2", ... */
 eng_chat_format eng_chat_format_from_name(const char *name); /* ENG_CHAT_UNKNOWN if none */
 
