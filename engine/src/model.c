@@ -170,11 +170,18 @@ static eng_status load_rope_scaling(eng_model *m, char *err, size_t errlen)
 {
     const eng__gguf *g = m->gguf;
     const char *a = m->arch;
-    float factor = 1.0f;
+    float factor = 1.0f, attn_factor = NAN;
     if (!get_f(g, a, "rope.scaling.factor", &factor, err, errlen) ||
         !get_u32(g, a, "rope.scaling.original_context_length", &m->n_ctx_orig, false, err, errlen) ||
-        !get_f(g, a, "rope.scaling.attn_factor", &m->rope_attn_factor, err, errlen))
+        !get_f(g, a, "rope.scaling.attn_factor", &attn_factor, err, errlen))
         return ENG_EFORMAT;
+    if (!isnan(attn_factor)) m->rope_attn_factor = attn_factor;
+    else if (m->kind == ENG_ARCH_PHI3 && eng__gguf_tensor_find(g, "rope_factors_long.weight") && m->n_ctx_orig > 1 &&
+             m->n_ctx_train > m->n_ctx_orig)
+        /* LongRoPE's attention factor when the file does not give it:
+         * sqrt(1 + ln(ctx / original ctx) / ln(original ctx)) */
+        m->rope_attn_factor = sqrtf(1.0f + logf((float)m->n_ctx_train / (float)m->n_ctx_orig) /
+                                           logf((float)m->n_ctx_orig));
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     eng__str stype;
@@ -404,10 +411,10 @@ static eng_status bind_tensors(eng_model *m, char *err, size_t errlen)
         (!bind_vec(m, "rope_factors_short.weight", m->n_rot / 2, &m->rope_factors_short, false, err, errlen) ||
          !bind_vec(m, "rope_factors_long.weight", m->n_rot / 2, &m->rope_factors_long, false, err, errlen)))
         return m->unsupported ? ENG_EUNSUPPORTED : ENG_EFORMAT;
-    if (m->rope_factors_long && m->rope_attn_factor == 1.0f && m->n_ctx_orig > 1 && m->n_ctx_train > m->n_ctx_orig)
-        /* LongRoPE's attention factor when the file does not give it */
-        m->rope_attn_factor = sqrtf(1.0f + logf((float)m->n_ctx_train / (float)m->n_ctx_orig) /
-                                           logf((float)m->n_ctx_orig));
+    if (!m->rope_factors_short != !m->rope_factors_long) {
+        eng__errf(err, errlen, "LongRoPE needs both rope_factors_short.weight and rope_factors_long.weight");
+        return ENG_EFORMAT;
+    }
     m->layers = eng__calloc((size_t)m->n_layer, sizeof *m->layers);
     if (!m->layers) return ENG_ENOMEM;
     for (int il = 0; il < m->n_layer; il++)

@@ -6,6 +6,7 @@
  * rewritten here with one tensor missing or misshapen or one key gone.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,16 @@ typedef struct {
     int64_t n0, n1;
     const char *drop_key;      /* left out */
     const char *arch;          /* general.architecture replaced */
+    struct { const char *name; float value; } add[2];          /* F32 vectors of n_rot/2 = 16 values added */
+    struct { const char *key, *s; uint32_t u; float f; } set[4]; /* keys set (string s, else u, else f) */
 } edit;
+
+static bool is_set(const edit *e, const char *key)
+{
+    for (int i = 0; i < 4; i++)
+        if (e->set[i].key && !strcmp(e->set[i].key, key)) return true;
+    return false;
+}
 
 /* models/NAME.gguf with the edit applied, written to a temporary file. */
 static void rewrite(const char *name, const edit *e, char *path, size_t cap)
@@ -36,9 +46,21 @@ static void rewrite(const char *name, const edit *e, char *path, size_t cap)
     for (uint64_t i = 0; i < g->n_kv; i++) {
         char key[256];
         snprintf(key, sizeof key, "%.*s", (int)g->kv[i].key.len, g->kv[i].key.ptr);
-        if (e->drop_key && !strcmp(key, e->drop_key)) continue;
+        if ((e->drop_key && !strcmp(key, e->drop_key)) || is_set(e, key)) continue;
         if (e->arch && !strcmp(key, "general.architecture")) cr_assert_eq(eng__gguf_set_str(w, key, e->arch), ENG_OK);
         else cr_assert_eq(eng__gguf_copy_kv(w, g, key), ENG_OK, "%s", eng__gguf_writer_error(w));
+    }
+    for (int i = 0; i < 4 && e->set[i].key; i++) {
+        const char *k = e->set[i].key;
+        eng_status st = e->set[i].s ? eng__gguf_set_str(w, k, e->set[i].s)
+                        : e->set[i].u ? eng__gguf_set_u32(w, k, e->set[i].u) : eng__gguf_set_f32(w, k, e->set[i].f);
+        cr_assert_eq(st, ENG_OK, "%s", eng__gguf_writer_error(w));
+    }
+    static float vals[2][16];
+    for (int i = 0; i < 2 && e->add[i].name; i++) {
+        for (int j = 0; j < 16; j++) vals[i][j] = e->add[i].value;
+        int64_t ne[1] = {16};
+        cr_assert_eq(eng__gguf_add_tensor(w, e->add[i].name, ENG_TYPE_F32, 1, ne, vals[i], sizeof vals[i]), ENG_OK);
     }
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const eng__gguf_tensor *t = &g->tensors[i];
@@ -165,4 +187,65 @@ Test(arch, family_specifics, .timeout = 60)
     cr_assert(L->wq.n_out == 256 && L->wk.n_out == 64 && L->wv.n_out == 64 && L->w_gate.n_out == 512 &&
               L->w_up.n_out == 512);
     eng_model_free(m);
+}
+
+/* The last logits of 40 tokens through the edited phi3tiny-F32 at context n_ctx. */
+static void phi3_logits(edit e, int32_t n_ctx, float *out, char traits[160])
+{
+    char path[128], err[512] = "";
+    rewrite("phi3tiny-F32", &e, path, sizeof path);
+    eng_model *m = NULL;
+    eng_status st = eng_model_load(path, NULL, &m, err, sizeof err);
+    unlink(path);
+    cr_assert_eq(st, ENG_OK, "%s", err);
+    eng_context_params cp = eng_context_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_batch_max = 64;
+    eng_context *c = NULL;
+    cr_assert_eq(eng_context_new(m, &cp, &c), ENG_OK);
+    int32_t tok[40], pos[40], seq[40] = {0};
+    int8_t want[40] = {0};
+    for (int i = 0; i < 40; i++) tok[i] = 1 + (i * 37) % 500, pos[i] = i;
+    want[39] = 1;
+    eng_batch b = {40, tok, pos, seq, want};
+    cr_assert_eq(eng_decode(c, &b), ENG_OK);
+    eng_model_info info;
+    eng_model_get_info(m, &info);
+    cr_assert_eq(info.n_vocab, 512);
+    memcpy(out, eng_get_logits(c, 39), 512 * sizeof(float));
+    snprintf(traits, 160, "%s", info.traits); /* the model's, freed below */
+    eng_context_free(c);
+    eng_model_free(m);
+}
+
+/* phi3's LongRoPE: the short factors while the context fits the original
+ * one, the long ones past it, both dividing the rope frequencies (so factors
+ * of f everywhere give linear scaling by 1/f, bit for bit), and cos/sin times
+ * the attention factor: the file's, else sqrt(1 + ln(ctx/orig) / ln(orig)). */
+Test(arch, phi3_longrope, .timeout = 60)
+{
+    float a[512], b[512];
+    char ia[160], ib[160];
+#define LONGROPE(orig, af) \
+    .add = {{"rope_factors_short.weight", 2.0f}, {"rope_factors_long.weight", 4.0f}}, \
+    .set = {{"phi3.rope.scaling.type", "longrope", 0, 0}, {"phi3.rope.scaling.original_context_length", NULL, orig, 0}, \
+            {af ? "phi3.rope.scaling.attn_factor" : NULL, NULL, 0, 1.0f}}
+#define LINEAR(factor) \
+    .set = {{"phi3.rope.scaling.type", "linear", 0, 0}, {"phi3.rope.scaling.factor", NULL, 0, factor}}
+    phi3_logits((edit){LONGROPE(512, 0)}, 256, a, ia); /* short factors */
+    phi3_logits((edit){LINEAR(2.0f)}, 256, b, ib);
+    cr_assert(memcmp(a, b, sizeof a) == 0, "short factors 2 = linear scaling 1/2");
+    cr_assert(strstr(ia, "LongRoPE (orig ctx 512, attn factor 1)"), "%s", ia);
+    phi3_logits((edit){LONGROPE(256, 1)}, 512, a, ia); /* long factors, attn factor given as 1 */
+    phi3_logits((edit){LINEAR(4.0f)}, 512, b, ib);
+    cr_assert(memcmp(a, b, sizeof a) == 0, "long factors 4 = linear scaling 1/4");
+    phi3_logits((edit){LONGROPE(256, 0)}, 512, b, ib); /* attn factor sqrt(1 + ln 2 / ln 256) */
+    cr_assert(strstr(ib, "attn factor 1.06066"), "%s", ib);
+    double d = 0;
+    for (int i = 0; i < 512; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+    cr_assert(d > 1e-3, "the attention factor changes the logits (max |d| %g)", d);
+    expect_error("phi3tiny-F32", (edit){.add = {{"rope_factors_long.weight", 1.0f}}}, ENG_EFORMAT,
+                 WORDS("rope_factors_short.weight"));
+#undef LONGROPE
+#undef LINEAR
 }
