@@ -119,18 +119,24 @@ int cli_info(int argc, char **argv)
     printf("layers          %d\n", i.n_layer);
     printf("n_embd          %d\n", i.n_embd);
     printf("n_ff            %d\n", i.n_ff);
-    printf("heads           %d (kv %d), head size %d, rope dims %d\n", i.n_head, i.n_head_kv,
-           i.n_embd / i.n_head, i.n_rot);
+    printf("heads           %d (kv %d), head size %d%s, rope dims %d\n", i.n_head, i.n_head_kv, i.head_dim,
+           i.head_dim != i.n_embd / i.n_head ? " (key_length, not n_embd/n_head)" : "", i.n_rot);
     printf("rope            %s, base %g, scale %g\n", i.rope_neox ? "neox" : "normal",
            (double)i.rope_freq_base, (double)i.rope_freq_scale);
+    if (i.n_swa > 0)
+        printf("sliding window  %d positions in %d of %d layers (the others global), their rope base %g\n", i.n_swa,
+               i.n_swa_layers, i.n_layer, (double)i.rope_freq_base_swa);
+    if (i.traits && i.traits[0]) printf("traits          %s\n", i.traits);
     printf("rms eps         %g\n", (double)i.rms_eps);
     printf("context (train) %d\n", i.n_ctx_train);
     printf("output          %s\n", i.tied_output ? "tied to token_embd" : "separate output.weight");
     printf("vocab           %d tokens (%s, pre '%s'), bos %d, eos %d, add_bos %s\n",
            eng_vocab_n_tokens(v), eng_vocab_type(v) == ENG_VOCAB_SPM ? "SentencePiece" : "byte-level BPE",
            eng_vocab_pre(v), eng_vocab_bos(v), eng_vocab_eos(v), eng_vocab_add_bos(v) ? "yes" : "no");
-    eng_chat_format cf = eng_chat_detect(i.chat_template);
-    printf("chat template   %s\n", i.chat_template ? eng_chat_format_name(cf) : "none (plain fallback)");
+    eng_chat_format cf = eng_chat_detect(i.chat_template), fam = eng_chat_for_arch(i.arch);
+    if (i.chat_template) printf("chat template   %s\n", eng_chat_format_name(cf));
+    else if (fam != ENG_CHAT_UNKNOWN) printf("chat template   none (the %s family's: %s)\n", i.arch, eng_chat_format_name(fam));
+    else printf("chat template   none (plain fallback)\n");
     printf("kernels         %s\n", eng_kernel_name());
     eng_model_free(m);
     return 0;

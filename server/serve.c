@@ -237,6 +237,7 @@ static void load_done(uv_work_t *w, int status)
         s->chat_fmt = eng_chat_format_from_name(s->cfg->chat_template);
     } else {
         s->chat_fmt = eng_chat_detect(s->info.chat_template);
+        if (s->chat_fmt == ENG_CHAT_UNKNOWN && !s->info.chat_template) s->chat_fmt = eng_chat_for_arch(s->info.arch);
         if (s->chat_fmt == ENG_CHAT_UNKNOWN) s->chat_fmt = ENG_CHAT_PLAIN;
     }
     eng_sched_params sp = eng_sched_default_params();

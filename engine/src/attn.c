@@ -23,22 +23,23 @@ void eng__attn_scalar(const eng__attn_args *a)
     const int hd = a->hd, B = ENG_KV_BLOCK;
     float *acc = a->scratch;
     for (int32_t i = 0; i < a->nq; i++) {
-        const int32_t nk = a->last[i] + 1;
+        const int32_t nk = a->last[i] + 1, k0 = a->first ? a->first[i] : 0;
         for (int r = 0; r < a->n_rep; r++) {
             const float *q = a->q + (size_t)i * a->q_stride + (size_t)r * hd;
             float *o = a->out + (size_t)i * a->q_stride + (size_t)r * hd;
             float m = -INFINITY, l = 0.0f;
             for (int d = 0; d < hd; d++) acc[d] = 0.0f;
-            for (int32_t b = 0; b * B < nk; b++) {
+            for (int32_t b = k0 / B; b * B < nk; b++) {
                 const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
                 const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
                 const int cnt = nk - b * B < B ? nk - b * B : B;
+                const int lo = k0 > b * B ? k0 - b * B : 0; /* keys before it: out of the window */
                 float s[ENG_KV_BLOCK], mb = -INFINITY;
                 for (int j = 0; j < cnt; j++) s[j] = 0.0f;
                 for (int d = 0; d < hd; d++)
                     for (int j = 0; j < cnt; j++) s[j] += q[d] * K[d * B + j];
                 for (int j = 0; j < cnt; j++) {
-                    s[j] *= a->scale;
+                    s[j] = j < lo ? -INFINITY : s[j] * a->scale;
                     if (s[j] > mb) mb = s[j];
                 }
                 const float mn = mb > m ? mb : m;

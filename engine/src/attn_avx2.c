@@ -17,8 +17,8 @@
  *    lane partials, and the accumulator rescaled by 2^(m_old - m) only when
  *    the maximum grows (otherwise the factor is exactly 1);
  *  - values: acc = acc * alpha, then one FMA per key in order, per dim.
- * Keys past a query's last position but inside the tile's range get p = 0
- * exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
+ * Keys past a query's last position (or before its first, in a sliding
+ * window) but inside the tile's range get p = 0 exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
  * into +0), and a query whose keys ended in an earlier block takes p = 0,
  * alpha = 1 (no change).
  */
@@ -87,17 +87,19 @@ AI void scores(int NT, int hd, const float *const *q, const float *K, __m256 (*s
     UNROLL for (int t = 0; t < NT; t++) s[t][0] = c[t][0], s[t][1] = c[t][1];
 }
 
-/* One block's online-softmax step for one query with cnt (1..16) of the
- * block's keys: updates its maximum *m (in base-2 units) and lane sums *l,
- * writes its 16 weights to p (0 past cnt) and the accumulator's factor. */
-AI void softmax_step(const __m256 *s, int cnt, float c, float *m, __m256 *l, float *p, float *alpha)
+/* One block's online-softmax step for one query with keys lo..cnt-1
+ * (0 <= lo < cnt <= 16) of the block: updates its maximum *m (in base-2
+ * units) and lane sums *l, writes its 16 weights to p (0 outside) and the
+ * accumulator's factor. */
+AI void softmax_step(const __m256 *s, int lo, int cnt, float c, float *m, __m256 *l, float *p, float *alpha)
 {
     __m256 t0 = _mm256_mul_ps(s[0], _mm256_set1_ps(c)), t1 = _mm256_mul_ps(s[1], _mm256_set1_ps(c));
     __m256 v0 = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), v1 = v0;
-    if (cnt < B) {
-        const __m256 n = _mm256_set1_ps((float)cnt), ninf = _mm256_set1_ps(-INFINITY);
-        v0 = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), n, _CMP_LT_OQ);
-        v1 = _mm256_cmp_ps(_mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15), n, _CMP_LT_OQ);
+    if (cnt < B || lo > 0) {
+        const __m256 n = _mm256_set1_ps((float)cnt), ninf = _mm256_set1_ps(-INFINITY), f = _mm256_set1_ps((float)lo);
+        const __m256 i0 = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), i1 = _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15);
+        v0 = _mm256_and_ps(_mm256_cmp_ps(i0, n, _CMP_LT_OQ), _mm256_cmp_ps(i0, f, _CMP_GE_OQ));
+        v1 = _mm256_and_ps(_mm256_cmp_ps(i1, n, _CMP_LT_OQ), _mm256_cmp_ps(i1, f, _CMP_GE_OQ));
         t0 = _mm256_blendv_ps(ninf, t0, v0);
         t1 = _mm256_blendv_ps(ninf, t1, v1);
     }
@@ -183,7 +185,7 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
     const float *q[TILE];
     float *acc[TILE], m[TILE], p[TILE][B], alpha[TILE];
     __m256 l[TILE];
-    int32_t nk[TILE], nk_max = 0;
+    int32_t nk[TILE], nk_max = 0, k0[TILE], k0_min = INT32_MAX;
     for (int t = 0; t < NT; t++) {
         const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
         q[t] = a->q + (size_t)i * a->q_stride + (size_t)r * hd;
@@ -193,8 +195,10 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
         l[t] = _mm256_setzero_ps();
         nk[t] = a->last[i] + 1;
         if (nk[t] > nk_max) nk_max = nk[t];
+        k0[t] = a->first ? a->first[i] : 0; /* sliding window: its first key */
+        if (k0[t] < k0_min) k0_min = k0[t];
     }
-    for (int32_t b = 0; b * B < nk_max; b++) {
+    for (int32_t b = k0_min / B; b * B < nk_max; b++) {
         const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
         const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
         if ((b + 1) * B < nk_max && (b + 1) * B >= seen) prefetch_block(a, b + 1);
@@ -202,14 +206,14 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
         scores(NT, hd, q, K, s);
         int cnt_max = 0;
         UNROLL for (int t = 0; t < NT; t++) {
-            const int32_t cnt = nk[t] - b * B;
-            if (cnt <= 0) { /* this query's keys ended in an earlier block */
+            const int32_t cnt = nk[t] - b * B, lo = k0[t] - b * B;
+            if (cnt <= 0 || lo >= B) { /* this query's keys ended in an earlier block, or start later */
                 for (int j = 0; j < B; j++) p[t][j] = 0.0f;
                 alpha[t] = 1.0f;
                 continue;
             }
             const int cb = cnt < B ? (int)cnt : B;
-            softmax_step(s[t], cb, c, &m[t], &l[t], p[t], &alpha[t]);
+            softmax_step(s[t], lo > 0 ? (int)lo : 0, cb, c, &m[t], &l[t], p[t], &alpha[t]);
             if (cb > cnt_max) cnt_max = cb;
         }
         pv(NT, hd, acc, (const float(*)[B])p, alpha, cnt_max, V);

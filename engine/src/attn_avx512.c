@@ -19,8 +19,8 @@
  *    as 16 lane partials, and the accumulator rescaled by 2^(m_old - m) only
  *    when the maximum grows (otherwise the factor is exactly 1);
  *  - values: acc = acc * alpha, then one FMA per key in order, per dim.
- * Keys past a query's last position but inside the tile's range get p = 0
- * exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
+ * Keys past a query's last position (or before its first, in a sliding
+ * window) but inside the tile's range get p = 0 exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
  * into +0), and a query whose keys ended in an earlier step takes p = 0,
  * alpha = 1 (no change).
  */
@@ -72,13 +72,13 @@ AI __mmask16 first(int32_t n) /* lanes 0..n-1, n clamped to 0..16 */
     return n >= B ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 
-/* One step of the online softmax for one query over a pair of blocks, cnt
- * (1..32) of its 32 keys: updates its maximum *m (in base-2 units) and lane
- * sums *l, writes its 32 weights to p (0 past cnt) and the accumulator's
- * factor. */
-AI void softmax_step(const __m512 *s, int cnt, float c, float *m, __m512 *l, float *p, float *alpha)
+/* One step of the online softmax for one query over a pair of blocks, keys
+ * lo..cnt-1 (0 <= lo < cnt <= 32) of its 32: updates its maximum *m (in
+ * base-2 units) and lane sums *l, writes its 32 weights to p (0 outside) and
+ * the accumulator's factor. */
+AI void softmax_step(const __m512 *s, int lo, int cnt, float c, float *m, __m512 *l, float *p, float *alpha)
 {
-    const __mmask16 v0 = first(cnt), v1 = first(cnt - B);
+    const __mmask16 v0 = first(cnt) & (__mmask16)~first(lo), v1 = first(cnt - B) & (__mmask16)~first(lo - B);
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     const __m512 t0 = _mm512_mask_mul_ps(ninf, v0, s[0], _mm512_set1_ps(c));
     const __m512 t1 = _mm512_mask_mul_ps(ninf, v1, s[1], _mm512_set1_ps(c));
@@ -167,7 +167,7 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
     const float *q[TILE];
     float *acc[TILE], m[TILE], p[TILE][2 * B], alpha[TILE];
     __m512 l[TILE];
-    int32_t nk[TILE], nk_max = 0;
+    int32_t nk[TILE], nk_max = 0, k0[TILE], k0_min = INT32_MAX;
     for (int t = 0; t < NT; t++) {
         const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
         q[t] = a->q + (size_t)i * a->q_stride + (size_t)r * hd;
@@ -177,8 +177,12 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
         l[t] = _mm512_setzero_ps();
         nk[t] = a->last[i] + 1;
         if (nk[t] > nk_max) nk_max = nk[t];
+        k0[t] = a->first ? a->first[i] : 0; /* sliding window: its first key */
+        if (k0[t] < k0_min) k0_min = k0[t];
     }
-    for (int32_t b = 0; b * B < nk_max; b += 2) { /* steps of two blocks */
+    /* steps of two blocks, from an even block whatever the tile holds (a
+     * query's steps, hence its arithmetic, never depend on its neighbours) */
+    for (int32_t b = (k0_min / B) & ~1; b * B < nk_max; b += 2) {
         const int two = (b + 1) * B < nk_max;
         const float *K0 = a->k + (size_t)a->blk[b] * a->blk_stride, *K1 = K0;
         const float *V0 = a->v + (size_t)a->blk[b] * a->blk_stride, *V1 = V0;
@@ -193,15 +197,15 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
         else scores(NT, 0, hd, q, K0, K1, s);
         int cnt_max = 0;
         UNROLL for (int t = 0; t < NT; t++) {
-            const int32_t cnt = nk[t] - b * B;
-            if (cnt <= 0) { /* this query's keys ended in an earlier step */
+            const int32_t cnt = nk[t] - b * B, lo = k0[t] - b * B;
+            if (cnt <= 0 || lo >= 2 * B) { /* this query's keys ended in an earlier step, or start later */
                 _mm512_storeu_ps(p[t], _mm512_setzero_ps());
                 _mm512_storeu_ps(p[t] + B, _mm512_setzero_ps());
                 alpha[t] = 1.0f;
                 continue;
             }
             const int cb = cnt < 2 * B ? (int)cnt : 2 * B;
-            softmax_step(s[t], cb, c, &m[t], &l[t], p[t], &alpha[t]);
+            softmax_step(s[t], lo > 0 ? (int)lo : 0, cb, c, &m[t], &l[t], p[t], &alpha[t]);
             if (cb > cnt_max) cnt_max = cb;
         }
         pv(NT, hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);

@@ -129,6 +129,22 @@ eng_chat_format eng_chat_detect(const char *tmpl)
     return ENG_CHAT_UNKNOWN;
 }
 
+/*
+ * The family a model of an architecture is trained on, for files that carry
+ * no tokenizer.chat_template: qwen2 / qwen3 -> CHATML (Qwen3's default
+ * thinking mode opens the assistant turn exactly as ChatML does), gemma3 ->
+ * GEMMA, phi3 -> PHI3. llama is used by models of several families (Llama 2,
+ * Llama 3, Mistral, TinyLlama, SmolLM), so it has none (ENG_CHAT_UNKNOWN).
+ */
+eng_chat_format eng_chat_for_arch(const char *arch)
+{
+    if (!arch) return ENG_CHAT_UNKNOWN;
+    if (!strcmp(arch, "qwen2") || !strcmp(arch, "qwen3")) return ENG_CHAT_CHATML;
+    if (!strcmp(arch, "gemma3")) return ENG_CHAT_GEMMA;
+    if (!strcmp(arch, "phi3")) return ENG_CHAT_PHI3;
+    return ENG_CHAT_UNKNOWN;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Trimming (the text is built in an eng__buf)                              */
 /* ------------------------------------------------------------------------ */

@@ -71,6 +71,10 @@ struct eng_context {
     float *attn_scratch;                            /* per thread: the attention kernel's */
     size_t attn_per_thread;                         /* floats */
     int32_t *attn_last;                             /* per thread: (n_batch_max) key limits */
+    /* qwen3 / gemma3 / phi3 (forward.c) */
+    float *rope_cs_swa;                             /* (T, n_rot) rope of sliding-window layers, or NULL */
+    const float *rope_freqs;                        /* rope divisors in use (llama 3.1, LongRoPE), or NULL */
+    int32_t *attn_first;                            /* per thread: (n_batch_max) window starts */
     float *logits;       /* (n_out, n_vocab) */
     int32_t *out_row;    /* batch index -> logits row or -1 */
     int32_t *out_src;    /* logits row -> batch index */

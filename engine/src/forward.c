@@ -110,6 +110,16 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     c->attn_per_thread = (ENG_ATTN_SCRATCH(m->head_dim) + 15) & ~(size_t)15;
     c->attn_last = eng__malloc(T * (size_t)n_threads * sizeof(int32_t));
     c->attn_scratch = eng__aligned_alloc(64, c->attn_per_thread * (size_t)n_threads * sizeof(float));
+    /* Family specifics: the sliding-window layers' rope table and window
+     * starts; LongRoPE's short factors while the context fits the original
+     * one, else the long ones. */
+    c->attn_first = eng__malloc(T * (size_t)n_threads * sizeof(int32_t));
+    if (m->n_swa_layers > 0)
+        c->rope_cs_swa = eng__aligned_alloc(64, T * (size_t)(m->n_rot > 0 ? m->n_rot : 1) * sizeof(float));
+    c->rope_freqs = m->rope_freqs;
+    if (m->rope_factors_long)
+        c->rope_freqs = m->n_ctx_orig > 0 && n_ctx <= m->n_ctx_orig ? m->rope_factors_short : m->rope_factors_long;
+    if (!c->attn_first || (m->n_swa_layers > 0 && !c->rope_cs_swa)) goto nomem;
     c->logits = eng__aligned_alloc(64, T * (size_t)m->n_vocab * sizeof(float));
     c->out_row = eng__malloc(T * sizeof(int32_t));
     c->out_src = eng__malloc(T * sizeof(int32_t));
@@ -155,6 +165,8 @@ void eng_context_free(eng_context *c)
     eng__aligned_free(c->qact_own);
     eng__aligned_free(c->xn_own);
     eng__aligned_free(c->rope_cs);
+    eng__aligned_free(c->rope_cs_swa);
+    free(c->attn_first);
     eng__aligned_free(c->logits);
     free(c->out_row);
     free(c->out_src);
@@ -242,18 +254,27 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float
 
 /* The cos/sin pairs that rotate position pos: theta for pair i is
  * pos * base^(-2i/n_rot), computed by repeated multiplication in float as
- * ggml does, scaled by freq_scale and divided by rope_freqs[i] when given. */
-static void rope_table(const eng_model *m, int32_t pos, float *cs)
+ * ggml does, scaled by scale and divided by freqs[i] when given (llama 3.1,
+ * LongRoPE); cos and sin times the model's rope attention factor (LongRoPE). */
+static void rope_table(const eng_model *m, float base, float scale, const float *freqs, int32_t pos, float *cs)
 {
     const int nr = m->n_rot;
-    const float theta_scale = powf(m->rope_base, -2.0f / (float)nr);
+    const float theta_scale = powf(base, -2.0f / (float)nr), mul = m->rope_attn_factor;
     float tb = (float)pos;
     for (int i = 0; i < nr / 2; i++) {
-        float th = m->rope_scale * (m->rope_freqs ? tb / m->rope_freqs[i] : tb);
-        cs[2 * i] = cosf(th);
-        cs[2 * i + 1] = sinf(th);
+        float th = scale * (freqs ? tb / freqs[i] : tb);
+        cs[2 * i] = cosf(th) * mul;
+        cs[2 * i + 1] = sinf(th) * mul;
         tb *= theta_scale;
     }
+}
+
+/* qwen3 / gemma3: RMSNorm of each of n_heads heads at x, in place, with the
+ * per-head weight w (head_dim). */
+static void head_norm(const eng_model *m, float *x, int n_heads, const float *w)
+{
+    for (int h = 0; h < n_heads; h++) rmsnorm(x + (size_t)h * m->head_dim, x + (size_t)h * m->head_dim, w,
+                                              m->head_dim, m->rms_eps);
 }
 
 /* Rotate n_heads heads of head_dim at x by the table of their position. */
@@ -416,14 +437,18 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
     const int64_t QD = (int64_t)m->n_head * hd, KVD = c->kvd;
     const int32_t *act = c->act_all ? NULL : c->act;
     int32_t *last = c->attn_last + (size_t)ith * c->n_batch_max;
+    int32_t *first = L->swa ? c->attn_first + (size_t)ith * c->n_batch_max : NULL;
+    const float *cs = L->swa ? c->rope_cs_swa : c->rope_cs;
 
     for (int32_t i = 0; i < g->act_n; i++) {
         const int32_t t = act ? act[g->act0 + i] : g->act0 + i;
         float *q = c->q + (size_t)(g->act0 + i) * QD + (size_t)kh * n_rep * hd;
         if (L->bq)
             for (int64_t e = 0; e < (int64_t)n_rep * hd; e++) q[e] += L->bq[(int64_t)kh * n_rep * hd + e];
-        rope(m, q, n_rep, c->rope_cs + (size_t)t * nr);
+        if (L->q_norm) head_norm(m, q, n_rep, L->q_norm);
+        rope(m, q, n_rep, cs + (size_t)t * nr);
         last[i] = b->pos[t];
+        if (first) first[i] = b->pos[t] >= m->n_swa ? b->pos[t] - m->n_swa + 1 : 0; /* sliding window */
     }
     int32_t j0, j1;
     group_kv_rows(c, g, &j0, &j1);
@@ -435,7 +460,8 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
                 k[e] += L->bk[kh * hd + e];
                 v[e] += L->bv[kh * hd + e];
             }
-        rope(m, k, 1, c->rope_cs + (size_t)t * nr);
+        if (L->k_norm) head_norm(m, k, 1, L->k_norm);
+        rope(m, k, 1, cs + (size_t)t * nr);
         kv_store(c, il, kh, g->seq, b->pos[t], k, v);
     }
     if (g->act_n == 0) return;
@@ -448,14 +474,50 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
         .out = c->att + (size_t)g->act0 * QD + (size_t)kh * n_rep * hd,
         .q_stride = (size_t)QD,
         .last = last,
+        .first = first,
         .k = kv_block(c, c->k_cache, il, 0) + head_off,
         .v = kv_block(c, c->v_cache, il, 0) + head_off,
         .blk = c->seq_blocks + (size_t)g->seq * c->max_bps,
         .blk_stride = (size_t)KV_BLOCK * c->kvd,
-        .scale = 1.0f / sqrtf((float)hd),
+        .scale = m->attn_scale,
         .scratch = c->attn_scratch + (size_t)ith * c->attn_per_thread,
     };
     c->kern->attn(&a);
+}
+
+/* gemma3's post-norms: x[rows[j]] += rmsnorm(y[j]) * w for j < n (rows NULL:
+ * j), once every thread's columns of y are written; rows shared among the
+ * threads (the caller's barrier follows). */
+static void post_norm_residual(eng_context *c, int ith, int nth, float *y, const int32_t *rows, int64_t n,
+                               const float *w)
+{
+    const int64_t E = c->m->n_embd;
+    int64_t j0, j1;
+    eng__pool_barrier(c->pool);
+    eng__split(n, ith, nth, 1, &j0, &j1);
+    for (int64_t j = j0; j < j1; j++) {
+        float *yr = y + j * E, *xr = c->x + (rows ? rows[j] : j) * E;
+        rmsnorm(yr, yr, w, E, c->m->rms_eps);
+        for (int64_t i = 0; i < E; i++) xr[i] += yr[i];
+    }
+}
+
+/* The FFN gate: g = act(g) * u over columns [r0, r1) of n rows. SiLU, or
+ * gemma3's GELU with the tanh approximation (exact, not ggml's fp16 table). */
+static void gate_rows(const eng_model *m, float *gate, const float *up, int64_t n, int64_t r0, int64_t r1)
+{
+    const int64_t F = m->n_ff;
+    for (int64_t j = 0; j < n; j++) {
+        float *g = gate + j * F;
+        const float *u = up + j * F;
+        if (m->act == ENG_ACT_GELU_TANH)
+            for (int64_t i = r0; i < r1; i++) {
+                const float x = g[i];
+                g[i] = 0.5f * x * (1.0f + tanhf(0.7978845608f * x * (1.0f + 0.044715f * x * x))) * u[i];
+            }
+        else
+            for (int64_t i = r0; i < r1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
 }
 
 /* Normalize rows of x (rows NULL: 0..n-1) with weight w into out[j]: split
@@ -475,7 +537,7 @@ static void forward_job(int ith, int nth, void *arg)
     eng_context *c = arg;
     const eng_model *m = c->m;
     const eng_batch *b = c->batch;
-    const int64_t T = c->n_tokens, E = m->n_embd, F = m->n_ff;
+    const int64_t T = c->n_tokens, E = m->n_embd;
     int64_t r0, r1;
     thread_state ts = {.own = c->own_mode};
     ts.qact = ts.own ? c->qact_own + (size_t)ith * SMALL_T * c->qact_row : c->qact;
@@ -485,7 +547,11 @@ static void forward_job(int ith, int nth, void *arg)
     eng__split(T, ith, nth, 1, &r0, &r1);
     for (int64_t t = r0; t < r1; t++) {
         eng__mat_row(&m->tok_embd, b->token[t], c->x + t * E);
-        rope_table(m, b->pos[t], c->rope_cs + t * m->n_rot);
+        if (m->embd_scale != 1.0f)
+            for (int64_t i = 0; i < E; i++) c->x[t * E + i] *= m->embd_scale;
+        rope_table(m, m->rope_base, m->rope_scale, c->rope_freqs, b->pos[t], c->rope_cs + t * m->n_rot);
+        if (c->rope_cs_swa)
+            rope_table(m, m->rope_base_swa, m->rope_scale_swa, c->rope_freqs, b->pos[t], c->rope_cs_swa + t * m->n_rot);
     }
     eng__pool_barrier(c->pool);
     norm_rows(c, ith, nth, &ts, ts.xn, NULL, T, m->layers[0].attn_norm);
@@ -511,7 +577,8 @@ static void forward_job(int ith, int nth, void *arg)
         /* Output projection and FFN on the updated rows only; the others keep
          * their residual unchanged. */
         matmul(c, ith, nth, &ts, &L->wo, c->att, NULL, A, c->yo, &r0, &r1);
-        residual(c->x, act, c->yo, A, E, r0, r1);
+        if (L->post_attn_norm) post_norm_residual(c, ith, nth, c->yo, act, A, L->post_attn_norm);
+        else residual(c->x, act, c->yo, A, E, r0, r1);
         eng__pool_barrier(c->pool);
         norm_rows(c, ith, nth, &ts, ts.own ? ts.xn : c->yo, act, A, L->ffn_norm);
 
@@ -519,13 +586,11 @@ static void forward_job(int ith, int nth, void *arg)
         const float *fin = ts.own ? ts.xn : c->yo;
         matmul(c, ith, nth, &ts, &L->w_gate, fin, NULL, A, c->gate, &r0, &r1);
         matmul(c, ith, nth, &ts, &L->w_up, fin, NULL, A, c->up, &r0, &r1);
-        for (int64_t j = 0; j < A; j++) {
-            float *g = c->gate + j * F, *u = c->up + j * F;
-            for (int64_t i = r0; i < r1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        }
+        gate_rows(m, c->gate, c->up, A, r0, r1);
         eng__pool_barrier(c->pool);
         matmul(c, ith, nth, &ts, &L->w_down, c->gate, NULL, A, c->yo, &r0, &r1);
-        residual(c->x, act, c->yo, A, E, r0, r1);
+        if (L->post_ffn_norm) post_norm_residual(c, ith, nth, c->yo, act, A, L->post_ffn_norm);
+        else residual(c->x, act, c->yo, A, E, r0, r1);
         eng__pool_barrier(c->pool);
 
         /* The next layer's attention norm over every row. */
@@ -536,6 +601,11 @@ static void forward_job(int ith, int nth, void *arg)
     norm_rows(c, ith, nth, &ts, ts.xn, c->out_src, c->n_out, m->output_norm);
     ts.ac.src = NULL;
     if (c->n_out > 0) matmul(c, ith, nth, &ts, &m->output, ts.xn, NULL, c->n_out, c->logits, &r0, &r1);
+    if (c->n_out > 0 && m->logit_softcap > 0) /* gemma3: cap * tanh(logit / cap), this thread's columns */
+        for (int64_t j = 0; j < c->n_out; j++) {
+            float *l = c->logits + j * m->n_vocab;
+            for (int64_t i = r0; i < r1; i++) l[i] = m->logit_softcap * tanhf(l[i] / m->logit_softcap);
+        }
 }
 
 eng_status eng_decode(eng_context *c, const eng_batch *b)

@@ -247,6 +247,8 @@ typedef void (*eng__quant_fn)(const float *src, void *dst, int64_t n);
  * attn(a): for every query row i < nq and head r < n_rep (the query heads of
  *   one kv head), out = softmax(q . K^T * scale) . V over keys 0..last[i] of
  *   one sequence, whose block b starts at k + blk[b] * blk_stride (and v + ...).
+ *   With first set, row i sees keys first[i]..last[i] only (a sliding-window
+ *   layer); the blocks before first[i] / ENG_KV_BLOCK are not read for it.
  *   Each query's arithmetic is independent of the other queries in the call.
  */
 #define ENG_KV_BLOCK 16
@@ -257,6 +259,7 @@ typedef struct {
     float *out;         /* same layout as q */
     size_t q_stride;
     const int32_t *last; /* (nq) last key position each row sees */
+    const int32_t *first; /* (nq) first key position each row sees, or NULL: 0 */
     const float *k, *v;  /* this layer's block 0, at this kv head */
     const int32_t *blk;  /* the sequence's block ids */
     size_t blk_stride;   /* floats from one block to the next */

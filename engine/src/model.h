@@ -22,9 +22,16 @@ typedef struct {
     eng__mat wq, wk, wv, wo; /* q: n_embd -> n_head*head_dim, k/v: -> n_head_kv*head_dim */
     const float *bq, *bk, *bv; /* qwen2 biases, or NULL */
     eng__mat w_gate, w_up, w_down;
+    /* qwen3 / gemma3 / phi3 (phi3's fused attn_qkv and ffn_up are bound as
+     * row ranges: wq/wk/wv and w_gate/w_up are views of one tensor) */
+    const float *q_norm, *k_norm;                /* (head_dim) per-head RMSNorm before rope, or NULL */
+    const float *post_attn_norm, *post_ffn_norm; /* gemma3: RMSNorm of each block's output, or NULL */
+    bool swa;                                    /* a sliding-window layer (gemma3) */
 } eng__layer;
 
 typedef enum { ENG_ROPE_NORM = 0, ENG_ROPE_NEOX = 1 } eng__rope_kind;
+typedef enum { ENG_ARCH_LLAMA, ENG_ARCH_QWEN2, ENG_ARCH_QWEN3, ENG_ARCH_GEMMA3, ENG_ARCH_PHI3 } eng__arch;
+typedef enum { ENG_ACT_SILU, ENG_ACT_GELU_TANH } eng__act; /* the FFN gate's activation */
 
 /* A model's OrthoRank layer plan (eng_orthorank_plan, held in place). */
 typedef struct {
@@ -53,6 +60,19 @@ struct eng_model {
     const float *output_norm;
     const float *rope_freqs; /* (n_rot/2) divisors of theta (llama 3.1), or NULL */
     eng__layer *layers;
+    /* Family specifics (model.c sets them from the metadata, forward.c follows) */
+    eng__arch kind;
+    eng__act act;
+    float embd_scale;      /* token embeddings times this (gemma3: sqrt(n_embd)), else 1 */
+    float attn_scale;      /* attention score scale (1/sqrt(head_dim) unless the family differs) */
+    float logit_softcap;   /* > 0: logits = cap * tanh(logits / cap) (gemma3) */
+    int32_t n_swa;         /* window of the sliding-window layers (0: none) */
+    int32_t n_swa_layers, swa_period; /* how many layers slide; the layer pattern's period */
+    float rope_base_swa, rope_scale_swa; /* rope of the sliding-window layers */
+    const float *rope_factors_short, *rope_factors_long; /* phi3 LongRoPE divisors (n_rot/2), or NULL */
+    float rope_attn_factor; /* cos/sin multiplier (LongRoPE), else 1 */
+    int32_t n_ctx_orig;    /* rope.scaling.original_context_length (0: absent) */
+    char traits[160];      /* what `orthoserve info` prints about the family */
     int32_t n_threads;
     bool unsupported; /* a binding failed on an unsupported type (load-time only) */
     uint64_t n_params, n_bytes;

@@ -22,6 +22,7 @@ typedef struct {
     int32_t *blk;  /* the sequence's blocks, shuffled */
     float *q, *out; /* nq rows of n_kvh * n_rep * hd */
     int32_t *last;
+    int32_t *first; /* sliding window: the first key each row sees, or NULL */
     int32_t nq;
 } fixture;
 
@@ -45,7 +46,7 @@ typedef enum {
 } pattern;
 
 static void make(fixture *f, int hd, int n_rep, int n_kvh, int n_pos, int32_t nq, float qscale, pattern pat,
-                 uint64_t seed)
+                 int window, uint64_t seed)
 {
     uint64_t s = seed;
     memset(f, 0, sizeof *f);
@@ -78,6 +79,10 @@ static void make(fixture *f, int hd, int n_rep, int n_kvh, int n_pos, int32_t nq
         const int32_t any = (int32_t)(td_rand(&s) % (uint64_t)n_pos);
         f->last[i] = pat == SPREAD || (pat == MIXED && i % 3 == 2) ? any : n_pos - nq + i;
     }
+    if (window > 0) {
+        f->first = malloc(sizeof(int32_t) * (size_t)nq);
+        for (int32_t i = 0; i < nq; i++) f->first[i] = f->last[i] >= window ? f->last[i] - window + 1 : 0;
+    }
 }
 
 static void drop(fixture *f)
@@ -88,6 +93,7 @@ static void drop(fixture *f)
     free(f->q);
     free(f->out);
     free(f->last);
+    free(f->first);
 }
 
 static void run(const eng__kernels *kt, fixture *f, int h, int32_t row0, int32_t nq, float *out)
@@ -102,6 +108,7 @@ static void run(const eng__kernels *kt, fixture *f, int h, int32_t row0, int32_t
         .out = out + (size_t)row0 * qd + (size_t)h * f->n_rep * f->hd,
         .q_stride = qd,
         .last = f->last + row0,
+        .first = f->first ? f->first + row0 : NULL,
         .k = f->k + (size_t)h * B * f->hd,
         .v = f->v + (size_t)h * B * f->hd,
         .blk = f->blk,
@@ -121,9 +128,9 @@ static void run(const eng__kernels *kt, fixture *f, int h, int32_t row0, int32_t
 static double reference(const fixture *f, int h, int32_t i, int r, double *o, double *sc)
 {
     const float *q = f->q + (size_t)i * f->n_kvh * f->n_rep * f->hd + ((size_t)h * f->n_rep + r) * f->hd;
-    int n = f->last[i] + 1;
+    int n = f->last[i] + 1, p0 = f->first ? f->first[i] : 0;
     double *s = malloc(sizeof(double) * (size_t)n), mx = -INFINITY, sum = 0, big = 0;
-    for (int p = 0; p < n; p++) {
+    for (int p = p0; p < n; p++) {
         double d = 0, a = 0;
         for (int e = 0; e < f->hd; e++) {
             d += (double)q[e] * *kat(f, h, p, e);
@@ -133,10 +140,10 @@ static double reference(const fixture *f, int h, int32_t i, int r, double *o, do
         if (s[p] > mx) mx = s[p];
         if (a / sqrt((double)f->hd) > big) big = a / sqrt((double)f->hd);
     }
-    for (int p = 0; p < n; p++) sum += s[p] = exp(s[p] - mx);
+    for (int p = p0; p < n; p++) sum += s[p] = exp(s[p] - mx);
     for (int e = 0; e < f->hd; e++) {
         double acc = 0, mag = 0;
-        for (int p = 0; p < n; p++) {
+        for (int p = p0; p < n; p++) {
             acc += s[p] / sum * *vat(f, h, p, e);
             mag += s[p] / sum * fabs(*vat(f, h, p, e));
         }
@@ -180,12 +187,13 @@ static double worst[8]; /* largest error / (sc tol) seen per level */
 /* Level lvl on shape c: every (row, head) against the double reference and
  * against the scalar kernel; each row computed alone gives the same bits as
  * in the call of all nq rows. */
-static void check(eng__kernel_level lvl, shape c)
+static void check(eng__kernel_level lvl, shape c, int window)
 {
     const eng__kernels *kt = eng__kernels_get(lvl), *ks = eng__kernels_get(ENG_KL_SCALAR);
     if (!kt) cr_skip_test("CPU lacks this kernel level");
     fixture f;
-    make(&f, c.hd, c.n_rep, c.n_kvh, c.n_pos, c.nq, c.qscale, c.pat, 77 + (uint64_t)c.hd * 31 + (uint64_t)c.n_pos);
+    make(&f, c.hd, c.n_rep, c.n_kvh, c.n_pos, c.nq, c.qscale, c.pat, window,
+         77 + (uint64_t)c.hd * 31 + (uint64_t)c.n_pos);
     const int hd = c.hd;
     const size_t qd = (size_t)c.n_kvh * c.n_rep * hd;
     float *one = malloc(sizeof(float) * qd * (size_t)c.nq), *sca = malloc(sizeof(float) * qd * (size_t)c.nq);
@@ -239,9 +247,22 @@ static const shape shapes[] = {
     {64, 4, 1, 90, 6, 60.0f, MIXED},   {64, 1, 1, 600, 31, 60.0f, SPREAD},
 };
 
+/* Sliding windows (gemma3: first = max(0, last - window + 1)): starts inside
+ * a block, on a block boundary, in either block of a two-block step, rows
+ * of one tile starting blocks apart. */
+static const struct {
+    shape s;
+    int window;
+} windowed[] = {
+    {{32, 2, 2, 140, 40, 1.0f, CAUSAL}, 32}, {{64, 4, 1, 300, 9, 1.0f, SPREAD}, 17},
+    {{128, 1, 1, 2100, 12, 1.0f, MIXED}, 1024}, {{32, 8, 1, 90, 70, 1.0f, CAUSAL}, 16},
+    {{48, 3, 1, 64, 5, 60.0f, MIXED}, 5}, {{256, 1, 2, 200, 33, 1.0f, CAUSAL}, 48},
+};
+
 static void check_level(eng__kernel_level lvl)
 {
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check(lvl, shapes[i]);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check(lvl, shapes[i], 0);
+    for (size_t i = 0; i < sizeof windowed / sizeof windowed[0]; i++) check(lvl, windowed[i].s, windowed[i].window);
     cr_log_info("%s: largest error %.3g of the tolerance", eng__kernels_get(lvl)->name, worst[lvl]);
 }
 

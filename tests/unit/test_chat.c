@@ -354,3 +354,16 @@ Test(chat, detect_then_render)
     cr_assert_str_eq(out, "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n");
     eng_free(out);
 }
+
+/* Files without a template: the family their architecture is trained on
+ * (the server's default, and `orthoserve info`'s). */
+Test(chat, family_for_arch)
+{
+    cr_assert_eq(eng_chat_for_arch("qwen3"), ENG_CHAT_CHATML);
+    cr_assert_eq(eng_chat_for_arch("qwen2"), ENG_CHAT_CHATML);
+    cr_assert_eq(eng_chat_for_arch("gemma3"), ENG_CHAT_GEMMA);
+    cr_assert_eq(eng_chat_for_arch("phi3"), ENG_CHAT_PHI3);
+    cr_assert_eq(eng_chat_for_arch("llama"), ENG_CHAT_UNKNOWN, "llama models come in several families");
+    cr_assert_eq(eng_chat_for_arch("gemma2"), ENG_CHAT_UNKNOWN);
+    cr_assert_eq(eng_chat_for_arch(NULL), ENG_CHAT_UNKNOWN);
+}

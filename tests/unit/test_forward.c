@@ -151,6 +151,32 @@ static void check_tokenization(fixture *f)
     }
 }
 
+/* F32 files of the later architectures: the last-position logits also
+ * against the NumPy float64 reference (dequant_reference, exact GELU) with
+ * its tighter tolerance; this is what catches architecture mistakes smaller
+ * than the llama.cpp atol (gemma3tiny-F32: 2e-3 there, 1e-4 here). */
+static void check_dequant_ref(fixture *f, size_t li, const float *last)
+{
+    const char *file = json_string_value(json_object_get(f->g, "model_file"));
+    static const char *const files[] = {"qwen3tiny-F32.gguf", "gemma3tiny-F32.gguf", "phi3tiny-F32.gguf"};
+    bool want = false;
+    const char *base = strrchr(file, '/') ? strrchr(file, '/') + 1 : file;
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) want |= strcmp(base, files[i]) == 0;
+    if (!want) return;
+    const double atol =
+        json_number_value(json_object_get(json_object_get(f->g, "tolerances"), "logits_atol_vs_dequant_reference"));
+    json_t *exp = json_object_get(json_array_get(json_object_get(json_object_get(f->g, "dequant_reference"), "logits"),
+                                                 li), "last_logits");
+    cr_assert(atol > 0 && (int32_t)json_array_size(exp) == f->n_vocab);
+    double maxd = 0;
+    for (int32_t t = 0; t < f->n_vocab; t++) {
+        double d = fabs((double)last[t] - json_number_value(json_array_get(exp, (size_t)t)));
+        if (d > maxd) maxd = d;
+    }
+    cr_log_info("%s prompt %zu: max |dlogit| vs dequant_reference %.3g (atol %g)", file, li, maxd, atol);
+    cr_assert(maxd <= atol, "%s prompt %zu: max |dlogit| vs dequant_reference %g > %g", file, li, maxd, atol);
+}
+
 static void check_logits(fixture *f)
 {
     json_t *ls = json_object_get(f->g, "logits"), *L;
@@ -170,6 +196,9 @@ static void check_logits(fixture *f)
             if (d > maxd) maxd = d;
         }
         cr_assert(maxd <= f->atol, "prompt %zu: max |dlogit| %g > atol %g", li, maxd, f->atol);
+        cr_log_info("%s prompt %zu: max |dlogit| vs llama.cpp %.3g (atol %g)",
+                    json_string_value(json_object_get(f->g, "model_file")), li, maxd, f->atol);
+        check_dequant_ref(f, li, last);
         /* every position: top-20 values and decidable rank sets */
         json_t *top = json_object_get(L, "top20");
         for (size_t pos = 0; pos < n; pos++) {
@@ -263,14 +292,20 @@ GOLDEN(tiny256_tied_F32, "tiny256-tied-F32")
 GOLDEN(tiny256_tied_Q8_0, "tiny256-tied-Q8_0")
 GOLDEN(qwen2tiny_F32, "qwen2tiny-F32")
 GOLDEN(qwen2tiny_Q8_0, "qwen2tiny-Q8_0")
+GOLDEN(qwen3tiny_F32, "qwen3tiny-F32")
+GOLDEN(qwen3tiny_Q8_0, "qwen3tiny-Q8_0")
+GOLDEN(gemma3tiny_F32, "gemma3tiny-F32")
+GOLDEN(gemma3tiny_Q8_0, "gemma3tiny-Q8_0")
+GOLDEN(phi3tiny_F32, "phi3tiny-F32")
+GOLDEN(phi3tiny_Q8_0, "phi3tiny-Q8_0")
 
 /* The same prompt decoded whole, in chunks, and next to other sequences in
  * one batch gives bitwise the same logits: batch composition and chunked
  * prefill never change a sequence's arithmetic (prefix reuse relies on it). */
-Test(forward, batch_composition, .timeout = 120)
+static void batch_composition(const char *name)
 {
     fixture f;
-    fx_open(&f, "tiny256-Q8_0", 3);
+    fx_open(&f, name, 3);
     json_t *p = prompt_by_id(f.g, 5);
     size_t n;
     int32_t *ids = json_ids(json_object_get(p, "tokens"), &n);
@@ -315,6 +350,15 @@ Test(forward, batch_composition, .timeout = 120)
     free(tok); free(pos); free(sq); free(w); free(ids2); free(ids); free(ref);
     fx_close(&f);
 }
+
+Test(forward, batch_composition, .timeout = 120) { batch_composition("tiny256-Q8_0"); }
+/* the later architectures: q/k norms, gemma3's post-norms and sliding
+ * window (140 tokens, window 32: chunks of 7 see it cut through earlier
+ * chunks), phi3's fused matrices */
+Test(forward, batch_composition_qwen3, .timeout = 120) { batch_composition("qwen3tiny-Q8_0"); }
+Test(forward, batch_composition_gemma3, .timeout = 120) { batch_composition("gemma3tiny-Q8_0"); }
+Test(forward, batch_composition_gemma3_f32, .timeout = 120) { batch_composition("gemma3tiny-F32"); }
+Test(forward, batch_composition_phi3, .timeout = 120) { batch_composition("phi3tiny-Q8_0"); }
 
 Test(forward, rejects_bad_batches, .timeout = 60)
 {

@@ -477,6 +477,30 @@ Test(scheduler, prefix_reuse_is_exact, .timeout = 60)
     eng_model_free(m);
 }
 
+/* The same on the qwen3 / gemma3 / phi3 models, with a prompt past gemma3's
+ * 32-position window: reused K/V of a sliding-window layer serve exactly as
+ * recomputed ones. */
+Test(scheduler, prefix_reuse_is_exact_qwen3_gemma3_phi3, .timeout = 120)
+{
+    const char *models[] = {"models/qwen3tiny-Q8_0.gguf", "models/gemma3tiny-F32.gguf", "models/gemma3tiny-Q8_0.gguf",
+                            "models/phi3tiny-Q8_0.gguf"};
+    int32_t b[60];
+    for (int i = 0; i < 60; i++) b[i] = i == 0 ? 1 : 3 + (i * 53) % 500;
+    for (size_t mi = 0; mi < sizeof models / sizeof *models; mi++) {
+        char err[256] = "";
+        eng_model *m = NULL;
+        cr_assert_eq(eng_model_load(td_path(models[mi]), NULL, &m, err, sizeof err), ENG_OK, "%s", err);
+        collector with, without;
+        run_pair(m, true, b, 40, b, 60, &with);
+        run_pair(m, false, b, 40, b, 60, &without);
+        cr_assert_eq(with.n_cached, 40, "%s: the whole first prompt is reused", models[mi]);
+        cr_assert_eq(with.n_tokens, without.n_tokens);
+        for (int i = 0; i < with.n_tokens; i++)
+            cr_assert_eq(with.tokens[i], without.tokens[i], "%s: token %d", models[mi], i);
+        eng_model_free(m);
+    }
+}
+
 Test(scheduler, cached_prefixes_are_evicted_for_new_work, .timeout = 60)
 {
     eng_model *m = load();

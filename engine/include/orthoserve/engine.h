@@ -157,6 +157,10 @@ typedef struct {
 /* Detect the family of a Jinja chat template (tokenizer.chat_template). NULL
  * or an unrecognised template gives ENG_CHAT_UNKNOWN. */
 eng_chat_format eng_chat_detect(const char *tmpl);
+/* The family an architecture's models use ("qwen3" -> CHATML, "gemma3" ->
+ * GEMMA, "phi3" -> PHI3, "qwen2" -> CHATML), for files without a template;
+ * ENG_CHAT_UNKNOWN for "llama" (several families) and anything else. */
+eng_chat_format eng_chat_for_arch(const char *arch);
 const char *eng_chat_format_name(eng_chat_format f); /* "chatml", "llama2", ... */
 eng_chat_format eng_chat_format_from_name(const char *name); /* ENG_CHAT_UNKNOWN if none */
 
@@ -251,7 +255,7 @@ eng_status eng_model_load(const char *path, const eng_model_params *p, eng_model
 void eng_model_free(eng_model *m);
 
 typedef struct {
-    const char *arch;         /* "llama", "qwen2" */
+    const char *arch;         /* "llama", "qwen2", "qwen3", "gemma3", "phi3" */
     const char *name;         /* general.name or "" */
     const char *file_type;    /* dominant weight type: "Q8_0", "F16", ... */
     const char *chat_template;/* tokenizer.chat_template or NULL */
@@ -260,6 +264,13 @@ typedef struct {
     bool rope_neox, tied_output;
     uint64_t n_params;        /* weight elements */
     uint64_t n_bytes;         /* bytes of weight data */
+    /* architecture specifics (qwen3, gemma3, phi3) */
+    int32_t head_dim;         /* per-head size (may differ from n_embd / n_head) */
+    int32_t n_swa;            /* sliding window of the sliding-window layers, 0: none */
+    int32_t n_swa_layers;     /* how many layers use it */
+    float rope_freq_base_swa; /* rope base of those layers */
+    float logit_softcap;      /* final logit soft-capping, 0: none */
+    const char *traits;       /* the family's traits in words ("q/k norm, ...") or "" */
 } eng_model_info;
 
 void eng_model_get_info(const eng_model *m, eng_model_info *out);
