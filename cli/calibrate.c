@@ -268,7 +268,8 @@ int cli_calibrate(int argc, char **argv)
     if (nch < 0) goto out;
     if (nch < o.chunks) fprintf(stderr, "orthoserve: only %d calibration windows available\n", nch);
     int32_t n_seq = (int32_t)(o.seqs < nch ? o.seqs : nch);
-    if (ev_init(&ev, S.m, (int32_t)o.n_ctx, n_seq, (int32_t)o.threads)) goto out;
+    const eng_context_params dp = eng_context_default_params();
+    if (ev_init(&ev, S.m, (int32_t)o.n_ctx, n_seq, (int32_t)o.threads, dp.type_k, dp.type_v)) goto out;
 
     int32_t cand[ENG_MAX_LAYERS], n_cand = 0;
     bool ex_last = !strcmp(o.exclude, "first,last"), ex_first = strcmp(o.exclude, "none") != 0;

@@ -37,6 +37,13 @@ int32_t *cli_tokenize_text(const eng_vocab *v, const char *text, size_t len, boo
  * in err. */
 bool cli_parse_orthorank(const char *spec, eng_orthorank_params *p, char *err, size_t errlen);
 
+/* --cache-type-k / --cache-type-v (generate, perplexity, and bench in tools/). */
+#define CLI_CACHE_TYPE_USAGE                                                                          \
+    "      --cache-type-k T     KV cache type of K: f16 (default), f32 or q8_0\n"                     \
+    "      --cache-type-v T     KV cache type of V: f16 (default), f32 or q8_0\n"
+/* "KV cache: K f16, V f16, N tokens x B bytes = M MiB" on stderr. */
+void cli_print_kv(const eng_model *m, eng_kv_type type_k, eng_kv_type type_v, int64_t tokens);
+
 #define BAD(opt, val)                                                                   \
     do {                                                                                \
         fprintf(stderr, "orthoserve: invalid value '%s' for %s\n", val, opt);           \

@@ -158,3 +158,10 @@ bool cli_parse_orthorank(const char *spec, eng_orthorank_params *p, char *err, s
     }
     return true;
 }
+
+void cli_print_kv(const eng_model *m, eng_kv_type type_k, eng_kv_type type_v, int64_t tokens)
+{
+    const size_t per = eng_kv_bytes_per_token(m, type_k, type_v);
+    fprintf(stderr, "orthoserve: KV cache: K %s, V %s, %lld tokens x %zu bytes = %.1f MiB\n", eng_kv_type_name(type_k),
+            eng_kv_type_name(type_v), (long long)tokens, per, (double)tokens * (double)per / 1048576.0);
+}

@@ -226,7 +226,8 @@ void ev_free(evaluator *ev)
     memset(ev, 0, sizeof *ev);
 }
 
-int ev_init(evaluator *ev, eng_model *m, int32_t n_ctx, int32_t n_seq, int32_t threads)
+int ev_init(evaluator *ev, eng_model *m, int32_t n_ctx, int32_t n_seq, int32_t threads, eng_kv_type type_k,
+            eng_kv_type type_v)
 {
     memset(ev, 0, sizeof *ev);
     eng_model_info info;
@@ -241,6 +242,8 @@ int ev_init(evaluator *ev, eng_model *m, int32_t n_ctx, int32_t n_seq, int32_t t
     cp.n_seq_max = n_seq;
     cp.n_batch_max = n_seq * n_ctx;
     cp.n_threads = threads;
+    cp.type_k = type_k;
+    cp.type_v = type_v;
     eng_status st = eng_context_new(m, &cp, &ev->ctx);
     if (st != ENG_OK) {
         fprintf(stderr, "orthoserve: cannot create a context (%d x %d tokens): %s\n", n_seq, n_ctx,

@@ -48,7 +48,8 @@ typedef struct {
     uint64_t *win_cnt;
 } evaluator;
 
-int ev_init(evaluator *ev, eng_model *m, int32_t n_ctx, int32_t n_seq, int32_t threads);
+int ev_init(evaluator *ev, eng_model *m, int32_t n_ctx, int32_t n_seq, int32_t threads, eng_kv_type type_k,
+            eng_kv_type type_v);
 void ev_free(evaluator *ev);
 
 /* Per layer: sink scores seen on a dense pass (calibrate). */

@@ -24,6 +24,7 @@ static void generate_usage(FILE *f)
             "  -n, --n-predict N        tokens to generate (default 64)\n"
             "  -c, --ctx-size N         context size (default: the model's)\n"
             "  -t, --threads N          compute threads (default 2)\n"
+            CLI_CACHE_TYPE_USAGE
             "      --temp T             temperature; 0 = greedy (default 0)\n"
             "      --top-k K            (default 0 = off)\n"
             "      --top-p P            (default 1 = off)\n"
@@ -47,6 +48,7 @@ typedef struct {
     bool orthorank_given;
     eng_orthorank_params orthorank;
     bool ignore_eos, print_ids, verbose, use_mmap, repack;
+    eng_kv_type type_k, type_v;
 } generate_opts;
 
 /* The options into o: -1 to go on, else the exit code. */
@@ -55,7 +57,8 @@ static int parse_options(int argc, char **argv, generate_opts *o)
     long top_k = 0;
     double temp = 0, top_p = 1, min_p = 0, rep = 1;
     char err[256] = "";
-    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_IGNORE, O_IDS, O_ORTHORANK, O_NOMMAP, O_NOREPACK };
+    enum { O_TEMP = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_IGNORE, O_IDS, O_ORTHORANK, O_NOMMAP, O_NOREPACK,
+           O_CTK, O_CTV };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"n-predict", required_argument, 0, 'n'},  {"ctx-size", required_argument, 0, 'c'},
@@ -66,9 +69,11 @@ static int parse_options(int argc, char **argv, generate_opts *o)
         {"ids", no_argument, 0, O_IDS},            {"verbose", no_argument, 0, 'v'},
         {"orthorank", required_argument, 0, O_ORTHORANK}, {"no-mmap", no_argument, 0, O_NOMMAP},
         {"no-repack", no_argument, 0, O_NOREPACK},
+        {"cache-type-k", required_argument, 0, O_CTK}, {"cache-type-v", required_argument, 0, O_CTV},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     *o = (generate_opts){.n_predict = 64, .threads = 2, .sampling = eng_sampler_default_params(),
-                         .orthorank = eng_orthorank_default_params(), .use_mmap = true, .repack = true};
+                         .orthorank = eng_orthorank_default_params(), .use_mmap = true, .repack = true,
+                         .type_k = eng_context_default_params().type_k, .type_v = eng_context_default_params().type_v};
     optind = 1;
     int ch;
     while ((ch = getopt_long(argc, argv, "m:p:n:c:t:vh", opts, NULL)) != -1) {
@@ -101,6 +106,8 @@ static int parse_options(int argc, char **argv, generate_opts *o)
             break;
         case O_NOMMAP: o->use_mmap = false; break;
         case O_NOREPACK: o->repack = false; break;
+        case O_CTK: if (eng_kv_type_parse(optarg, &o->type_k) != ENG_OK) BAD("--cache-type-k", optarg); break;
+        case O_CTV: if (eng_kv_type_parse(optarg, &o->type_v) != ENG_OK) BAD("--cache-type-v", optarg); break;
         case 'v': o->verbose = true; break;
         case 'h': generate_usage(stdout); return 0;
         default: generate_usage(stderr); return 2;
@@ -165,6 +172,8 @@ static int run_open(const generate_opts *o, run *r)
     cp.n_ctx = o->n_ctx > 0 ? (int32_t)o->n_ctx : r->info.n_ctx_train;
     cp.n_batch_max = 512;
     cp.n_threads = (int32_t)o->threads;
+    cp.type_k = o->type_k;
+    cp.type_v = o->type_v;
     if ((long)r->n_prompt + o->n_predict > cp.n_ctx) {
         fprintf(stderr, "orthoserve: prompt (%zu tokens) + %ld to generate exceeds the context (%d); use -c\n",
                 r->n_prompt, o->n_predict, cp.n_ctx);
@@ -174,6 +183,7 @@ static int run_open(const generate_opts *o, run *r)
         fprintf(stderr, "orthoserve: cannot create a context: %s\n", eng_strerror(st));
         return 1;
     }
+    if (o->verbose) cli_print_kv(r->m, cp.type_k, cp.type_v, cp.n_ctx);
     if ((st = eng_sampler_new(&o->sampling, r->info.n_vocab, &r->smp)) != ENG_OK) {
         fprintf(stderr, "orthoserve: bad sampling parameters: %s\n", eng_strerror(st));
         return 1;

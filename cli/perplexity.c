@@ -57,6 +57,7 @@ static void perplexity_usage(FILE *f)
             "      --offset-bytes B      start reading the text at the line after byte B\n"
             "      --seqs N              windows per eng_decode call (default 4)\n"
             "  -t, --threads N           compute threads (default 2)\n"
+            CLI_CACHE_TYPE_USAGE
             "      --sweep               markdown table: method x sparsity x token ratio\n"
             "      --sweep-methods LIST  (default orthorank,layer_skip,random,inverse)\n"
             "      --sweep-sparsity LIST (default 0.1,0.2,0.3,0.4)\n"
@@ -133,6 +134,7 @@ typedef struct {
     const char *model, *text, *plan_path;
     long n_ctx, chunks, threads, start_chunk, offset, seqs;
     bool full, decode_eval, sweep, verbose;
+    eng_kv_type type_k, type_v;
     bool orthorank_given;
     eng_orthorank_params orthorank;
     eng_orthorank_method methods[8]; /* --sweep */
@@ -163,7 +165,7 @@ static int parse_options(int argc, char **argv, perplexity_opts *o)
     const char *sw_methods = "orthorank,layer_skip,random,inverse";
     char err[256];
     enum { O_CHUNKS = 256, O_MODE, O_ORTHORANK, O_PLAN, O_DEC, O_START, O_OFF, O_SEQS, O_SWEEP, O_SWM, O_SWS,
-           O_SWK };
+           O_SWK, O_CTK, O_CTV };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"file", required_argument, 0, 'f'},
         {"ctx-size", required_argument, 0, 'c'},    {"chunks", required_argument, 0, O_CHUNKS},
@@ -176,8 +178,10 @@ static int parse_options(int argc, char **argv, perplexity_opts *o)
         {"sweep-sparsity", required_argument, 0, O_SWS},
         {"sweep-ratios", required_argument, 0, O_SWK},
         {"verbose", no_argument, 0, 'v'},           {"help", no_argument, 0, 'h'},
+        {"cache-type-k", required_argument, 0, O_CTK}, {"cache-type-v", required_argument, 0, O_CTV},
         {0, 0, 0, 0}};
-    *o = (perplexity_opts){.n_ctx = 512, .threads = 2, .seqs = 4, .orthorank = eng_orthorank_default_params(),
+    const eng_context_params dp = eng_context_default_params();
+    *o = (perplexity_opts){.type_k = dp.type_k, .type_v = dp.type_v, .n_ctx = 512, .threads = 2, .seqs = 4, .orthorank = eng_orthorank_default_params(),
                            .sw_sp = {0.1, 0.2, 0.3, 0.4}, .sw_k = {1.0 / 3, 0.5, 2.0 / 3}, .n_sp = 4, .n_k = 3};
     optind = 1;
     int ch;
@@ -211,6 +215,8 @@ static int parse_options(int argc, char **argv, perplexity_opts *o)
             have_offset = true;
             break;
         case O_SEQS: if (!cli_parse_long(optarg, 1, 256, &o->seqs)) BAD("--seqs", optarg); break;
+        case O_CTK: if (eng_kv_type_parse(optarg, &o->type_k) != ENG_OK) BAD("--cache-type-k", optarg); break;
+        case O_CTV: if (eng_kv_type_parse(optarg, &o->type_v) != ENG_OK) BAD("--cache-type-v", optarg); break;
         case O_SWEEP: o->sweep = true; break;
         case O_SWM: sw_methods = optarg; break;
         case O_SWS:
@@ -336,7 +342,8 @@ int cli_perplexity(int argc, char **argv)
     int32_t nch = ev_windows(&S, (int32_t)o.n_ctx, o.start_chunk, o.chunks);
     if (nch < 0) goto out;
     int32_t n_seq = (int32_t)(o.seqs < nch ? o.seqs : nch);
-    if (ev_init(&ev, S.m, (int32_t)o.n_ctx, n_seq, (int32_t)o.threads)) goto out;
+    if (ev_init(&ev, S.m, (int32_t)o.n_ctx, n_seq, (int32_t)o.threads, o.type_k, o.type_v)) goto out;
+    cli_print_kv(S.m, o.type_k, o.type_v, (int64_t)n_seq * o.n_ctx);
     fprintf(stderr,
             "orthoserve: %d windows of %ld tokens from window %ld, %s mode%s, %d per call, "
             "%ld threads, kernels %s\n",

@@ -51,6 +51,10 @@ static const copt OPTS[] = {
      "token budget of one scheduler step"},
     {"kv_tokens", CT_INT, OFF(kv_tokens), "kv-tokens", 0, 0, 1 << 30, "0",
      "KV cache budget in tokens over all sequences; 0 = ctx_size * parallel"},
+    {"cache_type_k", CT_STR, OFF(cache_type_k), "cache-type-k", 0, 0, 0, "f16",
+     "KV cache element type of K: f16, f32 (the golden logits' own) or q8_0 (half of f16's memory)"},
+    {"cache_type_v", CT_STR, OFF(cache_type_v), "cache-type-v", 0, 0, 0, "f16",
+     "KV cache element type of V: f16, f32 or q8_0"},
     {"alias", CT_STR, OFF(alias), "alias", 'a', 0, 0, "", "model id in the API; default: the file name"},
     {"chat_template", CT_STR, OFF(chat_template), "chat-template", 0, 0, 0, "",
      "chat template name (chatml, llama2, llama3, mistral, zephyr, phi3, gemma, plain); default: detect"},
@@ -391,6 +395,7 @@ void srv_config_usage(FILE *f)
         if (!strcmp(o->key, "api_keys_file") || !strcmp(o->key, "orthorank_plan")) arg = "FILE";
         if (!strcmp(o->key, "log_format")) arg = "FORMAT";
         if (!strcmp(o->key, "log_level")) arg = "LEVEL";
+        if (!strncmp(o->key, "cache_type_", 11)) arg = "TYPE";
         if (o->sopt) snprintf(flag, sizeof flag, "-%c, --%s %s", o->sopt, o->lopt, arg);
         else snprintf(flag, sizeof flag, "    --%s %s", o->lopt, arg);
         fprintf(f, "  %-30s %s", flag, o->help);
@@ -641,6 +646,12 @@ int srv_config_load(srv_config *c, int argc, char **argv)
         fprintf(stderr, "orthoserve: key 'log_level': '%s' is not one of error, warn, info, debug\n", c->log_level);
         goto out;
     }
+    const char *kv_keys[] = {"cache_type_k", c->cache_type_k, "cache_type_v", c->cache_type_v};
+    for (int i = 0; i < 4; i += 2)
+        if (eng_kv_type_parse(kv_keys[i + 1], NULL) != ENG_OK) {
+            fprintf(stderr, "orthoserve: key '%s': '%s' is not one of f16, f32, q8_0\n", kv_keys[i], kv_keys[i + 1]);
+            goto out;
+        }
     if (c->api_keys_file[0] && load_keys_file(c)) goto out;
     const char *field;
     if (eng_orthorank_check(NULL, &c->orthorank, &field, err, sizeof err) != ENG_OK) {

@@ -31,6 +31,7 @@ typedef struct {
     long parallel;        /* sequences decoded together */
     long batch_size;      /* token budget of one scheduler step */
     long kv_tokens;       /* KV budget over all sequences; 0: ctx_size * parallel */
+    char *cache_type_k, *cache_type_v; /* KV cache element types: "f16" | "f32" | "q8_0" */
     char *alias;          /* model id; "" = the file name */
     char *chat_template;  /* "" = detect from the model */
     srv_strlist api_keys; /* empty: no authentication (api_keys_file's keys are appended) */

@@ -247,6 +247,8 @@ static void load_done(uv_work_t *w, int status)
     sp.n_kv_tokens = (int32_t)s->cfg->kv_tokens;
     sp.max_queue = (int32_t)s->cfg->max_queue;
     sp.n_threads = (int32_t)s->cfg->threads;
+    eng_kv_type_parse(s->cfg->cache_type_k, &sp.type_k); /* checked with the configuration */
+    eng_kv_type_parse(s->cfg->cache_type_v, &sp.type_v);
     s->n_ctx = sp.n_ctx;
     eng_status st = eng_sched_new(s->model, &sp, &s->sched);
     if (st != ENG_OK) {
@@ -259,10 +261,18 @@ static void load_done(uv_work_t *w, int status)
     eng_orthorank_plan plan;
     eng_model_get_orthorank_plan(s->model, &plan);
     srv_metrics_model(&s->mx, s->model_id, &s->info, s->n_ctx, plan.source);
+    const size_t kv_bpt = eng_kv_bytes_per_token(s->model, sp.type_k, sp.type_v);
+    eng_sched_stats kst;
+    eng_sched_get_stats(s->sched, &kst);
+    const int64_t kv_budget = kst.kv_total; /* tokens, in whole blocks */
+    srv_metrics_kv(&s->mx, sp.type_k, sp.type_v, kv_bpt);
     uv_timer_start(&s->stats_timer, on_stats, 100, 100);
     log_line(&s->log, SRV_LOG_INFO, "model %s loaded: %s, %d layers, context %d, %ld slots, chat template %s, kernels %s", s->model_id,
             s->info.arch, s->info.n_layer, s->n_ctx, s->cfg->parallel, eng_chat_format_name(s->chat_fmt),
             eng_kernel_name());
+    log_line(&s->log, SRV_LOG_INFO, "KV cache: K %s, V %s, kv_tokens %lld x %zu bytes per token = %.1f MiB",
+             eng_kv_type_name(sp.type_k), eng_kv_type_name(sp.type_v), (long long)kv_budget, kv_bpt,
+             (double)kv_budget * (double)kv_bpt / 1048576.0);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -79,6 +79,13 @@ static const family FAMILIES[] = {
     {AT(kv_ratio), "orthoserve_kv_cache_usage_ratio",
      "KV cache tokens in use by running requests over the budget (0 to 1).", METRIC_GAUGE, {NULL}, false, NULL, 0,
      {NULL}},
+    {AT(kv_bpt), "orthoserve_kv_cache_bytes_per_token",
+     "KV cache bytes one token takes over all layers, by element type of K and V (f32, f16, q8_0).", METRIC_GAUGE,
+     {"type_k", "type_v"}, false, NULL, 0, {NULL}},
+    {AT(kv_bytes_used), "orthoserve_kv_cache_bytes_used", "KV cache bytes held by running requests.", METRIC_GAUGE,
+     {NULL}, false, NULL, 0, {NULL}},
+    {AT(kv_bytes_cap), "orthoserve_kv_cache_bytes_capacity", "KV cache bytes allocated (the budget in tokens "
+     "times the bytes per token).", METRIC_GAUGE, {NULL}, false, NULL, 0, {NULL}},
     {AT(batch_tokens), "orthoserve_batch_tokens", "Tokens in the last scheduler step's batch.", METRIC_GAUGE, {NULL},
      false, NULL, 0, {NULL}},
     {AT(steps), "orthoserve_scheduler_steps_total", "Scheduler steps (forward passes) run.", METRIC_COUNTER, {NULL},
@@ -190,6 +197,12 @@ void srv_metrics_model(srv_metrics *m, const char *model_id, const eng_model_inf
     metric_setv(m->model_info, v, 1);
 }
 
+void srv_metrics_kv(srv_metrics *m, eng_kv_type type_k, eng_kv_type type_v, size_t bytes_per_token)
+{
+    m->kv_bytes_per_token = (double)bytes_per_token;
+    metric_set(m->kv_bpt, eng_kv_type_name(type_k), eng_kv_type_name(type_v), (double)bytes_per_token);
+}
+
 void srv_metrics_refresh(srv_metrics *m, eng_sched *sched, size_t active_requests)
 {
     metric_set(m->loaded, NULL, NULL, sched ? 1 : 0);
@@ -203,6 +216,8 @@ void srv_metrics_refresh(srv_metrics *m, eng_sched *sched, size_t active_request
     metric_set(m->kv_total, NULL, NULL, st.kv_total);
     metric_set(m->kv_cached, NULL, NULL, st.kv_cached);
     metric_set(m->kv_ratio, NULL, NULL, st.kv_total > 0 ? (double)st.kv_used / st.kv_total : 0);
+    metric_set(m->kv_bytes_used, NULL, NULL, st.kv_used * m->kv_bytes_per_token);
+    metric_set(m->kv_bytes_cap, NULL, NULL, st.kv_total * m->kv_bytes_per_token);
     metric_set(m->batch_tokens, NULL, NULL, st.last_batch_tokens);
     metric_set(m->steps, NULL, NULL, (double)st.steps);
 }

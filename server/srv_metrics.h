@@ -24,6 +24,9 @@ typedef struct {
     metric *requests, *prompt_tokens, *gen_tokens, *cancelled, *running, *waiting, *kv_used, *kv_total, *loaded,
         *active, *or_total, *or_skipped, *cached_tokens, *finished, *kv_cached, *kv_ratio, *batch_tokens, *steps,
         *build_info, *model_info;
+    /* The KV cache's memory (srv_metrics_kv): bytes per token (labels type_k, type_v), in use, capacity. */
+    metric *kv_bpt, *kv_bytes_used, *kv_bytes_cap;
+    double kv_bytes_per_token;
     /* Histograms. */
     metric *ttft, *itl, *tpot, *e2e, *queue, *prompt_len, *gen_len, *sparsity, *step;
     /* The step-duration sampler (srv_metrics_sample_steps): its last sample. */
@@ -59,6 +62,9 @@ void srv_metrics_generation(srv_metrics *m, const srv_metrics_gen *g);
 /* The loaded model (orthoserve_model_info). */
 void srv_metrics_model(srv_metrics *m, const char *model_id, const eng_model_info *info, int32_t n_ctx,
                        const char *plan_source);
+/* The KV cache's element types and what one token of it takes (bytes over
+ * all layers); the byte gauges follow the token gauges from then on. */
+void srv_metrics_kv(srv_metrics *m, eng_kv_type type_k, eng_kv_type type_v, size_t bytes_per_token);
 /* The gauges read at a scrape: the scheduler's state (sched NULL: no model
  * yet) and the HTTP requests in progress. */
 void srv_metrics_refresh(srv_metrics *m, eng_sched *sched, size_t active_requests);

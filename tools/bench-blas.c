@@ -305,7 +305,9 @@ static void ajob_run(int ith, int nth, void *arg)
                             .out = a->out + (size_t)kh * A_REP * A_HD, .q_stride = (size_t)A_NHEAD * A_HD,
                             .last = a->last, .k = a->kc + (size_t)kh * ENG_KV_BLOCK * A_HD,
                             .v = a->vc + (size_t)kh * ENG_KV_BLOCK * A_HD, .blk = a->blk,
-                            .blk_stride = ENG_KV_BLOCK * kvd, .scale = 1.0f / sqrtf((float)A_HD),
+                            .type_k = ENG_TYPE_F32, .type_v = ENG_TYPE_F32,
+                            .k_stride = ENG_KV_BLOCK * kvd * sizeof(float),
+                            .v_stride = ENG_KV_BLOCK * kvd * sizeof(float), .scale = 1.0f / sqrtf((float)A_HD),
                             .scratch = a->scratch[ith]};
         if (a->k) a->k->attn(&x);
         else if (!bench_attn_sgemm(&x)) abort();

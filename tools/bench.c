@@ -2,10 +2,13 @@
  * bench.c - engine benchmark: prefill and decode speed of GGUF models next to
  * the machine's own limits, measured in the same run.
  *
- *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] [-s SPARSITY] [-M 0|1] [-R 0|1] MODEL.gguf [...]
+ *   bench [-r RUNS] [-t 1,2] [-p 512] [-n 128] [-s SPARSITY] [-M 0|1] [-R 0|1]
+ *         [--cache-type-k T] [--cache-type-v T] MODEL.gguf [...]
  *
  * -M 0: read the model into memory (huge pages) instead of mapping it;
- * -R 0: keep the file's weight layout instead of repacking (model.c).
+ * -R 0: keep the file's weight layout instead of repacking (model.c);
+ * --cache-type-k / --cache-type-v: the KV cache types (f16 default, f32,
+ * q8_0; bench-kv compares them side by side).
  *
  * It prints the CPU (model name, SIMD features) and the kernel level in use
  * (ORTHOSERVE_ISA, else the best the CPU has); for each thread count it
@@ -99,7 +102,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench [-r RUNS] [-t 1,2] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-s SPARSITY] [-M 0|1] [-R 0|1] MODEL.gguf...\n"
                     "  -M 0: read the model into memory (huge pages) instead of mapping the file (-M 1, default)\n"
-                    "  -R 0: keep the weights in the file's layout instead of repacking them (-R 1, default)\n");
+                    "  -R 0: keep the weights in the file's layout instead of repacking them (-R 1, default)\n"
+                    "  --cache-type-k T, --cache-type-v T: KV cache types f16 (default), f32 or q8_0\n");
     exit(2);
 }
 
@@ -134,6 +138,8 @@ static run_result measure(eng_context *c, const int32_t *tok, int n_prompt, int 
 
 /* Dense vs OrthoRank side by side: per run, dense then sparse on the same
  * context, so both see the same machine state. */
+static eng_kv_type type_k = ENG_KV_F16, type_v = ENG_KV_F16; /* --cache-type-k / -v */
+
 static void orthorank_rows(eng_model *m, const char *base, int threads, int runs, int n_prompt,
                            int n_gen, float sparsity, const int32_t *tok)
 {
@@ -141,6 +147,8 @@ static void orthorank_rows(eng_model *m, const char *base, int threads, int runs
     cp.n_ctx = n_prompt + n_gen;
     cp.n_batch_max = n_prompt;
     cp.n_threads = threads;
+    cp.type_k = type_k;
+    cp.type_v = type_v;
     eng_context *c = NULL;
     if (eng_context_new(m, &cp, &c) != ENG_OK) {
         fprintf(stderr, "bench: cannot create a context\n");
@@ -205,6 +213,8 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "-s")) sparsity = (float)atof(v);
         else if (!strcmp(o, "-M")) use_mmap = atoi(v) != 0;
         else if (!strcmp(o, "-R")) repack = atoi(v) != 0;
+        else if (!strcmp(o, "--cache-type-k")) { if (eng_kv_type_parse(v, &type_k) != ENG_OK) usage(); }
+        else if (!strcmp(o, "--cache-type-v")) { if (eng_kv_type_parse(v, &type_v) != ENG_OK) usage(); }
         else if (!strcmp(o, "-t")) {
             n_thr = 0;
             for (char *s = (char *)v; *s && n_thr < 8; s++) {
@@ -221,8 +231,9 @@ int main(int argc, char **argv)
         return 1;
     }
     mach_print_cpu(stdout, lvl);
-    printf("runs: %d (median); prompt %d tokens, decode %d tokens; weights %s, %s\n\n", runs, n_prompt,
-           n_gen, use_mmap ? "mapped" : "read into memory", repack ? "repacked" : "in the file layout");
+    printf("runs: %d (median); prompt %d tokens, decode %d tokens; weights %s, %s; KV cache K %s, V %s\n\n", runs,
+           n_prompt, n_gen, use_mmap ? "mapped" : "read into memory", repack ? "repacked" : "in the file layout",
+           eng_kv_type_name(type_k), eng_kv_type_name(type_v));
     double pk[8][MACH_N_PEAKS];
     peak_table(threads, n_thr, pk);
     printf("\n| model | type | threads | prefill tok/s | prefill GFLOP/s | of peak | decode tok/s | BW before/after GB/s | bound tok/s | of bound |\n"
@@ -247,6 +258,8 @@ int main(int argc, char **argv)
             cp.n_ctx = n_prompt + n_gen;
             cp.n_batch_max = n_prompt;
             cp.n_threads = threads[ti];
+            cp.type_k = type_k;
+            cp.type_v = type_v;
             eng_context *c = NULL;
             if (eng_context_new(m, &cp, &c) != ENG_OK) {
                 fprintf(stderr, "bench: cannot create a context\n");

@@ -63,6 +63,10 @@ panel("KV cache usage",
 panel("KV cache tokens",
       [("sum(orthoserve_kv_tokens_used)", "used"), ("sum(orthoserve_kv_tokens_cached)", "kept for prefix reuse"),
        ("sum(orthoserve_kv_tokens_capacity)", "capacity")], "short")
+panel("KV cache memory",
+      [("sum(orthoserve_kv_cache_bytes_used)", "used"), ("sum(orthoserve_kv_cache_bytes_capacity)", "capacity")],
+      "bytes", desc="KV cache bytes held by running requests, and allocated (kv_tokens x bytes per token of the "
+      "cache types, cache_type_k / cache_type_v).")
 panel("OrthoRank effective sparsity",
       [("sum by (phase) (rate(orthoserve_orthorank_token_layers_skipped_total[%s])) / "
         "sum by (phase) (rate(orthoserve_orthorank_token_layers_total[%s]))" % (RI, RI), "{{phase}} (token-layers)"),

@@ -13,15 +13,41 @@
  * Block layout (ENG_KV_BLOCK positions, per kv head, see internal.h):
  *   K: [head_dim][ENG_KV_BLOCK]  (transposed: one vector of 16 keys per dim)
  *   V: [ENG_KV_BLOCK][head_dim]
+ * in F32, F16 or Q8_0. This reference converts each block it reads to floats
+ * (F32 blocks are read as they are) and then does the same float arithmetic
+ * for every type.
  */
 #include "internal.h"
 
 #include <math.h>
 
+/* Block b's keys ([hd][B]) and values ([B][hd]) as floats: in place for
+ * F32, else converted into kf / vf. */
+static void block_floats(const eng__attn_args *a, int32_t b, int cnt, float *kf, float *vf, const float **K,
+                         const float **V)
+{
+    const int hd = a->hd;
+    const char *kb = (const char *)a->k + (size_t)a->blk[b] * a->k_stride;
+    const char *vb = (const char *)a->v + (size_t)a->blk[b] * a->v_stride;
+    *K = (const float *)kb;
+    *V = (const float *)vb;
+    if (a->type_k != ENG_TYPE_F32) {
+        for (int j = 0; j < cnt; j++) {
+            eng__kv_read_k(a->type_k, kb, hd, j, vf); /* vf as a temporary row */
+            for (int d = 0; d < hd; d++) kf[d * ENG_KV_BLOCK + j] = vf[d];
+        }
+        *K = kf;
+    }
+    if (a->type_v != ENG_TYPE_F32) {
+        for (int j = 0; j < cnt; j++) eng__kv_read_v(a->type_v, vb, hd, j, vf + (size_t)j * hd);
+        *V = vf;
+    }
+}
+
 void eng__attn_scalar(const eng__attn_args *a)
 {
     const int hd = a->hd, B = ENG_KV_BLOCK;
-    float *acc = a->scratch;
+    float *acc = a->scratch, *kf = acc + 8 * (size_t)hd, *vf = kf + (size_t)B * hd;
     for (int32_t i = 0; i < a->nq; i++) {
         const int32_t nk = a->last[i] + 1, k0 = a->first ? a->first[i] : 0;
         for (int r = 0; r < a->n_rep; r++) {
@@ -30,10 +56,10 @@ void eng__attn_scalar(const eng__attn_args *a)
             float m = -INFINITY, l = 0.0f;
             for (int d = 0; d < hd; d++) acc[d] = 0.0f;
             for (int32_t b = k0 / B; b * B < nk; b++) {
-                const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
-                const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
                 const int cnt = nk - b * B < B ? nk - b * B : B;
                 const int lo = k0 > b * B ? k0 - b * B : 0; /* keys before it: out of the window */
+                const float *K, *V;
+                block_floats(a, b, cnt, kf, vf, &K, &V);
                 float s[ENG_KV_BLOCK], mb = -INFINITY;
                 for (int j = 0; j < cnt; j++) s[j] = 0.0f;
                 for (int d = 0; d < hd; d++)

@@ -21,11 +21,19 @@
  * window) but inside the tile's range get p = 0 exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
  * into +0), and a query whose keys ended in an earlier block takes p = 0,
  * alpha = 1 (no change).
+ *
+ * K and V are read in their cache type (internal.h), converted in registers
+ * as they are loaded: F16 by vcvtph2ps, Q8_0 quants by sign extension and
+ * vcvtdq2ps. A Q8_0 key's score is the sum over its groups of 32 dims of
+ * scale * (the group's FMA chain on the quants); a Q8_0 value's scale is
+ * folded into the weight (p * scale, per key and group) that multiplies its
+ * quants. Each of the 9 (K type, V type) pairs is its own instance.
  */
 #include "internal.h"
 
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define AI static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
@@ -70,14 +78,23 @@ AI float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+/* 8 keys (off 0 or 8) of dim d of a K block of type TK, as floats. */
+AI __m256 kload8(int TK, const void *K, int d, int off)
+{
+    const size_t i = (size_t)d * B + (size_t)off;
+    if (TK == ENG_TYPE_F32) return _mm256_loadu_ps((const float *)K + i);
+    if (TK == ENG_TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)K + i)));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)K + i))));
+}
+
 /* Scores of NT queries against one block's 16 keys (K transposed):
  * s[t][0] keys 0..7, s[t][1] keys 8..15. */
-AI void scores(int NT, int hd, const float *const *q, const float *K, __m256 (*s)[2])
+AI void scores(int NT, int TK, int hd, const float *const *q, const void *K, __m256 (*s)[2])
 {
     __m256 c[TILE][2];
     UNROLL for (int t = 0; t < NT; t++) c[t][0] = c[t][1] = _mm256_setzero_ps();
     for (int d = 0; d < hd; d++) {
-        const __m256 k0 = _mm256_loadu_ps(K + (size_t)d * B), k1 = _mm256_loadu_ps(K + (size_t)d * B + 8);
+        const __m256 k0 = kload8(TK, K, d, 0), k1 = kload8(TK, K, d, 8);
         UNROLL for (int t = 0; t < NT; t++) {
             const __m256 x = _mm256_broadcast_ss(q[t] + d);
             c[t][0] = _mm256_fmadd_ps(x, k0, c[t][0]);
@@ -85,6 +102,29 @@ AI void scores(int NT, int hd, const float *const *q, const float *K, __m256 (*s
         }
     }
     UNROLL for (int t = 0; t < NT; t++) s[t][0] = c[t][0], s[t][1] = c[t][1];
+}
+
+/* The same for Q8_0 keys, 8 keys (half h) at a time: per group of dims an
+ * FMA chain on the quants, times the keys' scales, summed over groups. */
+AI void scores_q8(int NT, int hd, const float *const *q, const void *K, __m256 (*s)[2])
+{
+    const uint16_t *sc = (const uint16_t *)((const int8_t *)K + (size_t)B * hd);
+    for (int h = 0; h < 2; h++) {
+        __m256 tot[TILE];
+        UNROLL for (int t = 0; t < NT; t++) tot[t] = _mm256_setzero_ps();
+        for (int g = 0; g * ENG_KV_GROUP < hd; g++) {
+            const int d1 = hd < (g + 1) * ENG_KV_GROUP ? hd : (g + 1) * ENG_KV_GROUP;
+            __m256 c[TILE];
+            UNROLL for (int t = 0; t < NT; t++) c[t] = _mm256_setzero_ps();
+            for (int d = g * ENG_KV_GROUP; d < d1; d++) {
+                const __m256 k = kload8(ENG_TYPE_Q8_0, K, d, 8 * h);
+                UNROLL for (int t = 0; t < NT; t++) c[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[t] + d), k, c[t]);
+            }
+            const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + (size_t)g * B + 8 * h)));
+            UNROLL for (int t = 0; t < NT; t++) tot[t] = _mm256_fmadd_ps(scale, c[t], tot[t]);
+        }
+        UNROLL for (int t = 0; t < NT; t++) s[t][h] = tot[t];
+    }
 }
 
 /* One block's online-softmax step for one query with keys lo..cnt-1
@@ -118,10 +158,30 @@ AI void softmax_step(const __m256 *s, int lo, int cnt, float c, float *m, __m256
     *alpha = al;
 }
 
+/* 8 values of a V block of type TV from element i on (the first n < 8 of
+ * them when masked, the rest 0; mk: the float mask of those n). */
+AI __m256 vload8(int TV, const void *V, size_t i, int masked, __m256i mk, int n)
+{
+    if (TV == ENG_TYPE_F32)
+        return masked ? _mm256_maskload_ps((const float *)V + i, mk) : _mm256_loadu_ps((const float *)V + i);
+    if (TV == ENG_TYPE_F16) {
+        const uint16_t *v = (const uint16_t *)V + i;
+        if (!masked) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)v));
+        uint16_t tmp[8] = {0};
+        memcpy(tmp, v, (size_t)n * sizeof *v);
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tmp));
+    }
+    const int8_t *v = (const int8_t *)V + i;
+    if (!masked) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)v)));
+    int8_t tmp[16] = {0};
+    memcpy(tmp, v, (size_t)n);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)tmp)));
+}
+
 /* acc = acc * alpha + sum_j p[j] * V[j] for dims d..d+8W-1 (W = 1 or 2
- * vectors; the last vector masked by mk when masked), keys j < cnt. */
-AI void pv_chunk(int NT, int W, int masked, __m256i mk, int hd, int d, float *const *acc, const float (*p)[B],
-                 const float *alpha, int cnt, const float *V)
+ * vectors; the last vector masked by mk, n dims, when masked), keys j < cnt. */
+AI void pv_chunk(int NT, int TV, int W, int masked, __m256i mk, int n, int hd, int d, float *const *acc,
+                 const float (*p)[B], const float *alpha, int cnt, const void *V)
 {
     __m256 x[TILE][2];
     UNROLL for (int t = 0; t < NT; t++) {
@@ -130,9 +190,9 @@ AI void pv_chunk(int NT, int W, int masked, __m256i mk, int hd, int d, float *co
         if (W == 2) x[t][1] = _mm256_mul_ps(_mm256_loadu_ps(acc[t] + d + 8), a);
     }
     for (int j = 0; j < cnt; j++) {
-        const float *v = V + (size_t)j * hd + d;
-        const __m256 v0 = masked ? _mm256_maskload_ps(v, mk) : _mm256_loadu_ps(v);
-        const __m256 v1 = W == 2 ? _mm256_loadu_ps(v + 8) : v0;
+        const size_t i = (size_t)j * hd + d;
+        const __m256 v0 = vload8(TV, V, i, masked, mk, n);
+        const __m256 v1 = W == 2 ? vload8(TV, V, i + 8, 0, mk, 8) : v0;
         UNROLL for (int t = 0; t < NT; t++) {
             const __m256 pj = _mm256_broadcast_ss(&p[t][j]);
             x[t][0] = _mm256_fmadd_ps(pj, v0, x[t][0]);
@@ -146,18 +206,42 @@ AI void pv_chunk(int NT, int W, int masked, __m256i mk, int hd, int d, float *co
     }
 }
 
-AI void pv(int NT, int hd, float *const *acc, const float (*p)[B], const float *alpha, int cnt, const float *V)
+/* pv_chunk over dims d0..d1-1 (d0 a multiple of 16). */
+AI void pv_range(int NT, int TV, int hd, int d0, int d1, float *const *acc, const float (*p)[B],
+                 const float *alpha, int cnt, const void *V)
 {
     const __m256i none = _mm256_setzero_si256();
-    int d = 0;
-    for (; d + 16 <= hd; d += 16) pv_chunk(NT, 2, 0, none, hd, d, acc, p, alpha, cnt, V);
-    if (d + 8 <= hd) {
-        pv_chunk(NT, 1, 0, none, hd, d, acc, p, alpha, cnt, V);
+    int d = d0;
+    for (; d + 16 <= d1; d += 16) pv_chunk(NT, TV, 2, 0, none, 8, hd, d, acc, p, alpha, cnt, V);
+    if (d + 8 <= d1) {
+        pv_chunk(NT, TV, 1, 0, none, 8, hd, d, acc, p, alpha, cnt, V);
         d += 8;
     }
-    if (d < hd) {
-        const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(hd - d), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        pv_chunk(NT, 1, 1, mk, hd, d, acc, p, alpha, cnt, V);
+    if (d < d1) {
+        const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(d1 - d), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        pv_chunk(NT, TV, 1, 1, mk, d1 - d, hd, d, acc, p, alpha, cnt, V);
+    }
+}
+
+/* The values' step; for Q8_0 values one group of dims at a time, with the
+ * weights times the keys' scales of that group. */
+AI void pv(int NT, int TV, int hd, float *const *acc, const float (*p)[B], const float *alpha, int cnt,
+           const void *V)
+{
+    if (TV != ENG_TYPE_Q8_0) {
+        pv_range(NT, TV, hd, 0, hd, acc, p, alpha, cnt, V);
+        return;
+    }
+    const int ng = ENG_KV_GROUPS(hd);
+    const uint16_t *sc = (const uint16_t *)((const int8_t *)V + (size_t)B * hd);
+    float pd[TILE][B];
+    for (int g = 0; g < ng; g++) {
+        for (int j = 0; j < cnt; j++) {
+            const float dj = _cvtsh_ss(sc[(size_t)j * ng + g]);
+            UNROLL for (int t = 0; t < NT; t++) pd[t][j] = p[t][j] * dj;
+        }
+        const int d1 = hd < (g + 1) * ENG_KV_GROUP ? hd : (g + 1) * ENG_KV_GROUP;
+        pv_range(NT, TV, hd, g * ENG_KV_GROUP, d1, acc, (const float(*)[B])pd, alpha, cnt, V);
     }
 }
 
@@ -167,18 +251,16 @@ AI void pv(int NT, int hd, float *const *acc, const float (*p)[B], const float *
  * are in cache: prefetching them again costs a prefill call ~10 %). */
 AI void prefetch_block(const eng__attn_args *a, int32_t b)
 {
-    const char *k = (const char *)(a->k + (size_t)a->blk[b] * a->blk_stride);
-    const char *v = (const char *)(a->v + (size_t)a->blk[b] * a->blk_stride);
-    const size_t bytes = (size_t)a->hd * B * sizeof(float);
-    for (size_t o = 0; o < bytes; o += 64) {
-        _mm_prefetch(k + o, _MM_HINT_T1);
-        _mm_prefetch(v + o, _MM_HINT_T1);
-    }
+    const char *k = (const char *)a->k + (size_t)a->blk[b] * a->k_stride;
+    const char *v = (const char *)a->v + (size_t)a->blk[b] * a->v_stride;
+    const size_t kbytes = eng__kv_head_bytes(a->type_k, a->hd), vbytes = eng__kv_head_bytes(a->type_v, a->hd);
+    for (size_t o = 0; o < kbytes; o += 64) _mm_prefetch(k + o, _MM_HINT_T1);
+    for (size_t o = 0; o < vbytes; o += 64) _mm_prefetch(v + o, _MM_HINT_T1);
 }
 
 /* The queries q0..q0+NT-1; seen: keys an earlier tile of the call read (in
  * cache now, so not prefetched again). Returns the keys this tile read. */
-AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
+AI int32_t tile(int NT, int TK, int TV, const eng__attn_args *a, int32_t q0, int32_t seen)
 {
     const int hd = a->hd;
     const float c = a->scale * 1.44269504088896341f; /* scores in base-2 units */
@@ -199,11 +281,12 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
         if (k0[t] < k0_min) k0_min = k0[t];
     }
     for (int32_t b = k0_min / B; b * B < nk_max; b++) {
-        const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
-        const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
+        const void *K = (const char *)a->k + (size_t)a->blk[b] * a->k_stride;
+        const void *V = (const char *)a->v + (size_t)a->blk[b] * a->v_stride;
         if ((b + 1) * B < nk_max && (b + 1) * B >= seen) prefetch_block(a, b + 1);
         __m256 s[TILE][2];
-        scores(NT, hd, q, K, s);
+        if (TK == ENG_TYPE_Q8_0) scores_q8(NT, hd, q, K, s);
+        else scores(NT, TK, hd, q, K, s);
         int cnt_max = 0;
         UNROLL for (int t = 0; t < NT; t++) {
             const int32_t cnt = nk[t] - b * B, lo = k0[t] - b * B;
@@ -216,7 +299,7 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
             softmax_step(s[t], lo > 0 ? (int)lo : 0, cb, c, &m[t], &l[t], p[t], &alpha[t]);
             if (cb > cnt_max) cnt_max = cb;
         }
-        pv(NT, hd, acc, (const float(*)[B])p, alpha, cnt_max, V);
+        pv(NT, TV, hd, acc, (const float(*)[B])p, alpha, cnt_max, V);
     }
     for (int t = 0; t < NT; t++) {
         const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
@@ -227,18 +310,42 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
     return nk_max;
 }
 
-void eng__attn_avx2(const eng__attn_args *a)
+/* Every query of the call, in tiles, for one (K type, V type) pair. */
+AI void run(int TK, int TV, const eng__attn_args *a)
 {
     const int32_t n = a->nq * a->n_rep;
     int32_t seen = 0, r = 0;
     for (int32_t q0 = 0; q0 < n; q0 += TILE, seen = r > seen ? r : seen) {
         switch (n - q0 < TILE ? (int)(n - q0) : TILE) {
-        case 1: r = tile(1, a, q0, seen); break;
-        case 2: r = tile(2, a, q0, seen); break;
-        case 3: r = tile(3, a, q0, seen); break;
-        case 4: r = tile(4, a, q0, seen); break;
-        case 5: r = tile(5, a, q0, seen); break;
-        default: r = tile(6, a, q0, seen); break;
+        case 1: r = tile(1, TK, TV, a, q0, seen); break;
+        case 2: r = tile(2, TK, TV, a, q0, seen); break;
+        case 3: r = tile(3, TK, TV, a, q0, seen); break;
+        case 4: r = tile(4, TK, TV, a, q0, seen); break;
+        case 5: r = tile(5, TK, TV, a, q0, seen); break;
+        default: r = tile(6, TK, TV, a, q0, seen); break;
         }
     }
+}
+
+#define RUN(k, v) \
+    static __attribute__((noinline)) void run_##k##_##v(const eng__attn_args *a) { run(ENG_TYPE_##k, ENG_TYPE_##v, a); }
+RUN(F32, F32) RUN(F32, F16) RUN(F32, Q8_0)
+RUN(F16, F32) RUN(F16, F16) RUN(F16, Q8_0)
+RUN(Q8_0, F32) RUN(Q8_0, F16) RUN(Q8_0, Q8_0)
+
+void eng__attn_avx2(const eng__attn_args *a)
+{
+#define PAIR(k, v) (ENG_TYPE_##k * 16 + ENG_TYPE_##v)
+    switch (a->type_k * 16 + a->type_v) {
+    case PAIR(F32, F32): run_F32_F32(a); break;
+    case PAIR(F32, F16): run_F32_F16(a); break;
+    case PAIR(F32, Q8_0): run_F32_Q8_0(a); break;
+    case PAIR(F16, F32): run_F16_F32(a); break;
+    case PAIR(F16, F16): run_F16_F16(a); break;
+    case PAIR(F16, Q8_0): run_F16_Q8_0(a); break;
+    case PAIR(Q8_0, F32): run_Q8_0_F32(a); break;
+    case PAIR(Q8_0, F16): run_Q8_0_F16(a); break;
+    default: run_Q8_0_Q8_0(a); break;
+    }
+#undef PAIR
 }

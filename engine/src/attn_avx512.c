@@ -23,6 +23,14 @@
  * window) but inside the tile's range get p = 0 exactly (0 * a finite value adds nothing, bar turning a sum of exactly -0
  * into +0), and a query whose keys ended in an earlier step takes p = 0,
  * alpha = 1 (no change).
+ *
+ * K and V are read in their cache type (internal.h), converted in registers
+ * as they are loaded (F16 by vcvtph2ps, Q8_0 quants by vpmovsxbd and
+ * vcvtdq2ps), as in attn_avx2.c: a Q8_0 key's score sums scale * (its
+ * group's FMA chain on the quants) over its groups of 32 dims (one block at
+ * a time, for the registers), a Q8_0 value's scale is folded into the
+ * weight of its key. Each of the 9 (K type, V type) pairs is its own
+ * instance.
  */
 #include "internal.h"
 
@@ -48,16 +56,26 @@ AI __m512 exp2_16(__m512 x)
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
 }
 
+/* The 16 keys of dim d of a K block of type TK, as floats. */
+AI __m512 kload16(int TK, const void *K, int d)
+{
+    const size_t i = (size_t)d * B;
+    if (TK == ENG_TYPE_F32) return _mm512_loadu_ps((const float *)K + i);
+    if (TK == ENG_TYPE_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)K + i)));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)K + i))));
+}
+
 /* Scores of NT queries against the 16 keys of block K0 (s[t][0]) and, when
- * TWO, of block K1 too (s[t][1]); keys transposed. One FMA chain per query
- * and block, over head dims in order. */
-AI void scores(int NT, int TWO, int hd, const float *const *q, const float *K0, const float *K1, __m512 (*s)[2])
+ * TWO, of block K1 too (s[t][1]); keys transposed, F32 or F16. One FMA chain
+ * per query and block, over head dims in order. */
+AI void scores(int NT, int TWO, int TK, int hd, const float *const *q, const void *K0, const void *K1,
+               __m512 (*s)[2])
 {
     __m512 c[TILE][2];
     UNROLL for (int t = 0; t < NT; t++) c[t][0] = c[t][1] = _mm512_setzero_ps();
     for (int d = 0; d < hd; d++) {
-        const __m512 k0 = _mm512_loadu_ps(K0 + (size_t)d * B);
-        const __m512 k1 = TWO ? _mm512_loadu_ps(K1 + (size_t)d * B) : k0;
+        const __m512 k0 = kload16(TK, K0, d);
+        const __m512 k1 = TWO ? kload16(TK, K1, d) : k0;
         UNROLL for (int t = 0; t < NT; t++) {
             const __m512 x = _mm512_set1_ps(q[t][d]);
             c[t][0] = _mm512_fmadd_ps(x, k0, c[t][0]);
@@ -65,6 +83,28 @@ AI void scores(int NT, int TWO, int hd, const float *const *q, const float *K0, 
         }
     }
     UNROLL for (int t = 0; t < NT; t++) s[t][0] = c[t][0], s[t][1] = c[t][1];
+}
+
+/* Scores of NT queries against the 16 Q8_0 keys of block K into s[t][h]:
+ * per group of dims an FMA chain on the quants, times the keys' scales,
+ * summed over groups. */
+AI void scores_q8(int NT, int h, int hd, const float *const *q, const void *K, __m512 (*s)[2])
+{
+    const uint16_t *sc = (const uint16_t *)((const int8_t *)K + (size_t)B * hd);
+    __m512 tot[TILE];
+    UNROLL for (int t = 0; t < NT; t++) tot[t] = _mm512_setzero_ps();
+    for (int g = 0; g * ENG_KV_GROUP < hd; g++) {
+        const int d1 = hd < (g + 1) * ENG_KV_GROUP ? hd : (g + 1) * ENG_KV_GROUP;
+        __m512 c[TILE];
+        UNROLL for (int t = 0; t < NT; t++) c[t] = _mm512_setzero_ps();
+        for (int d = g * ENG_KV_GROUP; d < d1; d++) {
+            const __m512 k = kload16(ENG_TYPE_Q8_0, K, d);
+            UNROLL for (int t = 0; t < NT; t++) c[t] = _mm512_fmadd_ps(_mm512_set1_ps(q[t][d]), k, c[t]);
+        }
+        const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + (size_t)g * B)));
+        UNROLL for (int t = 0; t < NT; t++) tot[t] = _mm512_fmadd_ps(scale, c[t], tot[t]);
+    }
+    UNROLL for (int t = 0; t < NT; t++) s[t][h] = tot[t];
 }
 
 AI __mmask16 first(int32_t n) /* lanes 0..n-1, n clamped to 0..16 */
@@ -97,14 +137,23 @@ AI void softmax_step(const __m512 *s, int lo, int cnt, float c, float *m, __m512
     *alpha = al;
 }
 
+/* The 16 values (lanes of mask m, the others 0) of a V block of type TV
+ * from element i on, as floats. */
+AI __m512 vload16(int TV, const void *V, size_t i, __mmask16 m)
+{
+    if (TV == ENG_TYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)V + i);
+    if (TV == ENG_TYPE_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)V + i));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)V + i)));
+}
+
 /* x[t] += sum_j p[t][j] * V[j] for dims d..d+16W-1, keys j < cnt. */
-AI void pv_keys(int NT, int W, __mmask16 m0, __mmask16 mk, int hd, int d, __m512 (*x)[2], const float (*p)[2 * B],
-                int j0, int cnt, const float *V)
+AI void pv_keys(int NT, int TV, int W, __mmask16 m0, __mmask16 mk, int hd, int d, __m512 (*x)[2],
+                const float (*p)[2 * B], int j0, int cnt, const void *V)
 {
     for (int j = 0; j < cnt; j++) {
-        const float *v = V + (size_t)j * hd + d;
-        const __m512 v0 = _mm512_maskz_loadu_ps(m0, v);
-        const __m512 v1 = W == 2 ? _mm512_maskz_loadu_ps(mk, v + 16) : v0;
+        const size_t i = (size_t)j * hd + d;
+        const __m512 v0 = vload16(TV, V, i, m0);
+        const __m512 v1 = W == 2 ? vload16(TV, V, i + 16, mk) : v0;
         UNROLL for (int t = 0; t < NT; t++) {
             const __m512 pj = _mm512_set1_ps(p[t][j0 + j]);
             x[t][0] = _mm512_fmadd_ps(pj, v0, x[t][0]);
@@ -116,8 +165,8 @@ AI void pv_keys(int NT, int W, __mmask16 m0, __mmask16 mk, int hd, int d, __m512
 /* acc = acc * alpha + sum_j p[j] * V[j] for dims d..d+16W-1 (W = 1 or 2
  * vectors; the last one masked by mk), over the cnt0 keys of block V0 then
  * the cnt1 of V1. */
-AI void pv_chunk(int NT, int W, __mmask16 mk, int hd, int d, float *const *acc, const float (*p)[2 * B],
-                 const float *alpha, int cnt0, const float *V0, int cnt1, const float *V1)
+AI void pv_chunk(int NT, int TV, int W, __mmask16 mk, int hd, int d, float *const *acc, const float (*p)[2 * B],
+                 const float *alpha, int cnt0, const void *V0, int cnt1, const void *V1)
 {
     __m512 x[TILE][2];
     const __mmask16 m0 = W == 2 ? (__mmask16)0xffff : mk;
@@ -126,21 +175,51 @@ AI void pv_chunk(int NT, int W, __mmask16 mk, int hd, int d, float *const *acc, 
         x[t][0] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, acc[t] + d), a);
         if (W == 2) x[t][1] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, acc[t] + d + 16), a);
     }
-    pv_keys(NT, W, m0, mk, hd, d, x, p, 0, cnt0, V0);
-    pv_keys(NT, W, m0, mk, hd, d, x, p, B, cnt1, V1);
+    pv_keys(NT, TV, W, m0, mk, hd, d, x, p, 0, cnt0, V0);
+    pv_keys(NT, TV, W, m0, mk, hd, d, x, p, B, cnt1, V1);
     UNROLL for (int t = 0; t < NT; t++) {
         _mm512_mask_storeu_ps(acc[t] + d, m0, x[t][0]);
         if (W == 2) _mm512_mask_storeu_ps(acc[t] + d + 16, mk, x[t][1]);
     }
 }
 
-AI void pv(int NT, int hd, float *const *acc, const float (*p)[2 * B], const float *alpha, int cnt,
-           const float *V0, const float *V1)
+/* pv_chunk over dims d0..d1-1 (d0 a multiple of 32). */
+AI void pv_range(int NT, int TV, int hd, int d0, int d1, float *const *acc, const float (*p)[2 * B],
+                 const float *alpha, int cnt0, const void *V0, int cnt1, const void *V1)
+{
+    int d = d0;
+    for (; d + 32 <= d1; d += 32) pv_chunk(NT, TV, 2, 0xffff, hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
+    for (; d < d1; d += 16) pv_chunk(NT, TV, 1, first(d1 - d), hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
+}
+
+/* Weights times the Q8_0 scales of group g of keys 0..cnt-1 of block V, into
+ * pd[t][j0 + j]. */
+AI void scale_weights(int NT, int hd, int g, const float (*p)[2 * B], float (*pd)[2 * B], int j0, int cnt,
+                      const void *V)
+{
+    const int ng = ENG_KV_GROUPS(hd);
+    const uint16_t *sc = (const uint16_t *)((const int8_t *)V + (size_t)B * hd);
+    for (int j = 0; j < cnt; j++) {
+        const float dj = _cvtsh_ss(sc[(size_t)j * ng + g]);
+        UNROLL for (int t = 0; t < NT; t++) pd[t][j0 + j] = p[t][j0 + j] * dj;
+    }
+}
+
+AI void pv(int NT, int TV, int hd, float *const *acc, const float (*p)[2 * B], const float *alpha, int cnt,
+           const void *V0, const void *V1)
 {
     const int cnt0 = cnt < B ? cnt : B, cnt1 = cnt - cnt0;
-    int d = 0;
-    for (; d + 32 <= hd; d += 32) pv_chunk(NT, 2, 0xffff, hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
-    for (; d < hd; d += 16) pv_chunk(NT, 1, first(hd - d), hd, d, acc, p, alpha, cnt0, V0, cnt1, V1);
+    if (TV != ENG_TYPE_Q8_0) {
+        pv_range(NT, TV, hd, 0, hd, acc, p, alpha, cnt0, V0, cnt1, V1);
+        return;
+    }
+    float pd[TILE][2 * B]; /* for Q8_0 values: one group of dims at a time */
+    for (int g = 0; g * ENG_KV_GROUP < hd; g++) {
+        scale_weights(NT, hd, g, p, pd, 0, cnt0, V0);
+        scale_weights(NT, hd, g, p, pd, B, cnt1, V1);
+        const int d1 = hd < (g + 1) * ENG_KV_GROUP ? hd : (g + 1) * ENG_KV_GROUP;
+        pv_range(NT, TV, hd, g * ENG_KV_GROUP, d1, acc, (const float(*)[2 * B])pd, alpha, cnt0, V0, cnt1, V1);
+    }
 }
 
 /* Ask for block b's keys and values (into L2) while the one before is used:
@@ -149,18 +228,16 @@ AI void pv(int NT, int hd, float *const *acc, const float (*p)[2 * B], const flo
  * are in cache: prefetching them again costs a prefill call ~10 %). */
 AI void prefetch_block(const eng__attn_args *a, int32_t b)
 {
-    const char *k = (const char *)(a->k + (size_t)a->blk[b] * a->blk_stride);
-    const char *v = (const char *)(a->v + (size_t)a->blk[b] * a->blk_stride);
-    const size_t bytes = (size_t)a->hd * B * sizeof(float);
-    for (size_t o = 0; o < bytes; o += 64) {
-        _mm_prefetch(k + o, _MM_HINT_T1);
-        _mm_prefetch(v + o, _MM_HINT_T1);
-    }
+    const char *k = (const char *)a->k + (size_t)a->blk[b] * a->k_stride;
+    const char *v = (const char *)a->v + (size_t)a->blk[b] * a->v_stride;
+    const size_t kbytes = eng__kv_head_bytes(a->type_k, a->hd), vbytes = eng__kv_head_bytes(a->type_v, a->hd);
+    for (size_t o = 0; o < kbytes; o += 64) _mm_prefetch(k + o, _MM_HINT_T1);
+    for (size_t o = 0; o < vbytes; o += 64) _mm_prefetch(v + o, _MM_HINT_T1);
 }
 
 /* The queries q0..q0+NT-1; seen: keys an earlier tile of the call read (in
  * cache now, so not prefetched again). Returns the keys this tile read. */
-AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
+AI int32_t tile(int NT, int TK, int TV, const eng__attn_args *a, int32_t q0, int32_t seen)
 {
     const int hd = a->hd;
     const float c = a->scale * 1.44269504088896341f; /* scores in base-2 units */
@@ -184,17 +261,25 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
      * query's steps, hence its arithmetic, never depend on its neighbours) */
     for (int32_t b = (k0_min / B) & ~1; b * B < nk_max; b += 2) {
         const int two = (b + 1) * B < nk_max;
-        const float *K0 = a->k + (size_t)a->blk[b] * a->blk_stride, *K1 = K0;
-        const float *V0 = a->v + (size_t)a->blk[b] * a->blk_stride, *V1 = V0;
+        const void *K0 = (const char *)a->k + (size_t)a->blk[b] * a->k_stride, *K1 = K0;
+        const void *V0 = (const char *)a->v + (size_t)a->blk[b] * a->v_stride, *V1 = V0;
         if (two) {
-            K1 = a->k + (size_t)a->blk[b + 1] * a->blk_stride;
-            V1 = a->v + (size_t)a->blk[b + 1] * a->blk_stride;
+            K1 = (const char *)a->k + (size_t)a->blk[b + 1] * a->k_stride;
+            V1 = (const char *)a->v + (size_t)a->blk[b + 1] * a->v_stride;
         }
         for (int32_t n = b + 2; n < b + 4 && n * B < nk_max; n++)
             if (n * B >= seen) prefetch_block(a, n);
         __m512 s[TILE][2];
-        if (two) scores(NT, 1, hd, q, K0, K1, s);
-        else scores(NT, 0, hd, q, K0, K1, s);
+        if (TK == ENG_TYPE_Q8_0) {
+            scores_q8(NT, 0, hd, q, K0, s);
+            if (two) scores_q8(NT, 1, hd, q, K1, s);
+            else
+                UNROLL for (int t = 0; t < NT; t++) s[t][1] = _mm512_setzero_ps();
+        } else if (two) {
+            scores(NT, 1, TK, hd, q, K0, K1, s);
+        } else {
+            scores(NT, 0, TK, hd, q, K0, K1, s);
+        }
         int cnt_max = 0;
         UNROLL for (int t = 0; t < NT; t++) {
             const int32_t cnt = nk[t] - b * B, lo = k0[t] - b * B;
@@ -208,7 +293,7 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
             softmax_step(s[t], lo > 0 ? (int)lo : 0, cb, c, &m[t], &l[t], p[t], &alpha[t]);
             if (cb > cnt_max) cnt_max = cb;
         }
-        pv(NT, hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);
+        pv(NT, TV, hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);
     }
     for (int t = 0; t < NT; t++) {
         const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
@@ -219,20 +304,44 @@ AI int32_t tile(int NT, const eng__attn_args *a, int32_t q0, int32_t seen)
     return nk_max;
 }
 
-void eng__attn_avx512(const eng__attn_args *a)
+/* Every query of the call, in tiles, for one (K type, V type) pair. */
+AI void run(int TK, int TV, const eng__attn_args *a)
 {
     const int32_t n = a->nq * a->n_rep;
     int32_t seen = 0, r = 0;
     for (int32_t q0 = 0; q0 < n; q0 += TILE, seen = r > seen ? r : seen) {
         switch (n - q0 < TILE ? (int)(n - q0) : TILE) {
-        case 1: r = tile(1, a, q0, seen); break;
-        case 2: r = tile(2, a, q0, seen); break;
-        case 3: r = tile(3, a, q0, seen); break;
-        case 4: r = tile(4, a, q0, seen); break;
-        case 5: r = tile(5, a, q0, seen); break;
-        case 6: r = tile(6, a, q0, seen); break;
-        case 7: r = tile(7, a, q0, seen); break;
-        default: r = tile(8, a, q0, seen); break;
+        case 1: r = tile(1, TK, TV, a, q0, seen); break;
+        case 2: r = tile(2, TK, TV, a, q0, seen); break;
+        case 3: r = tile(3, TK, TV, a, q0, seen); break;
+        case 4: r = tile(4, TK, TV, a, q0, seen); break;
+        case 5: r = tile(5, TK, TV, a, q0, seen); break;
+        case 6: r = tile(6, TK, TV, a, q0, seen); break;
+        case 7: r = tile(7, TK, TV, a, q0, seen); break;
+        default: r = tile(8, TK, TV, a, q0, seen); break;
         }
     }
+}
+
+#define RUN(k, v) \
+    static __attribute__((noinline)) void run_##k##_##v(const eng__attn_args *a) { run(ENG_TYPE_##k, ENG_TYPE_##v, a); }
+RUN(F32, F32) RUN(F32, F16) RUN(F32, Q8_0)
+RUN(F16, F32) RUN(F16, F16) RUN(F16, Q8_0)
+RUN(Q8_0, F32) RUN(Q8_0, F16) RUN(Q8_0, Q8_0)
+
+void eng__attn_avx512(const eng__attn_args *a)
+{
+#define PAIR(k, v) (ENG_TYPE_##k * 16 + ENG_TYPE_##v)
+    switch (a->type_k * 16 + a->type_v) {
+    case PAIR(F32, F32): run_F32_F32(a); break;
+    case PAIR(F32, F16): run_F32_F16(a); break;
+    case PAIR(F32, Q8_0): run_F32_Q8_0(a); break;
+    case PAIR(F16, F32): run_F16_F32(a); break;
+    case PAIR(F16, F16): run_F16_F16(a); break;
+    case PAIR(F16, Q8_0): run_F16_Q8_0(a); break;
+    case PAIR(Q8_0, F32): run_Q8_0_F32(a); break;
+    case PAIR(Q8_0, F16): run_Q8_0_F16(a); break;
+    default: run_Q8_0_Q8_0(a); break;
+    }
+#undef PAIR
 }

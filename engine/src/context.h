@@ -52,10 +52,14 @@ struct eng_context {
     const eng__kernels *kern;
     int64_t blas_nx; /* products of at least this many rows use OpenBLAS (F32/F16/BF16); 0: never */
     int32_t n_ctx, n_seq_max, n_batch_max, n_threads;
-    /* KV: (n_layer, n_blocks, KV_BLOCK * kvd) floats each; within a block,
-     * per kv head, K transposed and V row-major (see eng__attn_args) */
+    /* KV: (n_layer, n_blocks) blocks of k_blk (v_blk) bytes; within a block,
+     * per kv head, K transposed and V row-major in type_k / type_v (see
+     * eng__attn_args; kvcache.c converts) */
     int32_t kvd, n_blocks, max_bps;
-    float *k_cache, *v_cache;
+    int type_k, type_v;           /* ENG_TYPE_F32, ENG_TYPE_F16 or ENG_TYPE_Q8_0 */
+    size_t k_head, v_head;        /* bytes of one kv head in one block */
+    size_t k_blk, v_blk;          /* bytes of one block (every kv head) */
+    uint8_t *k_cache, *v_cache;
     int32_t *free_blocks, n_free;
     int32_t *seq_blocks; /* (n_seq_max, max_bps) */
     int32_t *seq_len;    /* (n_seq_max) */
@@ -98,7 +102,7 @@ struct eng_context {
 };
 
 /* forward.c: position pos of seq at layer il, as K and V rows of kvd floats
- * (for tests). */
+ * (converted from the cache's types; for tests). */
 void eng__kv_get(const eng_context *c, int il, int32_t seq, int32_t pos, float *k, float *v);
 
 /* orthorank.c */

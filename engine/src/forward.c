@@ -9,8 +9,10 @@
  * context's owner ever runs the forward pass.
  *
  * The KV cache is a pool of blocks of KV_BLOCK positions shared by all
- * sequences; each sequence has a block table. K and V are float32 (the
- * configuration of the golden logits), laid out per block and kv head for
+ * sequences; each sequence has a block table. K and V are F16 by default,
+ * or F32 (the configuration of the golden logits) or Q8_0, each chosen
+ * apart (kvcache.c converts a token's K and V once, when it is written),
+ * laid out per block and kv head for
  * the attention kernel (eng__attn_args), which reads them in place: one
  * thread per (sequence, kv-head) unit. Weight products go through the
  * kernel table (quantized activations for quantized weights, as ggml does).
@@ -31,7 +33,7 @@
 eng_context_params eng_context_default_params(void)
 {
     eng_context_params p = {.n_ctx = 0, .n_seq_max = 1, .n_batch_max = 512, .n_kv_tokens = 0,
-                            .n_threads = 0};
+                            .n_threads = 0, .type_k = ENG_KV_F16, .type_v = ENG_KV_F16};
     return p;
 }
 
@@ -63,7 +65,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     int32_t n_threads = p->n_threads > 0 ? p->n_threads : m->n_threads;
     if (n_ctx < 1 || n_ctx > (1 << 20) || p->n_seq_max < 1 || p->n_seq_max > 4096 ||
         p->n_batch_max < 1 || p->n_batch_max > 65536 || p->n_kv_tokens < 0 || n_threads < 1 ||
-        n_threads > 512)
+        n_threads > 512 || !eng_kv_type_name(p->type_k) || !eng_kv_type_name(p->type_v))
         return ENG_EINVAL;
     eng_context *c = eng__calloc(1, sizeof *c);
     if (!c) return ENG_ENOMEM;
@@ -82,9 +84,15 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
 
     size_t T = (size_t)c->n_batch_max, E = (size_t)m->n_embd, F = (size_t)m->n_ff;
     size_t QD = (size_t)m->n_head * m->head_dim, KVD = (size_t)c->kvd;
-    size_t kv_elems = (size_t)m->n_layer * c->n_blocks * KV_BLOCK * KVD;
-    c->k_cache = eng__aligned_alloc(64, kv_elems * sizeof(float));
-    c->v_cache = eng__aligned_alloc(64, kv_elems * sizeof(float));
+    c->type_k = (int)p->type_k;
+    c->type_v = (int)p->type_v;
+    c->k_head = eng__kv_head_bytes(c->type_k, m->head_dim);
+    c->v_head = eng__kv_head_bytes(c->type_v, m->head_dim);
+    c->k_blk = c->k_head * (size_t)m->n_head_kv;
+    c->v_blk = c->v_head * (size_t)m->n_head_kv;
+    const size_t kv_blocks = (size_t)m->n_layer * c->n_blocks;
+    c->k_cache = eng__aligned_alloc(64, kv_blocks * c->k_blk);
+    c->v_cache = eng__aligned_alloc(64, kv_blocks * c->v_blk);
     c->free_blocks = eng__malloc((size_t)c->n_blocks * sizeof(int32_t));
     c->seq_blocks = eng__malloc((size_t)c->n_seq_max * c->max_bps * sizeof(int32_t));
     c->seq_len = eng__calloc((size_t)c->n_seq_max, sizeof(int32_t));
@@ -178,33 +186,30 @@ void eng_context_free(eng_context *c)
 /* KV blocks                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Block b of layer il (KV_BLOCK * kvd floats). */
-static inline float *kv_block(const eng_context *c, float *base, int il, int32_t blk)
+/* Block blk of layer il in a cache of blocks of blk_bytes. */
+static inline uint8_t *kv_block(const eng_context *c, uint8_t *base, size_t blk_bytes, int il, int32_t blk)
 {
-    return base + ((size_t)il * c->n_blocks + blk) * KV_BLOCK * c->kvd;
+    return base + ((size_t)il * c->n_blocks + blk) * blk_bytes;
 }
 
 /* Store kv head kh of position pos of seq (k, v: that head's head_dim
- * values): K transposed, V row-major. */
+ * values), converted to the cache's types: K transposed, V row-major. */
 static void kv_store(eng_context *c, int il, int kh, int32_t seq, int32_t pos, const float *k, const float *v)
 {
     const int hd = c->m->head_dim, slot = pos % KV_BLOCK;
     const int32_t blk = c->seq_blocks[(size_t)seq * c->max_bps + pos / KV_BLOCK];
-    float *kt = kv_block(c, c->k_cache, il, blk) + (size_t)kh * KV_BLOCK * hd;
-    float *vr = kv_block(c, c->v_cache, il, blk) + ((size_t)kh * KV_BLOCK + slot) * hd;
-    for (int d = 0; d < hd; d++) kt[d * KV_BLOCK + slot] = k[d];
-    memcpy(vr, v, (size_t)hd * sizeof(float));
+    eng__kv_put_k(c->type_k, kv_block(c, c->k_cache, c->k_blk, il, blk) + (size_t)kh * c->k_head, hd, slot, k);
+    eng__kv_put_v(c->type_v, kv_block(c, c->v_cache, c->v_blk, il, blk) + (size_t)kh * c->v_head, hd, slot, v);
 }
 
 void eng__kv_get(const eng_context *c, int il, int32_t seq, int32_t pos, float *k, float *v)
 {
     const int hd = c->m->head_dim, slot = pos % KV_BLOCK;
     const int32_t blk = c->seq_blocks[(size_t)seq * c->max_bps + pos / KV_BLOCK];
-    const float *kb = kv_block(c, c->k_cache, il, blk), *vb = kv_block(c, c->v_cache, il, blk);
+    const uint8_t *kb = kv_block(c, c->k_cache, c->k_blk, il, blk), *vb = kv_block(c, c->v_cache, c->v_blk, il, blk);
     for (int h = 0; h < c->m->n_head_kv; h++) {
-        const float *kt = kb + (size_t)h * KV_BLOCK * hd, *vr = vb + ((size_t)h * KV_BLOCK + slot) * hd;
-        for (int d = 0; d < hd; d++) k[h * hd + d] = kt[d * KV_BLOCK + slot];
-        memcpy(v + (size_t)h * hd, vr, (size_t)hd * sizeof(float));
+        eng__kv_read_k(c->type_k, kb + (size_t)h * c->k_head, hd, slot, k + (size_t)h * hd);
+        eng__kv_read_v(c->type_v, vb + (size_t)h * c->v_head, hd, slot, v + (size_t)h * hd);
     }
 }
 
@@ -465,7 +470,6 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
         kv_store(c, il, kh, g->seq, b->pos[t], k, v);
     }
     if (g->act_n == 0) return;
-    const size_t head_off = (size_t)kh * KV_BLOCK * hd;
     eng__attn_args a = {
         .hd = hd,
         .n_rep = n_rep,
@@ -475,10 +479,13 @@ static void attention_unit(eng_context *c, int ith, int il, const seq_group *g, 
         .q_stride = (size_t)QD,
         .last = last,
         .first = first,
-        .k = kv_block(c, c->k_cache, il, 0) + head_off,
-        .v = kv_block(c, c->v_cache, il, 0) + head_off,
+        .k = kv_block(c, c->k_cache, c->k_blk, il, 0) + (size_t)kh * c->k_head,
+        .v = kv_block(c, c->v_cache, c->v_blk, il, 0) + (size_t)kh * c->v_head,
+        .type_k = c->type_k,
+        .type_v = c->type_v,
         .blk = c->seq_blocks + (size_t)g->seq * c->max_bps,
-        .blk_stride = (size_t)KV_BLOCK * c->kvd,
+        .k_stride = c->k_blk,
+        .v_stride = c->v_blk,
         .scale = m->attn_scale,
         .scratch = c->attn_scratch + (size_t)ith * c->attn_per_thread,
     };

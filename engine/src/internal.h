@@ -242,16 +242,26 @@ typedef void (*eng__quant_fn)(const float *src, void *dst, int64_t n);
  * Attention over the block KV cache (attn.c, attn_avx2.c, attn_avx512.c). The cache holds
  * ENG_KV_BLOCK positions per block; within a block, each kv head's keys are
  * stored transposed, [head_dim][ENG_KV_BLOCK], and its values as
- * [ENG_KV_BLOCK][head_dim].
+ * [ENG_KV_BLOCK][head_dim], in the element type of K and of V (kvcache.c
+ * writes them):
+ *   F32, F16: those arrays of floats / fp16 values;
+ *   Q8_0: the array of int8 quants, then the fp16 scales of the groups of
+ *         ENG_KV_GROUP dims of each position (the last group shorter when
+ *         head_dim is not a multiple): K [n_groups][ENG_KV_BLOCK] (the 16
+ *         keys' scales of a group together), V [ENG_KV_BLOCK][n_groups].
+ *         A value is scale * quant.
  *
  * attn(a): for every query row i < nq and head r < n_rep (the query heads of
  *   one kv head), out = softmax(q . K^T * scale) . V over keys 0..last[i] of
- *   one sequence, whose block b starts at k + blk[b] * blk_stride (and v + ...).
- *   With first set, row i sees keys first[i]..last[i] only (a sliding-window
- *   layer); the blocks before first[i] / ENG_KV_BLOCK are not read for it.
- *   Each query's arithmetic is independent of the other queries in the call.
+ *   one sequence, whose block b starts at k + blk[b] * k_stride bytes (and
+ *   v + blk[b] * v_stride). With first set, row i sees keys first[i]..last[i]
+ *   only (a sliding-window layer); the blocks before first[i] / ENG_KV_BLOCK
+ *   are not read for it. Each query's arithmetic is independent of the other
+ *   queries in the call.
  */
 #define ENG_KV_BLOCK 16
+#define ENG_KV_GROUP 32 /* Q8_0: dims per scale */
+#define ENG_KV_GROUPS(hd) (((hd) + ENG_KV_GROUP - 1) / ENG_KV_GROUP)
 typedef struct {
     int hd, n_rep;
     int32_t nq;
@@ -260,13 +270,29 @@ typedef struct {
     size_t q_stride;
     const int32_t *last; /* (nq) last key position each row sees */
     const int32_t *first; /* (nq) first key position each row sees, or NULL: 0 */
-    const float *k, *v;  /* this layer's block 0, at this kv head */
+    const void *k, *v;   /* this layer's block 0, at this kv head */
+    int type_k, type_v;  /* ENG_TYPE_F32, ENG_TYPE_F16 or ENG_TYPE_Q8_0 */
     const int32_t *blk;  /* the sequence's block ids */
-    size_t blk_stride;   /* floats from one block to the next */
+    size_t k_stride, v_stride; /* bytes from one block to the next */
     float scale;
     float *scratch;      /* ENG_ATTN_SCRATCH(hd) floats */
 } eng__attn_args;
-#define ENG_ATTN_SCRATCH(hd) ((size_t)8 * (size_t)(hd)) /* sums of a tile of up to 8 queries */
+/* sums of a tile of up to 8 queries, and (scalar kernel) one block's K and V as floats */
+#define ENG_ATTN_SCRATCH(hd) ((size_t)(8 + 2 * ENG_KV_BLOCK) * (size_t)(hd))
+/* Bytes of one kv head's K (or V) in one block, in element type t. */
+static inline size_t eng__kv_head_bytes(int t, int hd)
+{
+    const size_t n = (size_t)ENG_KV_BLOCK * (size_t)hd;
+    return t == ENG_TYPE_F32   ? n * 4
+           : t == ENG_TYPE_F16 ? n * 2
+           : t == ENG_TYPE_Q8_0 ? n + (size_t)ENG_KV_BLOCK * ENG_KV_GROUPS(hd) * 2
+                               : 0;
+}
+/* Position slot of one kv head's block (head: its K or V bytes) from / to floats. */
+void eng__kv_put_k(int t, void *head, int hd, int slot, const float *k);
+void eng__kv_put_v(int t, void *head, int hd, int slot, const float *v);
+void eng__kv_read_k(int t, const void *head, int hd, int slot, float *k);
+void eng__kv_read_v(int t, const void *head, int hd, int slot, float *v);
 typedef void (*eng__attn_fn)(const eng__attn_args *a);
 void eng__attn_scalar(const eng__attn_args *a);
 void eng__attn_avx2(const eng__attn_args *a);

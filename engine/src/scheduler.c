@@ -116,7 +116,8 @@ struct eng_sched {
 eng_sched_params eng_sched_default_params(void)
 {
     eng_sched_params p = {.n_ctx = 0, .n_seq_max = 8, .n_batch_max = 512, .n_kv_tokens = 0,
-                          .max_queue = 64, .n_threads = 0, .prefix_cache = true};
+                          .max_queue = 64, .n_threads = 0, .prefix_cache = true,
+                          .type_k = ENG_KV_F16, .type_v = ENG_KV_F16};
     return p;
 }
 
@@ -591,6 +592,8 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     cp.n_batch_max = p->n_batch_max;
     cp.n_kv_tokens = p->n_kv_tokens;
     cp.n_threads = p->n_threads;
+    cp.type_k = p->type_k;
+    cp.type_v = p->type_v;
     eng_status st = eng_context_new(m, &cp, &s->ctx);
     if (st != ENG_OK) goto fail;
     eng_model_info info;

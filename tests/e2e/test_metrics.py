@@ -34,6 +34,9 @@ FAMILIES = {
     "orthoserve_kv_tokens_used": "gauge",
     "orthoserve_kv_tokens_capacity": "gauge",
     "orthoserve_kv_tokens_cached": "gauge",
+    "orthoserve_kv_cache_bytes_per_token": "gauge",
+    "orthoserve_kv_cache_bytes_used": "gauge",
+    "orthoserve_kv_cache_bytes_capacity": "gauge",
     "orthoserve_batch_tokens": "gauge",
     "orthoserve_model_loaded": "gauge",
     "orthoserve_build_info": "gauge",
@@ -163,6 +166,11 @@ class MetricsTest(unittest.TestCase):
         ratio = sc.get("orthoserve_kv_cache_usage_ratio")
         self.assertTrue(0 <= ratio <= 1)
         self.assertEqual(sc.get("orthoserve_kv_tokens_capacity"), 4096 * 4)
+        # stories260K, F16 K and V (the default): 5 layers x 4 kv heads x 8 dims x 2 bytes x 2
+        bpt = [(l, v) for n, l, v in sc.samples if n == "orthoserve_kv_cache_bytes_per_token"]
+        self.assertEqual(bpt, [({"type_k": "f16", "type_v": "f16"}, 640)])
+        self.assertEqual(sc.get("orthoserve_kv_cache_bytes_capacity"), 4096 * 4 * 640)
+        self.assertEqual(sc.get("orthoserve_kv_cache_bytes_used"), sc.get("orthoserve_kv_tokens_used") * 640)
 
     def test_exact_counts(self):
         """Three requests of known sizes (token-id prompts, ignore_eos, one

@@ -1,10 +1,11 @@
 /*
  * test_attn.c - the attention kernels (attn.c, attn_avx2.c, attn_avx512.c) of
- * every kernel level the CPU has, on random caches: against a two-pass
- * double-precision softmax written here from the definition, SIMD against the
- * scalar reference, and each query's result
- * independent of the other queries in the call (bit for bit), which the
- * engine's batching guarantees rest on.
+ * every kernel level the CPU has, on random caches of every pair of K and V
+ * types (F32, F16, Q8_0, written by kvcache.c): against a two-pass
+ * double-precision softmax written here from the definition (on the values
+ * the cache holds, read back), SIMD against the scalar reference, and each
+ * query's result independent of the other queries in the call (bit for
+ * bit), which the engine's batching guarantees rest on.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -18,7 +19,10 @@
 
 typedef struct {
     int hd, n_rep, n_kvh, n_pos, n_blocks;
-    float *k, *v;  /* n_blocks blocks of B * n_kvh * hd */
+    float *k, *v;  /* n_blocks blocks of B * n_kvh * hd: the values the cache holds */
+    int tk, tv;    /* the cache's types */
+    uint8_t *kc, *vc; /* the cache: n_blocks blocks of n_kvh heads of khead (vhead) bytes */
+    size_t khead, vhead;
     int32_t *blk;  /* the sequence's blocks, shuffled */
     float *q, *out; /* nq rows of n_kvh * n_rep * hd */
     int32_t *last;
@@ -45,12 +49,42 @@ typedef enum {
     SPREAD, /* every row anywhere (rows of sequences at different positions) */
 } pattern;
 
+/* The typed cache from the float values, then the floats replaced by what
+ * the cache holds (the reference's input); spare blocks all 0xff bytes
+ * (NaN for F32 and F16, NaN scales for Q8_0). */
+static void make_cache(fixture *f)
+{
+    f->khead = eng__kv_head_bytes(f->tk, f->hd);
+    f->vhead = eng__kv_head_bytes(f->tv, f->hd);
+    const size_t kb = f->khead * (size_t)f->n_kvh, vb = f->vhead * (size_t)f->n_kvh;
+    f->kc = malloc(kb * (size_t)f->n_blocks);
+    f->vc = malloc(vb * (size_t)f->n_blocks);
+    memset(f->kc, 0xff, kb * (size_t)f->n_blocks);
+    memset(f->vc, 0xff, vb * (size_t)f->n_blocks);
+    float *row = malloc(sizeof(float) * (size_t)f->hd);
+    for (int h = 0; h < f->n_kvh; h++)
+        for (int p = 0; p < f->n_pos; p++) {
+            uint8_t *kh = f->kc + f->blk[p / B] * kb + (size_t)h * f->khead;
+            uint8_t *vh = f->vc + f->blk[p / B] * vb + (size_t)h * f->vhead;
+            for (int d = 0; d < f->hd; d++) row[d] = *kat(f, h, p, d);
+            eng__kv_put_k(f->tk, kh, f->hd, p % B, row);
+            eng__kv_read_k(f->tk, kh, f->hd, p % B, row);
+            for (int d = 0; d < f->hd; d++) *kat(f, h, p, d) = row[d];
+            for (int d = 0; d < f->hd; d++) row[d] = *vat(f, h, p, d);
+            eng__kv_put_v(f->tv, vh, f->hd, p % B, row);
+            eng__kv_read_v(f->tv, vh, f->hd, p % B, row);
+            for (int d = 0; d < f->hd; d++) *vat(f, h, p, d) = row[d];
+        }
+    free(row);
+}
+
 static void make(fixture *f, int hd, int n_rep, int n_kvh, int n_pos, int32_t nq, float qscale, pattern pat,
-                 int window, uint64_t seed)
+                 int window, int tk, int tv, uint64_t seed)
 {
     uint64_t s = seed;
     memset(f, 0, sizeof *f);
     f->hd = hd, f->n_rep = n_rep, f->n_kvh = n_kvh, f->n_pos = n_pos, f->nq = nq;
+    f->tk = tk, f->tv = tv;
     int nb = (n_pos + B - 1) / B;
     f->n_blocks = nb + 3; /* spare blocks hold garbage the kernel must not read */
     f->k = malloc(f->n_blocks * blk_floats(f) * sizeof(float));
@@ -83,12 +117,15 @@ static void make(fixture *f, int hd, int n_rep, int n_kvh, int n_pos, int32_t nq
         f->first = malloc(sizeof(int32_t) * (size_t)nq);
         for (int32_t i = 0; i < nq; i++) f->first[i] = f->last[i] >= window ? f->last[i] - window + 1 : 0;
     }
+    make_cache(f);
 }
 
 static void drop(fixture *f)
 {
     free(f->k);
     free(f->v);
+    free(f->kc);
+    free(f->vc);
     free(f->blk);
     free(f->q);
     free(f->out);
@@ -109,10 +146,13 @@ static void run(const eng__kernels *kt, fixture *f, int h, int32_t row0, int32_t
         .q_stride = qd,
         .last = f->last + row0,
         .first = f->first ? f->first + row0 : NULL,
-        .k = f->k + (size_t)h * B * f->hd,
-        .v = f->v + (size_t)h * B * f->hd,
+        .k = f->kc + (size_t)h * f->khead,
+        .v = f->vc + (size_t)h * f->vhead,
+        .type_k = f->tk,
+        .type_v = f->tv,
         .blk = f->blk,
-        .blk_stride = blk_floats(f),
+        .k_stride = f->khead * (size_t)f->n_kvh,
+        .v_stride = f->vhead * (size_t)f->n_kvh,
         .scale = 1.0f / sqrtf((float)f->hd),
         .scratch = scr,
     };
@@ -184,15 +224,16 @@ typedef struct {
 
 static double worst[8]; /* largest error / (sc tol) seen per level */
 
-/* Level lvl on shape c: every (row, head) against the double reference and
- * against the scalar kernel; each row computed alone gives the same bits as
- * in the call of all nq rows. */
-static void check(eng__kernel_level lvl, shape c, int window)
+/* Level lvl on shape c (window > 0: a sliding window) with K of type tk, V
+ * of type tv: every (row, head) against the double reference and against the
+ * scalar kernel; each row computed alone gives the same bits as in the call
+ * of all nq rows. */
+static void check(eng__kernel_level lvl, shape c, int window, int tk, int tv)
 {
     const eng__kernels *kt = eng__kernels_get(lvl), *ks = eng__kernels_get(ENG_KL_SCALAR);
     if (!kt) cr_skip_test("CPU lacks this kernel level");
     fixture f;
-    make(&f, c.hd, c.n_rep, c.n_kvh, c.n_pos, c.nq, c.qscale, c.pat, window,
+    make(&f, c.hd, c.n_rep, c.n_kvh, c.n_pos, c.nq, c.qscale, c.pat, window, tk, tv,
          77 + (uint64_t)c.hd * 31 + (uint64_t)c.n_pos);
     const int hd = c.hd;
     const size_t qd = (size_t)c.n_kvh * c.n_rep * hd;
@@ -208,13 +249,17 @@ static void check(eng__kernel_level lvl, shape c, int window)
                 const double big = reference(&f, h, i, r, ref, sc);
                 const double tol = TOL + EPS * big * sqrt((double)hd);
                 for (int e = 0; e < hd; e++) {
-                    const double err = fabs(f.out[off + e] - ref[e]) / sc[e];
+                    const double diff = fabs(f.out[off + e] - ref[e]);
+                    const double err = diff == 0 ? 0 : diff / sc[e]; /* sc 0: a lone Q8_0 value of 0 */
                     if (err / tol > worst[lvl]) worst[lvl] = err / tol;
-                    cr_assert(err <= tol, "%s hd %d rep %d pos %d nq %d: row %d (last %d) head %d dim %d: %.8g vs %.8g",
-                              kt->name, hd, c.n_rep, c.n_pos, c.nq, i, f.last[i], r, e, f.out[off + e], ref[e]);
+                    cr_assert(err <= tol,
+                              "%s K %s V %s hd %d rep %d pos %d nq %d: row %d (last %d) head %d dim %d: %.8g vs %.8g",
+                              kt->name, eng_type_name(tk), eng_type_name(tv), hd, c.n_rep, c.n_pos, c.nq, i,
+                              f.last[i], r, e, f.out[off + e], ref[e]);
                     cr_assert(fabs(f.out[off + e] - sca[off + e]) <= 2 * tol * sc[e],
-                              "%s vs scalar, hd %d rep %d pos %d: row %d head %d dim %d: %.8g vs %.8g", kt->name,
-                              hd, c.n_rep, c.n_pos, i, r, e, f.out[off + e], sca[off + e]);
+                              "%s vs scalar, K %s V %s hd %d rep %d pos %d: row %d head %d dim %d: %.8g vs %.8g",
+                              kt->name, eng_type_name(tk), eng_type_name(tv), hd, c.n_rep, c.n_pos, i, r, e,
+                              f.out[off + e], sca[off + e]);
                     cr_assert(memcmp(&f.out[off + e], &one[off + e], sizeof(float)) == 0,
                               "%s: row %d alone differs from row %d in a call of %d", kt->name, i, i, c.nq);
                 }
@@ -259,14 +304,59 @@ static const struct {
     {{48, 3, 1, 64, 5, 60.0f, MIXED}, 5}, {{256, 1, 2, 200, 33, 1.0f, CAUSAL}, 48},
 };
 
-static void check_level(eng__kernel_level lvl)
+static const int kv_types[] = {ENG_TYPE_F32, ENG_TYPE_F16, ENG_TYPE_Q8_0};
+
+/* Every shape with K and V of types tk and tv. */
+static void check_level(eng__kernel_level lvl, int tk, int tv)
 {
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check(lvl, shapes[i], 0);
-    for (size_t i = 0; i < sizeof windowed / sizeof windowed[0]; i++) check(lvl, windowed[i].s, windowed[i].window);
-    cr_log_info("%s: largest error %.3g of the tolerance", eng__kernels_get(lvl)->name, worst[lvl]);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check(lvl, shapes[i], 0, tk, tv);
+    for (size_t i = 0; i < sizeof windowed / sizeof windowed[0]; i++)
+        check(lvl, windowed[i].s, windowed[i].window, tk, tv);
+    cr_log_info("%s K %s V %s: largest error %.3g of the tolerance", eng__kernels_get(lvl)->name,
+                eng_type_name(tk), eng_type_name(tv), worst[lvl]);
 }
 
-Test(attn, scalar) { check_level(ENG_KL_SCALAR); }
-Test(attn, avx2) { check_level(ENG_KL_AVX2); }
-Test(attn, avx2vnni) { check_level(ENG_KL_AVX2VNNI); }
-Test(attn, avx512) { check_level(ENG_KL_AVX512); }
+/* One test per level and K type, each V type inside it. */
+#define LEVEL(name, lvl)                                                          \
+    Test(attn, name##_k_f32) { for (int v = 0; v < 3; v++) check_level(lvl, ENG_TYPE_F32, kv_types[v]); }  \
+    Test(attn, name##_k_f16) { for (int v = 0; v < 3; v++) check_level(lvl, ENG_TYPE_F16, kv_types[v]); }  \
+    Test(attn, name##_k_q8_0) { for (int v = 0; v < 3; v++) check_level(lvl, ENG_TYPE_Q8_0, kv_types[v]); }
+LEVEL(scalar, ENG_KL_SCALAR)
+LEVEL(avx2, ENG_KL_AVX2)
+LEVEL(avx2vnni, ENG_KL_AVX2VNNI)
+LEVEL(avx512, ENG_KL_AVX512)
+
+/* The formats themselves: F16 rounds to nearest, Q8_0 keeps every value
+ * within half a quantization step d = amax / 127 of its group plus the
+ * scale's own fp16 rounding (127 d 2^-11 = 0.062 d), and a
+ * head size that is not a multiple of 32 ends in a short group with its own
+ * scale. */
+Test(attn, kv_formats)
+{
+    const int hd = 40;
+    float x[40], y[40];
+    for (int d = 0; d < hd; d++) x[d] = d < 32 ? (float)(d - 16) * 0.37f : (float)(d - 35) * 1000.0f;
+    for (int t = 0; t < 3; t++) {
+        const int ty = kv_types[t];
+        uint8_t *blk = calloc(1, eng__kv_head_bytes(ty, hd));
+        for (int slot = 0; slot < B; slot += 5) {
+            eng__kv_put_k(ty, blk, hd, slot, x);
+            eng__kv_read_k(ty, blk, hd, slot, y);
+            for (int d = 0; d < hd; d++) {
+                const float amax = d < 32 ? 16 * 0.37f : 5000.0f;
+                const float tol = ty == ENG_TYPE_F32 ? 0.0f : ty == ENG_TYPE_F16 ? fabsf(x[d]) / 2048 : amax / 127 * 0.57f;
+                cr_assert(fabsf(y[d] - x[d]) <= tol, "K %s slot %d dim %d: %g vs %g", eng_type_name(ty), slot, d, y[d], x[d]);
+            }
+            eng__kv_put_v(ty, blk, hd, slot, x);
+            eng__kv_read_v(ty, blk, hd, slot, y);
+            for (int d = 0; d < hd; d++) {
+                const float amax = d < 32 ? 16 * 0.37f : 5000.0f;
+                const float tol = ty == ENG_TYPE_F32 ? 0.0f : ty == ENG_TYPE_F16 ? fabsf(x[d]) / 2048 : amax / 127 * 0.57f;
+                cr_assert(fabsf(y[d] - x[d]) <= tol, "V %s slot %d dim %d: %g vs %g", eng_type_name(ty), slot, d, y[d], x[d]);
+            }
+        }
+        free(blk);
+    }
+    cr_assert_eq(eng__kv_head_bytes(ENG_TYPE_Q8_0, 64), (size_t)B * 68); /* 34 bytes per 32 values */
+    cr_assert_eq(eng__kv_head_bytes(ENG_TYPE_Q8_0, 40), (size_t)B * (40 + 4));
+}

@@ -135,6 +135,7 @@ static float *model_logits(const char *name, const char *nx_env, int32_t *n_voca
     cr_assert_eq(eng_model_load(td_path(rel), &mp, &m, err, sizeof err), ENG_OK, "%s", err);
     eng_context_params cp = eng_context_default_params();
     cp.n_ctx = 128;
+    cp.type_k = cp.type_v = ENG_KV_F32; /* the goldens' KV */
     eng_context *c;
     cr_assert_eq(eng_context_new(m, &cp, &c), ENG_OK);
     unsetenv("ORTHOSERVE_BLAS_NX");

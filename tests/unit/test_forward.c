@@ -43,6 +43,7 @@ static void fx_open(fixture *f, const char *name, int32_t n_seq)
     cp.n_ctx = 256; /* prompt 5 (139 tokens) exceeds stories260K's declared 128 */
     cp.n_seq_max = n_seq;
     cp.n_batch_max = 256;
+    cp.type_k = cp.type_v = ENG_KV_F32; /* the goldens' KV (test_kvcache.c: the other types) */
     cr_assert_eq(eng_context_new(f->m, &cp, &f->c), ENG_OK);
     snprintf(rel, sizeof rel, "golden/%s.json", name);
     f->g = td_json(rel);

@@ -80,16 +80,17 @@ static float softmax_scalar(float *s, int32_t nk, int32_t last)
     return sum;
 }
 
-/* Keys [pos][hd] and values [pos][hd] of positions 0..nb*B-1. */
+/* Keys [pos][hd] and values [pos][hd] of positions 0..nb*B-1, as floats. */
 static void gather(const eng__attn_args *a, int32_t nb, float *kg, float *vg)
 {
     const int hd = a->hd, B = ENG_KV_BLOCK;
     for (int32_t b = 0; b < nb; b++) {
-        const float *K = a->k + (size_t)a->blk[b] * a->blk_stride;
-        const float *V = a->v + (size_t)a->blk[b] * a->blk_stride;
-        for (int j = 0; j < B; j++)
-            for (int d = 0; d < hd; d++) kg[((size_t)b * B + j) * hd + d] = K[d * B + j];
-        memcpy(vg + (size_t)b * B * hd, V, sizeof(float) * (size_t)B * hd);
+        const char *K = (const char *)a->k + (size_t)a->blk[b] * a->k_stride;
+        const char *V = (const char *)a->v + (size_t)a->blk[b] * a->v_stride;
+        for (int j = 0; j < B; j++) {
+            eng__kv_read_k(a->type_k, K, hd, j, kg + ((size_t)b * B + j) * hd);
+            eng__kv_read_v(a->type_v, V, hd, j, vg + ((size_t)b * B + j) * hd);
+        }
     }
 }
 

@@ -284,12 +284,26 @@ const char *eng_type_name(int type);
 
 typedef struct eng_context eng_context;
 
+/* KV cache element types, chosen separately for K and V (values: the ggml
+ * type ids). F16 is the default (as llama.cpp's); F32 is what the golden
+ * logits were made with; Q8_0 stores blocks of 32 int8 with an F16 scale
+ * (GGUF's Q8_0; a head size that is not a multiple of 32 ends in a shorter
+ * block). The attention kernels read every type in place. */
+typedef enum { ENG_KV_F32 = 0, ENG_KV_F16 = 1, ENG_KV_Q8_0 = 8 } eng_kv_type;
+/* "f32", "f16", "q8_0"; NULL for a value that is none of them. */
+const char *eng_kv_type_name(eng_kv_type t);
+/* The type a name gives (case-insensitive); ENG_EINVAL for an unknown name. */
+eng_status eng_kv_type_parse(const char *name, eng_kv_type *out);
+/* Bytes of KV cache one token takes over all layers of m with these types. */
+size_t eng_kv_bytes_per_token(const eng_model *m, eng_kv_type type_k, eng_kv_type type_v);
+
 typedef struct {
     int32_t n_ctx;       /* max positions per sequence; 0: the model's n_ctx_train */
     int32_t n_seq_max;   /* sequences that can be live at once (>= 1) */
     int32_t n_batch_max; /* max tokens per eng_decode call (>= 1) */
     int32_t n_kv_tokens; /* KV budget in tokens over all sequences; 0: n_ctx * n_seq_max */
     int32_t n_threads;   /* 0: the model's n_threads */
+    eng_kv_type type_k, type_v; /* KV cache element types (default ENG_KV_F16) */
 } eng_context_params;
 
 eng_context_params eng_context_default_params(void);
@@ -536,6 +550,7 @@ typedef struct {
     int32_t max_queue;   /* waiting requests beyond which submit says ENG_EBUSY */
     int32_t n_threads;   /* compute threads; 0: the model's */
     bool prefix_cache;   /* keep finished dense sequences' KV to reuse prompt prefixes */
+    eng_kv_type type_k, type_v; /* KV cache element types (default ENG_KV_F16) */
 } eng_sched_params;
 
 eng_sched_params eng_sched_default_params(void);

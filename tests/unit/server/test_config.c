@@ -293,3 +293,22 @@ Test(config, empty_key_list_is_refused)
     cr_expect_str_eq(cfg.api_keys.v[0], "k1");
     unlink(path);
 }
+
+/* The KV cache types: f16 by default, each of K and V from any source, case
+ * as given; an unknown type is an error naming the key. */
+Test(config, cache_types)
+{
+    cr_assert_eq(load(NULL, ARGS("-m", "m")), 0, "%s", err_text);
+    cr_expect_str_eq(cfg.cache_type_k, "f16");
+    cr_expect_str_eq(cfg.cache_type_v, "f16");
+    srv_config_free(&cfg);
+    const char *path = config_file("{\"model\": \"m\", \"cache_type_k\": \"f32\", \"cache_type_v\": \"f32\"}");
+    cr_assert_eq(load(ENV("ORTHOSERVE_CACHE_TYPE_V=Q8_0"), ARGS("--config", path, "--cache-type-k", "q8_0")), 0, "%s",
+                 err_text);
+    cr_expect_str_eq(cfg.cache_type_k, "q8_0");
+    cr_expect_str_eq(cfg.cache_type_v, "Q8_0");
+    srv_config_free(&cfg);
+    unlink(path);
+    expect_error(NULL, ARGS("-m", "m", "--cache-type-k", "q4_0"), "key 'cache_type_k': 'q4_0' is not one of");
+    expect_error(ENV("ORTHOSERVE_CACHE_TYPE_V=bf16"), ARGS("-m", "m"), "key 'cache_type_v'");
+}
