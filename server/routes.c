@@ -8,6 +8,7 @@
 #include "routes.h"
 #include "api_openai.h"
 #include "api_ops.h"
+#include "api_template.h"
 #include "orthorank_json.h"
 
 #include <stdbool.h>
@@ -26,6 +27,7 @@ const http_route server_routes[] = {
     {"POST", "/completions", false, api_completions, "completions"},
     {"POST", "/tokenize", false, api_tokenize, "tokenize"},
     {"POST", "/detokenize", false, api_detokenize, "detokenize"},
+    {"POST", "/apply-template", false, api_apply_template, "apply_template"},
     {"GET", "/v1/orthorank", false, api_orthorank, "orthorank"},
 };
 

@@ -142,10 +142,8 @@ static jv py_split(jr *R, jv s, jv sep, int64_t maxsplit)
             i = k;
         }
         if (i >= n) break;
-        if (maxsplit == 0) {
-            size_t e = n;
-            while (e > i && jj_py_isspace((unsigned char)p[e - 1])) e--;
-            jl_push(R, l, jv_strn(p + i, e - i));
+        if (maxsplit == 0) { /* the rest, trailing whitespace kept */
+            jl_push(R, l, jv_strn(p + i, n - i));
             break;
         }
         size_t st = i;

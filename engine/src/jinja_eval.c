@@ -617,9 +617,7 @@ static void exec_for(jr *R, jscope *S, const jnode *x)
     }
     jloop *L = jj_alloc(R, sizeof *L);
     L->items = items;
-    L->depth = 1;
-    jv outer = lookup(R, S, "loop", 4);
-    if (outer.t == JV_LOOP) L->depth = outer.u.loop->depth + 1;
+    L->depth = 1; /* depth counts recursive loops only, which are not supported */
     jv lv = {0};
     lv.t = JV_LOOP;
     lv.u.loop = L;

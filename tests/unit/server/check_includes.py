@@ -16,7 +16,7 @@ import sys
 LAYERS = [
     ["serve"],                                     # cli_serve: loop, loading, signals, drain
     ["routes"],                                    # the route table
-    ["api_openai", "api_ops"],                     # route handlers
+    ["api_openai", "api_ops", "api_template"],                     # route handlers
     ["stream"],                                    # SSE records of a job
     ["job"],                                       # a generation's state and lifetime
     ["orthorank_json"],                            # the orthorank object; GET /v1/orthorank
@@ -25,8 +25,8 @@ LAYERS = [
     ["srv_metrics", "log"],                        # the server's metrics; log lines
     ["request", "plan"],                           # request bodies -> engine parameters; plan files
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
-    ["metrics", "bridge", "textbuf", "config"],
-    ["sbuf", "jsoncount"],
+    ["metrics", "bridge", "textbuf", "config", "chat_tmpl"],
+    ["sbuf", "jsoncount", "jinja_json"],
 ]
 __doc__ += "".join("  %d. %s\n" % (i, ", ".join(l)) for i, l in enumerate(LAYERS))
 
