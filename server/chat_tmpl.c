@@ -91,7 +91,8 @@ static void object_arguments(json_t *m)
 
 /* The messages as the template gets them (a new array), or NULL: msg filled
  * (refused) or left empty (no memory). */
-static json_t *normalise_messages(const json_t *msgs, bool obj_args, const char **param, char *msg, size_t msglen)
+static json_t *normalise_messages(const json_t *msgs, bool obj_args, bool empty_null, const char **param, char *msg,
+                                  size_t msglen)
 {
     *param = "messages";
     if (!json_is_array(msgs) || !json_array_size(msgs)) {
@@ -117,6 +118,7 @@ static json_t *normalise_messages(const json_t *msgs, bool obj_args, const char 
             goto fail;
         }
         if (obj_args) object_arguments(m);
+        if (empty_null && json_is_null(c)) json_object_set_new(m, "content", json_string(""));
     }
     return out;
 fail:
@@ -145,11 +147,11 @@ static eng_status build_vars(const chat_tmpl *t, eng_jinja_vars *v, const json_t
     return st;
 }
 
-static int render_once(const chat_tmpl *t, const json_t *body, bool obj_args, char **out, size_t *len,
-                       const char **param, char *msg, size_t msglen)
+static int render_once(const chat_tmpl *t, const json_t *body, bool obj_args, bool empty_null, char **out,
+                       size_t *len, const char **param, char *msg, size_t msglen)
 {
     msg[0] = 0;
-    json_t *msgs = normalise_messages(json_object_get(body, "messages"), obj_args, param, msg, msglen);
+    json_t *msgs = normalise_messages(json_object_get(body, "messages"), obj_args, empty_null, param, msg, msglen);
     if (!msgs) return msg[0] ? -1 : -2;
     eng_jinja_vars *v = eng_jinja_vars_new();
     eng_status st = v ? build_vars(t, v, body, msgs) : ENG_ENOMEM;
@@ -176,12 +178,15 @@ int chat_tmpl_render(const chat_tmpl *t, const json_t *body, char **out, size_t 
         snprintf(msg, msglen, "'chat_template_kwargs' must be an object");
         return -1;
     }
-    int rc = render_once(t, body, true, out, len, param, msg, msglen);
-    if (rc != -1 || !msg[0] || strncmp(*param, "messages", 8)) return rc;
-    /* a template written for string arguments (functionary) */
+    int rc = render_once(t, body, true, false, out, len, param, msg, msglen);
+    if (rc != -1 || !msg[0] || strcmp(*param, "messages")) return rc;
+    /* Templates that fail on what OpenAI clients send: a null content next
+     * to tool_calls (Qwen3 tests '</think>' in it), string arguments
+     * (functionary concatenates them). The first error is the one reported. */
     char first[512];
     snprintf(first, sizeof first, "%s", msg);
-    rc = render_once(t, body, false, out, len, param, msg, msglen);
+    rc = render_once(t, body, true, true, out, len, param, msg, msglen);
+    if (rc == -1) rc = render_once(t, body, false, true, out, len, param, msg, msglen);
     if (rc == -1) snprintf(msg, msglen, "%s", first);
     return rc;
 }

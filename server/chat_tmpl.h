@@ -26,7 +26,9 @@ const char *chat_tmpl_bos(const chat_tmpl *t); /* the bos_token passed, or NULL 
  * absent), add_generation_prompt (body's, default true), then every key of
  * chat_template_kwargs (e.g. enable_thinking). Tool-call "arguments" strings
  * holding a JSON object are given to the template as objects (what HF
- * templates expect); if that rendering fails, the strings as sent are tried.
+ * templates expect); if that rendering fails, it is tried again with null
+ * contents as "" and then with the arguments as sent (llama.cpp's server
+ * adapts the same way).
  * 0: *out (malloc'd, NUL-terminated, *len bytes). -1: refused, *param names
  * the field and msg says why (the template's raise_exception text, or its
  * error): a 400. -2: no memory.
