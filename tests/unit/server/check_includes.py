@@ -25,7 +25,7 @@ LAYERS = [
     ["srv_metrics", "log"],                        # the server's metrics; log lines
     ["request", "plan"],                           # request bodies -> engine parameters; plan files
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
-    ["metrics", "bridge", "textbuf", "config", "chat_tmpl"],
+    ["metrics", "bridge", "textbuf", "config", "chat_tmpl", "toolcall"],
     ["sbuf", "jsoncount", "jinja_json"],
 ]
 __doc__ += "".join("  %d. %s\n" % (i, ", ".join(l)) for i, l in enumerate(LAYERS))
