@@ -193,25 +193,62 @@ static jv py_replace(jr *R, jv s, jv old, jv rep, int64_t count)
 static bool is_lower_c(char c) { return c >= 'a' && c <= 'z'; }
 static bool is_upper_c(char c) { return c >= 'A' && c <= 'Z'; }
 
-/* mode: 'u' upper, 'l' lower, 't' title, 'c' capitalize (ASCII letters change;
- * other letters count as cased for title's word boundaries) */
+/* Simple case mapping of ASCII, Latin-1, Latin Extended-A, Greek and
+ * Cyrillic (Python's full mapping has a few one-to-many cases, such as
+ * "\u00df".upper() == "SS", that are not followed here). */
+static uint32_t case_map(uint32_t c, bool up)
+{
+    if (c == 0x130 || c == 0x131) return c; /* dotted/dotless i map to two code points */
+    if (c < 0x80) return up ? (is_lower_c((char)c) ? c - 32 : c) : (is_upper_c((char)c) ? c + 32 : c);
+    if (up) {
+        if ((c >= 0xE0 && c <= 0xFE && c != 0xF7) || (c >= 0x3B1 && c <= 0x3C9 && c != 0x3C2) || (c >= 0x430 && c <= 0x44F))
+            return c - 0x20;
+        if (c == 0xFF) return 0x178;
+        if (c == 0x3C2) return 0x3A3;
+        if (c >= 0x450 && c <= 0x45F) return c - 0x50;
+        if (((c >= 0x100 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) && (c & 1)) return c - 1;
+        if (((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) && !(c & 1)) return c - 1;
+        return c;
+    }
+    if ((c >= 0xC0 && c <= 0xDE && c != 0xD7) || (c >= 0x391 && c <= 0x3A9 && c != 0x3A2) || (c >= 0x410 && c <= 0x42F))
+        return c + 0x20;
+    if (c == 0x178) return 0xFF;
+    if (c >= 0x400 && c <= 0x40F) return c + 0x50;
+    if (((c >= 0x100 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) && !(c & 1)) return c + 1;
+    if (((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) && (c & 1)) return c + 1;
+    return c;
+}
+
+static bool is_cased(uint32_t c) { return case_map(c, true) != c || case_map(c, false) != c; }
+
+/* mode: 'u' upper, 'l' lower, 't' str.title (a letter after a cased one is
+ * lowered, others raised), 'T' jinja2's title filter (raised after "-",
+ * whitespace, "(", "{", "[", "<" or at the start, else lowered), 'c'
+ * capitalize (the first raised, the rest lowered) */
 static jv py_case(jr *R, jv s, char mode)
 {
     char *o = jj_alloc(R, s.u.s.n + 1);
-    bool prev_cased = false;
+    size_t k = 0;
+    bool prev_cased = false, word_start = true;
     for (size_t i = 0; i < s.u.s.n;) {
         size_t st = i;
         uint32_t cp = jj_utf8_next(s.u.s.p, s.u.s.n, &i);
-        memcpy(o + st, s.u.s.p + st, i - st);
-        char c = s.u.s.p[st];
-        bool up = mode == 'u' || (mode == 't' && !prev_cased) || (mode == 'c' && st == 0);
-        if (up && is_lower_c(c)) o[st] = (char)(c - 32);
-        if (!up && is_upper_c(c)) o[st] = (char)(c + 32);
-        prev_cased = is_lower_c(c) || is_upper_c(c) || (cp >= 0x80 && eng__ucat(cp) == ENG_UCAT_LETTER);
+        bool up = mode == 'u' || (mode == 't' && !prev_cased) || (mode == 'c' && st == 0) || (mode == 'T' && word_start);
+        word_start = jj_py_isspace(cp) || (cp < 0x80 && strchr("-({[<", (int)cp) && cp);
+        uint32_t m = case_map(cp, up);
+        if (m == cp) {
+            memcpy(o + k, s.u.s.p + st, i - st);
+            k += i - st;
+        } else { /* mapped pairs here keep their UTF-8 length */
+            k += (size_t)eng__utf8_put(m, (uint8_t *)o + k);
+        }
+        prev_cased = is_cased(cp) || (cp >= 0x80 && eng__ucat(cp) == ENG_UCAT_LETTER);
     }
-    o[s.u.s.n] = 0;
-    return jv_strn(o, s.u.s.n);
+    o[k] = 0;
+    return jv_strn(o, k);
 }
+
+jv jj_title_filter(jr *R, jv s) { return py_case(R, s, 'T'); }
 
 static bool affix(jr *R, jv s, jv fix, bool end)
 {

@@ -472,7 +472,8 @@ static jv filter_text(jr *R, const char *n, jv x, jargs *a, bool *done)
         jmethod mt = {.self = s, .name = "replace"};
         return jj_call_method(R, &mt, &m);
     }
-    if (EQ(n, "lower") || EQ(n, "upper") || EQ(n, "title") || EQ(n, "capitalize")) {
+    if (EQ(n, "title")) return jj_title_filter(R, s);
+    if (EQ(n, "lower") || EQ(n, "upper") || EQ(n, "capitalize")) {
         jargs m = {0};
         jmethod mt = {.self = s, .name = n};
         return jj_call_method(R, &mt, &m);
