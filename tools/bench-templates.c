@@ -2,14 +2,19 @@
  * bench-templates - rendering time of the Jinja chat-template interpreter:
  * for each template of the conformance suite (../shared/testdata/templates),
  * its longest case (the longest expected text), rendered in-process again
- * and again; prints the median parse and render times. Not a test.
+ * and again; prints the median parse and render times, and the median cost
+ * of the server's whole per-request path (chat_tmpl_render: the request's
+ * messages normalised, converted and rendered) with 1 and with 8 threads
+ * rendering at once, as with 1 and 8 concurrent clients. Not a test.
  *
- *   bench-templates [SUITE_DIR] [--ms N]   (N: time per template, default 300)
+ *   bench-templates [SUITE_DIR] [--ms N]   (N: time per measurement, default 300)
  */
+#include "chat_tmpl.h"
 #include "common/machine.h"
 #include "jinja_json.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +77,70 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* The server's path: threads rendering the same request body at once. */
+typedef struct {
+    const chat_tmpl *t;
+    const json_t *body;
+    double budget_ms;
+    double *lat;
+    int n;
+    bool bad;
+} server_run;
+
+static void *server_thread(void *arg)
+{
+    server_run *r = arg;
+    double t_end = now_us() + r->budget_ms * 1e3;
+    while (r->n < 20000 && (r->n < 10 || now_us() < t_end)) {
+        char *out = NULL, msg[256];
+        size_t len = 0;
+        const char *param;
+        double t0 = now_us();
+        int rc = chat_tmpl_render(r->t, r->body, &out, &len, &param, msg, sizeof msg);
+        r->lat[r->n++] = now_us() - t0;
+        free(out);
+        if (rc) {
+            r->bad = true;
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* Median microseconds per request with nthreads rendering together. */
+static double server_cost(const chat_tmpl *t, const json_t *body, int nthreads, double budget_ms)
+{
+    server_run runs[8];
+    pthread_t th[8];
+    double *all = malloc(sizeof(double) * 20000 * (size_t)nthreads);
+    int total = 0;
+    bool bad = !all;
+    for (int k = 0; k < nthreads && all; k++) {
+        runs[k] = (server_run){.t = t, .body = body, .budget_ms = budget_ms, .lat = all + 20000 * k};
+        pthread_create(&th[k], NULL, server_thread, &runs[k]);
+    }
+    for (int k = 0; k < nthreads && all; k++) {
+        pthread_join(th[k], NULL);
+        memmove(all + total, runs[k].lat, sizeof(double) * (size_t)runs[k].n);
+        total += runs[k].n;
+        bad |= runs[k].bad;
+    }
+    double m = bad || !total ? -1 : median(all, total);
+    free(all);
+    return m;
+}
+
+/* The request body a client would send for case c. */
+static json_t *case_body(json_t *c)
+{
+    json_t *b = json_object();
+    json_object_set(b, "messages", json_object_get(c, "messages"));
+    if (json_is_array(json_object_get(c, "tools"))) json_object_set(b, "tools", json_object_get(c, "tools"));
+    json_object_set(b, "add_generation_prompt", json_object_get(c, "add_generation_prompt"));
+    json_object_set(b, "chat_template_kwargs", json_object_get(c, "kwargs"));
+    return b;
+}
+
 /* One template: its longest case, parse and render timed for budget_ms. */
 static int bench_one(const char *dir, const char *name, json_t *cases, double budget_ms)
 {
@@ -117,8 +186,15 @@ static int bench_one(const char *dir, const char *name, json_t *cases, double bu
         tr[n] = t2 - t1;
         n++;
     }
-    printf("%-46s %-26s %7zu %6d %9.1f %9.1f\n", json_string_value(json_object_get(exp, "template")),
-           json_string_value(json_object_get(best, "id")), best_len, n, median(tp, n), median(tr, n));
+    json_t *ctx = json_object_get(exp, "context"), *body = case_body(best);
+    json_t *bos = json_object_get(ctx, "bos_token"), *eos = json_object_get(ctx, "eos_token");
+    char err[256];
+    chat_tmpl *ct = chat_tmpl_new(src, len, json_string_value(bos), json_string_value(eos), err, sizeof err);
+    double s1 = ct ? server_cost(ct, body, 1, budget_ms) : -1, s8 = ct ? server_cost(ct, body, 8, budget_ms) : -1;
+    chat_tmpl_free(ct);
+    json_decref(body);
+    printf("%-46s %-26s %7zu %6d %9.1f %9.1f %9.1f %9.1f\n", json_string_value(json_object_get(exp, "template")),
+           json_string_value(json_object_get(best, "id")), best_len, n, median(tp, n), median(tr, n), s1, s8);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "bench-templates: %s failed\n", name);
@@ -153,7 +229,9 @@ int main(int argc, char **argv)
     }
     mach_cpu_name(cpu, sizeof cpu);
     printf("cpu: %s; median of repeated in-process runs, microseconds\n", cpu);
-    printf("%-46s %-26s %7s %6s %9s %9s\n", "template", "longest case", "bytes", "runs", "parse_us", "render_us");
+    printf("%-46s %-26s %7s %6s %9s %9s %9s %9s\n", "template", "longest case", "bytes", "runs", "parse_us",
+           "render_us", "server_1", "server_8");
+    printf("(server_N: us per request through chat_tmpl_render with N threads; -1.0: the server refuses the case)\n");
     snprintf(path, sizeof path, "%s/expected", dir);
     struct dirent **ents;
     int n = scandir(path, &ents, is_json, by_name), bad = 0;
