@@ -197,7 +197,10 @@ static jv unique_items(jr *R, jv seq, jargs *a)
         if ((key.t == JV_LIST && !key.tuple) || key.t == JV_DICT)
             jj_fail(R, "TypeError: unhashable type: '%s'", jv_type_name(key));
         bool dup = false;
-        for (size_t j = 0; j < seen->n && !dup; j++) dup = jv_eq(R, seen->v[j], key);
+        for (size_t j = 0; j < seen->n && !dup; j++) {
+            jj_step(R); /* quadratic: each comparison counts */
+            dup = jv_eq(R, seen->v[j], key);
+        }
         if (dup) continue;
         jl_push(R, seen, key);
         jl_push(R, out, item);

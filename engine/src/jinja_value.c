@@ -293,8 +293,9 @@ static bool eq_at(jr *R, jv a, jv b, int level)
 
 bool jv_eq(jr *R, jv a, jv b) { return eq_at(R, a, b, 0); }
 
-int jv_cmp(jr *R, jv a, jv b)
+static int cmp_at(jr *R, jv a, jv b, int level)
 {
+    depth_check(R, level);
     if (is_num(a) && is_num(b)) {
         if (a.t == JV_FLOAT || b.t == JV_FLOAT) {
             double x = num_f(a), y = num_f(b);
@@ -311,8 +312,8 @@ int jv_cmp(jr *R, jv a, jv b)
     }
     if (a.t == JV_LIST && b.t == JV_LIST && a.tuple == b.tuple) {
         for (size_t i = 0; i < a.u.l->n && i < b.u.l->n; i++) {
-            if (jv_eq(R, a.u.l->v[i], b.u.l->v[i])) continue;
-            return jv_cmp(R, a.u.l->v[i], b.u.l->v[i]);
+            if (eq_at(R, a.u.l->v[i], b.u.l->v[i], level + 1)) continue;
+            return cmp_at(R, a.u.l->v[i], b.u.l->v[i], level + 1);
         }
         return a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n ? 1 : 0;
     }
@@ -320,6 +321,8 @@ int jv_cmp(jr *R, jv a, jv b)
     jj_fail(R, "TypeError: '<' not supported between instances of '%s' and '%s'", jv_type_name(a),
             jv_type_name(b));
 }
+
+int jv_cmp(jr *R, jv a, jv b) { return cmp_at(R, a, b, 0); }
 
 /* Python's float repr: the shortest digits that read back to the same
  * double, fixed notation for 1e-4 <= |x| < 1e16, else d.ddde+XX. */
