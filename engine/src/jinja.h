@@ -164,6 +164,7 @@ bool jj_test(jr *R, const char *name, jv x, jargs *a);
 bool jj_has_test(const char *name);
 bool jj_has_filter(const char *name);
 jv jj_title_filter(jr *R, jv s); /* jinja2's title filter (not str.title) */
+jv jj_percent_format(jr *R, jv fmt, const jv *args, size_t nargs); /* Python's "fmt % args" */
 jv jj_attr_path(jr *R, jv item, jv path); /* "a.b.0" as jinja2's attrgetter */
 jv jj_call_method(jr *R, jmethod *m, jargs *a);
 jv jj_call_func(jr *R, int fn, jargs *a);

@@ -250,6 +250,67 @@ static jv py_case(jr *R, jv s, char mode)
 
 jv jj_title_filter(jr *R, jv s) { return py_case(R, s, 'T'); }
 
+/* Python's printf-style "%" formatting: %s %r %d %i %f %x %% with optional
+ * flags, width and precision, over args in order. */
+jv jj_percent_format(jr *R, jv fmt, const jv *args, size_t nargs)
+{
+    jbuf o = {0};
+    size_t k = 0;
+    const char *p = fmt.u.s.p, *e = p + fmt.u.s.n;
+    while (p < e) {
+        const char *q = memchr(p, '%', (size_t)(e - p));
+        if (!q) q = e;
+        jb_put(R, &o, p, (size_t)(q - p));
+        if (q == e) break;
+        const char *spec = q++;
+        while (q < e && *q && strchr("-+ 0#", *q)) q++;
+        long num = 0;
+        while (q < e && ((*q >= '0' && *q <= '9') || *q == '.')) {
+            num = *q == '.' ? 0 : num * 10 + (*q - '0');
+            if (num > 4096) jj_fail(R, "ValueError: format width or precision too large");
+            q++;
+        }
+        if (q >= e || (size_t)(q - spec) > 16) jj_fail(R, "ValueError: incomplete format");
+        char conv = *q++;
+        if (conv == '%') {
+            jb_putc(R, &o, '%');
+        } else {
+            if (k >= nargs) jj_fail(R, "TypeError: not enough arguments for format string");
+            jv a = args[k++];
+            char cfmt[24];
+            int fl = (int)(q - 1 - spec);
+            if (conv == 's' || conv == 'r') {
+                jbuf t = {0};
+                if (conv == 's') jv_write_str(R, &t, a);
+                else jv_write_repr(R, &t, a);
+                if (fl == 1) {
+                    jb_put(R, &o, t.p, t.n);
+                } else { /* width / precision (bytes, not characters) */
+                    snprintf(cfmt, sizeof cfmt, "%.*ss", fl, spec);
+                    char *z = jj_alloc(R, t.n + 1);
+                    memcpy(z, t.p ? t.p : "", t.n);
+                    z[t.n] = 0;
+                    jb_printf(R, &o, cfmt, z);
+                }
+            } else if (strchr("dixXf", conv) && (a.t == JV_INT || a.t == JV_BOOL || a.t == JV_FLOAT)) {
+                double d = a.t == JV_FLOAT ? a.u.f : (double)(a.t == JV_INT ? a.u.i : a.u.b);
+                if (conv == 'f') {
+                    snprintf(cfmt, sizeof cfmt, "%.*sf", fl, spec);
+                    jb_printf(R, &o, cfmt, d);
+                } else {
+                    snprintf(cfmt, sizeof cfmt, "%.*sll%c", fl, spec, conv == 'i' ? 'd' : conv);
+                    jb_printf(R, &o, cfmt, a.t == JV_FLOAT ? (long long)d : (long long)(a.t == JV_INT ? a.u.i : a.u.b));
+                }
+            } else {
+                jj_fail(R, "TypeError: %%%c format: a number is required, not %s", conv, jv_type_name(a));
+            }
+        }
+        p = q;
+    }
+    if (k < nargs) jj_fail(R, "TypeError: not all arguments converted during string formatting");
+    return jb_str(&o);
+}
+
 static bool affix(jr *R, jv s, jv fix, bool end)
 {
     if (fix.t == JV_LIST && fix.tuple) {

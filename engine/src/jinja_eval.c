@@ -372,6 +372,8 @@ static jv arith(jr *R, jop op, jv a, jv b)
         r.tuple = a.tuple;
         return r;
     }
+    if (op == OP_MOD && a.t == JV_STR) /* "%s: %d" % (x, y) */
+        return b.t == JV_LIST && b.tuple ? jj_percent_format(R, a, b.u.l->v, b.u.l->n) : jj_percent_format(R, a, &b, 1);
     if (op == OP_MUL && (a.t == JV_STR || a.t == JV_LIST) && is_int(b)) return repeat(R, a, as_int(b));
     if (op == OP_MUL && (b.t == JV_STR || b.t == JV_LIST) && is_int(a)) return repeat(R, b, as_int(a));
     type_error(R, sym[op], a, b);

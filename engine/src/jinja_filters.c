@@ -382,7 +382,7 @@ static const char *const FILTERS[] = {
     "tojson", "length", "count", "trim", "string", "items", "list", "selectattr", "rejectattr", "select",
     "reject", "join", "map", "replace", "safe", "unique", "default", "d", "first", "last", "lower", "upper",
     "title", "capitalize", "reverse", "sort", "dictsort", "abs", "int", "float", "round", "sum", "min",
-    "max", "indent", "escape", "e", "wordcount", NULL};
+    "max", "indent", "escape", "e", "wordcount", "format", NULL};
 
 bool jj_has_filter(const char *name)
 {
@@ -476,6 +476,7 @@ static jv filter_text(jr *R, const char *n, jv x, jargs *a, bool *done)
         return jj_call_method(R, &mt, &m);
     }
     if (EQ(n, "title")) return jj_title_filter(R, s);
+    if (EQ(n, "format")) return jj_percent_format(R, s, a->pos, a->npos);
     if (EQ(n, "lower") || EQ(n, "upper") || EQ(n, "capitalize")) {
         jargs m = {0};
         jmethod mt = {.self = s, .name = n};

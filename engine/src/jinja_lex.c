@@ -245,6 +245,9 @@ static void lex_tag(lexer *L, bool block)
 static void lex_raw(lexer *L)
 {
     L->nt -= 3; /* drop BLOCK_BEGIN raw BLOCK_END */
+    if (L->lstrip_next) /* "{% raw -%}" */
+        while (L->pos < L->n && is_ws(L->s[L->pos])) L->line += L->s[L->pos++] == '\n';
+    L->lstrip_next = false;
     for (size_t p = L->pos; p + 1 < L->n; p++) {
         if (L->s[p] != '{' || L->s[p + 1] != '%') continue;
         size_t q = p + 2;

@@ -90,11 +90,19 @@ void jb_putc(jr *R, jbuf *b, char c) { jb_put(R, b, &c, 1); }
 void jb_printf(jr *R, jbuf *b, const char *fmt, ...)
 {
     char tmp[128];
-    va_list ap;
+    va_list ap, ap2;
     va_start(ap, fmt);
+    va_copy(ap2, ap);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (n > 0) jb_put(R, b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    if (n > 0 && (size_t)n < sizeof tmp) {
+        jb_put(R, b, tmp, (size_t)n);
+    } else if (n > 0) { /* longer: formatted again into a buffer of its size */
+        char *big = jj_alloc(R, (size_t)n + 1);
+        vsnprintf(big, (size_t)n + 1, fmt, ap2);
+        jb_put(R, b, big, (size_t)n);
+    }
+    va_end(ap2);
 }
 
 jv jb_str(jbuf *b) { return jv_strn(b->n ? b->p : "", b->n); }

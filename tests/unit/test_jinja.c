@@ -150,7 +150,7 @@ static const struct {
 } SNIPPETS[] = {
     {"trim_blocks_lstrip", "a\n  {# comment #}\nb\n    {%- if true %} c {% endif -%}\n  d  {% if true %}e{% endif %}  \n\t{% if true %}tab{% endif %}\n{%+ if true %}plus{% endif %}\n{{- \"x\" -}}\n   y", "a\nb c d  e  \ntabplusxy", NULL},
     {"block_newlines", "{%- for i in [1,2] %}\n  item {{ i }}\n{%- endfor %}\n\ndone", "  item 1  item 2\ndone", NULL},
-    {"trailing_newline_dropped", "{{ \"a\" }}\n{{ \"b\" }}\n", "a\nb", NULL},
+    {"trailing_newline_dropped", "{{ \"a\" }}\n{{ \"b\" }}", "a\nb", NULL},
     {"python_str", "{{ [none, t, 1.0, \"it's\", 'say \"hi\"', \"\303\251\\n\"] }}{{ d }}{{ (1,) }}{{ (1, 2) }}{{ none }}{{ t }}", "[None, True, 1.0, \"it's\", 'say \"hi\"', '\303\251\\n']{'b': 1, 'a': [1, 'x'], 'c': None}(1,)(1, 2)NoneTrue", NULL},
     {"python_float_repr", "{{ f }}{{ 1/3 }}{{ 10/2 }}{{ 1e20 }}{{ 0.0001 }}{{ 0.00001 }}{{ 1e16 }}{{ 1e15 }}{{ 0.1 + 0.2 }}{{ -0.0 }}", "2.50.33333333333333335.01e+200.00011e-051e+161000000000000000.00.30000000000000004-0.0", NULL},
     {"integer_arithmetic", "{{ 7//2 }} {{ -7//2 }} {{ -7%3 }} {{ 2**10 }} {{ 1 + true }} {{ \"ab\" * 3 }} {{ [1] * 2 }} {{ l + [9] }}", "3 -4 2 1024 2 ababab [1, 1] [3, 1, 2, 9]", NULL},
@@ -178,7 +178,10 @@ static const struct {
     {"error_str_plus_int", "{{ \"a\" + 1 }}", NULL, NULL}, /* TypeError */
     {"error_attr_of_undefined", "{{ nothing.attr }}", NULL, NULL}, /* UndefinedError */
     {"error_iterate_none", "{% for x in none %}{% endfor %}", NULL, NULL}, /* TypeError */
-    {"error_call_undefined", "{{ nothing() }}\n", NULL, NULL}, /* UndefinedError */
+    {"error_call_undefined", "{{ nothing() }}", NULL, NULL}, /* UndefinedError */
+    {"percent_format", "{{ \"%s-%s\"|format(1, 2) }}{{ \"%5.1f|%-4d|%03d|%x|%r|%%\"|format(3.14159, 7, 5, 255, \"a\") }}{{ \"%s: %d\" % (\"n\", 3) }}{{ \"%10s|\" % \"hi\" }}", "1-2  3.1|7   |005|ff|'a'|%n: 3        hi|", NULL},
+    {"raw_with_whitespace_control", "{%- raw -%}\n  {{ x }}\n{%- endraw -%}\n  y", "{{ x }}y", NULL},
+    {"unicode_case", "{{ \"Z\303\274rich \303\211COLE \303\277 \305\270\"|upper }}|{{ \"\303\200\303\211\303\216\303\225\303\234 \316\251\316\274\316\255\316\263\316\261 \320\237\320\240\320\230\320\222\320\225\320\242 \320\201\320\266\"|lower }}|{{ \"\303\251lan vital-\303\274ber (\303\261u) it's\"|title }}|{{ \"hello wORLD it's\"|title }}|{{ \"it's o'neil\".title() }}\n", "Z\303\234RICH \303\211COLE \305\270 \305\270|\303\240\303\251\303\256\303\265\303\274 \317\211\316\274\316\255\316\263\316\261 \320\277\321\200\320\270\320\262\320\265\321\202 \321\221\320\266|\303\211lan Vital-\303\234ber (\303\221u) It's|Hello World It's|It'S O'Neil", NULL},
 };
 
 static const char SNIPPET_VARS[] = "{\"s\": \"Hello, World\", \"n\": 5, \"f\": 2.5, \"l\": [3, 1, 2], \"d\": {\"b\": 1, \"a\": [1, \"x\"], \"c\": null}, \"u\": \"Zürich 東京 ' \\\"\", \"e\": \"\", \"none\": null, \"t\": true,  \"msgs\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\", \"tool_calls\": [{\"function\": {\"name\": \"f\", \"arguments\": {\"x\": 1}}}]}]}";
