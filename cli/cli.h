@@ -18,6 +18,7 @@ int cli_tokenize(int argc, char **argv);   /* inspect.c */
 int cli_info(int argc, char **argv);       /* inspect.c */
 int cli_perplexity(int argc, char **argv); /* perplexity.c */
 int cli_calibrate(int argc, char **argv);  /* calibrate.c */
+int cli_render_template(int argc, char **argv); /* render.c */
 
 /* Helpers shared by the commands (cliutil.c). */
 double cli_now(void); /* monotonic seconds */

@@ -21,6 +21,7 @@ static void usage(FILE *f)
             "  info       describe a GGUF model\n"
             "  perplexity llama-perplexity-style evaluation, dense or OrthoRank\n"
             "  calibrate  compute an OrthoRank layer plan (PLAN.json)\n"
+            "  render-template  render a Jinja chat template with JSON variables\n"
             "\n"
             "Run 'orthoserve <command> --help' for the options of a command.\n");
 }
@@ -46,6 +47,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "info")) return cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity")) return cli_perplexity(argc - 1, argv + 1);
     if (!strcmp(cmd, "calibrate")) return cli_calibrate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "render-template")) return cli_render_template(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         help();
         return 0;

@@ -164,7 +164,7 @@ bool api_server_ready(hreq *r)
 
 api_limits api_limits_of(srv *s)
 {
-    return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .n_ctx = s->n_ctx,
+    return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .tmpl = s->tmpl, .n_ctx = s->n_ctx,
                         .model = s->model, .model_id = s->model_id, .model_file = s->model_file};
 }
 
@@ -282,7 +282,7 @@ static json_t *model_json(srv *s)
         json_object_set_new(meta, "n_vocab", json_integer(s->info.n_vocab));
         json_object_set_new(meta, "n_layer", json_integer(s->info.n_layer));
         json_object_set_new(meta, "n_params", json_integer((json_int_t)s->info.n_params));
-        json_object_set_new(meta, "chat_template", json_string(eng_chat_format_name(s->chat_fmt)));
+        json_object_set_new(meta, "chat_template", json_string(s->tmpl ? "jinja" : eng_chat_format_name(s->chat_fmt)));
         json_object_set_new(m, "meta", meta);
     }
     return m;

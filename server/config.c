@@ -57,7 +57,10 @@ static const copt OPTS[] = {
      "KV cache element type of V: f16, f32 or q8_0"},
     {"alias", CT_STR, OFF(alias), "alias", 'a', 0, 0, "", "model id in the API; default: the file name"},
     {"chat_template", CT_STR, OFF(chat_template), "chat-template", 0, 0, 0, "",
-     "chat template name (chatml, llama2, llama3, mistral, zephyr, phi3, gemma, plain); default: detect"},
+     "built-in chat template (chatml, llama2, llama3, mistral, zephyr, phi3, gemma, plain); default: the "
+     "model's own Jinja template, else detect"},
+    {"chat_template_file", CT_STR, OFF(chat_template_file), "chat-template-file", 0, 0, 0, "",
+     "Jinja chat template file rendering messages (overrides the model's tokenizer.chat_template)"},
     {"api_keys", CT_LIST, OFF(api_keys), "api-key", 0, 0, 0, "",
      "accepted API key (repeat or comma-separate for several); not set = no authentication (an empty "
      "list is an error)"},

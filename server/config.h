@@ -34,6 +34,7 @@ typedef struct {
     char *cache_type_k, *cache_type_v; /* KV cache element types: "f16" | "f32" | "q8_0" */
     char *alias;          /* model id; "" = the file name */
     char *chat_template;  /* "" = detect from the model */
+    char *chat_template_file; /* Jinja template file overriding the model's; "" = none */
     srv_strlist api_keys; /* empty: no authentication (api_keys_file's keys are appended) */
     char *api_keys_file;  /* one key per line ('#' comments, blank lines skipped); "" = none */
     srv_strlist public_paths;  /* paths served without a key */

@@ -516,8 +516,8 @@ static bool parse_message(vctx *v, json_t *m, size_t i, eng_chat_msg *cm, char *
     return true;
 }
 
-/* "messages" present, a non-empty array, and no tools or functions asked
- * for: its length, or 0 (v failed). */
+/* "messages" present, a non-empty array, no functions, and tools only with
+ * a Jinja template (which renders them): its length, or 0 (v failed). */
 static size_t check_messages(vctx *v, json_t **msgs)
 {
     *msgs = json_object_get(v->body, "messages");
@@ -528,8 +528,10 @@ static size_t check_messages(vctx *v, json_t **msgs)
         vfail(v, "messages", "invalid_type", "'messages' must be an array");
     else if (!json_array_size(*msgs))
         vfail(v, "messages", "invalid_value", "'messages' must not be empty");
-    else if ((x = opt(v, "tools")) && (!json_is_array(x) || json_array_size(x)))
-        vfail(v, "tools", "not_supported", "tools are not supported by this server");
+    else if ((x = opt(v, "tools")) && !json_is_array(x))
+        vfail(v, "tools", "invalid_type", "'tools' must be an array");
+    else if (json_array_size(x) && !v->lim->tmpl)
+        vfail(v, "tools", "not_supported", "tools need the model's own chat template (this model has none)");
     else if ((x = opt(v, "functions")) && (!json_is_array(x) || json_array_size(x)))
         vfail(v, "functions", "not_supported", "functions are not supported by this server");
     else
@@ -548,17 +550,9 @@ static void parse_chat_logprobs(vctx *v, api_request *out)
     out->p.n_logprobs = lp ? (int32_t)top : -1;
 }
 
-/* The rendered chat template, tokenized, as the prompt. */
-static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_t n)
+/* prompt_text (taken: freed here), tokenized, as the prompt. */
+static void text_prompt(vctx *v, api_request *out, char *prompt_text, size_t prompt_len)
 {
-    char *prompt_text = NULL;
-    size_t prompt_len = 0;
-    eng_status st = eng_chat_apply(v->lim->chat_fmt, cm, n, true, &prompt_text, &prompt_len);
-    if (st != ENG_OK) {
-        set_eng_error(v->err, st, "messages", "the messages could not be rendered with the chat template");
-        v->failed = true;
-        return;
-    }
     size_t n_ids = 0;
     if (refuse_by_bytes(v, out, prompt_len)) {
         eng_free(prompt_text);
@@ -573,6 +567,51 @@ static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_
         return;
     }
     if (set_prompt(v, out, ids, n_ids)) v->failed = true;
+}
+
+/* The rendered built-in chat template, tokenized, as the prompt. */
+static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_t n)
+{
+    char *prompt_text = NULL;
+    size_t prompt_len = 0;
+    eng_status st = eng_chat_apply(v->lim->chat_fmt, cm, n, true, &prompt_text, &prompt_len);
+    if (st != ENG_OK) {
+        set_eng_error(v->err, st, "messages", "the messages could not be rendered with the chat template");
+        v->failed = true;
+        return;
+    }
+    text_prompt(v, out, prompt_text, prompt_len);
+}
+
+/* The model's Jinja template rendered from the body, tokenized. A BOS the
+ * template wrote itself is left to the tokenizer, which adds it anyway. */
+static void jinja_prompt(vctx *v, api_request *out)
+{
+    json_t *tc = opt(v, "tool_choice");
+    if (tc && !(json_is_string(tc) && (!strcmp(json_string_value(tc), "auto") || !strcmp(json_string_value(tc), "none")))) {
+        vfail(v, "tool_choice", "not_supported", "'tool_choice' may be 'auto' or 'none' (forced calls are not supported yet)");
+        return;
+    }
+    char *text = NULL, msg[512];
+    size_t len = 0;
+    const char *param = "messages";
+    int rc = chat_tmpl_render(v->lim->tmpl, v->body, &text, &len, &param, msg, sizeof msg);
+    if (rc == -2) {
+        set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+        v->failed = true;
+        return;
+    }
+    if (rc) {
+        vfail(v, param, "invalid_value", "%s", msg);
+        return;
+    }
+    const char *bos = chat_tmpl_bos(v->lim->tmpl);
+    size_t nb = bos ? strlen(bos) : 0;
+    if (nb && eng_vocab_add_bos(v->lim->vocab) && len >= nb && !memcmp(text, bos, nb)) {
+        memmove(text, text + nb, len - nb + 1);
+        len -= nb;
+    }
+    text_prompt(v, out, text, len);
 }
 
 int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err)
@@ -590,10 +629,12 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
         set_error(err, 500, "server_error", NULL, NULL, "out of memory");
         v.failed = true;
     }
-    for (size_t i = 0; !v.failed && i < n; i++) parse_message(&v, json_array_get(msgs, i), i, &cm[i], &owned[i]);
+    for (size_t i = 0; !v.failed && !lim->tmpl && i < n; i++)
+        parse_message(&v, json_array_get(msgs, i), i, &cm[i], &owned[i]);
     if (!v.failed) parse_common(&v, out, true);
     if (!v.failed) parse_chat_logprobs(&v, out);
-    if (!v.failed) chat_prompt(&v, out, cm, n);
+    if (!v.failed && lim->tmpl) jinja_prompt(&v, out);
+    else if (!v.failed) chat_prompt(&v, out, cm, n);
     for (size_t i = 0; owned && i < n; i++) free(owned[i]);
     free(owned);
     free(cm);

@@ -15,6 +15,7 @@
 #ifndef ORTHOSERVE_REQUEST_H
 #define ORTHOSERVE_REQUEST_H
 
+#include "chat_tmpl.h"
 #include "config.h"
 #include "orthoserve/engine.h"
 
@@ -35,7 +36,8 @@ typedef struct {
     const srv_config *cfg;      /* max_tokens, OrthoRank defaults */
     const eng_model *model;     /* OrthoRank settings are checked against it */
     const eng_vocab *vocab;     /* token ids, tokenization */
-    eng_chat_format chat_fmt;   /* renders "messages" */
+    eng_chat_format chat_fmt;   /* renders "messages" when tmpl is NULL */
+    const chat_tmpl *tmpl;      /* the model's Jinja chat template, or NULL */
     int32_t n_ctx;              /* positions per sequence */
     const char *model_id;       /* names "model" may give */
     const char *model_file;

@@ -9,6 +9,7 @@
 #include "api_openai.h"
 #include "api_ops.h"
 #include "api_responses.h"
+#include "api_template.h"
 #include "orthorank_json.h"
 
 #include <stdbool.h>
@@ -27,6 +28,7 @@ const http_route server_routes[] = {
     {"POST", "/completions", false, api_completions, "completions"},
     {"POST", "/tokenize", false, api_tokenize, "tokenize"},
     {"POST", "/detokenize", false, api_detokenize, "detokenize"},
+    {"POST", "/apply-template", false, api_apply_template, "apply_template"},
     {"GET", "/v1/orthorank", false, api_orthorank, "orthorank"},
     {"POST", "/v1/responses", false, api_responses_create, "responses"},
     {"POST", "/responses", false, api_responses_create, "responses"},

@@ -220,6 +220,59 @@ static void load_work(uv_work_t *w)
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* The Jinja chat template: --chat-template-file, else the model's own      */
+/* ------------------------------------------------------------------------ */
+
+/* A whole file (NUL-terminated, free()), or NULL. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long sz = ftell(f);
+        if (sz >= 0 && sz < (64L << 20) && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)sz + 1)))
+            n = fread(buf, 1, (size_t)sz, f);
+        if (buf && n != (size_t)sz) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        *len = n;
+    }
+    return buf;
+}
+
+/* With bos_token / eos_token from the vocabulary. A model template that does
+ * not parse is logged and the built-in family renders instead. */
+static void load_chat_template(srv *s)
+{
+    const char *src = s->info.chat_template;
+    size_t len = src ? strlen(src) : 0;
+    char *file = NULL;
+    s->tmpl_origin = "tokenizer.chat_template";
+    if (s->cfg->chat_template_file[0]) {
+        file = read_file(s->cfg->chat_template_file, &len);
+        src = file;
+        s->tmpl_origin = s->cfg->chat_template_file;
+    }
+    if (!src) return;
+    int32_t bos = eng_vocab_bos(s->vocab), eos = eng_vocab_eos(s->vocab);
+    char err[512];
+    s->tmpl = chat_tmpl_new(src, len, bos >= 0 ? eng_vocab_text(s->vocab, bos) : NULL,
+                            eos >= 0 ? eng_vocab_text(s->vocab, eos) : NULL, err, sizeof err);
+    if (!s->tmpl)
+        log_line(&s->log, SRV_LOG_WARN, "chat template of %s not usable (%s): using the built-in '%s'",
+                 s->tmpl_origin, err, eng_chat_format_name(s->chat_fmt));
+    free(file);
+}
+
+
 static void load_done(uv_work_t *w, int status)
 {
     srv *s = w->data;
@@ -239,6 +292,7 @@ static void load_done(uv_work_t *w, int status)
         s->chat_fmt = eng_chat_detect(s->info.chat_template);
         if (s->chat_fmt == ENG_CHAT_UNKNOWN && !s->info.chat_template) s->chat_fmt = eng_chat_for_arch(s->info.arch);
         if (s->chat_fmt == ENG_CHAT_UNKNOWN) s->chat_fmt = ENG_CHAT_PLAIN;
+        load_chat_template(s);
     }
     eng_sched_params sp = eng_sched_default_params();
     sp.n_ctx = s->cfg->ctx_size > 0 ? (int32_t)s->cfg->ctx_size : s->info.n_ctx_train;
@@ -268,7 +322,8 @@ static void load_done(uv_work_t *w, int status)
     srv_metrics_kv(&s->mx, sp.type_k, sp.type_v, kv_bpt);
     uv_timer_start(&s->stats_timer, on_stats, 100, 100);
     log_line(&s->log, SRV_LOG_INFO, "model %s loaded: %s, %d layers, context %d, %ld slots, chat template %s, kernels %s", s->model_id,
-            s->info.arch, s->info.n_layer, s->n_ctx, s->cfg->parallel, eng_chat_format_name(s->chat_fmt),
+            s->info.arch, s->info.n_layer, s->n_ctx, s->cfg->parallel,
+            s->tmpl ? s->tmpl_origin : eng_chat_format_name(s->chat_fmt),
             eng_kernel_name());
     log_line(&s->log, SRV_LOG_INFO, "KV cache: K %s, V %s, kv_tokens %lld x %zu bytes per token = %.1f MiB",
              eng_kv_type_name(sp.type_k), eng_kv_type_name(sp.type_v), (long long)kv_budget, kv_bpt,
@@ -452,6 +507,22 @@ static void srv_run(srv *s)
     if (s->exit_code == 0) log_line(&s->log, SRV_LOG_INFO, "stopped");
 }
 
+/* --chat-template-file readable and parsing, before anything starts. */
+static int check_template_file(const char *path)
+{
+    size_t len = 0;
+    char *src = read_file(path, &len), err[512];
+    if (!src) {
+        fprintf(stderr, "orthoserve: --chat-template-file: cannot read %s\n", path);
+        return -1;
+    }
+    chat_tmpl *t = chat_tmpl_new(src, len, NULL, NULL, err, sizeof err);
+    free(src);
+    if (!t) fprintf(stderr, "orthoserve: --chat-template-file %s: %s\n", path, err);
+    chat_tmpl_free(t);
+    return t ? 0 : -1;
+}
+
 int cli_serve(int argc, char **argv)
 {
     srv_config cfg;
@@ -463,6 +534,10 @@ int cli_serve(int argc, char **argv)
     if (cfg.chat_template[0] && eng_chat_format_from_name(cfg.chat_template) == ENG_CHAT_UNKNOWN) {
         fprintf(stderr, "orthoserve: --chat-template (key 'chat_template'): unknown template '%s'\n",
                 cfg.chat_template);
+        srv_config_free(&cfg);
+        return 2;
+    }
+    if (cfg.chat_template_file[0] && check_template_file(cfg.chat_template_file)) {
         srv_config_free(&cfg);
         return 2;
     }
@@ -482,6 +557,7 @@ int cli_serve(int argc, char **argv)
     rc = s->exit_code;
     if (s->sched) eng_sched_free(s->sched);
     eng_model_free(s->model);
+    chat_tmpl_free(s->tmpl);
     srv_metrics_free(&s->mx);
     resp_store_free(s->store);
     uv_loop_close(s->loop);

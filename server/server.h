@@ -17,6 +17,7 @@
 #define ORTHOSERVE_SERVER_H
 
 #include "bridge.h"
+#include "chat_tmpl.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -51,6 +52,8 @@ struct srv {
     eng_model_info info;
     int32_t n_ctx;
     eng_chat_format chat_fmt;
+    chat_tmpl *tmpl;      /* the Jinja template in use, or NULL (chat_fmt renders) */
+    const char *tmpl_origin; /* "tokenizer.chat_template" or the template file */
     char model_id[256];
     char model_file[256]; /* base name of the file */
     char load_err[512];

@@ -28,6 +28,7 @@
 
 typedef struct {
     const char *out, *arch, *vocab_from, *name;
+    const char *chat_template; /* file whose text becomes tokenizer.chat_template */
     int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, n_vocab;
     int type;
     uint64_t seed;
@@ -54,6 +55,8 @@ static void usage(FILE *f)
         "      --n-ff N           FFN size (default 8/3 n-embd rounded up to 256)\n"
         "      --n-ctx N          context_length (default 512)\n"
         "      --vocab-from FILE  copy the tokenizer.* keys (vocabulary) from FILE.gguf\n"
+        "      --chat-template F  store the Jinja file F as tokenizer.chat_template\n"
+        "                         (replacing one --vocab-from copied)\n"
         "      --n-vocab N        embedding rows; without --vocab-from the built-in\n"
         "                         vocabulary is padded with <unusedN> tokens to N\n"
         "      --type T           matrix type: F32 (default), F16, BF16, Q8_0, Q4_0\n"
@@ -356,7 +359,7 @@ static bool set_builtin_vocab(eng__gguf_writer *w, int64_t n_target, int64_t *n_
     return ok;
 }
 
-static bool copy_vocab(eng__gguf_writer *w, const char *path, int64_t *n_tokens)
+static bool copy_vocab(eng__gguf_writer *w, const char *path, int64_t *n_tokens, bool skip_template)
 {
     eng__gguf *g;
     char err[512] = "";
@@ -376,6 +379,7 @@ static bool copy_vocab(eng__gguf_writer *w, const char *path, int64_t *n_tokens)
     for (uint64_t i = 0; ok && i < g->n_kv; i++) {
         const eng__str k = g->kv[i].key;
         if (k.len < 10 || memcmp(k.ptr, "tokenizer.", 10) != 0) continue;
+        if (skip_template && k.len == 23 && memcmp(k.ptr, "tokenizer.chat_template", 23) == 0) continue;
         char key[256];
         if (k.len >= sizeof key || memchr(k.ptr, 0, k.len)) continue;
         memcpy(key, k.ptr, k.len);
@@ -386,6 +390,34 @@ static bool copy_vocab(eng__gguf_writer *w, const char *path, int64_t *n_tokens)
         }
     }
     eng__gguf_close(g);
+    return ok;
+}
+
+/* The text of path as tokenizer.chat_template. */
+static bool set_chat_template(eng__gguf_writer *w, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    bool ok = f != NULL;
+    while (ok) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 65536;
+            char *nb = realloc(buf, cap);
+            if (!nb) { ok = false; break; }
+            buf = nb;
+        }
+        size_t k = fread(buf + n, 1, cap - n - 1, f);
+        n += k;
+        if (k == 0) { ok = !ferror(f); break; }
+    }
+    if (f) fclose(f);
+    if (ok) {
+        buf[n] = 0;
+        ok = strlen(buf) == n && eng__gguf_set_str(w, "tokenizer.chat_template", buf) == ENG_OK;
+    }
+    if (!ok) fprintf(stderr, "mkmodel: --chat-template %s: cannot read it (or it holds a NUL byte)\n", path);
+    free(buf);
     return ok;
 }
 
@@ -419,7 +451,7 @@ static uint32_t file_type_of(int t)
 static bool parse_args(int argc, char **argv, opts *o)
 {
     enum { O_ARCH = 256, O_EMBD, O_LAYER, O_HEAD, O_HEADKV, O_FF, O_CTX, O_VFROM, O_NVOCAB,
-           O_TYPE, O_SEED, O_TIED, O_ROPE, O_EPS, O_NAME, O_THREADS };
+           O_TYPE, O_SEED, O_TIED, O_ROPE, O_EPS, O_NAME, O_THREADS, O_TMPL };
     static const struct option lo[] = {
         {"output", required_argument, 0, 'o'}, {"arch", required_argument, 0, O_ARCH},
         {"n-embd", required_argument, 0, O_EMBD}, {"n-layer", required_argument, 0, O_LAYER},
@@ -430,6 +462,7 @@ static bool parse_args(int argc, char **argv, opts *o)
         {"tied", no_argument, 0, O_TIED}, {"rope-base", required_argument, 0, O_ROPE},
         {"rms-eps", required_argument, 0, O_EPS}, {"name", required_argument, 0, O_NAME},
         {"threads", required_argument, 0, O_THREADS}, {"quiet", no_argument, 0, 'q'},
+        {"chat-template", required_argument, 0, O_TMPL},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     *o = (opts){.arch = "llama", .n_embd = 256, .n_layer = 4, .n_head = 8, .n_head_kv = -1,
@@ -457,6 +490,7 @@ static bool parse_args(int argc, char **argv, opts *o)
         case O_FF: if (!parse_i64(optarg, 1, 4 * BIG, &o->n_ff, "--n-ff")) return false; break;
         case O_CTX: if (!parse_i64(optarg, 1, 1 << 30, &o->n_ctx, "--n-ctx")) return false; break;
         case O_VFROM: o->vocab_from = optarg; break;
+        case O_TMPL: o->chat_template = optarg; break;
         case O_NVOCAB: if (!parse_i64(optarg, 1, 1 << 24, &o->n_vocab, "--n-vocab")) return false; break;
         case O_TYPE:
             if ((o->type = type_from_name(optarg)) < 0) {
@@ -579,7 +613,7 @@ int main(int argc, char **argv)
     }
     int64_t n_tokens = 0;
     if (o.vocab_from) {
-        if (!copy_vocab(w, o.vocab_from, &n_tokens)) goto done;
+        if (!copy_vocab(w, o.vocab_from, &n_tokens, o.chat_template != NULL)) goto done;
         if (o.n_vocab && o.n_vocab < n_tokens) {
             fprintf(stderr, "mkmodel: --n-vocab %lld is smaller than the %lld tokens of %s\n",
                     (long long)o.n_vocab, (long long)n_tokens, o.vocab_from);
@@ -588,6 +622,7 @@ int main(int argc, char **argv)
     } else if (!set_builtin_vocab(w, o.n_vocab, &n_tokens)) {
         goto done;
     }
+    if (o.chat_template && !set_chat_template(w, o.chat_template)) goto done;
     int64_t V = o.n_vocab ? o.n_vocab : n_tokens;
     if (!qwen && !SETU("vocab_size", V)) goto done;
 #undef SETU

@@ -20,6 +20,9 @@
 #                           multi-byte characters, invalid bytes, stops
 #                           across pushes, overlapping stops, U+FFFD stops
 #
+#   OUTDIR/fuzz_jinja/      the conformance suite's chat templates, each
+#                           behind a flag byte (which variables are passed)
+#
 # Every file is small (< 128 KiB) so that libFuzzer runs fast on them.
 set -eu
 if [ $# -ne 3 ]; then
@@ -123,6 +126,19 @@ tb stop-at-start '\001\001O\000Once'
 tb echo-usage '\070\000\002\004\002Hello <|im_end|> world'
 tb take-at-end '\101\003end\001\002the end is near'
 
+# --- fuzz_jinja -------------------------------------------------------------
+# Flag byte (fuzz_jinja.c: bit 0 add_generation_prompt, 1 tools, 2-3
+# enable_thinking), then a real chat template of the conformance suite.
+mkdir -p "$out.tmp/fuzz_jinja"
+k=0
+for f in "$td"/templates/*.jinja; do
+    [ -f "$f" ] || continue
+    k=$((k + 1))
+    flag=$(printf '\\%03o' $((k % 16)))
+    { printf "$flag"; cat "$f"; } > "$out.tmp/fuzz_jinja/$(basename "$f" .jinja)"
+done
+printf '\003{%% for m in messages %%}{{ m.role }}: {{ m.content }}{%% endfor %%}' > "$out.tmp/fuzz_jinja/minimal"
+
 rm -rf "$out.tmp/seeds" "$out"
 mv "$out.tmp" "$out"
-echo "corpus: $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf inputs in $out"
+echo "corpus: $(ls "$out/fuzz_jinja" | wc -l) jinja, $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf inputs in $out"

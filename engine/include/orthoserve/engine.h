@@ -173,6 +173,72 @@ eng_status eng_chat_apply(eng_chat_format f, const eng_chat_msg *msgs, size_t n,
                           bool add_assistant, char **out, size_t *out_len);
 
 /* ------------------------------------------------------------------------ */
+/* Jinja chat templates (engine/src/jinja_*.c)                              */
+/* ------------------------------------------------------------------------ */
+/*
+ * A Jinja2-subset interpreter that renders a model's tokenizer.chat_template
+ * as Hugging Face transformers' apply_chat_template does (Python jinja2,
+ * sandboxed, trim_blocks + lstrip_blocks, loopcontrols, raise_exception,
+ * strftime_now, a tojson that keeps non-ASCII text). Templates are untrusted:
+ * every render is bounded in output, memory, recursion, steps and time, and
+ * nothing outside the template and its variables is reachable.
+ *
+ * A parsed template (eng_jinja) is immutable: any number of threads may render
+ * it at once, each with its own variables (eng_jinja_vars, one thread).
+ */
+typedef struct eng_jinja eng_jinja;           /* a parsed template */
+typedef struct eng_jinja_vars eng_jinja_vars; /* the variables of a render */
+typedef struct eng_jinja_val eng_jinja_val;   /* a value, owned by its vars */
+
+typedef struct {
+    char msg[512]; /* what went wrong, with the template line where known */
+    bool raised;   /* the template called raise_exception(msg): msg is its text */
+} eng_jinja_error;
+
+typedef struct {
+    size_t max_output;   /* bytes of rendered text (default 4 MiB) */
+    size_t max_memory;   /* bytes of working memory of one render (default 64 MiB) */
+    uint32_t max_depth;  /* nested macro calls (default 64) */
+    uint64_t max_steps;  /* loop iterations + calls + outputs (default 2,000,000) */
+    uint32_t max_ms;     /* wall time of one render in ms (default 2000) */
+    const char *now;     /* "YYYY-MM-DD HH:MM:SS" fixes strftime_now; NULL: local time */
+} eng_jinja_limits;
+
+eng_jinja_limits eng_jinja_default_limits(void);
+
+/* Parse template source (UTF-8, len bytes). ENG_EFORMAT with err->msg on a
+ * syntax error, ENG_ENOMEM. Free with eng_jinja_free() (NULL is fine). */
+eng_status eng_jinja_parse(const char *src, size_t len, eng_jinja **out, eng_jinja_error *err);
+void eng_jinja_free(eng_jinja *t);
+
+/* Variables: values are built in the vars' memory and live until
+ * eng_jinja_vars_free(). Constructors return NULL when memory runs out;
+ * passing NULL to push/set gives ENG_ENOMEM, so a builder checks once at the
+ * end. Dict keys keep their insertion order (as Python dicts). */
+eng_jinja_vars *eng_jinja_vars_new(void);
+void eng_jinja_vars_free(eng_jinja_vars *v);
+eng_jinja_val *eng_jinja_none(eng_jinja_vars *v);
+eng_jinja_val *eng_jinja_bool(eng_jinja_vars *v, bool b);
+eng_jinja_val *eng_jinja_int(eng_jinja_vars *v, int64_t i);
+eng_jinja_val *eng_jinja_float(eng_jinja_vars *v, double d);
+eng_jinja_val *eng_jinja_str(eng_jinja_vars *v, const char *s, size_t len); /* copied */
+eng_jinja_val *eng_jinja_list(eng_jinja_vars *v);
+eng_jinja_val *eng_jinja_dict(eng_jinja_vars *v);
+eng_status eng_jinja_list_push(eng_jinja_vars *v, eng_jinja_val *list, const eng_jinja_val *item);
+/* Set key (replacing an existing one in place). */
+eng_status eng_jinja_dict_set(eng_jinja_vars *v, eng_jinja_val *dict, const char *key, size_t klen,
+                              const eng_jinja_val *val);
+/* Define a template variable (a later set of the same name wins). */
+eng_status eng_jinja_vars_set(eng_jinja_vars *v, const char *name, const eng_jinja_val *val);
+
+/* Render. On ENG_OK *out is the NUL-terminated text (*out_len bytes, free with
+ * eng_free()). ENG_EINVAL with err filled when the template fails (a runtime
+ * error, raise_exception, or a limit: the message names the limit), ENG_ENOMEM.
+ * lim NULL = defaults. */
+eng_status eng_jinja_render(const eng_jinja *t, const eng_jinja_vars *v, const eng_jinja_limits *lim,
+                            char **out, size_t *out_len, eng_jinja_error *err);
+
+/* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
 /* ------------------------------------------------------------------------ */
 

@@ -17,7 +17,7 @@ LAYERS = [
     ["serve"],                                     # cli_serve: loop, loading, signals, drain
     ["routes"],                                    # the route table
     ["api_responses"],                             # /v1/responses (submits through api_openai)
-    ["api_openai", "api_ops"],                     # route handlers
+    ["api_openai", "api_ops", "api_template"],     # route handlers
     ["stream"],                                    # SSE records of a job
     ["job"],                                       # a generation's state and lifetime
     ["orthorank_json"],                            # the orthorank object; GET /v1/orthorank
@@ -27,8 +27,8 @@ LAYERS = [
     ["resp_request"],                              # /v1/responses bodies -> chat bodies
     ["request", "plan", "resp_reply"],             # request bodies -> engine parameters; plan files; Responses JSON
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
-    ["metrics", "bridge", "textbuf", "config", "resp_store"],
-    ["sbuf", "jsoncount"],
+    ["metrics", "bridge", "textbuf", "config", "resp_store", "chat_tmpl", "toolcall"],
+    ["sbuf", "jsoncount", "jinja_json"],
 ]
 __doc__ += "".join("  %d. %s\n" % (i, ", ".join(l)) for i, l in enumerate(LAYERS))
 
