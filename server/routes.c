@@ -6,6 +6,7 @@
  * orthoserve_http_requests_total (docs/METRICS.md).
  */
 #include "routes.h"
+#include "api_embeddings.h"
 #include "api_openai.h"
 #include "api_ops.h"
 #include "orthorank_json.h"
@@ -27,6 +28,8 @@ const http_route server_routes[] = {
     {"POST", "/tokenize", false, api_tokenize, "tokenize"},
     {"POST", "/detokenize", false, api_detokenize, "detokenize"},
     {"GET", "/v1/orthorank", false, api_orthorank, "orthorank"},
+    {"POST", "/v1/embeddings", false, api_embeddings, "embeddings"},
+    {"POST", "/embeddings", false, api_embeddings, "embeddings"},
 };
 
 const size_t server_n_routes = sizeof server_routes / sizeof server_routes[0];
