@@ -848,6 +848,7 @@ static void *sched_main(void *arg)
         s->stats.kv_used = used;
         s->stats.kv_cached = cached;
         s->stats.kv_total = total;
+        s->stats.kv_held = eng__kv_blocks_used(s->ctx) * ENG_KV_BLOCK;
         s->stats.last_batch_tokens = nb;
         if (nb > 0) s->stats.steps++;
         s->stats.prompt_tokens += (uint64_t)s->step_prompt;

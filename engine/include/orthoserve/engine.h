@@ -650,6 +650,8 @@ typedef struct {
     int32_t running, waiting;    /* requests decoding or prefilling / queued */
     int32_t kv_used, kv_total;   /* KV tokens held by running requests / budget */
     int32_t kv_cached;           /* KV tokens kept for prefix reuse (evicted on demand) */
+    int32_t kv_held;             /* KV tokens of the blocks actually held (a block shared by forks once),
+                                  * in whole blocks: what the cache's memory holds */
     int32_t last_batch_tokens;   /* tokens in the last step */
     uint64_t steps;              /* steps run so far */
     uint64_t prompt_tokens;      /* prompt tokens computed so far (reused and forked ones not counted) */
