@@ -8,7 +8,9 @@
  *     compute the prompt once (prompt_tokens counts it once, members report
  *     it cached), and member i equals the same request submitted alone with
  *     its seed; a family cancelled while queued ends every member; family
- *     checks (a member's prompt must be its leader's).
+ *     checks (a member's prompt must be its leader's);
+ *   - eng_model_pooling reads <arch>.pooling_type (a copy of the model
+ *     written with the key), names and parses pooling names.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -18,6 +20,7 @@
 #include <unistd.h>
 
 #include "context.h"
+#include "gguf_write.h"
 #include "orthoserve/engine.h"
 #include "testutil.h"
 
@@ -384,4 +387,56 @@ Test(sched_share, family_checks_and_queued_cancel, .timeout = 60)
     }
     eng_sched_free(s);
     eng_model_free(m);
+}
+
+/* stories260K copied with "llama.pooling_type" = v (tensors and keys as they are). */
+static void write_with_pooling(const char *path, uint32_t v)
+{
+    eng__gguf *g;
+    char err[256];
+    cr_assert_eq(eng__gguf_open(td_path("models/stories260K.gguf"), &g, err, sizeof err), ENG_OK, "%s", err);
+    eng__gguf_writer *w;
+    cr_assert_eq(eng__gguf_writer_new(&w), ENG_OK);
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)g->kv[i].key.len, g->kv[i].key.ptr);
+        cr_assert_eq(eng__gguf_copy_kv(w, g, key), ENG_OK, "%s", eng__gguf_writer_error(w));
+    }
+    cr_assert_eq(eng__gguf_set_u32(w, "llama.pooling_type", v), ENG_OK);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const eng__gguf_tensor *t = &g->tensors[i];
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        cr_assert_eq(eng__gguf_add_tensor(w, name, t->type, t->n_dims, t->ne, t->data, t->nbytes), ENG_OK, "%s",
+                     eng__gguf_writer_error(w));
+    }
+    cr_assert_eq(eng__gguf_writer_write_file(w, path), ENG_OK, "%s", eng__gguf_writer_error(w));
+    eng__gguf_writer_free(w);
+    eng__gguf_close(g);
+}
+
+Test(sched_share, model_pooling_type_and_names, .timeout = 60)
+{
+    eng_model *m = load();
+    cr_assert_eq(eng_model_pooling(m), ENG_POOLING_NONE, "stories260K names no pooling");
+    eng_model_free(m);
+    char path[] = "/tmp/orthoserve-pooling-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    const uint32_t vals[] = {2, 3, 1, 4, 0};
+    const eng_pooling want[] = {ENG_POOLING_CLS, ENG_POOLING_LAST, ENG_POOLING_MEAN, ENG_POOLING_NONE,
+                                ENG_POOLING_NONE};
+    for (int i = 0; i < 5; i++) {
+        write_with_pooling(path, vals[i]);
+        char err[256];
+        cr_assert_eq(eng_model_load(path, NULL, &m, err, sizeof err), ENG_OK, "%s", err);
+        cr_assert_eq(eng_model_pooling(m), want[i], "pooling_type %u", vals[i]);
+        eng_model_free(m);
+    }
+    unlink(path);
+    cr_assert_eq(eng_pooling_from_name("cls"), ENG_POOLING_CLS);
+    cr_assert_eq(eng_pooling_from_name("none"), ENG_POOLING_NONE);
+    cr_assert_eq(eng_pooling_from_name("rank"), ENG_POOLING_NONE);
+    cr_assert_str_eq(eng_pooling_name(ENG_POOLING_LAST), "last");
 }
