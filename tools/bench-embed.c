@@ -124,6 +124,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench-embed [-r RUNS] [-t THREADS] [-i INPUTS] [-l LEN] [-g GENS] MODEL.gguf\n");
         return 2;
     }
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each line as it is measured */
     eng_model_params mp = eng_model_default_params();
     mp.n_threads = threads;
     eng_model *m;
@@ -169,6 +170,8 @@ int main(int argc, char **argv)
         for (int g = 0; g < gens; g++) eng_request_cancel(gr[g]);
         wait_done(&gc, gens);
         for (int g = 0; g < gens; g++) eng_request_release(gr[g]);
+        printf("run %d: alone %.2f embeddings/s, beside %d streams %.2f (their decode %.1f tokens/s)\n", r + 1,
+               alone[r], gens, busy[r], gen_tps[r]);
     }
     qsort(alone, (size_t)runs, sizeof *alone, cmp_d);
     qsort(busy, (size_t)runs, sizeof *busy, cmp_d);
