@@ -12,6 +12,7 @@
  * builders (reply.c), so streamed text equals non-streamed text.
  */
 #include "api_openai.h"
+#include "api_choices.h"
 #include "job.h"
 #include "orthorank_json.h"
 #include "reply.h"
@@ -135,6 +136,10 @@ void api_on_event(const eng_event *ev, void *user)
 {
     (void)user; /* the server; the job is the request's own pointer */
     job *j = ev->user;
+    if (j->grp_event) { /* one of a group (api_choices.c, api_embeddings.c) */
+        j->grp_event(j, ev);
+        return;
+    }
     switch (ev->type) {
     case ENG_EVENT_PROMPT: job_prompt_event(j, ev); break;
     case ENG_EVENT_TOKEN:
@@ -183,6 +188,10 @@ static void reply_submit_error(hreq *r, const api_request *req, eng_status st)
 void api_submit(hreq *r, api_request *req, const job_output *out, void *out_ctx)
 {
     srv *s = r->s;
+    if (req->n_choices > 1) { /* "n": several choices of one prompt */
+        choices_submit(r, req, 1);
+        return;
+    }
     job *j = job_new(r, req);
     if (!j) {
         if (out && out->release) out->release(out_ctx);
@@ -254,6 +263,11 @@ static void validate_done(hreq *r, void *ctx)
 static void completion(hreq *r, bool chat)
 {
     if (!api_server_ready(r)) return;
+    if (!chat && choices_is_prompt_list(r->json)) { /* several prompts */
+        api_limits lim = api_limits_of(r->s);
+        choices_completions(r, &lim);
+        return;
+    }
     validation *v = calloc(1, sizeof *v);
     if (!v) {
         http_reply_error(r, 500, "server_error", NULL, NULL, "out of memory");

@@ -123,6 +123,14 @@ static const copt OPTS[] = {
      "OrthoRank batched decode grouping default: none or batch (batch: a sequence's output depends on its batch)"},
     {"orthorank_plan", CT_STR, OFF(orthorank_plan), "orthorank-plan", 0, 0, 0, "",
      "layer plan from 'orthoserve calibrate'; default: MODEL.orthorank.json beside the model if present"},
+    {"pooling", CT_STR, OFF(pooling), "pooling", 0, 0, 0, "",
+     "embeddings: mean, cls or last pooling; default: the model's pooling_type, else mean"},
+    {"max_embedding_inputs", CT_INT, OFF(max_embedding_inputs), "max-embedding-inputs", 0, 1, 100000, "64",
+     "inputs one /v1/embeddings request may carry (each is a queued request while it waits)"},
+    {"max_n", CT_INT, OFF(max_n), "max-n", 0, 1, 256, "8",
+     "choices per prompt a request may ask for (\"n\"); they share the prompt's KV"},
+    {"max_prompts", CT_INT, OFF(max_prompts), "max-prompts", 0, 1, 100000, "64",
+     "prompts one /v1/completions request may carry (\"prompt\" as a list)"},
 };
 #define N_OPTS (sizeof OPTS / sizeof OPTS[0])
 

@@ -62,6 +62,11 @@ typedef struct {
                                      * orthorank_<field>: sparsity, token_ratio, decode, method,
                                      * min_tokens), checked without a model */
     char *orthorank_plan;    /* plan file; "": MODEL.orthorank.json beside the model if present */
+    /* embeddings and several choices (api_embeddings.c, api_choices.c) */
+    char *pooling;           /* "mean" | "cls" | "last"; "": the model's pooling_type, else mean */
+    long max_embedding_inputs; /* inputs of one /v1/embeddings request */
+    long max_n;              /* a request's "n" (choices per prompt) */
+    long max_prompts;        /* prompts of one /v1/completions request */
     char *config_file;       /* the file that was read, or NULL */
 } srv_config;
 

@@ -266,7 +266,7 @@ double job_sparsity(const job *j)
 reply_head job_head(const job *j)
 {
     return (reply_head){.id = j->id, .model = j->s->model_id, .created = j->created, .chat = j->chat,
-                        .include_usage = j->include_usage};
+                        .include_usage = j->include_usage, .index = j->index};
 }
 
 reply_counts job_counts(const job *j)

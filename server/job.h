@@ -73,6 +73,15 @@ struct job {
     eng_orthorank_stats orthorank; /* what the engine reported at DONE */
     const job_output *out;      /* NULL: a completion (stream.c / reply.c) */
     void *out_ctx;              /* out's, released by job_free */
+    /* One of several engine requests answered as one HTTP response
+     * (api_choices.c: n > 1 and prompt lists; api_embeddings.c): grp_event
+     * takes this job's events instead of api_openai.c, grp is the group,
+     * index the job's place in it (a choice's "index"); sink: the job whose
+     * SSE buffer carries a streamed group's records (NULL: its own). */
+    void (*grp_event)(job *j, const eng_event *ev);
+    void *grp;
+    int32_t index;
+    job *sink;
 };
 
 /* A job for the validated request req of r (takes req's echo text; draws

@@ -154,7 +154,7 @@ json_t *reply_completion(const reply_head *h, const char *text, size_t n, json_t
 {
     json_t *o = envelope(h, false);
     json_t *ch = json_object();
-    json_object_set_new(ch, "index", json_integer(0));
+    json_object_set_new(ch, "index", json_integer(h->index));
     if (h->chat) {
         json_t *m = json_object();
         json_object_set_new(m, "role", json_string("assistant"));
@@ -177,7 +177,7 @@ json_t *reply_chunk(const reply_head *h, const char *text, size_t n, bool role, 
 {
     json_t *o = envelope(h, true);
     json_t *ch = json_object();
-    json_object_set_new(ch, "index", json_integer(0));
+    json_object_set_new(ch, "index", json_integer(h->index));
     if (h->chat) {
         json_t *d = json_object();
         if (role) json_object_set_new(d, "role", json_string("assistant"));

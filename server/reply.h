@@ -25,6 +25,7 @@ typedef struct {
     long long created;    /* unix seconds */
     bool chat;            /* chat.completion(.chunk), else text_completion */
     bool include_usage;   /* chunks carry "usage": null (stream_options.include_usage) */
+    int32_t index;        /* the choice's "index" */
 } reply_head;
 
 /* The counts and times a finished generation reports. */

@@ -317,8 +317,12 @@ static void parse_common(vctx *v, api_request *c, bool chat)
         sp->seed = (uint64_t)json_integer_value(x);
         c->seeded = true;
     }
-    if (get_int(v, "n", 1, INT32_MAX, &k) && k != 1)
-        VFAIL(v, "n", "invalid_value", "only n=1 is supported, got n=%lld", k);
+    c->n_choices = 1;
+    if (get_int(v, "n", 1, INT32_MAX, &k)) {
+        if (k > cfg->max_n)
+            VFAIL(v, "n", "invalid_value", "'n' must be at most %ld (the server's max_n), got %lld", cfg->max_n, k);
+        c->n_choices = (int32_t)k;
+    }
     if (!chat && get_int(v, "best_of", 1, INT32_MAX, &k) && k != 1)
         VFAIL(v, "best_of", "invalid_value", "only best_of=1 is supported");
     if (get_int(v, "min_tokens", 0, INT32_MAX, &k)) c->p.min_tokens = (int32_t)k;

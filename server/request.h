@@ -64,6 +64,7 @@ typedef struct {
     const char *prompt_param;   /* "messages" or "prompt": names the prompt in later errors */
     const char *cache_salt;     /* "cache_salt" (a view into the body), or NULL */
     size_t cache_salt_len;
+    int32_t n_choices;          /* "n": choices of this prompt, 1..max_n (api_choices.c) */
 } api_request;
 
 /* Why a request was refused: an OpenAI error object and the HTTP status. */

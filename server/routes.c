@@ -6,6 +6,7 @@
  * orthoserve_http_requests_total (docs/METRICS.md).
  */
 #include "routes.h"
+#include "api_embeddings.h"
 #include "api_openai.h"
 #include "api_ops.h"
 #include "api_responses.h"
@@ -36,6 +37,8 @@ const http_route server_routes[] = {
     {"DELETE", "/v1/responses/", true, api_responses_delete, "responses"},
     {"GET", "/responses/", true, api_responses_get, "responses"},
     {"DELETE", "/responses/", true, api_responses_delete, "responses"},
+    {"POST", "/v1/embeddings", false, api_embeddings, "embeddings"},
+    {"POST", "/embeddings", false, api_embeddings, "embeddings"},
 };
 
 const size_t server_n_routes = sizeof server_routes / sizeof server_routes[0];

@@ -541,6 +541,11 @@ int cli_serve(int argc, char **argv)
         srv_config_free(&cfg);
         return 2;
     }
+    if (cfg.pooling[0] && eng_pooling_from_name(cfg.pooling) == ENG_POOLING_NONE) {
+        fprintf(stderr, "orthoserve: --pooling (key 'pooling'): '%s' is not one of mean, cls, last\n", cfg.pooling);
+        srv_config_free(&cfg);
+        return 2;
+    }
     char kerr[512] = ""; /* ORTHOSERVE_ISA: refused before listening, as a model load would */
     if (eng_kernels_check(kerr, sizeof kerr) != ENG_OK) {
         fprintf(stderr, "orthoserve: %s\n", kerr);

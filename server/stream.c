@@ -24,9 +24,10 @@ static void wake(job *j)
     if (j->hr) http_resume(j->hr);
 }
 
-/* "data: <json>\n\n" (steals chunk). */
+/* "data: <json>\n\n" (steals chunk), into the group's stream for a choice. */
 static void append_event(job *j, json_t *chunk)
 {
+    if (j->sink) j = j->sink;
     size_t n;
     char *txt = reply_dump(chunk, &n);
     if (!txt) return;
@@ -39,6 +40,7 @@ static void append_event(job *j, json_t *chunk)
 
 static void append_done(job *j)
 {
+    if (j->sink) j = j->sink;
     sbuf_add(&j->sse, "data: [DONE]\n\n", 14);
     j->sse_end = true;
     wake(j);
@@ -84,6 +86,9 @@ void stream_finish(job *j, const char *finish_reason)
     json_decref(chunks);
     append_done(j);
 }
+
+void stream_record(job *j, json_t *chunk) { append_event(j, chunk); }
+void stream_done(job *j) { append_done(j); }
 
 void stream_error(job *j, const char *type, const char *code, const char *msg)
 {

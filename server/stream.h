@@ -21,5 +21,10 @@ void stream_begin(job *j);
 void stream_text(job *j, const char *text, size_t n, bool force);
 void stream_finish(job *j, const char *finish_reason);
 void stream_error(job *j, const char *type, const char *code, const char *msg);
+/* One record (steals chunk), and [DONE]: for groups of choices, which end
+ * each choice and then the stream themselves (api_choices.c). A job with a
+ * sink (job.h) writes into the sink's stream. */
+void stream_record(job *j, json_t *chunk);
+void stream_done(job *j);
 
 #endif

@@ -63,6 +63,7 @@ struct eng_context {
     int32_t *free_blocks, n_free;
     int32_t *seq_blocks; /* (n_seq_max, max_bps) */
     int32_t *seq_len;    /* (n_seq_max) */
+    int32_t *blk_ref;    /* (n_blocks) sequences whose table holds the block (forks share full blocks) */
     /* scratch, sized for n_batch_max rows; q/kn/vn/att/yo/gate/up hold
      * compact rows (the rows a layer updates or writes K/V for) */
     float *x, *xn, *q, *kn, *vn, *att, *yo, *gate, *up;

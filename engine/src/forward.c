@@ -96,6 +96,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     c->free_blocks = eng__malloc((size_t)c->n_blocks * sizeof(int32_t));
     c->seq_blocks = eng__malloc((size_t)c->n_seq_max * c->max_bps * sizeof(int32_t));
     c->seq_len = eng__calloc((size_t)c->n_seq_max, sizeof(int32_t));
+    c->blk_ref = eng__calloc((size_t)c->n_blocks, sizeof(int32_t));
     c->x = eng__aligned_alloc(64, T * E * sizeof(float));
     c->xn = eng__aligned_alloc(64, T * E * sizeof(float));
     c->q = eng__aligned_alloc(64, T * QD * sizeof(float));
@@ -132,7 +133,7 @@ eng_status eng_context_new(eng_model *m, const eng_context_params *p, eng_contex
     c->out_row = eng__malloc(T * sizeof(int32_t));
     c->out_src = eng__malloc(T * sizeof(int32_t));
     c->groups = eng__malloc(T * sizeof(seq_group));
-    if (!c->k_cache || !c->v_cache || !c->free_blocks || !c->seq_blocks || !c->seq_len || !c->x ||
+    if (!c->k_cache || !c->v_cache || !c->free_blocks || !c->seq_blocks || !c->seq_len || !c->blk_ref || !c->x ||
         !c->xn || !c->q || !c->att || !c->kn || !c->vn || !c->gate || !c->up || !c->qact ||
         !c->attn_scratch || !c->attn_last || !c->qact_own || !c->xn_own || !c->rope_cs || !c->logits || !c->out_row || !c->out_src || !c->groups || !c->yo)
         goto nomem;
@@ -157,6 +158,7 @@ void eng_context_free(eng_context *c)
     free(c->free_blocks);
     free(c->seq_blocks);
     free(c->seq_len);
+    free(c->blk_ref);
     eng__aligned_free(c->x);
     eng__aligned_free(c->xn);
     eng__aligned_free(c->q);
@@ -230,10 +232,48 @@ void eng_seq_truncate(eng_context *c, int32_t seq, int32_t p0)
 {
     if (seq < 0 || seq >= c->n_seq_max || p0 < 0 || p0 >= c->seq_len[seq]) return;
     int32_t keep = blocks_for(p0), have = blocks_for(c->seq_len[seq]);
-    for (int32_t b = have - 1; b >= keep; b--)
-        c->free_blocks[c->n_free++] = c->seq_blocks[(size_t)seq * c->max_bps + b];
+    for (int32_t b = have - 1; b >= keep; b--) {
+        int32_t blk = c->seq_blocks[(size_t)seq * c->max_bps + b];
+        if (--c->blk_ref[blk] == 0) c->free_blocks[c->n_free++] = blk;
+    }
     c->seq_len[seq] = p0;
 }
+
+/* --- Shared-prefix forks (n > 1 choices of one prompt) ---
+ * A fork gives dst the first n_pos positions of src without recomputing
+ * them: the full blocks are shared (a reference more each; truncation drops
+ * a reference and frees a block at the last), and a partial last block is
+ * copied at once, since dst's next position writes into it (copy-on-write
+ * done at the fork: the only block either sequence could still write). */
+eng_status eng__seq_fork(eng_context *c, int32_t src, int32_t dst, int32_t n_pos)
+{
+    if (src < 0 || src >= c->n_seq_max || dst < 0 || dst >= c->n_seq_max || src == dst || c->seq_len[dst] != 0 ||
+        n_pos < 1 || n_pos > c->seq_len[src])
+        return ENG_EINVAL;
+    const int32_t full = n_pos / KV_BLOCK, part = n_pos % KV_BLOCK;
+    if (part && c->n_free < 1) return ENG_ECTXFULL;
+    const int32_t *sb = c->seq_blocks + (size_t)src * c->max_bps;
+    int32_t *db = c->seq_blocks + (size_t)dst * c->max_bps;
+    for (int32_t b = 0; b < full; b++) {
+        db[b] = sb[b];
+        c->blk_ref[sb[b]]++;
+    }
+    if (part) {
+        int32_t blk = c->free_blocks[--c->n_free];
+        c->blk_ref[blk] = 1;
+        db[full] = blk;
+        for (int il = 0; il < c->m->n_layer; il++) {
+            memcpy(kv_block(c, c->k_cache, c->k_blk, il, blk), kv_block(c, c->k_cache, c->k_blk, il, sb[full]), c->k_blk);
+            memcpy(kv_block(c, c->v_cache, c->v_blk, il, blk), kv_block(c, c->v_cache, c->v_blk, il, sb[full]), c->v_blk);
+        }
+    }
+    c->seq_len[dst] = n_pos;
+    return ENG_OK;
+}
+
+/* Blocks in use (held by some sequence), for the KV-sharing tests and tools. */
+int32_t eng__kv_blocks_used(const eng_context *c) { return c->n_blocks - c->n_free; }
+/* --- end of shared-prefix forks --- */
 
 void eng_kv_usage(const eng_context *c, int32_t *used, int32_t *total)
 {
@@ -649,8 +689,11 @@ eng_status eng_decode(eng_context *c, const eng_batch *b)
     if (need > c->n_free) return ENG_ECTXFULL;
     for (int32_t i = 0; i < c->n_groups; i++) {
         const seq_group *g = &c->groups[i];
-        for (int32_t bi = blocks_for(g->pos0); bi < blocks_for(g->pos0 + g->n); bi++)
-            c->seq_blocks[(size_t)g->seq * c->max_bps + bi] = c->free_blocks[--c->n_free];
+        for (int32_t bi = blocks_for(g->pos0); bi < blocks_for(g->pos0 + g->n); bi++) {
+            int32_t blk = c->free_blocks[--c->n_free];
+            c->blk_ref[blk] = 1;
+            c->seq_blocks[(size_t)g->seq * c->max_bps + bi] = blk;
+        }
         c->seq_len[g->seq] = g->pos0 + g->n;
     }
     c->n_out = 0;

@@ -404,6 +404,15 @@ int32_t eng__kv_blocks_total(const eng_context *c);
 int32_t eng__ctx_n_seq(const eng_context *c);
 int32_t eng__ctx_n_batch(const eng_context *c);
 const eng_model *eng__ctx_model(const eng_context *c);
+/* Shared-prefix forks (forward.c): dst (empty) gets src's first n_pos
+ * positions, full blocks shared by reference, a partial last block copied
+ * (one free block needed: ENG_ECTXFULL). Blocks in use over all sequences. */
+eng_status eng__seq_fork(eng_context *c, int32_t src, int32_t dst, int32_t n_pos);
+int32_t eng__kv_blocks_used(const eng_context *c);
+/* Pooled outputs (pooling.c): the final-norm hidden state of batch row i of
+ * the last eng_decode (n_embd floats), and the model's pooling type
+ * (<arch>.pooling_type; ENG_POOLING_NONE when the file has none). */
+void eng__hidden_row(const eng_context *c, int32_t i, float *out);
 /* The checks eng_sampler_new makes, without allocating (sampler.c). */
 bool eng__sampler_params_ok(const eng_sampler_params *p, int32_t n_vocab);
 

@@ -46,7 +46,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { RQ_WAITING = 0, RQ_PREFILL, RQ_DECODE, RQ_DONE } rq_state;
+typedef enum { RQ_WAITING = 0, RQ_PREFILL, RQ_DECODE, RQ_DONE, RQ_FORKWAIT } rq_state;
+
+/* A family of eng_sched_submit_many: requests sharing one prompt's KV (see
+ * "Forks" below). Its members' pointers are borrowed: a member is removed
+ * (NULL) before the scheduler drops its reference. */
+typedef struct {
+    atomic_int refs;      /* members not yet destroyed */
+    int32_t live;         /* members not yet finished (scheduler thread) */
+    int32_t shared_blocks;/* the prompt's full blocks, reserved once for the family */
+    int32_t n;
+    struct eng_request **members; /* (n) the leader first */
+} sched_fam;
 
 struct eng_request {
     atomic_int refs;
@@ -69,6 +80,16 @@ struct eng_request {
     int32_t kv_blocks; /* reserved blocks */
     int32_t n_cached;  /* prompt positions reused from a cached prefix */
     double t_submit, t_admit, t_first;
+    /* pooling requests: the running sum (mean) or the row kept (cls, last),
+     * and the result DONE reports */
+    double *pool_acc;
+    float *embd;
+    bool pooled;       /* embd holds the result */
+    /* forks: the family (NULL: none), the member's index in it, and whether
+     * the leader has handed the prompt's KV to its members */
+    sched_fam *fam;
+    int32_t fam_i;
+    bool forked;
 };
 
 /* Who may reuse a cached slot's prefix: requests of the same cache_scope;
@@ -111,6 +132,10 @@ struct eng_sched {
     float *scratch;             /* (n_vocab) masked logits */
     int32_t top_ids[ENG_MAX_TOP_LOGPROBS];
     float top_lps[ENG_MAX_TOP_LOGPROBS];
+    int32_t n_embd;
+    float *hidden;              /* (n_embd) one row's final-norm hidden state */
+    int32_t *fam_slots;         /* (n_seq) admit_family's choice of slots */
+    int32_t step_prompt;        /* prompt tokens in the last step */
 };
 
 eng_sched_params eng_sched_default_params(void)
@@ -127,7 +152,13 @@ eng_sched_params eng_sched_default_params(void)
 
 static void request_destroy(eng_request *r)
 {
+    if (r->fam && atomic_fetch_sub(&r->fam->refs, 1) == 1) {
+        free(r->fam->members);
+        free(r->fam);
+    }
     eng_sampler_free(r->smp);
+    free(r->pool_acc);
+    free(r->embd);
     free(r->prompt);
     free(r);
 }
@@ -160,6 +191,10 @@ static void emit_done(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_s
     ev.t_generate = r->t_first > 0 ? t - first : 0;
     eng_orthorank_stats stats;
     if (r->seq >= 0 && eng_seq_get_orthorank_stats(s->ctx, r->seq, &stats) == ENG_OK) ev.orthorank = &stats;
+    if (r->pooled) {
+        ev.embedding = r->embd;
+        ev.n_embd = s->n_embd;
+    }
     r->state = RQ_DONE;
     r->p.on_event(&ev, r->p.user);
 }
@@ -171,14 +206,74 @@ static bool is_sparse(const eng_request *r)
     return r->has_orthorank && p->decode != ENG_ORTHORANK_DECODE_OFF && ((float)p->sparsity > 0 || p->n_layers > 0);
 }
 
+static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st);
+
+/* --- Forks: families of eng_sched_submit_many ---
+ * A family is admitted as one (admit_family: a slot per member, the KV of
+ * all at once). Its leader prefills the prompt; the members wait
+ * (RQ_FORKWAIT) until the step that computes the prompt's last token, when
+ * fork_members gives each the prompt's KV (eng__seq_fork) and samples its
+ * first token from the leader's logits. Reservation: the prompt's full
+ * blocks once for the family (returned by the last member to finish), and
+ * per member its own blocks (the rest of its positions, the copied partial
+ * block included). */
+
+/* r leaves its family: its blocks' share returns with the last member; a
+ * leader that ends before forking ends its waiting members the same way. */
+static void family_leave(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
+{
+    sched_fam *f = r->fam;
+    f->members[r->fam_i] = NULL;
+    if (--f->live == 0) s->kv_free_blocks += f->shared_blocks;
+    if (r->fam_i != 0 || r->forked) return;
+    for (int32_t i = 1; i < f->n; i++) {
+        eng_request *m = f->members[i];
+        if (m && m->state == RQ_FORKWAIT)
+            finish_running(s, m, fin == ENG_FINISH_ERROR ? fin : ENG_FINISH_CANCELLED,
+                           fin == ENG_FINISH_ERROR ? st : ENG_ECANCELED);
+    }
+}
+
+static void next_token(eng_sched *s, eng_request *r, const float *logits);
+
+/* The leader r has computed its prompt (logits: its last token's): each
+ * waiting member gets the prompt's KV and its first token. */
+static void fork_members(eng_sched *s, eng_request *r, const float *logits)
+{
+    sched_fam *f = r->fam;
+    r->forked = true;
+    const int32_t np = (int32_t)r->p.n_prompt;
+    for (int32_t i = 1; i < f->n; i++) {
+        eng_request *m = f->members[i];
+        if (!m || m->state != RQ_FORKWAIT) continue;
+        eng_status st = eng__seq_fork(s->ctx, r->seq, m->seq, np);
+        if (st != ENG_OK) { /* cannot happen: the copied block is reserved */
+            finish_running(s, m, ENG_FINISH_ERROR, st);
+            continue;
+        }
+        memcpy(s->slot_tok[m->seq], s->slot_tok[r->seq], (size_t)np * sizeof(int32_t));
+        m->n_fed = m->n_past = m->n_cached = np;
+        m->state = RQ_PREFILL;
+        next_token(s, m, logits);
+    }
+}
+/* --- end of forks --- */
+
 /* Finish a running request: event, KV and slot back, scheduler's ref dropped. */
 static void finish_running(eng_sched *s, eng_request *r, eng_finish_reason fin, eng_status st)
 {
     emit_done(s, r, fin, st);
     int32_t slot = r->seq;
     bool keep = s->prefix_cache && fin != ENG_FINISH_CANCELLED && fin != ENG_FINISH_ERROR && r->n_past > 0 &&
-                (!is_sparse(r) || r->n_past >= (int32_t)r->p.n_prompt);
-    if (keep) {
+                (!is_sparse(r) || r->n_past >= (int32_t)r->p.n_prompt) && !r->fam &&
+                r->p.pooling == ENG_POOLING_NONE;
+    if (r->fam) {
+        family_leave(s, r, fin, st);
+        eng_seq_truncate(s->ctx, slot, 0);
+        s->slot_len[slot] = 0;
+        s->slot_used[slot] = 0;
+        s->kv_free_blocks += r->kv_blocks;
+    } else if (keep) {
         s->slot_len[slot] = r->n_past;
         s->slot_used[slot] = ++s->clock;
         s->slot_key[slot] = (slot_key){.scope = r->p.cache_scope, .sparse = is_sparse(r),
@@ -209,10 +304,12 @@ static eng_status request_check(const eng_sched *s, const eng_request_params *p)
         return ENG_EINVAL;
     for (size_t i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_EINVAL;
-    if (p->n_prompt + (p->max_tokens > 0 ? 1u : 0u) > (size_t)s->n_ctx) return ENG_ECTXFULL;
+    if ((unsigned)p->pooling > ENG_POOLING_LAST) return ENG_EINVAL;
+    const int32_t max_tokens = p->pooling ? 0 : p->max_tokens;
+    if (p->n_prompt + (max_tokens > 0 ? 1u : 0u) > (size_t)s->n_ctx) return ENG_ECTXFULL;
     if (p->orthorank && eng_orthorank_check(s->m, p->orthorank, NULL, NULL, 0) != ENG_OK) return ENG_EINVAL;
     if (!eng__sampler_params_ok(&p->sampling, s->n_vocab)) return ENG_EINVAL;
-    int64_t want = (int64_t)p->n_prompt + p->max_tokens;
+    int64_t want = (int64_t)p->n_prompt + max_tokens;
     if (eng__kv_blocks_for((int32_t)(want < s->n_ctx ? want : s->n_ctx)) > eng__kv_blocks_total(s->ctx))
         return ENG_ECTXFULL;
     return ENG_OK;
@@ -224,21 +321,24 @@ eng_status eng_sched_validate(const eng_sched *s, const eng_request_params *p)
     return request_check(s, p);
 }
 
-eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out)
+/* A request for p (checked), not yet queued; NULL when memory ran out. */
+static eng_request *request_make(eng_sched *s, const eng_request_params *p)
 {
-    if (!s || !p || !out) return ENG_EINVAL;
-    *out = NULL;
-    eng_status st = request_check(s, p);
-    if (st != ENG_OK) return st;
     eng_request *r = eng__calloc(1, sizeof *r);
-    if (!r) return ENG_ENOMEM;
+    if (!r) return NULL;
     r->p = *p;
     r->p.sampling.logit_bias = NULL; /* the sampler keeps its own copy */
     r->p.sampling.n_logit_bias = 0;
     r->prompt = eng__malloc(p->n_prompt * sizeof *r->prompt);
-    if (!r->prompt) {
-        free(r);
-        return ENG_ENOMEM;
+    if (p->pooling) {
+        r->p.max_tokens = 0;
+        r->pool_acc = eng__calloc((size_t)s->n_embd, sizeof *r->pool_acc);
+        r->embd = eng__malloc((size_t)s->n_embd * sizeof *r->embd);
+    }
+    if (!r->prompt || (p->pooling && (!r->pool_acc || !r->embd)) ||
+        eng_sampler_new(&p->sampling, s->n_vocab, &r->smp) != ENG_OK) {
+        request_destroy(r);
+        return NULL;
     }
     memcpy(r->prompt, p->prompt, p->n_prompt * sizeof *r->prompt);
     r->p.prompt = r->prompt;
@@ -247,13 +347,8 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
         r->orthorank = *p->orthorank;
         r->has_orthorank = true;
     }
-    st = eng_sampler_new(&p->sampling, s->n_vocab, &r->smp);
-    if (st != ENG_OK) {
-        request_destroy(r);
-        return st;
-    }
     for (size_t i = 0; i < p->n_prompt; i++) eng_sampler_accept(r->smp, p->prompt[i]);
-    int64_t want = (int64_t)p->n_prompt + p->max_tokens;
+    int64_t want = (int64_t)p->n_prompt + r->p.max_tokens;
     r->max_pos = (int32_t)(want < s->n_ctx ? want : s->n_ctx);
     r->kv_blocks = eng__kv_blocks_for(r->max_pos);
     r->seq = -1;
@@ -261,27 +356,125 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
     r->t_submit = eng__now();
     atomic_init(&r->refs, 2);
     atomic_init(&r->cancel, false);
+    return r;
+}
 
+/* Queue r[0..n) (all or none); ENG_OK, ENG_ESTOPPED or ENG_EBUSY. */
+static eng_status enqueue(eng_sched *s, eng_request **r, size_t n)
+{
     pthread_mutex_lock(&s->mu);
-    if (s->stop || s->draining) {
-        pthread_mutex_unlock(&s->mu);
-        request_destroy(r);
-        return ENG_ESTOPPED;
+    eng_status st = ENG_OK;
+    if (s->stop || s->draining) st = ENG_ESTOPPED;
+    else if ((size_t)s->n_waiting + n > (size_t)s->max_queue) st = ENG_EBUSY;
+    for (size_t i = 0; st == ENG_OK && i < n; i++) {
+        if (s->q_tail) s->q_tail->next = r[i];
+        else s->q_head = r[i];
+        s->q_tail = r[i];
+        s->n_waiting++;
     }
-    if (s->n_waiting >= s->max_queue) {
-        pthread_mutex_unlock(&s->mu);
-        request_destroy(r);
-        return ENG_EBUSY;
+    if (st == ENG_OK) {
+        s->stats.waiting = s->n_waiting;
+        pthread_cond_signal(&s->cv);
     }
-    if (s->q_tail) s->q_tail->next = r;
-    else s->q_head = r;
-    s->q_tail = r;
-    s->n_waiting++;
-    s->stats.waiting = s->n_waiting;
-    pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    return st;
+}
+
+eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out)
+{
+    if (!s || !p || !out) return ENG_EINVAL;
+    *out = NULL;
+    eng_status st = request_check(s, p);
+    if (st != ENG_OK) return st;
+    eng_request *r = request_make(s, p);
+    if (!r) return ENG_ENOMEM;
+    st = enqueue(s, &r, 1);
+    if (st != ENG_OK) {
+        request_destroy(r);
+        return st;
+    }
     *out = r;
     return ENG_OK;
+}
+
+/* The family checks of eng_sched_submit_many: members follow their leader
+ * (same prompt and settings); a family fits the slots and the budget. */
+static eng_status families_check(const eng_sched *s, const eng_request_params *p, size_t n)
+{
+    size_t lead = 0;
+    int64_t blocks = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i == n || p[i].fork_of == 0) {
+            if (i > lead + 1) { /* the family [lead, i) */
+                if (i - lead > (size_t)s->n_seq) return ENG_ECTXFULL;
+                blocks += p[lead].n_prompt / ENG_KV_BLOCK;
+                if (blocks > eng__kv_blocks_total(s->ctx)) return ENG_ECTXFULL;
+            }
+            lead = i;
+            blocks = 0;
+            if (i == n) break;
+        } else {
+            const eng_request_params *l = &p[lead];
+            if ((size_t)p[i].fork_of != lead + 1 || p[i].n_prompt != l->n_prompt || p[i].pooling || l->pooling ||
+                memcmp(p[i].prompt, l->prompt, l->n_prompt * sizeof(int32_t)) ||
+                !p[i].orthorank != !l->orthorank ||
+                (l->orthorank && !eng_orthorank_params_equal(p[i].orthorank, l->orthorank)))
+                return ENG_EINVAL;
+        }
+        int64_t want = (int64_t)p[i].n_prompt + p[i].max_tokens;
+        blocks += eng__kv_blocks_for((int32_t)(want < s->n_ctx ? want : s->n_ctx)) -
+                  (int64_t)p[i].n_prompt / ENG_KV_BLOCK;
+    }
+    return ENG_OK;
+}
+
+/* Tie the family [r[lead], r[end]) together; false when memory ran out. */
+static bool family_make(eng_request **r, size_t lead, size_t end)
+{
+    sched_fam *f = eng__calloc(1, sizeof *f);
+    if (!f || !(f->members = eng__calloc(end - lead, sizeof *f->members))) {
+        free(f);
+        return false;
+    }
+    f->n = f->live = (int32_t)(end - lead);
+    f->shared_blocks = (int32_t)r[lead]->p.n_prompt / ENG_KV_BLOCK;
+    atomic_init(&f->refs, f->n);
+    for (size_t i = lead; i < end; i++) {
+        f->members[i - lead] = r[i];
+        r[i]->fam = f;
+        r[i]->fam_i = (int32_t)(i - lead);
+        r[i]->kv_blocks -= f->shared_blocks;
+    }
+    return true;
+}
+
+eng_status eng_sched_submit_many(eng_sched *s, const eng_request_params *p, size_t n, eng_request **out)
+{
+    if (!s || !p || !out || n == 0) return ENG_EINVAL;
+    memset(out, 0, n * sizeof *out);
+    for (size_t i = 0; i < n; i++) {
+        eng_status st = request_check(s, &p[i]);
+        if (st != ENG_OK) return st;
+        if (p[i].fork_of < 0 || (size_t)p[i].fork_of > i) return ENG_EINVAL;
+    }
+    eng_status st = families_check(s, p, n);
+    if (st != ENG_OK) return st;
+    st = ENG_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        if (!(out[i] = request_make(s, &p[i]))) goto fail;
+    for (size_t lead = 0, i = 1; i <= n; i++)
+        if (i == n || p[i].fork_of == 0) {
+            if (i > lead + 1 && !family_make(out, lead, i)) goto fail;
+            lead = i;
+        }
+    st = enqueue(s, out, n);
+    if (st == ENG_OK) return ENG_OK;
+fail:
+    for (size_t i = 0; i < n; i++) {
+        if (out[i]) request_destroy(out[i]);
+        out[i] = NULL;
+    }
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -292,9 +485,15 @@ eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_reque
 static eng_request *take_cancelled_queued(eng_sched *s)
 {
     eng_request *out = NULL, **pp = &s->q_head, *prev = NULL;
+    /* A family waits and goes as one: one member cancelled cancels all. */
+    for (eng_request *r = s->q_head; r; r = r->next)
+        if (r->fam && atomic_load(&r->cancel))
+            for (int32_t i = 0; i < r->fam->n; i++)
+                if (r->fam->members[i]) atomic_store(&r->fam->members[i]->cancel, true);
     while (*pp) {
         eng_request *r = *pp;
         if (atomic_load(&r->cancel) || s->stop) {
+            if (r->fam) r->fam->members[r->fam_i] = NULL;
             *pp = r->next;
             if (s->q_tail == r) s->q_tail = prev;
             s->n_waiting--;
@@ -321,7 +520,8 @@ static void evict(eng_sched *s, int32_t slot)
 static bool may_reuse(const eng_sched *s, int32_t i, const eng_request *r)
 {
     const slot_key *k = &s->slot_key[i];
-    if (r->p.prompt_logprobs || k->scope != r->p.cache_scope || k->sparse != is_sparse(r)) return false;
+    if (r->p.prompt_logprobs || r->p.pooling || k->scope != r->p.cache_scope || k->sparse != is_sparse(r))
+        return false;
     return !k->sparse ||
            (k->n_prompt == (int32_t)r->p.n_prompt && eng_orthorank_params_equal(&k->orthorank, &r->orthorank));
 }
@@ -360,11 +560,91 @@ static int32_t pick_slot(eng_sched *s, const eng_request *r, int32_t *reuse)
     return empty >= 0 ? empty : lru;
 }
 
+/* r leaves the queue's head for slot (holding reuse positions of its prompt). */
+static void start_running(eng_sched *s, eng_request *r, int32_t slot, int32_t reuse, rq_state state)
+{
+    s->q_head = r->next;
+    if (!s->q_head) s->q_tail = NULL;
+    r->next = NULL;
+    s->n_waiting--;
+    s->slots[slot] = r;
+    r->seq = slot;
+    r->state = state;
+    r->n_cached = reuse;
+    r->n_fed = r->n_past = reuse;
+    r->t_admit = eng__now();
+    /* validated at submit, so this cannot fail */
+    eng_seq_set_orthorank(s->ctx, slot, r->has_orthorank ? &r->orthorank : NULL, (int32_t)r->p.n_prompt);
+    s->order[s->n_running++] = r;
+}
+
+/* Trim the chosen slot to the reused prefix, then evict LRU idle slots
+ * (never one of the n in keep) until need blocks are free. */
+static void make_room(eng_sched *s, int32_t slot, int32_t reuse, int32_t need, const int32_t *keep, int32_t n)
+{
+    s->kv_free_blocks += eng__kv_blocks_for(s->slot_len[slot]) - eng__kv_blocks_for(reuse);
+    eng_seq_truncate(s->ctx, slot, reuse);
+    s->slot_len[slot] = reuse;
+    s->slot_used[slot] = 0;
+    while (s->kv_free_blocks < need) {
+        int32_t v = -1;
+        for (int32_t i = 0; i < s->n_seq; i++) {
+            bool kept = false;
+            for (int32_t k = 0; k < n; k++) kept |= keep[k] == i;
+            if (!kept && !s->slots[i] && s->slot_used[i] && (v < 0 || s->slot_used[i] < s->slot_used[v])) v = i;
+        }
+        ENG_ASSERT(v >= 0);
+        evict(s, v);
+    }
+}
+
+/* Admit the family led by r (the queue's head, its members next) when its
+ * slots and KV are there; false otherwise. */
+static bool admit_family(eng_sched *s, eng_request *r)
+{
+    sched_fam *f = r->fam;
+    if (s->n_running + f->n > s->n_seq) return false;
+    int32_t reuse = 0, *sl = s->fam_slots;
+    sl[0] = pick_slot(s, r, &reuse);
+    if (sl[0] < 0) return false;
+    /* members: empty slots first, then the least recently used idle ones */
+    for (int32_t k = 1; k < f->n; k++) {
+        int32_t best = -1;
+        for (int32_t i = 0; i < s->n_seq; i++) {
+            bool taken = false;
+            for (int32_t j = 0; j < k; j++) taken |= sl[j] == i;
+            if (taken || s->slots[i]) continue;
+            if (best < 0 || s->slot_used[i] < s->slot_used[best]) best = i;
+        }
+        if (best < 0) return false;
+        sl[k] = best;
+    }
+    int32_t need = f->shared_blocks - eng__kv_blocks_for(reuse), avail = s->kv_free_blocks - eng__kv_blocks_for(reuse);
+    for (int32_t k = 0; k < f->n; k++) need += f->members[k]->kv_blocks;
+    for (int32_t i = 0; i < s->n_seq; i++)
+        if (!s->slots[i] && s->slot_used[i]) avail += eng__kv_blocks_for(s->slot_len[i]);
+    if (need > avail) return false;
+    for (int32_t k = 1; k < f->n; k++)
+        if (s->slot_used[sl[k]]) evict(s, sl[k]);
+    make_room(s, sl[0], reuse, need, sl, f->n);
+    s->kv_free_blocks -= need;
+    start_running(s, r, sl[0], reuse, RQ_PREFILL);
+    for (int32_t k = 1; k < f->n; k++) {
+        ENG_ASSERT(s->q_head == f->members[k]);
+        start_running(s, f->members[k], sl[k], 0, RQ_FORKWAIT);
+    }
+    return true;
+}
+
 /* Admit from the head of the queue while it fits (under mu). */
 static void admit(eng_sched *s)
 {
     while (s->q_head && s->n_running < s->n_seq) {
         eng_request *r = s->q_head;
+        if (r->fam) {
+            if (!admit_family(s, r)) break;
+            continue;
+        }
         int32_t reuse = 0, slot = pick_slot(s, r, &reuse);
         if (slot < 0) break;
         /* Blocks the request still needs beyond the prefix it keeps; idle
@@ -375,34 +655,9 @@ static void admit(eng_sched *s)
         for (int32_t i = 0; i < s->n_seq; i++)
             if (i != slot && !s->slots[i] && s->slot_used[i]) avail += eng__kv_blocks_for(s->slot_len[i]);
         if (need > avail) break; /* FIFO: the head waits, so do the rest */
-        /* Trim the chosen slot to the reused prefix, then evict LRU idle
-         * slots until the blocks are there. */
-        s->kv_free_blocks += held - keep_blocks;
-        eng_seq_truncate(s->ctx, slot, reuse);
-        s->slot_len[slot] = reuse;
-        s->slot_used[slot] = 0;
-        while (s->kv_free_blocks < need) {
-            int32_t v = -1;
-            for (int32_t i = 0; i < s->n_seq; i++)
-                if (i != slot && !s->slots[i] && s->slot_used[i] && (v < 0 || s->slot_used[i] < s->slot_used[v]))
-                    v = i;
-            ENG_ASSERT(v >= 0);
-            evict(s, v);
-        }
-        s->q_head = r->next;
-        if (!s->q_head) s->q_tail = NULL;
-        r->next = NULL;
-        s->n_waiting--;
-        s->slots[slot] = r;
-        r->seq = slot;
-        r->state = RQ_PREFILL;
-        r->n_cached = reuse;
-        r->n_fed = r->n_past = reuse;
-        r->t_admit = eng__now();
-        /* validated at submit, so this cannot fail */
-        eng_seq_set_orthorank(s->ctx, slot, r->has_orthorank ? &r->orthorank : NULL, (int32_t)r->p.n_prompt);
+        make_room(s, slot, reuse, need, &slot, 1);
         s->kv_free_blocks -= need;
-        s->order[s->n_running++] = r;
+        start_running(s, r, slot, reuse, RQ_PREFILL);
     }
 }
 
@@ -460,6 +715,27 @@ static void next_token(eng_sched *s, eng_request *r, const float *logits)
     r->state = RQ_DECODE;
 }
 
+/* --- Pooled outputs: embedding requests ---
+ * Batch row i is prompt position pi of the pooling request r: fold its
+ * final-norm hidden state into r's pool (in position order, whatever the
+ * batch, so a text's embedding does not depend on its companions); at the
+ * prompt's end r is done, its DONE carrying the pooled vector. */
+static void pool_row(eng_sched *s, eng_request *r, int32_t i, int32_t pi)
+{
+    const int32_t np = (int32_t)r->p.n_prompt, E = s->n_embd;
+    eng_pooling pool = r->p.pooling;
+    if (pool == ENG_POOLING_MEAN || (pool == ENG_POOLING_CLS && pi == 0) || (pool == ENG_POOLING_LAST && pi == np - 1)) {
+        eng__hidden_row(s->ctx, i, s->hidden);
+        for (int32_t k = 0; k < E; k++) r->pool_acc[k] += s->hidden[k];
+    }
+    if (pi + 1 < np) return;
+    const double div = pool == ENG_POOLING_MEAN ? np : 1;
+    for (int32_t k = 0; k < E; k++) r->embd[k] = (float)(r->pool_acc[k] / div);
+    r->pooled = true;
+    finish_running(s, r, ENG_FINISH_STOP, ENG_OK);
+}
+/* --- end of pooled outputs --- */
+
 /* One forward pass over everything runnable; returns the batch size. */
 static int32_t step(eng_sched *s)
 {
@@ -475,6 +751,7 @@ static int32_t step(eng_sched *s)
         s->b_req[n] = r;
         n++;
     }
+    const int32_t n_decode = n;
     /* then prefill chunks, in admission order */
     for (int32_t i = 0; i < s->n_running && n < s->n_batch; i++) {
         eng_request *r = s->order[i];
@@ -486,11 +763,12 @@ static int32_t step(eng_sched *s)
             s->b_tok[n] = r->prompt[pi];
             s->b_pos[n] = pi;
             s->b_seq[n] = r->seq;
-            s->b_logits[n] = (pi == (int32_t)r->p.n_prompt - 1) || r->p.prompt_logprobs;
+            s->b_logits[n] = !r->p.pooling && ((pi == (int32_t)r->p.n_prompt - 1) || r->p.prompt_logprobs);
             s->b_req[n] = r;
             n++;
         }
     }
+    s->step_prompt = n - n_decode;
     if (n == 0) return 0;
     eng_batch b = {n, s->b_tok, s->b_pos, s->b_seq, s->b_logits};
     eng_status st = eng_decode(s->ctx, &b);
@@ -518,9 +796,16 @@ static int32_t step(eng_sched *s)
         s->slot_tok[r->seq][pi] = r->prompt[pi];
         r->n_fed = pi + 1;
         r->n_past = pi + 1;
+        if (r->p.pooling) {
+            pool_row(s, r, i, pi);
+            continue;
+        }
         if (r->p.prompt_logprobs && pi + 1 < (int32_t)r->p.n_prompt)
             emit_logprob(s, r, ENG_EVENT_PROMPT, pi + 1, r->prompt[pi + 1], logits);
-        if (r->n_fed == (int32_t)r->p.n_prompt) next_token(s, r, logits);
+        if (r->n_fed == (int32_t)r->p.n_prompt) {
+            if (r->fam && !r->forked) fork_members(s, r, logits);
+            next_token(s, r, logits);
+        }
     }
     return n;
 }
@@ -541,6 +826,7 @@ static void *sched_main(void *arg)
             request_unref(r);
         }
         for (int32_t i = s->n_running - 1; i >= 0; i--) {
+            if (i >= s->n_running) continue; /* a leader's end took its waiting members */
             eng_request *r = s->order[i];
             if (stop || atomic_load(&r->cancel)) finish_running(s, r, ENG_FINISH_CANCELLED, ENG_ECANCELED);
         }
@@ -563,8 +849,10 @@ static void *sched_main(void *arg)
         s->stats.kv_used = used;
         s->stats.kv_cached = cached;
         s->stats.kv_total = total;
+        s->stats.kv_held = eng__kv_blocks_used(s->ctx) * ENG_KV_BLOCK;
         s->stats.last_batch_tokens = nb;
         if (nb > 0) s->stats.steps++;
+        s->stats.prompt_tokens += (uint64_t)s->step_prompt;
         pthread_mutex_unlock(&s->mu);
     }
     return NULL;
@@ -603,6 +891,9 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     s->n_batch = p->n_batch_max;
     s->n_vocab = info.n_vocab;
     s->max_queue = p->max_queue;
+    s->n_embd = info.n_embd;
+    s->hidden = eng__malloc((size_t)s->n_embd * sizeof(float));
+    s->fam_slots = eng__malloc((size_t)s->n_seq * sizeof(int32_t));
     s->kv_free_blocks = eng__kv_blocks_total(s->ctx);
     size_t B = (size_t)s->n_batch;
     s->slots = eng__calloc((size_t)s->n_seq, sizeof *s->slots);
@@ -625,7 +916,7 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
     bool toks_ok = s->slot_tok != NULL;
     for (int32_t i = 0; toks_ok && i < s->n_seq; i++) toks_ok = s->slot_tok[i] != NULL;
     if (!toks_ok || !s->slot_len || !s->slot_used || !s->slot_key || !s->slots || !s->order || !s->b_tok || !s->b_pos || !s->b_seq || !s->b_logits || !s->b_req ||
-        !s->scratch)
+        !s->scratch || !s->hidden || !s->fam_slots)
         goto fail;
     eng_kv_usage(s->ctx, NULL, &s->stats.kv_total);
     if (pthread_create(&s->thread, NULL, sched_main, s) != 0) goto fail;
@@ -678,6 +969,8 @@ void eng_sched_free(eng_sched *s)
     free(s->b_logits);
     free(s->b_req);
     free(s->scratch);
+    free(s->hidden);
+    free(s->fam_slots);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

@@ -146,7 +146,8 @@ class ConfigTest(unittest.TestCase):
                          ({"request_timeout": 0}, "request_timeout"), ({"verbose": 1}, "verbose"),
                          ({"cors_origins": {}}, "cors_origins"), ({"orthorank_sparsity": 0.95}, "orthorank_sparsity"),
                          ({"max_tokens": 1.5}, "max_tokens"), ({"log_format": ["json"]}, "log_format"),
-                         ({"api_keys_file": False}, "api_keys_file")):
+                         ({"api_keys_file": False}, "api_keys_file"), ({"max_n": 0}, "max_n"),
+                         ({"max_embedding_inputs": 0}, "max_embedding_inputs"), ({"max_prompts": 0}, "max_prompts")):
             self.expect_error(m + ["--config", config_file(obj)], says=["'%s'" % key])
         # Environment.
         for var, val in (("ORTHOSERVE_PORT", "banana"), ("ORTHOSERVE_THREADS", "0"),
@@ -167,7 +168,7 @@ class ConfigTest(unittest.TestCase):
         for flag, val, key in (("--orthorank-decode", "sometimes", "orthorank_decode"),
                                ("--orthorank-method", "magic", "orthorank_method"),
                                ("--log-format", "xml", "log_format"), ("--log-level", "loud", "log_level"),
-                               ("--chat-template", "nope", "chat_template")):
+                               ("--chat-template", "nope", "chat_template"), ("--pooling", "max", "pooling")):
             self.expect_error(m + [flag, val], says=["'%s'" % key, val])
         self.expect_error(m + ["--orthorank-sparsity", "0.3", "--orthorank-token-ratio", "1"],
                           says=["'orthorank_token_ratio'"])

@@ -608,6 +608,21 @@ typedef struct eng_request eng_request;
 
 #define ENG_MAX_TOP_LOGPROBS 20 /* the most alternatives a request may ask for per token */
 
+/* How a pooling (embedding) request reduces its prompt's final-norm hidden
+ * states to one vector; the numbers are GGUF's <arch>.pooling_type values. */
+typedef enum {
+    ENG_POOLING_NONE = 0, /* not an embedding request */
+    ENG_POOLING_MEAN = 1, /* mean over every prompt position */
+    ENG_POOLING_CLS = 2,  /* the first position */
+    ENG_POOLING_LAST = 3  /* the last position */
+} eng_pooling;
+
+/* The pooling the model's file names (<arch>.pooling_type: mean, cls or
+ * last), or ENG_POOLING_NONE when it names none (or one not supported). */
+eng_pooling eng_model_pooling(const eng_model *m);
+const char *eng_pooling_name(eng_pooling p);          /* "none", "mean", "cls", "last" */
+eng_pooling eng_pooling_from_name(const char *name);  /* ENG_POOLING_NONE if unknown */
+
 typedef struct {
     int32_t n_ctx;       /* max positions per sequence; 0: the model's n_ctx_train */
     int32_t n_seq_max;   /* sequences decoded together (slots) */
@@ -652,6 +667,9 @@ typedef struct {
     int32_t n_prompt, n_generated, n_cached; /* tokens; n_cached: prompt tokens reused from cache */
     double t_queue, t_prompt, t_generate;    /* seconds waiting, prefilling, generating */
     const eng_orthorank_stats *orthorank;    /* DONE: what the request got (valid during the callback) */
+    const float *embedding;  /* DONE of a pooling request that completed: the pooled hidden state
+                              * (n_embd floats, not normalised; valid during the callback), else NULL */
+    int32_t n_embd;
 } eng_event;
 
 typedef void (*eng_event_fn)(const eng_event *ev, void *user);
@@ -673,6 +691,15 @@ typedef struct {
      * that requests with the same tag left (0 is a tag like any other). The
      * server gives each API key (and cache_salt) its own. */
     uint64_t cache_scope;
+    /* Embeddings: a pooling request only prefills its prompt (no sampling,
+     * no logits; max_tokens and sampling are ignored) and its DONE event
+     * carries the prompt's final-norm hidden states pooled as asked. */
+    eng_pooling pooling;     /* ENG_POOLING_NONE (0): a generation */
+    /* eng_sched_submit_many only: 0, or 1 + the index of an earlier request
+     * of the same call (its "leader", itself with fork_of 0, and the same
+     * prompt) whose prompt KV this request shares: the prompt is computed
+     * once, then forked (see eng_sched_submit_many). */
+    int32_t fork_of;
 } eng_request_params;
 
 /* Start the scheduler thread. The model must outlive it. Free with eng_sched_free(). */
@@ -683,6 +710,23 @@ eng_status eng_sched_new(eng_model *m, const eng_sched_params *p, eng_sched **ou
  * *out holds a reference the caller must drop with eng_request_release();
  * exactly one DONE event follows, always. Thread-safe. */
 eng_status eng_sched_submit(eng_sched *s, const eng_request_params *p, eng_request **out);
+/*
+ * Queue n requests at once, all or none (the queue must have room for all
+ * n: ENG_EBUSY otherwise; any one refused by eng_sched_validate refuses the
+ * call with its status). out receives n references. A request whose fork_of
+ * is j + 1 joins the family of request j (its leader, fork_of 0, same
+ * prompt, same OrthoRank settings; ENG_EINVAL otherwise); a family's members
+ * follow their leader contiguously and are admitted together (n slots and
+ * their KV at once; a family larger than n_seq_max is ENG_ECTXFULL). The
+ * leader prefills the prompt once; then each member gets the prompt's KV
+ * (full blocks shared by reference, the partial last block copied) and
+ * samples its first token from the same logits with its own sampler, so a
+ * member equals the same request submitted alone (same seed), its DONE
+ * reporting the whole prompt as cached (n_cached = n_prompt). Members keep
+ * nothing in the prefix cache. Prompt log-probabilities (prompt_logprobs)
+ * come from the leader only.
+ */
+eng_status eng_sched_submit_many(eng_sched *s, const eng_request_params *p, size_t n, eng_request **out);
 /* What eng_sched_submit would answer for p, without queueing anything:
  * ENG_OK, ENG_EINVAL (bad params: token ids, sampler or OrthoRank settings,
  * missing callback) or ENG_ECTXFULL (the prompt cannot fit the context, or
@@ -698,8 +742,11 @@ typedef struct {
     int32_t running, waiting;    /* requests decoding or prefilling / queued */
     int32_t kv_used, kv_total;   /* KV tokens held by running requests / budget */
     int32_t kv_cached;           /* KV tokens kept for prefix reuse (evicted on demand) */
+    int32_t kv_held;             /* KV tokens of the blocks actually held (a block shared by forks once),
+                                  * in whole blocks: what the cache's memory holds */
     int32_t last_batch_tokens;   /* tokens in the last step */
     uint64_t steps;              /* steps run so far */
+    uint64_t prompt_tokens;      /* prompt tokens computed so far (reused and forked ones not counted) */
     bool draining;
 } eng_sched_stats;
 

@@ -17,7 +17,8 @@ LAYERS = [
     ["serve"],                                     # cli_serve: loop, loading, signals, drain
     ["routes"],                                    # the route table
     ["api_responses"],                             # /v1/responses (submits through api_openai)
-    ["api_openai", "api_ops", "api_template"],     # route handlers
+    ["api_openai", "api_ops", "api_template", "api_embeddings"],  # route handlers
+    ["api_choices"],                               # several choices (n > 1, prompt lists) as one response
     ["stream"],                                    # SSE records of a job
     ["job"],                                       # a generation's state and lifetime
     ["orthorank_json"],                            # the orthorank object; GET /v1/orthorank
