@@ -383,7 +383,11 @@ TILE_KERNELS(q5_k, Q5_K)
 /* ------------------------------------------------------------------------ */
 
 #define PK_VNNI 0
+/* their prefill strips on expanded weights (quant_avx2_wide.h) */
+#define PK_WIDE(NAME) &NAME##_w_uk
+static const eng__ukernel pk_q8_0_w_uk, pk_q4_k_w_uk, pk_q6_k_w_uk;
 #include "quant_avx2_pk.h"
+#include "quant_avx2_wide.h"
 
 /* ------------------------------------------------------------------------ */
 /* Activation quantizers (bit-identical to the scalar from_float)           */

@@ -35,6 +35,11 @@
 #error "define PK_VNNI (0 or 1) before including quant_avx2_pk.h"
 #endif
 
+/* The .wide eng__ukernel of the narrow set NAME (gemm.h), or NULL. */
+#ifndef PK_WIDE
+#define PK_WIDE(NAME) NULL
+#endif
+
 #define PKAI static inline __attribute__((always_inline))
 #define PKU _Pragma("GCC unroll 8")
 /* Most activation rows per strip tile (register budget of 16 ymm). */
@@ -576,7 +581,7 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
         .gemv16 = NAME##_gemv16, .prefill_nx = 2, .strip_bytes = NAME##_strip_bytes,                   \
         .strip_pack = NAME##_strip_pack, .strip_tile = NAME##_strip_tile,                              \
         .strip_groups = PK_GROUPS, .strip_nx = NXM,                                                  \
-        .gemv16_packed = NAME##_gemv16_packed, .strip_packed = true};                                  \
+        .gemv16_packed = NAME##_gemv16_packed, .strip_packed = true, .wide = PK_WIDE(NAME)};          \
     ENG_GEMM_ENTRIES(NAME, NAME##_uk)
 
 PK_KERNELS(pk_q8_0, Q8_0, 34, 544, 34, pk_xq8, 8, PK_Q8_NX)
