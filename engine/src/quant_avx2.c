@@ -18,6 +18,8 @@
  * Q8_0, Q4_K, Q6_K: the packed-layout kernels of quant_avx2_pk.h (decode
  * and prefill strips with row lanes), included below without VNNI; the
  * avx2vnni table takes the same body built with AVX-VNNI (quant_avx2vnni.c).
+ * Without VNNI, products of 16 or more activation rows run instead on
+ * weights expanded once per strip (quant_avx2_wide.h), with the same bits.
  */
 #include "gemm.h"
 

@@ -86,8 +86,10 @@ PKAI float pk_h(const uint8_t *p)
  * arithmetic takes (the groups of a product are contiguous, so this runs on
  * into the next group; prefetches never fault, so running past the matrix
  * is harmless). Q4_K / Q6_K decode did no better with it (small-Q4_K_M,
- * bench). File-layout rows, 16 streams at once, prefetch each row PK_PF_ROW
- * ahead (pk_gather). */
+ * bench), so their prefetch distance PK_KPF is 0 (none) unless defined;
+ * measuring it again on the TinyLlama shape (4096) was drowned in the noise
+ * of a loaded machine. File-layout rows, 16 streams at once, prefetch each
+ * row PK_PF_ROW ahead (pk_gather). */
 #ifndef PK_PF
 #define PK_PF 4096
 #endif
