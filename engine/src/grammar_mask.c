@@ -1,0 +1,345 @@
+/*
+ * grammar_mask.c - compiled grammars (eng_grammar_*), the vocabulary's token
+ * trie (eng_grammar_vocab_*), and token masks (eng_matcher_mask).
+ *
+ * Tokens are byte strings (what eng_token_to_piece renders; control tokens
+ * render nothing and are never allowed; end-of-generation tokens are allowed
+ * only where the grammar accepts). Their bytes, sorted, form a trie stored
+ * in preorder, so a depth-first walk is a loop over an array that skips a
+ * subtree by jumping to its end.
+ *
+ * Masks use a per-position table, as XGrammar does: for each byte element
+ * p that can be a stack's top, one walk of the trie from the rule-local
+ * stack (p, CUT) sorts every token into "accepted" (its bytes are matched
+ * inside the rule, whatever lies below), "rejected" (they fail inside the
+ * rule before it could end) and "uncertain" (the rule could end before the
+ * token does, so the frames below decide). A step's mask is then the union
+ * of the accepted sets of its stacks' tops plus the uncertain tokens that a
+ * run of their bytes over the real stack admits. The tables are built on
+ * a position's first use and shared by every matcher of the grammar.
+ */
+#include "grammar.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TOKEN_BYTES 1024 /* longer tokens are never allowed under a grammar */
+
+/* ------------------------------------------------------------------------ */
+/* Token trie                                                               */
+/* ------------------------------------------------------------------------ */
+
+void eng_grammar_vocab_free(eng_grammar_vocab *gv)
+{
+    if (!gv) return;
+    for (int32_t i = 0; gv->bytes && i < gv->n_vocab; i++) free(gv->bytes[i]);
+    free(gv->bytes);
+    free(gv->len);
+    free(gv->eog);
+    free(gv->eog_ids);
+    free(gv->trie);
+    free(gv->ids);
+    free(gv);
+}
+
+static int cmp_tokens(const void *x, const void *y, void *ctx)
+{
+    const eng_grammar_vocab *gv = ctx;
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    size_t la = gv->len[a], lb = gv->len[b], n = la < lb ? la : lb;
+    int c = memcmp(gv->bytes[a], gv->bytes[b], n);
+    if (c) return c;
+    if (la != lb) return la < lb ? -1 : 1;
+    return a < b ? -1 : a > b;
+}
+
+/* Each token's bytes and its end-of-generation flag. */
+static eng_status token_bytes(eng_grammar_vocab *gv)
+{
+    char buf[MAX_TOKEN_BYTES];
+    for (int32_t t = 0; t < gv->n_vocab; t++) {
+        gv->eog[t] = eng_vocab_is_eog(gv->v, t);
+        if (gv->eog[t]) {
+            gv->eog_ids[gv->n_eog++] = t;
+            continue;
+        }
+        size_t n = 0;
+        if (eng_token_to_piece(gv->v, t, false, buf, sizeof buf, &n) != ENG_OK || n == 0) continue;
+        gv->bytes[t] = eng__malloc(n);
+        if (!gv->bytes[t]) return ENG_ENOMEM;
+        memcpy(gv->bytes[t], buf, n);
+        gv->len[t] = (uint16_t)n;
+        if ((int32_t)n > gv->max_len) gv->max_len = (int32_t)n;
+    }
+    return ENG_OK;
+}
+
+/* The preorder trie of the sorted tokens, with subtree ends. */
+static eng_status build_trie(eng_grammar_vocab *gv)
+{
+    int32_t n = 0;
+    size_t total = 0;
+    for (int32_t t = 0; t < gv->n_vocab; t++)
+        if (gv->bytes[t]) {
+            gv->ids[n++] = t;
+            total += gv->len[t];
+        }
+    qsort_r(gv->ids, (size_t)n, sizeof *gv->ids, cmp_tokens, gv);
+    gv->trie = eng__malloc((total + 1) * sizeof *gv->trie);
+    int32_t *path = eng__malloc(((size_t)gv->max_len + 2) * sizeof *path);
+    if (!gv->trie || !path) {
+        free(path);
+        return ENG_ENOMEM;
+    }
+    int32_t nn = 0, prev = -1;
+    for (int32_t k = 0; k < n; k++) {
+        int32_t t = gv->ids[k];
+        size_t c = 0;
+        if (prev >= 0)
+            while (c < gv->len[prev] && c < gv->len[t] && gv->bytes[prev][c] == gv->bytes[t][c]) c++;
+        for (size_t d = c + 1; d <= gv->len[t]; d++) {
+            gv->trie[nn] = (gtrie_node){gv->bytes[t][d - 1], (uint16_t)d, -1, -1, 0};
+            path[d] = nn++;
+        }
+        gtrie_node *end = &gv->trie[path[gv->len[t]]];
+        if (end->ntok++ == 0) end->tok0 = k;
+        prev = t;
+    }
+    /* subtree ends: a node's subtree ends at the next node no deeper than it */
+    int32_t sp = 0;
+    for (int32_t i = 0; i < nn; i++) {
+        while (sp > 0 && gv->trie[path[sp - 1]].depth >= gv->trie[i].depth) gv->trie[path[--sp]].skip = i;
+        path[sp++] = i;
+    }
+    while (sp > 0) gv->trie[path[--sp]].skip = nn;
+    gv->n_trie = nn;
+    free(path);
+    return ENG_OK;
+}
+
+eng_status eng_grammar_vocab_new(const eng_vocab *v, eng_grammar_vocab **out)
+{
+    if (!v || !out) return ENG_EINVAL;
+    *out = NULL;
+    eng_grammar_vocab *gv = eng__calloc(1, sizeof *gv);
+    if (!gv) return ENG_ENOMEM;
+    gv->v = v;
+    gv->n_vocab = eng_vocab_n_tokens(v);
+    size_t nv = (size_t)gv->n_vocab;
+    gv->bytes = eng__calloc(nv, sizeof *gv->bytes);
+    gv->len = eng__calloc(nv, sizeof *gv->len);
+    gv->eog = eng__calloc(nv, sizeof *gv->eog);
+    gv->eog_ids = eng__malloc(nv * sizeof *gv->eog_ids);
+    gv->ids = eng__malloc(nv * sizeof *gv->ids);
+    eng_status st = ENG_ENOMEM;
+    if (gv->bytes && gv->len && gv->eog && gv->eog_ids && gv->ids) st = token_bytes(gv);
+    if (st == ENG_OK) st = build_trie(gv);
+    if (st != ENG_OK) {
+        eng_grammar_vocab_free(gv);
+        return st;
+    }
+    *out = gv;
+    return ENG_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Grammars                                                                 */
+/* ------------------------------------------------------------------------ */
+
+eng_grammar_limits eng_grammar_default_limits(void)
+{
+    return (eng_grammar_limits){.max_bytes = 1u << 20, .max_rules = 20000, .max_elements = 200000,
+                                .max_stacks = 1024, .max_depth = 256, .max_compile_ms = 2000.0};
+}
+
+eng_status eng_grammar_new(const eng_grammar_vocab *gv, const char *gbnf, size_t len, const char *root,
+                           const eng_grammar_limits *lim, eng_grammar **out, char *err, size_t errlen)
+{
+    if (out) *out = NULL;
+    if (!gv || (!gbnf && len) || !out) return ENG_EINVAL;
+    eng_grammar_limits L = lim ? *lim : eng_grammar_default_limits();
+    if (L.max_stacks < 1 || L.max_depth < 1 || L.max_rules < 1 || L.max_elements < 1) return ENG_EINVAL;
+    eng_grammar *g = eng__calloc(1, sizeof *g);
+    if (!g) return ENG_ENOMEM;
+    eng_status st = eng__gir_parse(gbnf ? gbnf : "", len, root, &L, &g->ir, err, errlen);
+    if (st != ENG_OK) {
+        free(g);
+        return st;
+    }
+    g->cache = eng__calloc((size_t)g->ir.n_el, sizeof *g->cache);
+    if (!g->cache || pthread_mutex_init(&g->mu, NULL) != 0) {
+        eng__gir_free(&g->ir);
+        free(g->cache);
+        free(g);
+        return ENG_ENOMEM;
+    }
+    g->gv = gv;
+    g->lim = L;
+    atomic_init(&g->refs, 1);
+    *out = g;
+    return ENG_OK;
+}
+
+void eng_grammar_retain(eng_grammar *g)
+{
+    if (g) atomic_fetch_add(&g->refs, 1);
+}
+
+void eng_grammar_release(eng_grammar *g)
+{
+    if (!g || atomic_fetch_sub(&g->refs, 1) != 1) return;
+    for (int32_t i = 0; i < g->ir.n_el; i++) {
+        free(g->cache[i].acc_bits);
+        free(g->cache[i].acc);
+        free(g->cache[i].unc);
+    }
+    free(g->cache);
+    pthread_mutex_destroy(&g->mu);
+    eng__gir_free(&g->ir);
+    free(g);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-position tables                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int32_t *v;
+    int32_t n, cap;
+    bool oom;
+} ilist;
+
+static void ilist_add(ilist *l, int32_t x)
+{
+    if (l->n == l->cap) {
+        int32_t nc = l->cap ? l->cap * 2 : 64;
+        int32_t *p = eng__realloc(l->v, (size_t)nc * sizeof *p);
+        if (!p) {
+            l->oom = true;
+            return;
+        }
+        l->v = p;
+        l->cap = nc;
+    }
+    l->v[l->n++] = x;
+}
+
+static void add_range(ilist *l, const eng_grammar_vocab *gv, int32_t from, int32_t to)
+{
+    for (int32_t j = from; j < to; j++)
+        for (int32_t k = 0; k < gv->trie[j].ntok; k++) ilist_add(l, gv->ids[gv->trie[j].tok0 + k]);
+}
+
+/* One walk of the trie from the rule-local stack (pos, CUT). */
+static void walk_position(eng_matcher *m, int32_t pos, ilist *acc, ilist *unc)
+{
+    const eng_grammar_vocab *gv = m->g->gv;
+    garena *a = &m->a;
+    const int32_t base = a->n;
+    gset *L = m->lvl;
+    bool esc[MAX_TOKEN_BYTES + 2];
+    L[0].n = 0;
+    L[0].accept = L[0].cut = L[0].overflow = false;
+    eng__gset_reserve(&L[0], 1);
+    L[0].s[0] = (gstack){pos, GSTK_CUT};
+    L[0].n = 1;
+    m->lvl_mark[0] = a->n;
+    esc[0] = false;
+    for (int32_t i = 0; i < gv->n_trie;) {
+        const gtrie_node *nd = &gv->trie[i];
+        int32_t d = nd->depth;
+        eng__garena_rewind(a, m->lvl_mark[d - 1]);
+        eng__gset_advance(a, &L[d - 1], nd->byte, &L[d]);
+        m->lvl_mark[d] = a->n;
+        esc[d] = esc[d - 1] || L[d].cut;
+        bool alive = L[d].n > 0;
+        if (nd->ntok) {
+            if (alive || L[d].cut) add_range(acc, gv, i, i + 1);
+            else if (esc[d - 1]) add_range(unc, gv, i, i + 1);
+        }
+        if (!alive) {
+            if (esc[d]) add_range(unc, gv, i + 1, nd->skip);
+            i = nd->skip;
+            continue;
+        }
+        i++;
+    }
+    eng__garena_rewind(a, base);
+}
+
+static bool fill_position(eng_matcher *m, int32_t pos, gpos_cache *c)
+{
+    ilist acc = {0}, unc = {0};
+    walk_position(m, pos, &acc, &unc);
+    int32_t nv = m->g->gv->n_vocab;
+    if (!acc.oom && !unc.oom && acc.n > nv / 32) {
+        c->acc_bits = eng__calloc(((size_t)nv + 31) / 32, sizeof *c->acc_bits);
+        if (c->acc_bits)
+            for (int32_t i = 0; i < acc.n; i++) c->acc_bits[acc.v[i] >> 5] |= 1u << (acc.v[i] & 31);
+        free(acc.v);
+        acc.v = NULL;
+        if (!c->acc_bits) acc.oom = true;
+    }
+    if (acc.oom || unc.oom) {
+        free(acc.v);
+        free(unc.v);
+        free(c->acc_bits);
+        c->acc_bits = NULL;
+        return false;
+    }
+    c->acc = acc.v;
+    c->n_acc = acc.n;
+    c->unc = unc.v;
+    c->n_unc = unc.n;
+    c->ready = true;
+    return true;
+}
+
+/* The table of a stack top, built on first use (under the grammar's lock). */
+static const gpos_cache *position_table(eng_matcher *m, int32_t pos)
+{
+    eng_grammar *g = m->g;
+    gpos_cache *c = &g->cache[pos];
+    pthread_mutex_lock(&g->mu);
+    bool ok = c->ready || fill_position(m, pos, c);
+    pthread_mutex_unlock(&g->mu);
+    return ok ? c : NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Masks                                                                    */
+/* ------------------------------------------------------------------------ */
+
+int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits)
+{
+    if (!m || !bits) return -1;
+    const eng_grammar_vocab *gv = m->g->gv;
+    const size_t nw = ((size_t)gv->n_vocab + 31) / 32;
+    memset(bits, 0, nw * sizeof *bits);
+    gset one = {0};
+    gstack st;
+    one.s = &st;
+    one.cap = 1;
+    for (int32_t i = 0; i < m->cur.n; i++) {
+        const gpos_cache *c = position_table(m, m->cur.s[i].pos);
+        if (!c) return -1;
+        if (c->acc_bits) {
+            for (size_t w = 0; w < nw; w++) bits[w] |= c->acc_bits[w];
+        } else {
+            for (int32_t k = 0; k < c->n_acc; k++) bits[c->acc[k] >> 5] |= 1u << (c->acc[k] & 31);
+        }
+        st = m->cur.s[i];
+        one.n = 1;
+        for (int32_t k = 0; k < c->n_unc; k++) {
+            int32_t t = c->unc[k];
+            if ((bits[t >> 5] >> (t & 31)) & 1u) continue;
+            if (eng__matcher_run(m, &one, gv->bytes[t], gv->len[t])) bits[t >> 5] |= 1u << (t & 31);
+            eng__garena_rewind(&m->a, m->mark);
+        }
+    }
+    if (m->cur.accept)
+        for (int32_t k = 0; k < gv->n_eog; k++) bits[gv->eog_ids[k] >> 5] |= 1u << (gv->eog_ids[k] & 31);
+    int32_t n = 0;
+    for (size_t w = 0; w < nw; w++) n += __builtin_popcount(bits[w]);
+    return n;
+}
