@@ -56,6 +56,11 @@ typedef struct {
                                      * orthorank_<field>: sparsity, token_ratio, decode, method,
                                      * min_tokens), checked without a model */
     char *orthorank_plan;    /* plan file; "": MODEL.orthorank.json beside the model if present */
+    /* structured output bounds (grammar_*: eng_grammar_limits; schema_*: schema_limits) */
+    long grammar_max_bytes, grammar_max_rules, grammar_max_elements, grammar_max_stacks, grammar_max_depth;
+    double grammar_max_compile_ms;
+    long grammar_cache;      /* compiled grammars kept */
+    long schema_max_depth, schema_max_count;
     char *config_file;       /* the file that was read, or NULL */
 } srv_config;
 

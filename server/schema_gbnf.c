@@ -111,7 +111,7 @@ static void json_lit(sc *c, sbuf *b, json_t *v)
 static int new_rule_id(sc *c, const char *ptr)
 {
     if (c->n_rules >= c->lim->max_rules) {
-        fail(c, ptr, "schema too large: it needs more than %d grammar rules (schema_max_rules)", c->lim->max_rules);
+        fail(c, ptr, "schema too large: it needs more than %d grammar rules (grammar_max_rules)", c->lim->max_rules);
         return -1;
     }
     return c->n_rules++;
@@ -126,7 +126,7 @@ static void put_rule(sc *c, int id, sbuf *body)
               sbuf_add(&c->out, "\n", 1);
     if (!ok) fail(c, "", "out of memory");
     if (c->out.n > c->lim->max_bytes)
-        fail(c, "", "schema too large: its grammar exceeds %zu bytes (schema_max_grammar_bytes)", c->lim->max_bytes);
+        fail(c, "", "schema too large: its grammar exceeds %zu bytes (grammar_max_bytes)", c->lim->max_bytes);
 }
 
 static int gen(sc *c, json_t *s, const char *ptr, int depth);

@@ -24,6 +24,9 @@ LAYERS = [
     ["http"],                                      # MHD in libuv, routing by table, hooks
     ["srv_metrics", "log"],                        # the server's metrics; log lines
     ["request", "plan"],                           # request bodies -> engine parameters; plan files
+    ["rformat", "grammar_cache"],                  # structured-output fields -> GBNF; compiled grammars
+    ["schema_gbnf"],                               # JSON Schema -> GBNF
+    ["regex_gbnf"],                                # "pattern" -> GBNF
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
     ["metrics", "bridge", "textbuf", "config"],
     ["sbuf", "jsoncount"],
