@@ -88,6 +88,8 @@ typedef struct {
     bool overflow;      /* paths beyond max_stacks were dropped */
 } gset;
 
+/* The frame (pos, parent), made if needed; -1 past max_depth or out of memory. */
+int32_t eng__garena_frame(garena *a, int32_t pos, int32_t parent);
 eng_status eng__garena_init(garena *a, const gir *g, int32_t max_depth, int32_t max_stacks);
 void eng__garena_free(garena *a);
 /* Drop frames >= mark (made after it) from the arena and its hash. */
@@ -124,8 +126,12 @@ struct eng_grammar_vocab {
     int32_t max_len;    /* the longest token in bytes */
 };
 
-/* What tokens do from one stack top, whatever lies below it. */
+/* What tokens do from the top GTAB_K frames of a stack (its context),
+ * whatever lies below them. */
+#define GTAB_K 3
+
 typedef struct {
+    int32_t key[GTAB_K];  /* the top frames' positions, then GSTK_ROOT if the stack ends (or GSTK_CUT) */
     bool ready;
     uint32_t *acc_bits; /* always accepted: a bitmap, or NULL with ... */
     int32_t *acc;       /* ... a list of ids */
@@ -139,8 +145,9 @@ struct eng_grammar {
     const eng_grammar_vocab *gv;
     gir ir;
     eng_grammar_limits lim;
-    pthread_mutex_t mu;     /* guards cache filling */
-    gpos_cache *cache;      /* (ir.n_el) per GE_BYTES position, filled on first use */
+    pthread_mutex_t mu;     /* guards the tables */
+    gpos_cache *tab;        /* (n_tab_cap) open addressing by key, filled on first use */
+    uint32_t n_tab, n_tab_cap;
 };
 
 /* One sequence's parse state. */

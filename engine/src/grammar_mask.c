@@ -158,7 +158,7 @@ eng_status eng_grammar_new(const eng_grammar_vocab *gv, const char *gbnf, size_t
     if (out) *out = NULL;
     if (!gv || (!gbnf && len) || !out) return ENG_EINVAL;
     eng_grammar_limits L = lim ? *lim : eng_grammar_default_limits();
-    if (L.max_stacks < 1 || L.max_depth < 1 || L.max_rules < 1 || L.max_elements < 1) return ENG_EINVAL;
+    if (L.max_stacks < 1 || L.max_depth < GTAB_K + 1 || L.max_rules < 1 || L.max_elements < 1) return ENG_EINVAL;
     eng_grammar *g = eng__calloc(1, sizeof *g);
     if (!g) return ENG_ENOMEM;
     eng_status st = eng__gir_parse(gbnf ? gbnf : "", len, root, &L, &g->ir, err, errlen);
@@ -166,10 +166,11 @@ eng_status eng_grammar_new(const eng_grammar_vocab *gv, const char *gbnf, size_t
         free(g);
         return st;
     }
-    g->cache = eng__calloc((size_t)g->ir.n_el, sizeof *g->cache);
-    if (!g->cache || pthread_mutex_init(&g->mu, NULL) != 0) {
+    g->n_tab_cap = 64;
+    g->tab = eng__calloc(g->n_tab_cap, sizeof *g->tab);
+    if (!g->tab || pthread_mutex_init(&g->mu, NULL) != 0) {
         eng__gir_free(&g->ir);
-        free(g->cache);
+        free(g->tab);
         free(g);
         return ENG_ENOMEM;
     }
@@ -188,12 +189,12 @@ void eng_grammar_retain(eng_grammar *g)
 void eng_grammar_release(eng_grammar *g)
 {
     if (!g || atomic_fetch_sub(&g->refs, 1) != 1) return;
-    for (int32_t i = 0; i < g->ir.n_el; i++) {
-        free(g->cache[i].acc_bits);
-        free(g->cache[i].acc);
-        free(g->cache[i].unc);
+    for (uint32_t i = 0; i < g->n_tab_cap; i++) {
+        free(g->tab[i].acc_bits);
+        free(g->tab[i].acc);
+        free(g->tab[i].unc);
     }
-    free(g->cache);
+    free(g->tab);
     pthread_mutex_destroy(&g->mu);
     eng__gir_free(&g->ir);
     free(g);
@@ -230,18 +231,23 @@ static void add_range(ilist *l, const eng_grammar_vocab *gv, int32_t from, int32
         for (int32_t k = 0; k < gv->trie[j].ntok; k++) ilist_add(l, gv->ids[gv->trie[j].tok0 + k]);
 }
 
-/* One walk of the trie from the rule-local stack (pos, CUT). */
-static void walk_position(eng_matcher *m, int32_t pos, ilist *acc, ilist *unc)
+/* One walk of the trie from the stack the key describes (its frames, then
+ * GSTK_CUT where the key does not reach the stack's end). */
+static void walk_position(eng_matcher *m, const int32_t *key, ilist *acc, ilist *unc)
 {
     const eng_grammar_vocab *gv = m->g->gv;
     garena *a = &m->a;
     const int32_t base = a->n;
     gset *L = m->lvl;
     bool esc[MAX_TOKEN_BYTES + 2];
+    int32_t below = GSTK_CUT;
+    int32_t k = GTAB_K - 1;
+    while (k > 0 && key[k] < 0) below = key[k--];
+    for (; k > 0 && below >= GSTK_CUT; k--) below = key[k] >= 0 ? eng__garena_frame(a, key[k], below) : key[k];
     L[0].n = 0;
     L[0].accept = L[0].cut = L[0].overflow = false;
     eng__gset_reserve(&L[0], 1);
-    L[0].s[0] = (gstack){pos, GSTK_CUT};
+    L[0].s[0] = (gstack){key[0], below < GSTK_CUT ? GSTK_CUT : below};
     L[0].n = 1;
     m->lvl_mark[0] = a->n;
     esc[0] = false;
@@ -254,7 +260,7 @@ static void walk_position(eng_matcher *m, int32_t pos, ilist *acc, ilist *unc)
         esc[d] = esc[d - 1] || L[d].cut;
         bool alive = L[d].n > 0;
         if (nd->ntok) {
-            if (alive || L[d].cut) add_range(acc, gv, i, i + 1);
+            if (alive || L[d].cut || L[d].accept) add_range(acc, gv, i, i + 1);
             else if (esc[d - 1]) add_range(unc, gv, i, i + 1);
         }
         if (!alive) {
@@ -267,10 +273,10 @@ static void walk_position(eng_matcher *m, int32_t pos, ilist *acc, ilist *unc)
     eng__garena_rewind(a, base);
 }
 
-static bool fill_position(eng_matcher *m, int32_t pos, gpos_cache *c)
+static bool fill_position(eng_matcher *m, gpos_cache *c)
 {
     ilist acc = {0}, unc = {0};
-    walk_position(m, pos, &acc, &unc);
+    walk_position(m, c->key, &acc, &unc);
     int32_t nv = m->g->gv->n_vocab;
     if (!acc.oom && !unc.oom && acc.n > nv / 32) {
         c->acc_bits = eng__calloc(((size_t)nv + 31) / 32, sizeof *c->acc_bits);
@@ -295,15 +301,61 @@ static bool fill_position(eng_matcher *m, int32_t pos, gpos_cache *c)
     return true;
 }
 
-/* The table of a stack top, built on first use (under the grammar's lock). */
-static const gpos_cache *position_table(eng_matcher *m, int32_t pos)
+static uint32_t key_hash(const int32_t *k)
 {
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < GTAB_K; i++) h = (h ^ (uint32_t)k[i]) * 16777619u;
+    return h;
+}
+
+/* The slot of key in the table (under the lock): its entry, or the empty
+ * one where it goes; NULL when the table cannot grow. */
+static gpos_cache *table_slot(eng_grammar *g, const int32_t *key)
+{
+    if (2 * (g->n_tab + 1) > g->n_tab_cap) {
+        uint32_t nc = g->n_tab_cap * 2;
+        gpos_cache *nt = eng__calloc(nc, sizeof *nt);
+        if (!nt) return NULL;
+        for (uint32_t i = 0; i < g->n_tab_cap; i++) {
+            if (!g->tab[i].ready) continue;
+            uint32_t j = key_hash(g->tab[i].key) & (nc - 1);
+            while (nt[j].ready) j = (j + 1) & (nc - 1);
+            nt[j] = g->tab[i];
+        }
+        free(g->tab);
+        g->tab = nt;
+        g->n_tab_cap = nc;
+    }
+    uint32_t j = key_hash(key) & (g->n_tab_cap - 1);
+    while (g->tab[j].ready && memcmp(g->tab[j].key, key, sizeof g->tab[j].key))
+        j = (j + 1) & (g->n_tab_cap - 1);
+    return &g->tab[j];
+}
+
+/* The table of a stack's context, built on first use (under the grammar's
+ * lock). The table holds copies: a pointer into it stays valid only while
+ * the lock is held, so the caller gets the entry copied. */
+static bool context_table(eng_matcher *m, const gstack *st, gpos_cache *out)
+{
+    int32_t key[GTAB_K];
+    key[0] = st->pos;
+    int32_t f = st->parent;
+    for (int i = 1; i < GTAB_K; i++) {
+        key[i] = f >= 0 ? m->a.nodes[f].pos : f;
+        if (f >= 0) f = m->a.nodes[f].parent;
+    }
     eng_grammar *g = m->g;
-    gpos_cache *c = &g->cache[pos];
     pthread_mutex_lock(&g->mu);
-    bool ok = c->ready || fill_position(m, pos, c);
+    gpos_cache *c = table_slot(g, key);
+    bool ok = c != NULL;
+    if (ok && !c->ready) {
+        memcpy(c->key, key, sizeof key);
+        ok = fill_position(m, c);
+        if (ok) g->n_tab++;
+    }
+    if (ok) *out = *c;
     pthread_mutex_unlock(&g->mu);
-    return ok ? c : NULL;
+    return ok;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -321,8 +373,9 @@ int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits)
     one.s = &st;
     one.cap = 1;
     for (int32_t i = 0; i < m->cur.n; i++) {
-        const gpos_cache *c = position_table(m, m->cur.s[i].pos);
-        if (!c) return -1;
+        gpos_cache tc;
+        if (!context_table(m, &m->cur.s[i], &tc)) return -1;
+        const gpos_cache *c = &tc;
         if (c->acc_bits) {
             for (size_t w = 0; w < nw; w++) bits[w] |= c->acc_bits[w];
         } else {

@@ -85,7 +85,7 @@ void eng__garena_rewind(garena *a, int32_t mark)
 
 /* The frame (pos, parent); -1 when it would be deeper than max_depth or
  * memory ran out (the path is dropped). */
-static int32_t frame_get(garena *a, int32_t pos, int32_t parent)
+int32_t eng__garena_frame(garena *a, int32_t pos, int32_t parent)
 {
     uint32_t h = frame_hash(pos, parent);
     for (int32_t i = a->head[h & (uint32_t)(a->n_bucket - 1)]; i >= 0; i = a->next[i])
@@ -174,7 +174,7 @@ static void expand(xctx *x, int32_t pos, int32_t parent, int32_t rec)
     } else {
         int32_t ret = parent;
         if (g->el[pos + 1].kind != GE_END) {
-            ret = frame_get(x->a, pos + 1, parent);
+            ret = eng__garena_frame(x->a, pos + 1, parent);
             if (ret < 0) {
                 x->out->overflow = true;
                 return;
