@@ -240,8 +240,12 @@ static int attach_grammar(validation *v)
     e->type = st == ENG_EINVAL ? "invalid_request_error" : "server_error";
     e->code = st == ENG_EINVAL ? "invalid_grammar" : NULL;
     snprintf(e->param, sizeof e->param, "%s", q->grammar_param);
-    snprintf(e->message, sizeof e->message, "%s: %s", q->grammar_param,
-             st == ENG_EINVAL ? msg : eng_strerror(st));
+    if (st == ENG_EINVAL && strcmp(q->grammar_param, "grammar") && strstr(msg, "left-recursive"))
+        snprintf(e->message, sizeof e->message, "%s: the schema recurses (through $ref, anyOf or allOf) before "
+                 "matching any character, so no finite value matches it", q->grammar_param);
+    else
+        snprintf(e->message, sizeof e->message, "%s: %s", q->grammar_param,
+                 st == ENG_EINVAL ? msg : eng_strerror(st));
     api_request_free(q);
     return -1;
 }
