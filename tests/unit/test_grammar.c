@@ -251,3 +251,103 @@ Test(grammar, long_outputs_keep_memory_bounded)
     eng_grammar_release(g);
     tv_free(&t);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Through the scheduler                                                    */
+/* ------------------------------------------------------------------------ */
+
+#include <math.h>
+#include <pthread.h>
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char text[2048];
+    size_t n;
+    int32_t n_tok;
+    bool done, lp_ok;
+    eng_finish_reason finish;
+    const eng_vocab *v;
+} sink;
+
+static void on_ev(const eng_event *ev, void *user)
+{
+    sink *k = user;
+    pthread_mutex_lock(&k->mu);
+    if (ev->type == ENG_EVENT_TOKEN) {
+        size_t got = 0;
+        if (k->n + 64 < sizeof k->text &&
+            eng_token_to_piece(k->v, ev->token, false, k->text + k->n, sizeof k->text - k->n - 1, &got) == ENG_OK)
+            k->n += got;
+        k->n_tok++;
+        /* logprobs of the masked distribution: the chosen token has probability > 0 and the
+         * alternatives' probabilities sum to at most 1 */
+        double mass = 0;
+        for (int i = 0; i < ev->n_top; i++) mass += exp(ev->top_logprobs[i]);
+        if (!(ev->logprob > -INFINITY) || mass > 1.0001) k->lp_ok = false;
+    } else if (ev->type == ENG_EVENT_DONE) {
+        k->done = true;
+        k->finish = ev->finish;
+        pthread_cond_broadcast(&k->cv);
+    }
+    pthread_mutex_unlock(&k->mu);
+}
+
+Test(grammar, scheduler_batches_constrained_and_free_sequences, .timeout = 300)
+{
+    char err[256];
+    eng_model *m = NULL;
+    cr_assert_eq(eng_model_load(td_path("models/tiny256-F32.gguf"), NULL, &m, err, sizeof err), ENG_OK, "%s", err);
+    const eng_vocab *v = eng_model_vocab(m);
+    eng_grammar_vocab *gv = NULL;
+    cr_assert_eq(eng_grammar_vocab_new(v, &gv), ENG_OK);
+    eng_grammar *g = compile(gv, "root ::= \"[\" ([0-9] (\",\" [0-9]){0,5})? \"]\"\n");
+    eng_sched_params sp = eng_sched_default_params();
+    sp.n_ctx = 128;
+    sp.n_seq_max = 4;
+    eng_sched *s = NULL;
+    cr_assert_eq(eng_sched_new(m, &sp, &s), ENG_OK);
+    int32_t prompt[3] = {1, 300, 301};
+    enum { N = 8 };
+    sink k[N];
+    eng_request *rq[N];
+    for (int i = 0; i < N; i++) {
+        memset(&k[i], 0, sizeof k[i]);
+        pthread_mutex_init(&k[i].mu, NULL);
+        pthread_cond_init(&k[i].cv, NULL);
+        k[i].v = v;
+        k[i].lp_ok = true;
+        eng_request_params p = {0};
+        p.prompt = prompt;
+        p.n_prompt = 3;
+        p.max_tokens = i == 7 ? 3 : 60; /* one is cut short: its text must be a prefix */
+        p.sampling = eng_sampler_default_params();
+        p.sampling.temperature = 1.5f;
+        p.sampling.seed = (uint64_t)i;
+        p.n_logprobs = 3;
+        p.on_event = on_ev;
+        p.user = &k[i];
+        p.grammar = i % 2 == 0 || i == 7 ? g : NULL; /* free sequences share the steps */
+        cr_assert_eq(eng_sched_submit(s, &p, &rq[i]), ENG_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_mutex_lock(&k[i].mu);
+        while (!k[i].done) pthread_cond_wait(&k[i].cv, &k[i].mu);
+        pthread_mutex_unlock(&k[i].mu);
+        eng_request_release(rq[i]);
+        if (i % 2 && i != 7) continue;
+        k[i].text[k[i].n] = 0;
+        cr_assert(k[i].lp_ok, "sequence %d: logprobs not of the masked distribution", i);
+        if (i == 7) {
+            cr_assert_eq(k[i].finish, ENG_FINISH_LENGTH);
+            cr_assert_neq(classify(g, k[i].text), -1, "'%s' is a prefix", k[i].text);
+        } else {
+            cr_assert_eq(k[i].finish, ENG_FINISH_STOP, "sequence %d: '%s'", i, k[i].text);
+            cr_assert_eq(classify(g, k[i].text), 1, "sequence %d: '%s' is a sentence", i, k[i].text);
+        }
+    }
+    eng_sched_free(s);
+    eng_grammar_release(g); /* the requests held their own references */
+    eng_grammar_vocab_free(gv);
+    eng_model_free(m);
+}

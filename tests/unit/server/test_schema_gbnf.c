@@ -216,3 +216,33 @@ Test(schema_gbnf, json_object_mode)
     NO(g, "\"s\"");
     eng_grammar_release(g);
 }
+
+#include "grammar_cache.h"
+
+Test(schema_gbnf, grammar_cache_hits_and_evicts)
+{
+    eng_grammar_limits lim = eng_grammar_default_limits();
+    grammar_cache *gc = grammar_cache_new(V, &lim, 2);
+    cr_assert_not_null(gc);
+    const char *a = "root ::= \"a\"", *b = "root ::= \"b\"", *c = "root ::= \"c\"";
+    eng_grammar *g1, *g2;
+    bool hit;
+    char err[256];
+    cr_assert_eq(grammar_cache_get(gc, a, strlen(a), &g1, &hit, err, sizeof err), ENG_OK);
+    cr_assert_not(hit);
+    cr_assert_eq(grammar_cache_get(gc, a, strlen(a), &g2, &hit, err, sizeof err), ENG_OK);
+    cr_assert(hit);
+    cr_assert_eq(g1, g2, "the same compiled grammar");
+    eng_grammar_release(g1);
+    eng_grammar_release(g2);
+    cr_assert_eq(grammar_cache_get(gc, b, strlen(b), &g1, &hit, err, sizeof err), ENG_OK);
+    eng_grammar_release(g1);
+    cr_assert_eq(grammar_cache_get(gc, c, strlen(c), &g1, &hit, err, sizeof err), ENG_OK); /* evicts a */
+    eng_grammar_release(g1);
+    cr_assert_eq(grammar_cache_get(gc, a, strlen(a), &g1, &hit, err, sizeof err), ENG_OK);
+    cr_assert_not(hit, "the least recently used entry went");
+    eng_grammar_release(g1);
+    cr_assert_eq(grammar_cache_get(gc, "root ::= x", 10, &g1, &hit, err, sizeof err), ENG_EINVAL);
+    cr_assert(strstr(err, "'x'"), "%s", err);
+    grammar_cache_free(gc);
+}
