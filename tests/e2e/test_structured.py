@@ -71,6 +71,12 @@ class StructuredTest(unittest.TestCase):
                                  "json_schema": PERSON})
             self.assertTrue(person_ok(json.loads(c["text"])), c)
 
+    def test_with_orthorank(self):
+        c = self.post_ok(CH, chat(seed=5, response_format=schema_format(PERSON),
+                                  orthorank={"sparsity": 0.25, "token_ratio": 0.5}))
+        self.assertEqual(c["finish_reason"], "stop", c)
+        self.assertTrue(person_ok(json.loads(c["message"]["content"])), c)
+
     def test_json_object(self):
         finished = 0
         for seed in range(6):
