@@ -116,6 +116,9 @@ typedef struct {
 
 /* One run: steps decode steps of b sequences; adds the mean dense-step and
  * mask times (ms) to *dense and *mask. */
+static long walked_bytes, objects_done; /* what the runs walked through the grammar */
+static const eng_vocab *bench_vocab;
+
 static void run_steps(eng_context *ctx, eng_grammar *g, int b, int steps, int32_t n_vocab, uint64_t seed,
                       double *dense, double *mask)
 {
@@ -164,7 +167,13 @@ static void run_steps(eng_context *ctx, eng_grammar *g, int b, int steps, int32_
             ta = now_ms();
             bool ok = t >= 0 && eng_matcher_accept(q[i].m, t) == ENG_OK;
             tm += now_ms() - ta;
+            if (ok) {
+                char piece[256];
+                size_t np = 0;
+                if (eng_token_to_piece(bench_vocab, t, false, piece, sizeof piece, &np) == ENG_OK) walked_bytes += (long)np;
+            }
             if (!ok || !eng_matcher_can_continue(q[i].m)) {
+                objects_done += ok;
                 eng_matcher_free(q[i].m); /* the object is complete: start another */
                 eng_matcher_new(g, &q[i].m);
                 t = 1;
@@ -231,6 +240,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const eng_vocab *v = eng_model_vocab(m);
+    bench_vocab = v;
     int32_t nv = eng_vocab_n_tokens(v);
     double t0 = now_ms();
     eng_grammar_vocab *gv = NULL;
@@ -260,6 +270,8 @@ int main(int argc, char **argv)
         if (bi == 0)
             printf("cold first run (builds the per-position tables), batch 1: dense %.2f ms/step, mask %.3f "
                    "ms/step\n", cold_d, cold_m);
+        printf("  (the runs wrote %ld bytes of JSON, %ld objects complete)\n", walked_bytes, objects_done);
+        walked_bytes = objects_done = 0;
         printf("batch %d: dense decode %.2f ms/step, masking %.3f ms/step (all %d sequences) = %.2f %% of the "
                "dense step (median of %d runs of %d steps)\n", b, median(d, runs), median(k, runs), b,
                100.0 * median(fr, runs), runs, steps);
