@@ -24,6 +24,9 @@
 #include <string.h>
 
 #define MAX_TOKEN_BYTES 1024 /* longer tokens are never allowed under a grammar */
+/* Context tables a grammar keeps; past it they are built per step and
+ * dropped (memory stays bounded). A variable so that tests can lower it. */
+int32_t eng__grammar_max_tables = 4096;
 
 /* ------------------------------------------------------------------------ */
 /* Token trie                                                               */
@@ -347,20 +350,58 @@ static bool context_table(eng_matcher *m, const gstack *st, gpos_cache *out)
     eng_grammar *g = m->g;
     pthread_mutex_lock(&g->mu);
     gpos_cache *c = table_slot(g, key);
-    bool ok = c != NULL;
+    bool ok = c != NULL, keep = true;
     if (ok && !c->ready) {
-        memcpy(c->key, key, sizeof key);
-        ok = fill_position(m, c);
-        if (ok) g->n_tab++;
+        if ((int32_t)g->n_tab >= eng__grammar_max_tables) {
+            /* a grammar with this many contexts gets no more tables kept (memory stays bounded):
+             * this one is built for the step and dropped by the caller */
+            memset(out, 0, sizeof *out);
+            memcpy(out->key, key, sizeof key);
+            ok = fill_position(m, out);
+            keep = false;
+        } else {
+            memcpy(c->key, key, sizeof key);
+            ok = fill_position(m, c);
+            if (ok) g->n_tab++;
+        }
     }
-    if (ok) *out = *c;
+    if (ok && keep) *out = *c;
+    out->ready = keep; /* false: the caller owns and frees out's arrays */
     pthread_mutex_unlock(&g->mu);
     return ok;
+}
+
+static void table_drop(gpos_cache *t)
+{
+    if (t->ready) return;
+    free(t->acc_bits);
+    free(t->acc);
+    free(t->unc);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Masks                                                                    */
 /* ------------------------------------------------------------------------ */
+
+/* Add to bits what one stack allows: its context's accepted tokens, and
+ * the uncertain ones that a run of their bytes over the whole stack admits. */
+static void mask_stack(eng_matcher *m, const gpos_cache *c, const gstack *top, uint32_t *bits, size_t nw)
+{
+    const eng_grammar_vocab *gv = m->g->gv;
+    if (c->acc_bits) {
+        for (size_t w = 0; w < nw; w++) bits[w] |= c->acc_bits[w];
+    } else {
+        for (int32_t k = 0; k < c->n_acc; k++) bits[c->acc[k] >> 5] |= 1u << (c->acc[k] & 31);
+    }
+    gstack st = *top;
+    gset one = {.s = &st, .n = 1, .cap = 1};
+    for (int32_t k = 0; k < c->n_unc; k++) {
+        int32_t t = c->unc[k];
+        if ((bits[t >> 5] >> (t & 31)) & 1u) continue;
+        if (eng__matcher_run(m, &one, gv->bytes[t], gv->len[t])) bits[t >> 5] |= 1u << (t & 31);
+        eng__garena_rewind(&m->a, m->mark);
+    }
+}
 
 int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits)
 {
@@ -368,27 +409,11 @@ int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits)
     const eng_grammar_vocab *gv = m->g->gv;
     const size_t nw = ((size_t)gv->n_vocab + 31) / 32;
     memset(bits, 0, nw * sizeof *bits);
-    gset one = {0};
-    gstack st;
-    one.s = &st;
-    one.cap = 1;
     for (int32_t i = 0; i < m->cur.n; i++) {
         gpos_cache tc;
         if (!context_table(m, &m->cur.s[i], &tc)) return -1;
-        const gpos_cache *c = &tc;
-        if (c->acc_bits) {
-            for (size_t w = 0; w < nw; w++) bits[w] |= c->acc_bits[w];
-        } else {
-            for (int32_t k = 0; k < c->n_acc; k++) bits[c->acc[k] >> 5] |= 1u << (c->acc[k] & 31);
-        }
-        st = m->cur.s[i];
-        one.n = 1;
-        for (int32_t k = 0; k < c->n_unc; k++) {
-            int32_t t = c->unc[k];
-            if ((bits[t >> 5] >> (t & 31)) & 1u) continue;
-            if (eng__matcher_run(m, &one, gv->bytes[t], gv->len[t])) bits[t >> 5] |= 1u << (t & 31);
-            eng__garena_rewind(&m->a, m->mark);
-        }
+        mask_stack(m, &tc, &m->cur.s[i], bits, nw);
+        table_drop(&tc);
     }
     if (m->cur.accept)
         for (int32_t k = 0; k < gv->n_eog; k++) bits[gv->eog_ids[k] >> 5] |= 1u << (gv->eog_ids[k] & 31);

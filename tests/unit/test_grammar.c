@@ -205,6 +205,15 @@ Test(grammar, masks_match_brute_force_spm, .timeout = 600)
     tv_free(&t);
 }
 
+Test(grammar, masks_without_kept_tables, .timeout = 600)
+{
+    tvocab t = tv_spm();
+    eng__grammar_max_tables = 2; /* past two, every table is built for its step and dropped */
+    check_masks(&t, JSONISH, 5, 4);
+    eng__grammar_max_tables = 4096;
+    tv_free(&t);
+}
+
 Test(grammar, masks_match_brute_force_bpe, .timeout = 600)
 {
     tvocab t;
