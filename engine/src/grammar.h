@@ -77,6 +77,7 @@ typedef struct {
     int32_t n, cap, n_bucket;
     int32_t max_depth, max_stacks;
     bool oom;
+    int64_t work;       /* expansion steps so far (bounds the work of one mask) */
 } garena;
 
 /* The result of advancing a set of stacks: the new set and two flags. */

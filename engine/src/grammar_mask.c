@@ -28,6 +28,11 @@
  * dropped (memory stays bounded). A variable so that tests can lower it. */
 int32_t eng__grammar_max_tables = 4096;
 
+/* Expansion steps one mask may take (about a second of work): a grammar
+ * ambiguous enough to need more fails its request instead of stalling
+ * every sequence of the scheduler. */
+#define MASK_WORK_MAX 100000000LL
+
 /* ------------------------------------------------------------------------ */
 /* Token trie                                                               */
 /* ------------------------------------------------------------------------ */
@@ -254,7 +259,12 @@ static void walk_position(eng_matcher *m, const int32_t *key, ilist *acc, ilist 
     L[0].n = 1;
     m->lvl_mark[0] = a->n;
     esc[0] = false;
+    const int64_t work0 = a->work;
     for (int32_t i = 0; i < gv->n_trie;) {
+        if (a->work - work0 > MASK_WORK_MAX) {
+            acc->oom = true; /* fails the table */
+            break;
+        }
         const gtrie_node *nd = &gv->trie[i];
         int32_t d = nd->depth;
         eng__garena_rewind(a, m->lvl_mark[d - 1]);
@@ -409,11 +419,13 @@ int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits)
     const eng_grammar_vocab *gv = m->g->gv;
     const size_t nw = ((size_t)gv->n_vocab + 31) / 32;
     memset(bits, 0, nw * sizeof *bits);
+    const int64_t work0 = m->a.work;
     for (int32_t i = 0; i < m->cur.n; i++) {
         gpos_cache tc;
-        if (!context_table(m, &m->cur.s[i], &tc)) return -1;
+        if (!context_table(m, &m->cur.s[i], &tc)) return m->a.work - work0 > MASK_WORK_MAX ? -2 : -1;
         mask_stack(m, &tc, &m->cur.s[i], bits, nw);
         table_drop(&tc);
+        if (m->a.work - work0 > MASK_WORK_MAX) return -2;
     }
     if (m->cur.accept)
         for (int32_t k = 0; k < gv->n_eog; k++) bits[gv->eog_ids[k] >> 5] |= 1u << (gv->eog_ids[k] & 31);

@@ -159,6 +159,7 @@ static void add_stack(xctx *x, int32_t pos, int32_t parent)
 
 static void expand(xctx *x, int32_t pos, int32_t parent, int32_t rec)
 {
+    x->a->work++;
     if (rec > EXPAND_RECURSION_MAX || --x->work < 0) {
         x->out->overflow = true;
         return;

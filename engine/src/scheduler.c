@@ -444,7 +444,7 @@ static void emit_logprob(eng_sched *s, eng_request *r, eng_event_type type, int3
 static eng_finish_reason grammar_logits(eng_sched *s, eng_request *r, const float *logits, eng_status *st)
 {
     int32_t n = eng_matcher_mask(r->matcher, r->allowed);
-    if (n < 0) *st = ENG_ENOMEM;
+    if (n < 0) *st = n == -1 ? ENG_ENOMEM : ENG_EUNSUPPORTED; /* -2: too ambiguous to mask */
     if (n <= 0) return n == 0 && eng_matcher_is_accepting(r->matcher) ? ENG_FINISH_STOP : ENG_FINISH_ERROR;
     if (!eng_matcher_can_continue(r->matcher) && eng_matcher_is_accepting(r->matcher)) return ENG_FINISH_STOP;
     for (int32_t t = 0; t < s->n_vocab; t++)

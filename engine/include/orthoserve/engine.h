@@ -549,8 +549,10 @@ eng_status eng_matcher_new(eng_grammar *g, eng_matcher **out);
 void eng_matcher_free(eng_matcher *m);
 /* The allowed tokens now: bit t of bits ((n_vocab + 31) / 32 words) is set
  * when token t may come next (end-of-generation tokens: when the output is
- * a sentence). Returns the count of allowed tokens. Allocates nothing after
- * the grammar's per-state tables are built (on first use of a state). */
+ * a sentence). Returns the count of allowed tokens; -1 when memory ran
+ * out; -2 when the grammar is too ambiguous to mask in bounded work (about
+ * 1e8 expansion steps). Allocates nothing after the grammar's per-state tables
+ * are built (on first use of a state). */
 int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits);
 /* Feed a token (its bytes) / raw bytes. ENG_EINVAL when they leave the
  * grammar (the state is unchanged then). An end-of-generation token is
