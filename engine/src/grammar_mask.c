@@ -28,10 +28,12 @@
  * dropped (memory stays bounded). A variable so that tests can lower it. */
 int32_t eng__grammar_max_tables = 4096;
 
-/* Expansion steps one mask may take (about a second of work): a grammar
- * ambiguous enough to need more fails its request instead of stalling
- * every sequence of the scheduler. */
-#define MASK_WORK_MAX 100000000LL
+/* Expansion steps one table build may take, and the checks of one mask's
+ * uncertain tokens (each about two seconds of work at most; a JSON Schema's
+ * tables take a few million at a 100k vocabulary): a grammar ambiguous
+ * enough to need more fails its request instead of stalling every sequence
+ * of the scheduler. */
+#define MASK_WORK_MAX 20000000LL
 
 /* ------------------------------------------------------------------------ */
 /* Token trie                                                               */
@@ -419,13 +421,16 @@ int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits)
     const eng_grammar_vocab *gv = m->g->gv;
     const size_t nw = ((size_t)gv->n_vocab + 31) / 32;
     memset(bits, 0, nw * sizeof *bits);
-    const int64_t work0 = m->a.work;
+    int64_t checks = 0; /* work of the uncertain tokens' runs */
     for (int32_t i = 0; i < m->cur.n; i++) {
         gpos_cache tc;
-        if (!context_table(m, &m->cur.s[i], &tc)) return m->a.work - work0 > MASK_WORK_MAX ? -2 : -1;
+        int64_t w0 = m->a.work;
+        if (!context_table(m, &m->cur.s[i], &tc)) return m->a.work - w0 > MASK_WORK_MAX ? -2 : -1;
+        w0 = m->a.work;
         mask_stack(m, &tc, &m->cur.s[i], bits, nw);
         table_drop(&tc);
-        if (m->a.work - work0 > MASK_WORK_MAX) return -2;
+        checks += m->a.work - w0;
+        if (checks > MASK_WORK_MAX) return -2;
     }
     if (m->cur.accept)
         for (int32_t k = 0; k < gv->n_eog; k++) bits[gv->eog_ids[k] >> 5] |= 1u << (gv->eog_ids[k] & 31);

@@ -360,3 +360,27 @@ Test(grammar, scheduler_batches_constrained_and_free_sequences, .timeout = 300)
     eng_grammar_vocab_free(gv);
     eng_model_free(m);
 }
+
+Test(grammar, ambiguity_is_bounded_work, .timeout = 300)
+{
+    tvocab t = tv_spm();
+    /* 600 alternatives that all match the same letter: every letter token
+     * is alive on hundreds of paths at every byte */
+    char text[16384];
+    size_t k = (size_t)snprintf(text, sizeof text, "root ::= x*\nx ::= [a-z]");
+    for (int i = 1; i < 600; i++) k += (size_t)snprintf(text + k, sizeof text - k, " | [a-z]");
+    snprintf(text + k, sizeof text - k, "\n");
+    eng_grammar *g = compile(t.gv, text);
+    eng_matcher *m = NULL;
+    cr_assert_eq(eng_matcher_new(g, &m), ENG_OK);
+    uint32_t *bits = calloc(((size_t)eng_vocab_n_tokens(t.v) + 31) / 32, 4);
+    double t0 = eng__now();
+    int32_t n = eng_matcher_mask(m, bits);
+    cr_assert(n == -2 || n > 0, "%d", n);
+    cr_assert_lt(eng__now() - t0, 60.0, "the work bound stops it");
+    cr_assert_eq(n, -2, "this grammar needs more than the bound");
+    free(bits);
+    eng_matcher_free(m);
+    eng_grammar_release(g);
+    tv_free(&t);
+}

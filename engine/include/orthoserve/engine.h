@@ -550,8 +550,8 @@ void eng_matcher_free(eng_matcher *m);
 /* The allowed tokens now: bit t of bits ((n_vocab + 31) / 32 words) is set
  * when token t may come next (end-of-generation tokens: when the output is
  * a sentence). Returns the count of allowed tokens; -1 when memory ran
- * out; -2 when the grammar is too ambiguous to mask in bounded work (about
- * 1e8 expansion steps). Allocates nothing after the grammar's per-state tables
+ * out; -2 when the grammar is too ambiguous to mask in bounded work (2e7
+ * expansion steps per table built, and as many for the rest of a mask). Allocates nothing after the grammar's per-state tables
  * are built (on first use of a state). */
 int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits);
 /* Feed a token (its bytes) / raw bytes. ENG_EINVAL when they leave the

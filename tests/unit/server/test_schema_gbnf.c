@@ -246,3 +246,53 @@ Test(schema_gbnf, grammar_cache_hits_and_evicts)
     cr_assert(strstr(err, "'x'"), "%s", err);
     grammar_cache_free(gc);
 }
+
+/* A nested schema walked token by token with a 102k vocabulary: every mask
+ * stays within the work bounds (never -2) and allows something until the
+ * object is complete, and what the walk wrote is a sentence prefix. */
+Test(schema_gbnf, nested_schema_walk_102k_vocab, .timeout = 600)
+{
+    eng_vocab *v = NULL;
+    eng_grammar_vocab *gv = NULL;
+    char err[256];
+    cr_assert_eq(eng_vocab_load(ORTHOSERVE_TESTDATA "/vocab/ggml-vocab-deepseek-llm.gguf", &v, err, sizeof err), ENG_OK);
+    cr_assert_eq(eng_grammar_vocab_new(v, &gv), ENG_OK);
+    const char *schema =
+        "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\",\"pattern\":\"^[A-Z]{3}-[0-9]{4}$\"},"
+        "\"status\":{\"enum\":[\"active\",\"inactive\"]},\"owner\":{\"type\":\"object\",\"properties\":{\"name\":"
+        "{\"type\":\"string\",\"maxLength\":12},\"email\":{\"type\":\"string\",\"format\":\"email\"}},\"required\":"
+        "[\"name\"]},\"items\":{\"type\":\"array\",\"maxItems\":3,\"items\":{\"type\":\"object\",\"properties\":{"
+        "\"sku\":{\"type\":\"string\",\"maxLength\":6},\"qty\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":99}},"
+        "\"required\":[\"sku\",\"qty\"]}}},\"required\":[\"id\",\"status\",\"owner\",\"items\"]}";
+    json_t *s = json_loads(schema, 0, NULL);
+    char *text = NULL, ptr[256], msg[512];
+    cr_assert_eq(schema_to_gbnf(s, &LIM, &text, ptr, sizeof ptr, msg, sizeof msg), 0, "%s", msg);
+    json_decref(s);
+    eng_grammar *g = NULL;
+    cr_assert_eq(eng_grammar_new(gv, text, strlen(text), NULL, NULL, &g, err, sizeof err), ENG_OK, "%s", err);
+    int32_t nv = eng_vocab_n_tokens(v);
+    uint32_t *bits = calloc(((size_t)nv + 31) / 32, 4);
+    uint64_t rs = 7;
+    for (int run = 0; run < 3; run++) {
+        eng_matcher *m = NULL;
+        cr_assert_eq(eng_matcher_new(g, &m), ENG_OK);
+        for (int step = 0; step < 80 && eng_matcher_can_continue(m); step++) {
+            int32_t n = eng_matcher_mask(m, bits);
+            cr_assert_gt(n, 0, "run %d step %d: mask %d", run, step, n);
+            int32_t pick = -1, seen = 0;
+            for (int32_t t = 0; t < nv; t++) {
+                if (!((bits[t >> 5] >> (t & 31)) & 1u) || eng_vocab_is_eog(v, t)) continue;
+                rs = rs * 6364136223846793005ULL + 1442695040888963407ULL;
+                if ((rs >> 33) % (uint64_t)(++seen) == 0) pick = t;
+            }
+            if (pick < 0) break;
+            cr_assert_eq(eng_matcher_accept(m, pick), ENG_OK);
+        }
+        eng_matcher_free(m);
+    }
+    free(bits);
+    free(text);
+    eng_grammar_release(g);
+    eng_grammar_vocab_free(gv);
+    eng_vocab_free(v);
+}
