@@ -489,7 +489,7 @@ static void next_token(eng_sched *s, eng_request *r, const float *logits)
         return;
     }
     if (r->t_first == 0) r->t_first = eng__now();
-    if (!r->p.ignore_eos && eng_vocab_is_eog(v, tok)) {
+    if ((!r->p.ignore_eos || r->matcher) && eng_vocab_is_eog(v, tok)) { /* a grammar ends where it accepts */
         finish_running(s, r, ENG_FINISH_STOP, ENG_OK);
         return;
     }

@@ -636,7 +636,7 @@ typedef struct {
     size_t n_prompt;
     int32_t max_tokens;      /* >= 0; clipped to the context end (finish LENGTH) */
     int32_t min_tokens;      /* end-of-generation tokens are suppressed before this many */
-    bool ignore_eos;         /* never stop on end-of-generation tokens */
+    bool ignore_eos;         /* never stop on end-of-generation tokens (with a grammar: only where it accepts) */
     eng_sampler_params sampling;
     int32_t n_logprobs;      /* -1: none; 0: the chosen token's only; n: also the top n
                               * (<= ENG_MAX_TOP_LOGPROBS) */
