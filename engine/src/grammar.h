@@ -166,7 +166,8 @@ struct eng_matcher {
     int32_t gc_cap;
 };
 
-extern int32_t eng__grammar_max_tables; /* tables a grammar keeps (grammar_mask.c) */
+extern int32_t eng__grammar_max_tables;      /* tables a grammar keeps (grammar_mask.c) */
+extern int64_t eng__grammar_mask_work_max;   /* expansion steps of one table build / one mask's checks */
 const gset *eng__matcher_run(eng_matcher *m, const gset *from, const uint8_t *s, size_t n);
 
 #endif

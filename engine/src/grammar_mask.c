@@ -33,7 +33,8 @@ int32_t eng__grammar_max_tables = 4096;
  * tables take a few million at a 100k vocabulary): a grammar ambiguous
  * enough to need more fails its request instead of stalling every sequence
  * of the scheduler. */
-#define MASK_WORK_MAX 20000000LL
+int64_t eng__grammar_mask_work_max = 20000000; /* a variable so that the fuzzer can lower it */
+#define MASK_WORK_MAX eng__grammar_mask_work_max
 
 /* ------------------------------------------------------------------------ */
 /* Token trie                                                               */

@@ -194,14 +194,14 @@ static void set_clear(gset *s)
 
 void eng__gset_expand(garena *a, gset *out, int32_t pos, int32_t parent)
 {
-    xctx x = {a, out, (int64_t)EXPAND_WORK_PER_STACK * a->max_stacks + 100000};
+    xctx x = {a, out, (int64_t)EXPAND_WORK_PER_STACK * a->max_stacks + 1000};
     expand(&x, pos, parent, 0);
 }
 
 void eng__gset_advance(garena *a, const gset *in, unsigned b, gset *out)
 {
     set_clear(out);
-    xctx x = {a, out, (int64_t)EXPAND_WORK_PER_STACK * a->max_stacks + 100000};
+    xctx x = {a, out, (int64_t)EXPAND_WORK_PER_STACK * a->max_stacks + 1000};
     const gir *g = a->g;
     for (int32_t i = 0; i < in->n; i++) {
         const gstack *s = &in->s[i];
@@ -317,7 +317,7 @@ eng_status eng_matcher_accept_bytes(eng_matcher *m, const char *s, size_t n)
         eng__garena_rewind(&m->a, m->mark);
         return ENG_ENOMEM;
     }
-    memcpy(m->cur.s, r->s, (size_t)r->n * sizeof *r->s);
+    if (r->n) memcpy(m->cur.s, r->s, (size_t)r->n * sizeof *r->s);
     m->cur.n = r->n;
     m->cur.accept = r->accept;
     m->cur.overflow = r->overflow;
