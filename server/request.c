@@ -6,6 +6,7 @@
  */
 #include "request.h"
 #include "reply.h"
+#include "rformat.h"
 #include "sbuf.h"
 #include "textbuf.h"
 
@@ -261,6 +262,26 @@ static void parse_cache_salt(vctx *v, api_request *c)
 }
 
 /* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
+/* Structured output (rformat.c): the GBNF text to enforce, compiled by the
+ * submitter (grammar_cache.c). */
+static void parse_structured(vctx *v, api_request *c)
+{
+    rformat rf;
+    char param[64], msg[500];
+    const char *code = NULL;
+    if (rformat_parse(v->body, v->lim->cfg, &rf, param, sizeof param, &code, msg, sizeof msg)) {
+        if (!strcmp(code, "server_error")) {
+            set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+            v->failed = true;
+            return;
+        }
+        VFAIL(v, param, code, "%s", msg);
+    }
+    c->grammar_text = rf.gbnf;
+    c->grammar_len = rf.len;
+    c->grammar_param = rf.param;
+}
+
 static void parse_common(vctx *v, api_request *c, bool chat)
 {
     const api_limits *lim = v->lim;
@@ -365,18 +386,8 @@ static void parse_common(vctx *v, api_request *c, bool chat)
     }
     parse_logit_bias(v, c);
     if (v->failed) return;
-    if ((x = opt(v, "response_format"))) {
-        json_t *t = json_is_object(x) ? json_object_get(x, "type") : NULL;
-        if (!json_is_string(t))
-            VFAIL(v, "response_format", "invalid_type", "'response_format' must be an object with a string 'type'");
-        const char *ts = json_string_value(t);
-        if (!strcmp(ts, "json_object") || !strcmp(ts, "json_schema"))
-            VFAIL(v, "response_format.type", "not_supported",
-                  "response_format type '%s' is not supported by this server (only 'text')", ts);
-        if (strcmp(ts, "text"))
-            VFAIL(v, "response_format.type", "invalid_value",
-                  "'response_format.type' must be 'text', 'json_object' or 'json_schema'");
-    }
+    parse_structured(v, c);
+    if (v->failed) return;
     char param[64], msg[300];
     c->orthorank = cfg->orthorank;
     if (orthorank_parse(json_object_get(v->body, "orthorank"), lim->model, &c->orthorank, param, sizeof param, msg,
@@ -444,6 +455,8 @@ void api_request_free(api_request *req)
     free(req->bias);
     free(req->stops);
     free(req->echo_text);
+    free(req->grammar_text);
+    eng_grammar_release(req->p.grammar);
     memset(req, 0, sizeof *req);
 }
 

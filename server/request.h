@@ -65,6 +65,11 @@ typedef struct {
     const char *cache_salt;     /* "cache_salt" (a view into the body), or NULL */
     size_t cache_salt_len;
     int32_t n_choices;          /* "n": choices of this prompt, 1..max_n (api_choices.c) */
+    /* Structured output (rformat.h): the GBNF text to enforce, or NULL; the
+     * submitter compiles it into p.grammar (a reference this request owns). */
+    char *grammar_text;
+    size_t grammar_len;
+    const char *grammar_param;  /* the field that asked for it ("response_format.json_schema", "grammar", ...) */
 } api_request;
 
 /* Why a request was refused: an OpenAI error object and the HTTP status. */

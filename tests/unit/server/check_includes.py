@@ -27,6 +27,9 @@ LAYERS = [
     ["srv_metrics", "log"],                        # the server's metrics; log lines
     ["resp_request"],                              # /v1/responses bodies -> chat bodies
     ["request", "plan", "resp_reply"],             # request bodies -> engine parameters; plan files; Responses JSON
+    ["rformat", "grammar_cache"],                  # structured-output fields -> GBNF; compiled grammars
+    ["schema_gbnf"],                               # JSON Schema -> GBNF
+    ["regex_gbnf"],                                # "pattern" -> GBNF
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
     ["metrics", "bridge", "textbuf", "config", "resp_store", "chat_tmpl", "toolcall"],
     ["sbuf", "jsoncount", "jinja_json"],
