@@ -13,7 +13,6 @@
  */
 #include "api_openai.h"
 #include "api_choices.h"
-#include "grammar_cache.h"
 #include "job.h"
 #include "orthorank_json.h"
 #include "reply.h"
@@ -171,7 +170,8 @@ bool api_server_ready(hreq *r)
 api_limits api_limits_of(srv *s)
 {
     return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .tmpl = s->tmpl, .n_ctx = s->n_ctx,
-                        .model = s->model, .model_id = s->model_id, .model_file = s->model_file};
+                        .model = s->model, .model_id = s->model_id, .model_file = s->model_file,
+                        .gcache = s->gcache};
 }
 
 static void reply_submit_error(hreq *r, const api_request *req, eng_status st)
@@ -234,43 +234,16 @@ typedef struct {
     api_limits lim;
     bool chat;
     json_t *body; /* r->json, which lives as long as r */
-    grammar_cache *gcache;
     int rc;
     api_request req;
     api_error err;
 } validation;
-
-/* Structured output: the request's GBNF compiled (or found in the cache). */
-static int attach_grammar(validation *v)
-{
-    api_request *q = &v->req;
-    if (!q->grammar_text) return 0;
-    char msg[400];
-    bool hit;
-    eng_status st = grammar_cache_get(v->gcache, q->grammar_text, q->grammar_len, &q->p.grammar, &hit, msg,
-                                      sizeof msg);
-    if (st == ENG_OK) return 0;
-    api_error *e = &v->err;
-    e->status = st == ENG_EINVAL ? 400 : 500;
-    e->type = st == ENG_EINVAL ? "invalid_request_error" : "server_error";
-    e->code = st == ENG_EINVAL ? "invalid_grammar" : NULL;
-    snprintf(e->param, sizeof e->param, "%s", q->grammar_param);
-    if (st == ENG_EINVAL && strcmp(q->grammar_param, "grammar") && strstr(msg, "left-recursive"))
-        snprintf(e->message, sizeof e->message, "%s: the schema recurses (through $ref, anyOf or allOf) before "
-                 "matching any character, so no finite value matches it", q->grammar_param);
-    else
-        snprintf(e->message, sizeof e->message, "%s: %s", q->grammar_param,
-                 st == ENG_EINVAL ? msg : eng_strerror(st));
-    api_request_free(q);
-    return -1;
-}
 
 static void validate_work(void *ctx)
 {
     validation *v = ctx;
     v->rc = v->chat ? api_parse_chat(&v->lim, v->body, &v->req, &v->err)
                     : api_parse_completions(&v->lim, v->body, &v->req, &v->err);
-    if (!v->rc) v->rc = attach_grammar(v);
 }
 
 /* Back on the loop: submit (unless the server began draining meanwhile) or
@@ -302,7 +275,6 @@ static void completion(hreq *r, bool chat)
         return;
     }
     v->lim = api_limits_of(r->s);
-    v->gcache = r->s->gcache;
     v->chat = chat;
     v->body = r->json;
     http_offload(r, validate_work, validate_done, v);

@@ -5,6 +5,7 @@
  * faults gets; tests/e2e/test_bad_input.py pins it.
  */
 #include "request.h"
+#include "grammar_cache.h"
 #include "reply.h"
 #include "rformat.h"
 #include "sbuf.h"
@@ -631,6 +632,31 @@ static void jinja_prompt(vctx *v, api_request *out)
     text_prompt(v, out, text, len);
 }
 
+/* Structured output: the request's GBNF compiled into p.grammar (or found
+ * in the cache), for every road that parses a body (chat, completions, each
+ * prompt of a list, /v1/responses). */
+static int compile_grammar(const api_limits *lim, api_request *q, api_error *e)
+{
+    if (!q->grammar_text) return 0;
+    char msg[400];
+    bool hit;
+    eng_status st = grammar_cache_get(lim->gcache, q->grammar_text, q->grammar_len, &q->p.grammar, &hit, msg,
+                                      sizeof msg);
+    if (st == ENG_OK) return 0;
+    e->status = st == ENG_EINVAL ? 400 : 500;
+    e->type = st == ENG_EINVAL ? "invalid_request_error" : "server_error";
+    e->code = st == ENG_EINVAL ? "invalid_grammar" : NULL;
+    snprintf(e->param, sizeof e->param, "%s", q->grammar_param);
+    if (st == ENG_EINVAL && strcmp(q->grammar_param, "grammar") && strstr(msg, "left-recursive"))
+        snprintf(e->message, sizeof e->message, "%s: the schema recurses (through $ref, anyOf or allOf) before "
+                 "matching any character, so no finite value matches it", q->grammar_param);
+    else
+        snprintf(e->message, sizeof e->message, "%s: %s", q->grammar_param,
+                 st == ENG_EINVAL ? msg : eng_strerror(st));
+    api_request_free(q);
+    return -1;
+}
+
 int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -659,7 +685,7 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
         api_request_free(out);
         return -1;
     }
-    return 0;
+    return lim->gcache ? compile_grammar(lim, out, err) : 0;
 }
 
 int api_parse_completions(const api_limits *lim, json_t *body, api_request *out, api_error *err)
@@ -751,7 +777,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
     }
     if (echo && !out->echo_text) out->echo_text = strdup("");
     if (set_prompt(&v, out, ids, n_ids)) goto fail;
-    return 0;
+    return lim->gcache ? compile_grammar(lim, out, err) : 0;
 fail:
     api_request_free(out);
     return -1;

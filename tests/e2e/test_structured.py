@@ -71,6 +71,34 @@ class StructuredTest(unittest.TestCase):
                                  "json_schema": PERSON})
             self.assertTrue(person_ok(json.loads(c["text"])), c)
 
+    def test_every_road_enforces_it(self):
+        """n > 1, a list of prompts and /v1/responses text.format: every choice validates."""
+        st, _, j, data = self.s.post(CH, chat(seed=7, n=3, response_format=schema_format(PERSON)))
+        self.assertEqual(st, 200, data[:500])
+        self.assertEqual(len(j["choices"]), 3)
+        for c in j["choices"]:
+            self.assertEqual(c["finish_reason"], "stop", c)
+            self.assertTrue(person_ok(json.loads(c["message"]["content"])), c)
+        st, _, j, data = self.s.post(C, {"prompt": ["JSON:", "Person:"], "n": 2, "max_tokens": 200,
+                                         "temperature": 1.5, "seed": 8, "response_format": schema_format(PERSON)})
+        self.assertEqual(st, 200, data[:500])
+        self.assertEqual(len(j["choices"]), 4)
+        for c in j["choices"]:
+            self.assertEqual(c["finish_reason"], "stop", c)
+            self.assertTrue(person_ok(json.loads(c["text"])), c)
+        for seed in range(3):
+            st, _, j, data = self.s.post("/v1/responses", {
+                "input": "Give JSON.", "store": False, "max_output_tokens": 200, "temperature": 1.5, "seed": seed,
+                "text": {"format": {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}}})
+            self.assertEqual(st, 200, data[:500])
+            self.assertEqual(j["status"], "completed", j)
+            self.assertTrue(person_ok(json.loads(j["output"][0]["content"][0]["text"])), j)
+        st, _, j, data = self.s.post("/v1/responses", {
+            "input": "x", "store": False, "text": {"format": {"type": "json_schema", "name": "p",
+                                                              "schema": {"type": "string", "contentEncoding": "b"}}}})
+        self.assertEqual(st, 400, data[:500])
+        self.assertIn("contentEncoding", j["error"]["message"])
+
     def test_with_orthorank(self):
         c = self.post_ok(CH, chat(seed=5, response_format=schema_format(PERSON),
                                   orthorank={"sparsity": 0.25, "token_ratio": 0.5}))
