@@ -72,11 +72,9 @@ static bool efail(emb_work *w, unsigned st, const char *code, const char *param,
 static bool efail(emb_work *w, unsigned st, const char *code, const char *param, const char *fmt, ...)
 {
     w->failed = true;
-    w->err = (api_error){.status = st, .type = st == 404 ? "not_found_error" : "invalid_request_error", .code = code};
-    snprintf(w->err.param, sizeof w->err.param, "%s", param ? param : "");
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(w->err.message, sizeof w->err.message, fmt, ap);
+    api_error_vset(&w->err, st, st == 404 ? "not_found_error" : "invalid_request_error", code, param, fmt, ap);
     va_end(ap);
     return false;
 }

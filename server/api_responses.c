@@ -286,37 +286,22 @@ typedef struct {
     api_error err;
 } creation;
 
-static int set_err(api_error *e, unsigned status, const char *type, const char *code, const char *param,
-                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static int set_err(api_error *e, unsigned status, const char *type, const char *code, const char *param,
-                   const char *fmt, ...)
-{
-    e->status = status;
-    e->type = type;
-    e->code = code;
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* The stored conversation of previous_response_id: its items and output. */
 static int load_previous(creation *c, json_t **items, json_t **output)
 {
     const char *id = c->st->rq.previous_id;
     if (!c->store)
-        return set_err(&c->err, 400, "invalid_request_error", "not_supported", "previous_response_id",
+        return api_error_set(&c->err, 400, "invalid_request_error", "not_supported", "previous_response_id",
                        "previous_response_id needs stored responses, which this server does not keep "
                        "(store_responses is false)");
     char *in = NULL, *out = NULL, why[256];
     resp_store_status rs = resp_store_get(c->store, id, now_unix(), &in, &out, why, sizeof why);
     if (rs == RESP_STORE_NOT_FOUND)
-        return set_err(&c->err, 404, "not_found_error", "previous_response_not_found", "previous_response_id",
+        return api_error_set(&c->err, 404, "not_found_error", "previous_response_not_found", "previous_response_id",
                        "no stored response with id '%s' (unknown, deleted or expired)", id);
     if (rs != RESP_STORE_OK)
-        return set_err(&c->err, 500, "server_error", "storage_error", NULL, "the stored responses cannot be read: %s",
+        return api_error_set(&c->err, 500, "server_error", "storage_error", NULL, "the stored responses cannot be read: %s",
                        why);
     json_t *resp = json_loads(out, 0, NULL);
     *items = json_loads(in, 0, NULL);
@@ -325,7 +310,7 @@ static int load_previous(creation *c, json_t **items, json_t **output)
     *output = json_incref(json_object_get(resp, "output"));
     json_decref(resp);
     if (!json_is_array(*items) || !json_is_array(*output))
-        return set_err(&c->err, 500, "server_error", "storage_error", NULL,
+        return api_error_set(&c->err, 500, "server_error", "storage_error", NULL,
                        "the stored response '%s' is not readable", id);
     return 0;
 }
@@ -338,7 +323,7 @@ static json_t *referenced_item(creation *c, const char *id, const char *param)
     const char *us = strchr(id, '_');
     char rid[RESP_ID_MAX + 8], why[256];
     if (!c->store) {
-        set_err(&c->err, 400, "invalid_request_error", "not_supported", param,
+        api_error_set(&c->err, 400, "invalid_request_error", "not_supported", param,
                 "item references need stored responses, which this server does not keep (store_responses is false)");
         return NULL;
     }
@@ -348,7 +333,7 @@ static json_t *referenced_item(creation *c, const char *id, const char *param)
                                                                        sizeof why)
                                                       : RESP_STORE_NOT_FOUND;
     if (rs == RESP_STORE_ERROR) {
-        set_err(&c->err, 500, "server_error", "storage_error", NULL, "the stored responses cannot be read: %s", why);
+        api_error_set(&c->err, 500, "server_error", "storage_error", NULL, "the stored responses cannot be read: %s", why);
         return NULL;
     }
     json_t *resp = out ? json_loads(out, 0, NULL) : NULL, *found = NULL, *it;
@@ -360,7 +345,7 @@ static json_t *referenced_item(creation *c, const char *id, const char *param)
     }
     json_decref(resp);
     if (!found)
-        set_err(&c->err, 404, "not_found_error", "item_not_found", param,
+        api_error_set(&c->err, 404, "not_found_error", "item_not_found", param,
                 "no stored item with id '%.80s' (unknown, or its response was deleted or expired)", id);
     return found;
 }
@@ -376,7 +361,7 @@ static int resolve_references(creation *c)
         if (!type || strcmp(type, "item_reference")) continue;
         char param[32];
         snprintf(param, sizeof param, "input[%zu]", i);
-        if (!id) return set_err(&c->err, 400, "invalid_request_error", "invalid_value", param,
+        if (!id) return api_error_set(&c->err, 400, "invalid_request_error", "invalid_value", param,
                                 "'%s' (an item_reference) needs a string 'id'", param);
         json_t *item = referenced_item(c, id, param);
         if (!item) return -1;

@@ -99,19 +99,25 @@ int orthorank_parse(json_t *v, const eng_model *m, eng_orthorank_params *p, char
 /* Errors                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void set_error(api_error *e, unsigned status, const char *type, const char *code, const char *param,
-                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void set_error(api_error *e, unsigned status, const char *type, const char *code, const char *param,
-                      const char *fmt, ...)
+int api_error_vset(api_error *e, unsigned status, const char *type, const char *code, const char *param,
+                   const char *fmt, va_list ap)
 {
     e->status = status;
     e->type = type;
     e->code = code;
     snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    return -1;
+}
+
+int api_error_set(api_error *e, unsigned status, const char *type, const char *code, const char *param,
+                  const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    api_error_vset(e, status, type, code, param, fmt, ap);
     va_end(ap);
+    return -1;
 }
 
 /* An engine call failed (the same reply as http_reply_eng_error). */
@@ -119,7 +125,7 @@ static void set_eng_error(api_error *e, eng_status st, const char *param, const 
 {
     const char *type, *code;
     unsigned http = reply_status_from_eng(st, &type, &code);
-    set_error(e, http, type ? type : "server_error", code, param, "%s", msg ? msg : eng_strerror(st));
+    api_error_set(e, http, type ? type : "server_error", code, param, "%s", msg ? msg : eng_strerror(st));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -140,7 +146,7 @@ typedef struct {
     } while (0)
 
 /* A 400 naming its field; the first failure wins. Messages are cut at 400
- * bytes (the longer limit of set_error is for the few others). */
+ * bytes (the longer limit of api_error_set is for the few others). */
 static void vfail(vctx *v, const char *param, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void vfail(vctx *v, const char *param, const char *code, const char *fmt, ...)
@@ -152,7 +158,7 @@ static void vfail(vctx *v, const char *param, const char *code, const char *fmt,
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     v->failed = true;
-    set_error(v->err, 400, "invalid_request_error", code, param, "%s", msg);
+    api_error_set(v->err, 400, "invalid_request_error", code, param, "%s", msg);
 }
 
 /* The value of an optional field, NULL when absent or null. */
@@ -272,7 +278,7 @@ static void parse_structured(vctx *v, api_request *c)
     const char *code = NULL;
     if (rformat_parse(v->body, v->lim->cfg, &rf, param, sizeof param, &code, msg, sizeof msg)) {
         if (!strcmp(code, "server_error")) {
-            set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+            api_error_set(v->err, 500, "server_error", NULL, NULL, "out of memory");
             v->failed = true;
             return;
         }
@@ -302,7 +308,7 @@ static void parse_common(vctx *v, api_request *c, bool chat)
         if (!json_is_string(x)) VFAIL(v, "model", "invalid_type", "'model' must be a string");
         if (!api_model_name_ok(lim, json_string_value(x))) {
             v->failed = true;
-            set_error(v->err, 404, "not_found_error", "model_not_found", "model",
+            api_error_set(v->err, 404, "not_found_error", "model_not_found", "model",
                       "the model '%s' does not exist (this server serves '%s')", json_string_value(x),
                       lim->model_id);
             return;
@@ -420,7 +426,7 @@ static int refuse_by_bytes(vctx *v, api_request *c, size_t len)
     size_t per_token = (size_t)eng_vocab_max_token_bytes(lim->vocab);
     size_t room = (size_t)lim->n_ctx - (c->p.max_tokens > 0 ? 1 : 0);
     if (!per_token || len <= room * per_token) return 0;
-    set_error(v->err, 400, "invalid_request_error", "context_length_exceeded", c->prompt_param,
+    api_error_set(v->err, 400, "invalid_request_error", "context_length_exceeded", c->prompt_param,
               "this model's maximum context length is %d tokens, but the %s (%zu bytes) is more than %zu tokens%s",
               lim->n_ctx, c->chat ? "conversation" : "prompt", len, room,
               c->p.max_tokens > 0 ? " (and at least one must be generated)" : "");
@@ -435,12 +441,12 @@ static int set_prompt(vctx *v, api_request *c, int32_t *ids, size_t n_ids)
     c->p.prompt = ids;
     c->p.n_prompt = n_ids;
     if (n_ids == 0) {
-        set_error(v->err, 400, "invalid_request_error", "invalid_value", c->prompt_param,
+        api_error_set(v->err, 400, "invalid_request_error", "invalid_value", c->prompt_param,
                   "the prompt is empty (and the model adds no BOS token)");
         return -1;
     }
     if ((int64_t)n_ids + (c->p.max_tokens > 0 ? 1 : 0) > lim->n_ctx) {
-        set_error(v->err, 400, "invalid_request_error", "context_length_exceeded", c->prompt_param,
+        api_error_set(v->err, 400, "invalid_request_error", "context_length_exceeded", c->prompt_param,
                   "this model's maximum context length is %d tokens, but the %s is %zu tokens%s", lim->n_ctx,
                   c->chat ? "conversation" : "prompt", n_ids,
                   c->p.max_tokens > 0 ? " (and at least one must be generated)" : "");
@@ -580,7 +586,7 @@ static void text_prompt(vctx *v, api_request *out, char *prompt_text, size_t pro
     int32_t *ids = tokenize(v->lim->vocab, prompt_text, prompt_len, true, &n_ids);
     eng_free(prompt_text);
     if (!ids) {
-        set_error(v->err, 500, "server_error", NULL, NULL, "tokenization failed");
+        api_error_set(v->err, 500, "server_error", NULL, NULL, "tokenization failed");
         v->failed = true;
         return;
     }
@@ -615,7 +621,7 @@ static void jinja_prompt(vctx *v, api_request *out)
     const char *param = "messages";
     int rc = chat_tmpl_render(v->lim->tmpl, v->body, &text, &len, &param, msg, sizeof msg);
     if (rc == -2) {
-        set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+        api_error_set(v->err, 500, "server_error", NULL, NULL, "out of memory");
         v->failed = true;
         return;
     }
@@ -669,7 +675,7 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
     eng_chat_msg *cm = n ? calloc(n, sizeof *cm) : NULL;
     char **owned = n ? calloc(n, sizeof *owned) : NULL;
     if (n && (!cm || !owned)) {
-        set_error(err, 500, "server_error", NULL, NULL, "out of memory");
+        api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         v.failed = true;
     }
     for (size_t i = 0; !v.failed && !lim->tmpl && i < n; i++)
@@ -722,7 +728,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
         if (refuse_by_bytes(&v, out, json_string_length(pr))) goto fail;
         ids = tokenize(lim->vocab, json_string_value(pr), json_string_length(pr), false, &n_ids);
         if (!ids) {
-            set_error(err, 500, "server_error", NULL, NULL, "tokenization failed");
+            api_error_set(err, 500, "server_error", NULL, NULL, "tokenization failed");
             goto fail;
         }
         if (echo) {
@@ -772,7 +778,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
         goto fail;
     }
     if (!ids) {
-        set_error(err, 500, "server_error", NULL, NULL, "out of memory");
+        api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         goto fail;
     }
     if (echo && !out->echo_text) out->echo_text = strdup("");

@@ -21,6 +21,7 @@
 #include "orthoserve/engine.h"
 
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -83,6 +84,13 @@ typedef struct {
     char param[64];             /* the field at fault ("messages[2].content"); "": none */
     char message[512];
 } api_error;
+
+/* Fill *e (param NULL: none; the message from fmt) and return -1: the one
+ * way every handler and parser writes an api_error. */
+int api_error_set(api_error *e, unsigned status, const char *type, const char *code, const char *param,
+                  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+int api_error_vset(api_error *e, unsigned status, const char *type, const char *code, const char *param,
+                   const char *fmt, va_list ap);
 
 /* Validate a body (a JSON object) of either endpoint. 0 with *out filled
  * (free with api_request_free), or -1 with *err filled (*out needs no free). */

@@ -15,13 +15,9 @@ static int fail(api_error *e, const char *param, const char *code, const char *f
     __attribute__((format(printf, 4, 5)));
 static int fail(api_error *e, const char *param, const char *code, const char *fmt, ...)
 {
-    e->status = 400;
-    e->type = "invalid_request_error";
-    e->code = code;
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    api_error_vset(e, 400, "invalid_request_error", code, param, fmt, ap);
     va_end(ap);
     return -1;
 }
