@@ -327,25 +327,6 @@ AI void run(int TK, int TV, const eng__attn_args *a)
     }
 }
 
-#define RUN(k, v) \
-    static __attribute__((noinline)) void run_##k##_##v(const eng__attn_args *a) { run(ENG_TYPE_##k, ENG_TYPE_##v, a); }
-RUN(F32, F32) RUN(F32, F16) RUN(F32, Q8_0)
-RUN(F16, F32) RUN(F16, F16) RUN(F16, Q8_0)
-RUN(Q8_0, F32) RUN(Q8_0, F16) RUN(Q8_0, Q8_0)
+ENG_ATTN_INSTANCES(run)
 
-void eng__attn_avx2(const eng__attn_args *a)
-{
-#define PAIR(k, v) (ENG_TYPE_##k * 16 + ENG_TYPE_##v)
-    switch (a->type_k * 16 + a->type_v) {
-    case PAIR(F32, F32): run_F32_F32(a); break;
-    case PAIR(F32, F16): run_F32_F16(a); break;
-    case PAIR(F32, Q8_0): run_F32_Q8_0(a); break;
-    case PAIR(F16, F32): run_F16_F32(a); break;
-    case PAIR(F16, F16): run_F16_F16(a); break;
-    case PAIR(F16, Q8_0): run_F16_Q8_0(a); break;
-    case PAIR(Q8_0, F32): run_Q8_0_F32(a); break;
-    case PAIR(Q8_0, F16): run_Q8_0_F16(a); break;
-    default: run_Q8_0_Q8_0(a); break;
-    }
-#undef PAIR
-}
+void eng__attn_avx2(const eng__attn_args *a) { ENG_ATTN_DISPATCH(run, a) }
