@@ -1,6 +1,7 @@
 // The Responses API through the client libraries users call it with: the
 // openai SDK's responses.create (plain, streamed with its event iteration,
-// the responses.stream helper), retrieve / delete, and the Vercel AI SDK's
+// the responses.stream helper), responses.parse with zodTextFormat (text.format
+// json_schema through the structured-output engine), retrieve / delete, and the Vercel AI SDK's
 // generateText / streamText through the default createOpenAI({baseURL})(model)
 // factory (which speaks the Responses API). ORTHOSERVE_URL, ORTHOSERVE_MODEL
 // as sdk_test.mjs. PHASE=before: also stores a response and prints
@@ -8,6 +9,8 @@
 // the same state_dir) continues it with previous_response_id=PREV_ID.
 // Prints one line per check and 'N passed, N failed'; exits non-zero on failure.
 import OpenAI from "openai";
+import { zodTextFormat } from "openai/helpers/zod";
+import { z } from "zod";
 import { createOpenAI } from "@ai-sdk/openai";
 import { generateText, streamText } from "ai";
 
@@ -64,6 +67,15 @@ async function before() {
     check("400 raises BadRequestError", e instanceof OpenAI.BadRequestError && e.param === "max_output_tokens",
           { name: e.constructor.name, param: e.param });
   }
+
+  const Pet = z.object({ name: z.string().max(8), legs: z.number().int().min(0).max(8), kind: z.enum(["cat", "dog"]) });
+  const parsed = [];
+  for (const seed of [1, 2, 3]) {
+    const p = await client.responses.parse({ model, input: "A pet as JSON:", max_output_tokens: 120, temperature: 1,
+                                             seed, text: { format: zodTextFormat(Pet, "pet") } });
+    parsed.push({ status: p.status, ok: Pet.safeParse(p.output_parsed).success, text: p.output_text });
+  }
+  check("responses.parse zodTextFormat", parsed.every((p) => p.status === "completed" && p.ok), parsed);
 
   const provider = createOpenAI({ baseURL: process.env.ORTHOSERVE_URL, apiKey: "sk-test" });
   const g = await generateText({ model: provider(model), prompt: "Once upon a time", maxOutputTokens: 16,
