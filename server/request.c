@@ -8,6 +8,7 @@
 #include "reply.h"
 #include "sbuf.h"
 #include "textbuf.h"
+#include "tool_request.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -589,11 +590,36 @@ static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_
 
 /* The model's Jinja template rendered from the body, tokenized. A BOS the
  * template wrote itself is left to the tokenizer, which adds it anyway. */
+/* Tools, tool_choice and parallel_tool_calls (tool_request.c), and how the
+ * reply of the rendered prompt (text, len) is split: calls in the
+ * template's format unless tool_choice is none; reasoning for a thinking
+ * template, open from the start when the prompt ends inside <think>. */
+static void tool_setup(vctx *v, api_request *out, const tool_req *tr, const char *text, size_t len)
+{
+    const chat_tmpl *t = v->lim->tmpl;
+    tc_format fmt = tr->choice == TOOL_CHOICE_NONE ? TC_NONE : chat_tmpl_tool_format(t);
+    size_t k = len;
+    while (k && strchr(" \t\r\n", text[k - 1])) k--;
+    bool open = k >= 7 && !memcmp(text + k - 7, "<think>", 7);
+    out->tc = (tc_opts){.fmt = fmt, .thinking = chat_tmpl_thinking(t), .think_open = open};
+    out->parse_reply = fmt != TC_NONE || out->tc.thinking || open;
+    out->single_call = !tr->parallel;
+    out->forced_tool = tr->choice == TOOL_CHOICE_REQUIRED ? "" : tr->choice == TOOL_CHOICE_NAMED ? tr->name : NULL;
+    if (out->forced_tool && fmt == TC_NONE)
+        vfail(v, "tool_choice", "not_supported",
+              "'tool_choice' %s needs a chat template with a known tool-call format (this one has none)",
+              tr->choice == TOOL_CHOICE_REQUIRED ? "required" : "function");
+    else if (out->forced_tool) /* TEMPORARY until the grammar engine is on main */
+        vfail(v, "tool_choice", "not_supported", "forced tool calls are not supported yet");
+}
+
 static void jinja_prompt(vctx *v, api_request *out)
 {
-    json_t *tc = opt(v, "tool_choice");
-    if (tc && !(json_is_string(tc) && (!strcmp(json_string_value(tc), "auto") || !strcmp(json_string_value(tc), "none")))) {
-        vfail(v, "tool_choice", "not_supported", "'tool_choice' may be 'auto' or 'none' (forced calls are not supported yet)");
+    tool_req tr;
+    char tparam[64], tmsg[300];
+    const char *tcode = NULL;
+    if (tool_request_parse(v->body, &tr, tparam, sizeof tparam, &tcode, tmsg, sizeof tmsg)) {
+        vfail(v, tparam, tcode, "%s", tmsg);
         return;
     }
     char *text = NULL, msg[512];
@@ -607,6 +633,11 @@ static void jinja_prompt(vctx *v, api_request *out)
     }
     if (rc) {
         vfail(v, param, "invalid_value", "%s", msg);
+        return;
+    }
+    tool_setup(v, out, &tr, text, len);
+    if (v->failed) {
+        eng_free(text);
         return;
     }
     const char *bos = chat_tmpl_bos(v->lim->tmpl);
