@@ -424,6 +424,10 @@ static int split_think(const tc_opts *o, const char *s, size_t n, bool partial, 
         open = true;
         i += 7;
     } else if (!open) {
+        if (partial && o->thinking && n - i < 7 && !strncmp(s + i, "<think>", n - i)) {
+            out->pending = true; /* the block may be beginning */
+            *body = n;
+        }
         return 0;
     }
     const char *e = find(s + i, n - i, "</think>");
