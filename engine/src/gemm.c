@@ -193,6 +193,7 @@ void eng__gemm(const eng__ukernel *uk, bool packed, int64_t n, const void *wv, s
                int64_t nr, const void *xv, size_t xs, int64_t nx, float *y, size_t ys)
 {
     const uint8_t *w = wv, *x = xv;
+    if (uk->wide && nx >= uk->wide->prefill_nx) uk = uk->wide;
     ENG_ASSERT(!packed || (uk->gemv16_packed && nr % ENG_GEMM_GROUP == 0));
     if (nr <= 0 || nx <= 0) return;
     if (n <= 0) {

@@ -55,6 +55,9 @@
  *      into its own buf) before it runs their tiles, a pass of activation
  *      rows that stays in L2 at a time (gemm.c, eng__gemm_blocking).
  *
+ * - wide (optional): another eng__ukernel, used for the whole call when
+ *   nx >= wide->prefill_nx (see the field).
+ *
  * - The packed layout (internal.h, "Packed weights") is optional:
  *   gemv16_packed is gemv16 on one packed group (all 16 rows valid). Prefill
  *   (nx >= prefill_nx) on packed rows runs the strips with packed = true when
@@ -95,7 +98,8 @@ typedef void (*eng__unpack16_fn)(int64_t n, const uint8_t *src, size_t ws, uint8
 typedef void (*eng__xaux_fn)(int64_t n, const uint8_t *x, size_t xs, int64_t nx, void *out);
 
 /* One weight type's micro-kernels at one ISA level (contract above). */
-typedef struct {
+typedef struct eng__ukernel eng__ukernel;
+struct eng__ukernel {
     int type;                 /* ENG_TYPE_* of the weights */
     size_t xaux_block_bytes;  /* activation side data per row and block, or 0 */
     eng__xaux_fn xaux;
@@ -113,7 +117,13 @@ typedef struct {
     eng__gemv16_fn gemv16_packed;
     bool strip_packed;
     eng__unpack16_fn unpack16;
-} eng__ukernel;
+    /* optional: a second set of kernels the driver uses instead, whole, when
+     * nx >= wide->prefill_nx (e.g. prefill strips on weights expanded once
+     * per strip, which pay only over many activation rows). It keeps the
+     * per-pair recipe of this set and has its own xaux; its gemv16 /
+     * gemv16_packed are the decode fallbacks of its products. */
+    const eng__ukernel *wide;
+};
 
 /* One packed F16 group back to its 16 file-layout rows (row k at dst + k * ds),
  * an eng__unpack16_fn in AVX2 (quant_avx2.c); the AVX-512 F16 kernels use it too. */

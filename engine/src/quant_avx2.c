@@ -18,6 +18,8 @@
  * Q8_0, Q4_K, Q6_K: the packed-layout kernels of quant_avx2_pk.h (decode
  * and prefill strips with row lanes), included below without VNNI; the
  * avx2vnni table takes the same body built with AVX-VNNI (quant_avx2vnni.c).
+ * Without VNNI, products of 16 or more activation rows run instead on
+ * weights expanded once per strip (quant_avx2_wide.h), with the same bits.
  */
 #include "gemm.h"
 
@@ -383,7 +385,11 @@ TILE_KERNELS(q5_k, Q5_K)
 /* ------------------------------------------------------------------------ */
 
 #define PK_VNNI 0
+/* their prefill strips on expanded weights (quant_avx2_wide.h) */
+#define PK_WIDE(NAME) &NAME##_w_uk
+static const eng__ukernel pk_q8_0_w_uk, pk_q4_k_w_uk, pk_q6_k_w_uk;
 #include "quant_avx2_pk.h"
+#include "quant_avx2_wide.h"
 
 /* ------------------------------------------------------------------------ */
 /* Activation quantizers (bit-identical to the scalar from_float)           */

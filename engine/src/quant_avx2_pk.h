@@ -35,6 +35,11 @@
 #error "define PK_VNNI (0 or 1) before including quant_avx2_pk.h"
 #endif
 
+/* The .wide eng__ukernel of the narrow set NAME (gemm.h), or NULL. */
+#ifndef PK_WIDE
+#define PK_WIDE(NAME) NULL
+#endif
+
 #define PKAI static inline __attribute__((always_inline))
 #define PKU _Pragma("GCC unroll 8")
 /* Most activation rows per strip tile (register budget of 16 ymm). */
@@ -81,12 +86,17 @@ PKAI float pk_h(const uint8_t *p)
  * arithmetic takes (the groups of a product are contiguous, so this runs on
  * into the next group; prefetches never fault, so running past the matrix
  * is harmless). Q4_K / Q6_K decode did no better with it (small-Q4_K_M,
- * bench). File-layout rows, 16 streams at once, prefetch each row PK_PF_ROW
- * ahead (pk_gather). */
+ * bench), so their prefetch distance PK_KPF is 0 (none) unless defined;
+ * measuring it again on the TinyLlama shape (4096) was drowned in the noise
+ * of a loaded machine. File-layout rows, 16 streams at once, prefetch each
+ * row PK_PF_ROW ahead (pk_gather). */
 #ifndef PK_PF
 #define PK_PF 4096
 #endif
 #define PK_PF_ROW 576
+#ifndef PK_KPF
+#define PK_KPF 0
+#endif
 PKAI void pk_pf(const uint8_t *p, const size_t pf, const size_t bytes)
 {
     PKU for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(p + pf + o), _MM_HINT_T1);
@@ -382,6 +392,7 @@ PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
     const __m256i m4 = _mm256_set1_epi8(0xf), m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30),
                   lo16 = _mm256_set1_epi32(0x00ff00ff);
     for (int64_t b = 0; b < nb; b++, g += 2304) {
+        if (NX == 1 && PK_KPF) pk_pf(g, PK_KPF, 2304);
         const uint8_t *xq = x + 292 * b + 4;
         PKU for (int h = 0; h < 2; h++) {
             const uint8_t *hd = g + 32 * h;
@@ -428,6 +439,67 @@ PKAI void pk_q4_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
     }
 }
 
+/* Decode of one packed Q4_K group (NX = 1, pk_q4_k_run's sums and recipe):
+ * both row halves per activation dword and both nibbles of a loaded quant
+ * vector at once (one broadcast feeds 2 products, one load 2), the float
+ * accumulators in registers, and the packed stream prefetched PK_KPF ahead
+ * as in pk_q8_0_dec. */
+PKAI void pk_q4_k_dec(int64_t nb, const uint8_t *g, const uint8_t *x, const pk_xk *xa, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xf), m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30),
+                  lo16 = _mm256_set1_epi32(0x00ff00ff);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++, g += 2304) {
+        if (PK_KPF) pk_pf(g, PK_KPF, 2304);
+        const uint8_t *xq = x + 292 * b + 4;
+        __m256i is[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        PKU for (int k = 0; k < 4; k++) {
+            __m256i a[2][2];
+            PKU for (int h = 0; h < 2; h++) a[h][0] = a[h][1] = _mm256_setzero_si256();
+            PKU for (int t = 0; t < 8; t++) {
+                __m256i xl = pk_bcv(xq + 64 * k + 4 * t), xh = pk_bcv(xq + 64 * k + 32 + 4 * t);
+                PKU for (int h = 0; h < 2; h++) {
+                    __m256i v = pk_l(g + 256 + 512 * k + 64 * t + 32 * h);
+                    PK_DOT(a[h][0], _mm256_and_si256(v, m4), xl);
+                    PK_DOT(a[h][1], _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), xh);
+                    __asm__("" : "+x"(a[h][0]), "+x"(a[h][1]));
+                }
+            }
+            PKU for (int h = 0; h < 2; h++) {
+                const uint8_t *hd = g + 32 * h;
+                __m256i w0 = pk_l(hd + 64), w2 = pk_l(hd + 192);
+                __m256i sv = k < 2 ? _mm256_and_si256(w0, m6)
+                                   : _mm256_or_si256(_mm256_and_si256(w2, m4), _mm256_and_si256(_mm256_srli_epi16(w0, 2), m30));
+                PK_SCALE(is[h], a[h][0], pk_scale(sv, (2 * k) & 3, 0));
+                PK_SCALE(is[h], a[h][1], pk_scale(sv, (2 * k + 1) & 3, 0));
+            }
+        }
+        PKU for (int h = 0; h < 2; h++) {
+            const uint8_t *hd = g + 32 * h;
+            __m256i w1 = pk_l(hd + 128), w2 = pk_l(hd + 192);
+            __m256i ml = _mm256_and_si256(w1, m6);
+            __m256i mh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w2, 4), m4),
+                                         _mm256_and_si256(_mm256_srli_epi16(w1, 2), m30));
+            __m256i mle = _mm256_and_si256(ml, lo16), mlo = _mm256_and_si256(_mm256_srli_epi16(ml, 8), lo16);
+            __m256i mhe = _mm256_and_si256(mh, lo16), mho = _mm256_and_si256(_mm256_srli_epi16(mh, 8), lo16);
+            __m256i dd = _mm256_shuffle_epi8(pk_l(hd), _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                                        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+            dd = _mm256_permute4x64_epi64(dd, 0xd8);
+            __m256 d = _mm256_cvtph_ps(_mm256_castsi256_si128(dd)), dmin = _mm256_cvtph_ps(_mm256_extracti128_si256(dd, 1));
+            const pk_xk *e = xa + b;
+            __m256i ms = _mm256_add_epi32(_mm256_madd_epi16(mle, _mm256_set1_epi32(e->m[0])),
+                                          _mm256_madd_epi16(mlo, _mm256_set1_epi32(e->m[1])));
+            ms = _mm256_add_epi32(ms, _mm256_add_epi32(_mm256_madd_epi16(mhe, _mm256_set1_epi32(e->m[2])),
+                                                       _mm256_madd_epi16(mho, _mm256_set1_epi32(e->m[3]))));
+            __m256 dx = _mm256_set1_ps(e->dx);
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[h]), _mm256_mul_ps(d, dx), acc[h]);
+            acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, dx), acc[h]);
+        }
+    }
+    _mm256_storeu_ps(y, acc[0]);
+    _mm256_storeu_ps(y + 8, acc[1]);
+}
+
 /* Quant quarter qd (elements 32 qd.. of a 128-element half) of Q6_K dword
  * t at base (the packed [ql][ql + 32][qh] triplet), 8 rows, values 0..63. */
 PKAI __m256i pk_q6(const uint8_t *base, int qd)
@@ -443,6 +515,7 @@ PKAI void pk_q6_k_run(const int NX, int64_t nb, const uint8_t *g, const uint8_t 
                       const pk_xk *xa, int64_t xas, pk_acc *ac)
 {
     for (int64_t b = 0; b < nb; b++, g += 3360) {
+        if (NX == 1 && PK_KPF) pk_pf(g, PK_KPF, 3360);
         const uint8_t *xq = x + 292 * b + 4;
         PKU for (int rh = 0; rh < 2; rh++) {
             __m256i is[PK_NX];
@@ -522,6 +595,7 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
     {                                                                                                  \
         (void)ws;                                                                                      \
         if (BS == 34) pk_q8_0_dec(n / 32, w, x, xa, y);                                                \
+        else if (BS == 144) pk_q4_k_dec(n / 256, w, x, xa, y);                                         \
         else NAME##_tile(1, nv, n / (BS == 34 ? 32 : 256), w, x, 0, xa, y, 0);                          \
     }                                                                                                  \
     static void NAME##_gemv16(int nv, int64_t n, const uint8_t *w, size_t ws, const uint8_t *x,        \
@@ -576,7 +650,7 @@ static void pk_q6_k_xaux(int64_t n, const uint8_t *x, size_t xs, int64_t nx, voi
         .gemv16 = NAME##_gemv16, .prefill_nx = 2, .strip_bytes = NAME##_strip_bytes,                   \
         .strip_pack = NAME##_strip_pack, .strip_tile = NAME##_strip_tile,                              \
         .strip_groups = PK_GROUPS, .strip_nx = NXM,                                                  \
-        .gemv16_packed = NAME##_gemv16_packed, .strip_packed = true};                                  \
+        .gemv16_packed = NAME##_gemv16_packed, .strip_packed = true, .wide = PK_WIDE(NAME)};          \
     ENG_GEMM_ENTRIES(NAME, NAME##_uk)
 
 PK_KERNELS(pk_q8_0, Q8_0, 34, 544, 34, pk_xq8, 8, PK_Q8_NX)

@@ -686,9 +686,10 @@ static void check_level(eng__kernel_level lvl)
              * The avx512 kernels work in groups of 16 weight rows (decode,
              * nx < 4) and strips of 16/32 rows x 4/6 activation rows
              * (prefill): {16,1} .. {48,13} cover whole groups, whole strips
-             * and their remainders. */
+             * and their remainders; {37, 17} and {2, 70} reach the AVX2
+             * strips on expanded weights (from 16 activation rows). */
             static const int shapes[][2] = {{1, 1}, {3, 1}, {4, 4}, {5, 3}, {9, 7}, {2, 70}, {8, 1},
-                                            {16, 1}, {33, 2}, {33, 4}, {37, 5}, {48, 13}, {64, 6}};
+                                            {16, 1}, {33, 2}, {33, 4}, {37, 5}, {48, 13}, {64, 6}, {37, 17}};
             for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
                 int nr = shapes[sh][0], nx = shapes[sh][1];
                 if (n >= 4096 && nr * nx > 40) continue;
@@ -999,7 +1000,8 @@ static void check_packed(eng__kernel_level lvl)
         for (int c = 0; c < n_count(t); c++) {
             const int64_t n = test_n(t, c);
             if (!eng__packable(t, n)) continue; /* F16: n % 16 */
-            static const int shapes[][2] = {{16, 1}, {16, 2}, {32, 3}, {16, 4}, {48, 5}, {32, 7}, {64, 13}, {80, 4}};
+            static const int shapes[][2] = {{16, 1}, {16, 2}, {32, 3}, {16, 4}, {48, 5}, {32, 7}, {64, 13}, {80, 4},
+                                            {48, 18}, {80, 23}};
             for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
                 const int nr = shapes[sh][0], nx = shapes[sh][1];
                 if (n >= 4096 && nr * nx > 100) continue;
