@@ -81,6 +81,40 @@ Test(tc_stream, deltas_add_up_to_the_whole_parse)
         }
 }
 
+/* Cut short anywhere (max_tokens), or a malformed call after good ones:
+ * what was streamed is still what the whole reply parses to. */
+Test(tc_stream, cut_and_spoiled_replies_add_up_too)
+{
+    static const struct { tc_opts o; const char *reply; } S[] = {
+        {{.fmt = TC_HERMES, .id_seed = 1},
+         "Hi.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", "
+         "\"arguments\": {\"x\": }}\n</tool_call>\nBye."},
+        {{.fmt = TC_FUNCTIONARY, .id_seed = 2}, "all\nHi.>>>a\n{\"x\": 1}>>>b\n{\"y\": oops}"},
+        {{.fmt = TC_MISTRAL_ARGS, .id_seed = 3}, "[TOOL_CALLS]a[ARGS]{\"x\": 1}[TOOL_CALLS]b[ARGS]{\"y\": [1, 2}"},
+    };
+    for (size_t i = 0; i < sizeof S / sizeof *S; i++) {
+        size_t n = strlen(S[i].reply);
+        char *cut = malloc(n + 1);
+        for (size_t k = 0; k <= n; k++) {
+            memcpy(cut, S[i].reply, k);
+            cut[k] = 0;
+            replay(&S[i].o, cut, 3, false);
+            replay(&S[i].o, cut, 1 + k % 5, true);
+        }
+        free(cut);
+    }
+    for (size_t i = 0; i < sizeof R / sizeof *R; i++) {
+        size_t n = strlen(R[i].reply);
+        char *cut = malloc(n + 1);
+        for (size_t k = 0; k <= n; k++) {
+            memcpy(cut, R[i].reply, k);
+            cut[k] = 0;
+            replay(&R[i].o, cut, 1 + k % 7, false);
+        }
+        free(cut);
+    }
+}
+
 Test(tc_stream, expected_splits)
 {
     tc_result w;
