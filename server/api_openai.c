@@ -180,7 +180,8 @@ bool api_server_ready(hreq *r)
 api_limits api_limits_of(srv *s)
 {
     return (api_limits){.cfg = s->cfg, .vocab = s->vocab, .chat_fmt = s->chat_fmt, .tmpl = s->tmpl, .n_ctx = s->n_ctx,
-                        .model = s->model, .model_id = s->model_id, .model_file = s->model_file};
+                        .model = s->model, .model_id = s->model_id, .model_file = s->model_file,
+                        .gcache = s->gcache};
 }
 
 static void reply_submit_error(hreq *r, const api_request *req, eng_status st)

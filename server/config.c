@@ -131,6 +131,25 @@ static const copt OPTS[] = {
      "choices per prompt a request may ask for (\"n\"); they share the prompt's KV"},
     {"max_prompts", CT_INT, OFF(max_prompts), "max-prompts", 0, 1, 100000, "64",
      "prompts one /v1/completions request may carry (\"prompt\" as a list)"},
+    /* structured output: the bounds of every grammar and JSON Schema (docs/API.md) */
+    {"grammar_max_bytes", CT_INT, OFF(grammar_max_bytes), "grammar-max-bytes", 0, 64, 1 << 26, "1048576",
+     "largest GBNF text, given or compiled from a JSON Schema (bytes)"},
+    {"grammar_max_rules", CT_INT, OFF(grammar_max_rules), "grammar-max-rules", 0, 1, 1 << 24, "20000",
+     "most grammar rules (groups, repetitions and schema nodes count)"},
+    {"grammar_max_elements", CT_INT, OFF(grammar_max_elements), "grammar-max-elements", 0, 1, 1 << 26, "200000",
+     "most grammar elements after expanding repetitions"},
+    {"grammar_max_stacks", CT_INT, OFF(grammar_max_stacks), "grammar-max-stacks", 0, 1, 1 << 20, "1024",
+     "most parse stacks a sequence's matcher holds (ambiguity)"},
+    {"grammar_max_depth", CT_INT, OFF(grammar_max_depth), "grammar-max-depth", 0, 1, 1 << 20, "256",
+     "deepest nesting of a parse stack (nested JSON values)"},
+    {"grammar_max_compile_ms", CT_DBL, OFF(grammar_max_compile_ms), "grammar-max-compile-ms", 0, 1, 1e6, "2000",
+     "longest time a grammar may take to compile (milliseconds)"},
+    {"grammar_cache", CT_INT, OFF(grammar_cache), "grammar-cache", 0, 0, 1 << 20, "64",
+     "compiled grammars kept for reuse (by the hash of their text)"},
+    {"schema_max_depth", CT_INT, OFF(schema_max_depth), "schema-max-depth", 0, 1, 4096, "64",
+     "deepest nesting of JSON Schema subschemas followed"},
+    {"schema_max_count", CT_INT, OFF(schema_max_count), "schema-max-count", 0, 1, 1 << 20, "1000",
+     "largest minItems / maxItems / minLength / maxLength a schema may ask to enforce"},
 };
 #define N_OPTS (sizeof OPTS / sizeof OPTS[0])
 

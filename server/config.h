@@ -67,6 +67,11 @@ typedef struct {
     long max_embedding_inputs; /* inputs of one /v1/embeddings request */
     long max_n;              /* a request's "n" (choices per prompt) */
     long max_prompts;        /* prompts of one /v1/completions request */
+    /* structured output bounds (grammar_*: eng_grammar_limits; schema_*: schema_limits) */
+    long grammar_max_bytes, grammar_max_rules, grammar_max_elements, grammar_max_stacks, grammar_max_depth;
+    double grammar_max_compile_ms;
+    long grammar_cache;      /* compiled grammars kept */
+    long schema_max_depth, schema_max_count;
     char *config_file;       /* the file that was read, or NULL */
 } srv_config;
 

@@ -5,9 +5,12 @@
  * faults gets; tests/e2e/test_bad_input.py pins it.
  */
 #include "request.h"
+#include "grammar_cache.h"
 #include "reply.h"
+#include "rformat.h"
 #include "sbuf.h"
 #include "textbuf.h"
+#include "tool_grammar.h"
 #include "tool_request.h"
 
 #include <math.h>
@@ -262,6 +265,26 @@ static void parse_cache_salt(vctx *v, api_request *c)
 }
 
 /* Everything both endpoints share: sampling, limits, stops, biases, OrthoRank. */
+/* Structured output (rformat.c): the GBNF text to enforce, compiled by the
+ * submitter (grammar_cache.c). */
+static void parse_structured(vctx *v, api_request *c)
+{
+    rformat rf;
+    char param[64], msg[500];
+    const char *code = NULL;
+    if (rformat_parse(v->body, v->lim->cfg, &rf, param, sizeof param, &code, msg, sizeof msg)) {
+        if (!strcmp(code, "server_error")) {
+            set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+            v->failed = true;
+            return;
+        }
+        VFAIL(v, param, code, "%s", msg);
+    }
+    c->grammar_text = rf.gbnf;
+    c->grammar_len = rf.len;
+    c->grammar_param = rf.param;
+}
+
 static void parse_common(vctx *v, api_request *c, bool chat)
 {
     const api_limits *lim = v->lim;
@@ -366,18 +389,8 @@ static void parse_common(vctx *v, api_request *c, bool chat)
     }
     parse_logit_bias(v, c);
     if (v->failed) return;
-    if ((x = opt(v, "response_format"))) {
-        json_t *t = json_is_object(x) ? json_object_get(x, "type") : NULL;
-        if (!json_is_string(t))
-            VFAIL(v, "response_format", "invalid_type", "'response_format' must be an object with a string 'type'");
-        const char *ts = json_string_value(t);
-        if (!strcmp(ts, "json_object") || !strcmp(ts, "json_schema"))
-            VFAIL(v, "response_format.type", "not_supported",
-                  "response_format type '%s' is not supported by this server (only 'text')", ts);
-        if (strcmp(ts, "text"))
-            VFAIL(v, "response_format.type", "invalid_value",
-                  "'response_format.type' must be 'text', 'json_object' or 'json_schema'");
-    }
+    parse_structured(v, c);
+    if (v->failed) return;
     char param[64], msg[300];
     c->orthorank = cfg->orthorank;
     if (orthorank_parse(json_object_get(v->body, "orthorank"), lim->model, &c->orthorank, param, sizeof param, msg,
@@ -445,6 +458,8 @@ void api_request_free(api_request *req)
     free(req->bias);
     free(req->stops);
     free(req->echo_text);
+    free(req->grammar_text);
+    eng_grammar_release(req->p.grammar);
     memset(req, 0, sizeof *req);
 }
 
@@ -590,6 +605,37 @@ static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_
 
 /* The model's Jinja template rendered from the body, tokenized. A BOS the
  * template wrote itself is left to the tokenizer, which adds it anyway. */
+/* tool_choice required / named: the grammar of a call (tool_grammar.c),
+ * compiled by the submitter like a response_format's. */
+static void forced_call(vctx *v, api_request *out, const tool_req *tr, tc_format fmt, bool open)
+{
+    const char *what = tr->choice == TOOL_CHOICE_REQUIRED ? "required" : "function";
+    if (fmt == TC_NONE || fmt == TC_QWEN3_CODER)
+        VFAIL(v, "tool_choice", "not_supported", "'tool_choice' %s needs a chat template whose tool-call format the "
+              "server can constrain (this one's: %s)", what, tc_format_name(fmt));
+    if (out->grammar_text)
+        VFAIL(v, "tool_choice", "invalid_value", "'tool_choice' %s cannot be combined with '%s' (both constrain the "
+              "output)", what, out->grammar_param);
+    const srv_config *cfg = v->lim->cfg;
+    schema_limits sl = {.max_depth = (int)cfg->schema_max_depth, .max_rules = (int)cfg->grammar_max_rules,
+                        .max_bytes = (size_t)cfg->grammar_max_bytes, .max_count = cfg->schema_max_count};
+    tool_grammar_opts go = {.fmt = fmt, .think_open = open, .parallel = tr->parallel,
+                            .name = tr->choice == TOOL_CHOICE_NAMED ? tr->name : NULL};
+    char param[64], msg[500], *g = NULL;
+    const char *code = NULL;
+    if (tool_grammar(v->body, &go, &sl, &g, param, sizeof param, &code, msg, sizeof msg)) {
+        if (!strcmp(code, "server_error")) {
+            set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+            v->failed = true;
+            return;
+        }
+        VFAIL(v, param, code, "%s", msg);
+    }
+    out->grammar_text = g;
+    out->grammar_len = strlen(g);
+    out->grammar_param = "tool_choice";
+}
+
 /* Tools, tool_choice and parallel_tool_calls (tool_request.c), and how the
  * reply of the rendered prompt (text, len) is split: calls in the
  * template's format unless tool_choice is none; reasoning for a thinking
@@ -605,12 +651,7 @@ static void tool_setup(vctx *v, api_request *out, const tool_req *tr, const char
     out->parse_reply = fmt != TC_NONE || out->tc.thinking || open;
     out->single_call = !tr->parallel;
     out->forced_tool = tr->choice == TOOL_CHOICE_REQUIRED ? "" : tr->choice == TOOL_CHOICE_NAMED ? tr->name : NULL;
-    if (out->forced_tool && fmt == TC_NONE)
-        vfail(v, "tool_choice", "not_supported",
-              "'tool_choice' %s needs a chat template with a known tool-call format (this one has none)",
-              tr->choice == TOOL_CHOICE_REQUIRED ? "required" : "function");
-    else if (out->forced_tool) /* TEMPORARY until the grammar engine is on main */
-        vfail(v, "tool_choice", "not_supported", "forced tool calls are not supported yet");
+    if (out->forced_tool) forced_call(v, out, tr, fmt, open);
 }
 
 static void jinja_prompt(vctx *v, api_request *out)
@@ -649,6 +690,31 @@ static void jinja_prompt(vctx *v, api_request *out)
     text_prompt(v, out, text, len);
 }
 
+/* Structured output: the request's GBNF compiled into p.grammar (or found
+ * in the cache), for every road that parses a body (chat, completions, each
+ * prompt of a list, /v1/responses). */
+static int compile_grammar(const api_limits *lim, api_request *q, api_error *e)
+{
+    if (!q->grammar_text) return 0;
+    char msg[400];
+    bool hit;
+    eng_status st = grammar_cache_get(lim->gcache, q->grammar_text, q->grammar_len, &q->p.grammar, &hit, msg,
+                                      sizeof msg);
+    if (st == ENG_OK) return 0;
+    e->status = st == ENG_EINVAL ? 400 : 500;
+    e->type = st == ENG_EINVAL ? "invalid_request_error" : "server_error";
+    e->code = st == ENG_EINVAL ? "invalid_grammar" : NULL;
+    snprintf(e->param, sizeof e->param, "%s", q->grammar_param);
+    if (st == ENG_EINVAL && strcmp(q->grammar_param, "grammar") && strstr(msg, "left-recursive"))
+        snprintf(e->message, sizeof e->message, "%s: the schema recurses (through $ref, anyOf or allOf) before "
+                 "matching any character, so no finite value matches it", q->grammar_param);
+    else
+        snprintf(e->message, sizeof e->message, "%s: %s", q->grammar_param,
+                 st == ENG_EINVAL ? msg : eng_strerror(st));
+    api_request_free(q);
+    return -1;
+}
+
 int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -677,7 +743,7 @@ int api_parse_chat(const api_limits *lim, json_t *body, api_request *out, api_er
         api_request_free(out);
         return -1;
     }
-    return 0;
+    return lim->gcache ? compile_grammar(lim, out, err) : 0;
 }
 
 int api_parse_completions(const api_limits *lim, json_t *body, api_request *out, api_error *err)
@@ -769,7 +835,7 @@ int api_parse_completions(const api_limits *lim, json_t *body, api_request *out,
     }
     if (echo && !out->echo_text) out->echo_text = strdup("");
     if (set_prompt(&v, out, ids, n_ids)) goto fail;
-    return 0;
+    return lim->gcache ? compile_grammar(lim, out, err) : 0;
 fail:
     api_request_free(out);
     return -1;

@@ -17,6 +17,7 @@
 
 #include "chat_tmpl.h"
 #include "config.h"
+#include "grammar_cache.h"
 #include "orthoserve/engine.h"
 
 #include <jansson.h>
@@ -41,6 +42,8 @@ typedef struct {
     int32_t n_ctx;              /* positions per sequence */
     const char *model_id;       /* names "model" may give */
     const char *model_file;
+    grammar_cache *gcache;      /* compiles a structured-output request's GBNF into p.grammar; NULL: left as
+                                 * grammar_text (the fuzzer, unit tests) */
 } api_limits;
 
 /* A validated request. Owns prompt, bias, stops (the array; the strings are
@@ -75,6 +78,11 @@ typedef struct {
     tc_opts tc;
     bool single_call;
     const char *forced_tool;
+    /* Structured output (rformat.h): the GBNF text to enforce, or NULL; the
+     * submitter compiles it into p.grammar (a reference this request owns). */
+    char *grammar_text;
+    size_t grammar_len;
+    const char *grammar_param;  /* the field that asked for it ("response_format.json_schema", "grammar", ...) */
 } api_request;
 
 /* Why a request was refused: an OpenAI error object and the HTTP status. */

@@ -304,7 +304,14 @@ static void load_done(uv_work_t *w, int status)
     eng_kv_type_parse(s->cfg->cache_type_k, &sp.type_k); /* checked with the configuration */
     eng_kv_type_parse(s->cfg->cache_type_v, &sp.type_v);
     s->n_ctx = sp.n_ctx;
-    eng_status st = eng_sched_new(s->model, &sp, &s->sched);
+    eng_grammar_limits gl = {.max_bytes = (size_t)s->cfg->grammar_max_bytes,
+                             .max_rules = (int32_t)s->cfg->grammar_max_rules,
+                             .max_elements = (int32_t)s->cfg->grammar_max_elements,
+                             .max_stacks = (int32_t)s->cfg->grammar_max_stacks,
+                             .max_depth = (int32_t)s->cfg->grammar_max_depth,
+                             .max_compile_ms = s->cfg->grammar_max_compile_ms};
+    s->gcache = grammar_cache_new(s->vocab, &gl, (size_t)s->cfg->grammar_cache);
+    eng_status st = s->gcache ? eng_sched_new(s->model, &sp, &s->sched) : ENG_ENOMEM;
     if (st != ENG_OK) {
         log_line(&s->log, SRV_LOG_ERROR, "cannot start the scheduler: %s", eng_strerror(st));
         s->exit_code = 1;
@@ -561,6 +568,7 @@ int cli_serve(int argc, char **argv)
     srv_run(s);
     rc = s->exit_code;
     if (s->sched) eng_sched_free(s->sched);
+    grammar_cache_free(s->gcache);
     eng_model_free(s->model);
     chat_tmpl_free(s->tmpl);
     srv_metrics_free(&s->mx);

@@ -19,6 +19,7 @@
 #include "bridge.h"
 #include "chat_tmpl.h"
 #include "config.h"
+#include "grammar_cache.h"
 #include "http.h"
 #include "log.h"
 #include "resp_store.h"
@@ -49,6 +50,7 @@ struct srv {
     eng_model *model;
     eng_sched *sched;
     const eng_vocab *vocab;
+    grammar_cache *gcache;  /* structured output: compiled grammars (thread-safe) */
     eng_model_info info;
     int32_t n_ctx;
     eng_chat_format chat_fmt;

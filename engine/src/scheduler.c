@@ -38,6 +38,7 @@
  * and echo requests do not reuse. Idle slots are evicted least recently
  * used when a request needs their blocks.
  */
+#include "grammar.h"
 #include "internal.h"
 
 #include <math.h>
@@ -66,6 +67,8 @@ struct eng_request {
     eng_request_params p;
     int32_t *prompt;
     eng_sampler *smp;
+    eng_matcher *matcher; /* structured output (p.grammar), or NULL */
+    uint32_t *allowed;    /* (n_vocab / 32) the matcher's mask */
     eng_orthorank_params orthorank; /* copy of *p.orthorank */
     bool has_orthorank;
     struct eng_request *next; /* queue link (under mu) */
@@ -159,6 +162,8 @@ static void request_destroy(eng_request *r)
     eng_sampler_free(r->smp);
     free(r->pool_acc);
     free(r->embd);
+    eng_matcher_free(r->matcher);
+    free(r->allowed);
     free(r->prompt);
     free(r);
 }
@@ -309,6 +314,7 @@ static eng_status request_check(const eng_sched *s, const eng_request_params *p)
     if (p->n_prompt + (max_tokens > 0 ? 1u : 0u) > (size_t)s->n_ctx) return ENG_ECTXFULL;
     if (p->orthorank && eng_orthorank_check(s->m, p->orthorank, NULL, NULL, 0) != ENG_OK) return ENG_EINVAL;
     if (!eng__sampler_params_ok(&p->sampling, s->n_vocab)) return ENG_EINVAL;
+    if (p->grammar && p->grammar->gv->v != eng_model_vocab(s->m)) return ENG_EINVAL;
     int64_t want = (int64_t)p->n_prompt + max_tokens;
     if (eng__kv_blocks_for((int32_t)(want < s->n_ctx ? want : s->n_ctx)) > eng__kv_blocks_total(s->ctx))
         return ENG_ECTXFULL;
@@ -348,6 +354,14 @@ static eng_request *request_make(eng_sched *s, const eng_request_params *p)
         r->has_orthorank = true;
     }
     for (size_t i = 0; i < p->n_prompt; i++) eng_sampler_accept(r->smp, p->prompt[i]);
+    r->p.grammar = NULL; /* the matcher holds the reference */
+    if (p->grammar) {
+        r->allowed = eng__malloc(((size_t)s->n_vocab + 31) / 32 * sizeof *r->allowed);
+        if (!r->allowed || eng_matcher_new(p->grammar, &r->matcher) != ENG_OK) {
+            request_destroy(r);
+            return NULL;
+        }
+    }
     int64_t want = (int64_t)p->n_prompt + r->p.max_tokens;
     r->max_pos = (int32_t)(want < s->n_ctx ? want : s->n_ctx);
     r->kv_blocks = eng__kv_blocks_for(r->max_pos);
@@ -677,6 +691,22 @@ static void emit_logprob(eng_sched *s, eng_request *r, eng_event_type type, int3
     r->p.on_event(&ev, r->p.user);
 }
 
+/* Structured output: the logits with every token the grammar does not allow
+ * at -INFINITY, into s->scratch (before any sampling transform, so the
+ * sampler and the logprobs see the masked distribution; end-of-generation
+ * only where the grammar accepts). ENG_FINISH_NONE, or how r ends when
+ * nothing but the end can follow (STOP) or the grammar is stuck (ERROR). */
+static eng_finish_reason grammar_logits(eng_sched *s, eng_request *r, const float *logits, eng_status *st)
+{
+    int32_t n = eng_matcher_mask(r->matcher, r->allowed);
+    if (n < 0) *st = n == -1 ? ENG_ENOMEM : ENG_EUNSUPPORTED; /* -2: too ambiguous to mask */
+    if (n <= 0) return n == 0 && eng_matcher_is_accepting(r->matcher) ? ENG_FINISH_STOP : ENG_FINISH_ERROR;
+    if (!eng_matcher_can_continue(r->matcher) && eng_matcher_is_accepting(r->matcher)) return ENG_FINISH_STOP;
+    for (int32_t t = 0; t < s->n_vocab; t++)
+        s->scratch[t] = (r->allowed[t >> 5] >> (t & 31)) & 1u ? logits[t] : -INFINITY;
+    return ENG_FINISH_NONE;
+}
+
 /* Sample the next token of r from logits; emits TOKEN or finishes r. */
 static void next_token(eng_sched *s, eng_request *r, const float *logits)
 {
@@ -686,9 +716,18 @@ static void next_token(eng_sched *s, eng_request *r, const float *logits)
     }
     const eng_vocab *v = eng_model_vocab(s->m);
     const float *lg = logits;
+    if (r->matcher) {
+        eng_status gst = ENG_EINVAL;
+        eng_finish_reason f = grammar_logits(s, r, logits, &gst);
+        if (f != ENG_FINISH_NONE) {
+            finish_running(s, r, f, f == ENG_FINISH_STOP ? ENG_OK : gst);
+            return;
+        }
+        lg = logits = s->scratch;
+    }
     if (!r->p.ignore_eos && r->n_gen < r->p.min_tokens) {
         /* Suppress end-of-generation tokens until min_tokens are out. */
-        memcpy(s->scratch, logits, (size_t)s->n_vocab * sizeof(float));
+        if (logits != s->scratch) memcpy(s->scratch, logits, (size_t)s->n_vocab * sizeof(float));
         for (int32_t t = 0; t < s->n_vocab; t++)
             if (eng_vocab_is_eog(v, t)) s->scratch[t] = -INFINITY;
         lg = s->scratch;
@@ -700,8 +739,12 @@ static void next_token(eng_sched *s, eng_request *r, const float *logits)
         return;
     }
     eng_sampler_accept(r->smp, tok);
+    if (r->matcher && (st = eng_matcher_accept(r->matcher, tok)) != ENG_OK) {
+        finish_running(s, r, ENG_FINISH_ERROR, st);
+        return;
+    }
     if (r->t_first == 0) r->t_first = eng__now();
-    if (!r->p.ignore_eos && eng_vocab_is_eog(v, tok)) {
+    if ((!r->p.ignore_eos || r->matcher) && eng_vocab_is_eog(v, tok)) { /* a grammar ends where it accepts */
         finish_running(s, r, ENG_FINISH_STOP, ENG_OK);
         return;
     }

@@ -141,7 +141,7 @@ static void param_key(const char *param, char *key, size_t cap)
 static void check_error(json_t *body, const api_error *e)
 {
     static const char *const codes400[] = {"invalid_type",   "invalid_value", "missing_field",
-                                           "not_supported", "context_length_exceeded", NULL};
+                                           "not_supported", "context_length_exceeded", "invalid_schema", NULL};
     CHECK(e->message[0] && strlen(e->message) < sizeof e->message);
     CHECK(strlen(e->param) < sizeof e->param);
     if (e->status == 404) {

@@ -15,6 +15,10 @@
 #   OUTDIR/fuzz_request/    the request bodies of the end-to-end tests
 #                           (tests/e2e/*.py, read by request_seeds.py; needs
 #                           python3) and a few more reaching rarer fields
+#   OUTDIR/fuzz_gbnf/       GBNF grammars (every construct), some followed by
+#                           a NUL and text to feed the matcher
+#   OUTDIR/fuzz_schema/     JSON Schemas using every supported keyword and
+#                           a few refused ones
 #   OUTDIR/fuzz_textbuf/    stop strings + token byte streams in the
 #                           harness's layout (fuzz_textbuf.c): splits of
 #                           multi-byte characters, invalid bytes, stops
@@ -35,7 +39,7 @@ export LC_ALL=C
 
 rm -rf "$out.tmp"
 mkdir -p "$out.tmp/fuzz_gguf" "$out.tmp/fuzz_model" "$out.tmp/fuzz_tokenizer" "$out.tmp/fuzz_request" \
-         "$out.tmp/fuzz_textbuf" "$out.tmp/seeds"
+         "$out.tmp/fuzz_textbuf" "$out.tmp/fuzz_gbnf" "$out.tmp/fuzz_schema" "$out.tmp/seeds"
 "$mkseeds" "$out.tmp/seeds" "$td"
 
 # --- fuzz_gguf / fuzz_model -------------------------------------------------
@@ -162,6 +166,26 @@ for f in "$td"/templates/*.jinja; do
 done
 printf '\003{%% for m in messages %%}{{ m.role }}: {{ m.content }}{%% endfor %%}' > "$out.tmp/fuzz_jinja/minimal"
 
+# --- fuzz_gbnf / fuzz_schema ------------------------------------------------
+gb() { n=$1; shift; printf "$@" > "$out.tmp/fuzz_gbnf/$n"; } # shellcheck disable=SC2059
+gb json 'root ::= obj\nobj ::= "{" ws (str ws ":" ws val ("," ws str ws ":" ws val)*)? "}"\nval ::= obj | str | [0-9]+ | "[" (val ("," val)*)? "]"\nstr ::= "\\"" [^"\\\\]* "\\""\nws ::= [ \\t\\n]{0,3}\n\000{"a": [1,{"b":"c"}]}'
+gb classes 'root ::= [a-zA-Z_\\u00e9-\\u00ff\\U0001F600] [^\\x00-\\x1f"]{2,5} . "\\x41\\n"? ("x" | "yz")+ # c\n\000_\303\251ab\360\237\230\200A'
+gb alt-lines 'root ::= a\n  | b\na ::= "a" b?\nb ::= "b"{1,3}\n'
+gb left-rec 'root ::= root "a" | "b"\n'
+gb nested '((((("a")*)+)?){2,4})'
+for f in "$here"/regressions/fuzz_gbnf/* "$here"/regressions/fuzz_schema/*; do
+    [ -f "$f" ] && cp "$f" "$out.tmp/$(basename "$(dirname "$f")")/seed-$(basename "$f")"
+done
+sc() { n=$1; shift; printf '%s' "$1" > "$out.tmp/fuzz_schema/$n"; }
+sc person '{"type":"object","properties":{"name":{"type":"string","maxLength":8},"age":{"type":"integer","minimum":0,"maximum":120},"tags":{"type":"array","items":{"enum":["a","b"]},"maxItems":3}},"required":["name","age"],"additionalProperties":false}'
+sc refs '{"$defs":{"n":{"type":"object","properties":{"v":{"const":1},"k":{"type":"array","items":{"$ref":"#/$defs/n"}}}}},"$ref":"#/$defs/n"}'
+sc choices '{"anyOf":[{"type":"string","format":"uuid"},{"type":"integer","exclusiveMinimum":-5}],"nullable":true}'
+sc oneof '{"oneOf":[{"type":"object","properties":{"k":{"const":"a"}},"required":["k"]},{"type":"object","properties":{"k":{"const":"b"}},"required":["k"]}]}'
+sc allof '{"allOf":[{"type":"object","properties":{"a":{"type":"boolean"}}},{"properties":{"b":{"type":"null"}},"required":["b"]}]}'
+sc tuple '{"type":"array","prefixItems":[{"type":"number"},{"type":"string","pattern":"^(a|b\\d)+$"}],"items":{"type":"boolean"},"minItems":1,"maxItems":4}'
+sc formats '{"type":"object","properties":{"d":{"type":"string","format":"date-time"},"e":{"type":"string","format":"email"},"i":{"type":"string","format":"ipv4"}},"additionalProperties":{"type":"integer"}}'
+sc refused '{"type":"object","properties":{"a":{"type":"string","contentEncoding":"base64"}},"minProperties":1}'
+
 rm -rf "$out.tmp/seeds" "$out"
 mv "$out.tmp" "$out"
-echo "corpus: $(ls "$out/fuzz_jinja" | wc -l) jinja, $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf, $(ls "$out/fuzz_toolcall" | wc -l) toolcall inputs in $out"
+echo "corpus: $(ls "$out/fuzz_jinja" | wc -l) jinja, $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf, $(ls "$out/fuzz_gbnf" | wc -l) gbnf, $(ls "$out/fuzz_schema" | wc -l) schema, $(ls "$out/fuzz_toolcall" | wc -l) toolcall inputs in $out"

@@ -588,6 +588,73 @@ void eng_seq_record_scores(eng_context *c, int32_t seq, bool on);
 const float *eng_get_scores(const eng_context *c, int32_t i);
 
 /* ------------------------------------------------------------------------ */
+/* Grammars: output constrained while decoding (grammar*.c)                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A grammar is GBNF text (llama.cpp's documented syntax: rules
+ * `name ::= ...`, "literals", [classes] with ranges and ^ negation, `.`,
+ * `*` `+` `?` `{m}` `{m,}` `{m,n}`, groups, `|`, # comments) compiled for one
+ * vocabulary. A matcher follows one sequence's output: it gives the tokens
+ * that keep the output a prefix of a sentence of the grammar, and allows
+ * end-of-generation tokens only where the output is a whole sentence.
+ * Left-recursive rules are refused. Every bound below is an error of
+ * eng_grammar_new naming it, or a limit a matcher keeps (it drops parse
+ * paths past max_stacks / max_depth: the output stays inside the grammar).
+ */
+typedef struct eng_grammar_vocab eng_grammar_vocab; /* a vocabulary's token bytes, as a trie */
+typedef struct eng_grammar eng_grammar;             /* compiled, immutable, reference-counted */
+typedef struct eng_matcher eng_matcher;             /* one sequence's parse state */
+
+typedef struct {
+    size_t max_bytes;      /* GBNF text */
+    int32_t max_rules;     /* rules, counting those made for groups, repetitions and classes */
+    int32_t max_elements;  /* elements over all rules (a{1000} is 1000) */
+    int32_t max_stacks;    /* parse stacks a matcher holds at once */
+    int32_t max_depth;     /* nesting depth of one parse stack */
+    double max_compile_ms; /* wall time of eng_grammar_new */
+} eng_grammar_limits;
+
+/* max_bytes 1 MiB, 20000 rules, 200000 elements, 1024 stacks, depth 256, 2000 ms. */
+eng_grammar_limits eng_grammar_default_limits(void);
+
+/* The token table grammars of v's vocabulary use (built once: a sort of the
+ * token byte strings). v must outlive it. Free with eng_grammar_vocab_free(). */
+eng_status eng_grammar_vocab_new(const eng_vocab *v, eng_grammar_vocab **out);
+void eng_grammar_vocab_free(eng_grammar_vocab *gv);
+
+/* Compile GBNF text (len bytes; root: the start rule, NULL: "root") for gv,
+ * which must outlive the grammar. ENG_EINVAL with a message in err (the
+ * line:column and what was expected, or the bound exceeded, named as in
+ * eng_grammar_limits); ENG_ENOMEM. *out holds one reference. Thread-safe. */
+eng_status eng_grammar_new(const eng_grammar_vocab *gv, const char *gbnf, size_t len, const char *root,
+                           const eng_grammar_limits *lim, eng_grammar **out, char *err, size_t errlen);
+/* References (thread-safe); the last release frees. NULL is fine. */
+void eng_grammar_retain(eng_grammar *g);
+void eng_grammar_release(eng_grammar *g);
+
+/* A matcher at the start of g's start rule (it holds a reference to g).
+ * Free with eng_matcher_free(). One thread at a time; matchers of one
+ * grammar may run on different threads. */
+eng_status eng_matcher_new(eng_grammar *g, eng_matcher **out);
+void eng_matcher_free(eng_matcher *m);
+/* The allowed tokens now: bit t of bits ((n_vocab + 31) / 32 words) is set
+ * when token t may come next (end-of-generation tokens: when the output is
+ * a sentence). Returns the count of allowed tokens; -1 when memory ran
+ * out; -2 when the grammar is too ambiguous to mask in bounded work (2e7
+ * expansion steps per table built, and as many for the rest of a mask). Allocates nothing after the grammar's per-state tables
+ * are built (on first use of a state). */
+int32_t eng_matcher_mask(eng_matcher *m, uint32_t *bits);
+/* Feed a token (its bytes) / raw bytes. ENG_EINVAL when they leave the
+ * grammar (the state is unchanged then). An end-of-generation token is
+ * accepted only where the output is a sentence, and changes nothing. */
+eng_status eng_matcher_accept(eng_matcher *m, int32_t token);
+eng_status eng_matcher_accept_bytes(eng_matcher *m, const char *s, size_t n);
+/* The output so far is a sentence of the grammar / can be continued. */
+bool eng_matcher_is_accepting(const eng_matcher *m);
+bool eng_matcher_can_continue(const eng_matcher *m);
+
+/* ------------------------------------------------------------------------ */
 /* Scheduler: continuous batching of requests on its own thread            */
 /* ------------------------------------------------------------------------ */
 
@@ -679,7 +746,7 @@ typedef struct {
     size_t n_prompt;
     int32_t max_tokens;      /* >= 0; clipped to the context end (finish LENGTH) */
     int32_t min_tokens;      /* end-of-generation tokens are suppressed before this many */
-    bool ignore_eos;         /* never stop on end-of-generation tokens */
+    bool ignore_eos;         /* never stop on end-of-generation tokens (with a grammar: only where it accepts) */
     eng_sampler_params sampling;
     int32_t n_logprobs;      /* -1: none; 0: the chosen token's only; n: also the top n
                               * (<= ENG_MAX_TOP_LOGPROBS) */
@@ -700,6 +767,11 @@ typedef struct {
      * prompt) whose prompt KV this request shares: the prompt is computed
      * once, then forked (see eng_sched_submit_many). */
     int32_t fork_of;
+    /* Structured output: NULL, free text; else every token keeps the output
+     * inside this grammar and end-of-generation comes only where it accepts
+     * (the mask applies before any sampling transform; logprobs are those of
+     * the masked distribution). The request holds its own reference. */
+    eng_grammar *grammar;
 } eng_request_params;
 
 /* Start the scheduler thread. The model must outlive it. Free with eng_sched_free(). */

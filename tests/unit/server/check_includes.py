@@ -28,6 +28,9 @@ LAYERS = [
     ["srv_metrics", "log"],                        # the server's metrics; log lines
     ["resp_request"],                              # /v1/responses bodies -> chat bodies
     ["request", "plan", "resp_reply", "tc_stream"],  # request bodies -> engine parameters; plan files; Responses JSON; reply deltas
+    ["rformat", "grammar_cache", "tool_grammar"],  # structured-output fields -> GBNF; compiled grammars; forced tool calls
+    ["schema_gbnf"],                               # JSON Schema -> GBNF
+    ["regex_gbnf"],                                # "pattern" -> GBNF
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
     ["metrics", "bridge", "textbuf", "config", "resp_store", "chat_tmpl"],
     ["toolcall", "tool_request"],
