@@ -46,14 +46,20 @@ function callOk(c) {
 const messages = [{ role: "user", content: "Weather in Paris for 3 days?" }];
 const client = new OpenAI({ baseURL, apiKey: "sk-test", maxRetries: 0, timeout });
 const base = { model, messages, tools, max_tokens: 400, temperature: 1.3 };
+// A forced call with parallel calls on lets a random model write call after
+// call until max_tokens: the single-call checks turn parallel calls off.
+const one = { ...base, parallel_tool_calls: false };
 
 await attempt("openai required / named", async () => {
   for (const seed of [1, 2, 3]) {
-    const r = await client.chat.completions.create({ ...base, seed, tool_choice: "required" });
+    const r = await client.chat.completions.create({ ...one, seed, tool_choice: "required" });
     const m = r.choices[0].message;
-    check(`openai required seed ${seed}`, r.choices[0].finish_reason === "tool_calls" && m.tool_calls?.length >= 1 &&
+    check(`openai required seed ${seed}`, r.choices[0].finish_reason === "tool_calls" && m.tool_calls?.length === 1 &&
           m.tool_calls.every(callOk) && m.content === null, r.choices[0]);
   }
+  const p = await client.chat.completions.create({ ...base, seed: 1, tool_choice: "required" });
+  check("openai required, parallel calls", ["tool_calls", "length"].includes(p.choices[0].finish_reason) &&
+        p.choices[0].message.tool_calls?.length >= 1 && p.choices[0].message.tool_calls.every(callOk), p.choices[0]);
   const named = { type: "function", function: { name: "get_time" } };
   const r = await client.chat.completions.create({ ...base, seed: 4, tool_choice: named, parallel_tool_calls: false });
   const calls = r.choices[0].message.tool_calls;
@@ -63,8 +69,8 @@ await attempt("openai required / named", async () => {
 
 await attempt("openai streamed", async () => {
   for (const tool_choice of ["required", { type: "function", function: { name: "get_weather" } }]) {
-    const whole = await client.chat.completions.create({ ...base, seed: 7, tool_choice });
-    const stream = client.chat.completions.stream({ ...base, seed: 7, tool_choice, stream_options: { include_usage: true } });
+    const whole = await client.chat.completions.create({ ...one, seed: 7, tool_choice });
+    const stream = client.chat.completions.stream({ ...one, seed: 7, tool_choice, stream_options: { include_usage: true } });
     let argDeltas = 0;
     stream.on("tool_calls.function.arguments.delta", () => { argDeltas++; });
     const fin = await stream.finalChatCompletion();
@@ -90,7 +96,7 @@ await attempt("openai auto", async () => {
 });
 
 await attempt("openai role tool round trip", async () => {
-  const r = await client.chat.completions.create({ ...base, seed: 5, tool_choice: "required" });
+  const r = await client.chat.completions.create({ ...one, seed: 5, tool_choice: "required" });
   const m = r.choices[0].message;
   const next = [...messages, m, ...m.tool_calls.map((c) => ({ role: "tool", tool_call_id: c.id, content: "21 C, sunny" }))];
   const r2 = await client.chat.completions.create({ ...base, messages: next, seed: 5, max_tokens: 16 });
@@ -102,11 +108,11 @@ await attempt("langchain", async () => {
   const llm = new ChatOpenAI({ model, apiKey: "sk-test", configuration: { baseURL }, temperature: 1.3, maxTokens: 400,
                                maxRetries: 0, timeout, modelKwargs: { seed: 8 } });
   const bound = llm.bindTools([{ name: "get_weather", description: "Weather of a city", schema: zWeather }],
-                              { tool_choice: "get_weather" });
+                              { tool_choice: "get_weather", parallel_tool_calls: false });
   const msg = await bound.invoke(messages);
   check("langchain bindTools named", msg.tool_calls?.length === 1 && msg.tool_calls[0].name === "get_weather" &&
         valid.get_weather(msg.tool_calls[0].args), msg.tool_calls);
-  const any = await llm.bindTools(tools, { tool_choice: "any" }).invoke(messages);
+  const any = await llm.bindTools(tools, { tool_choice: "any", parallel_tool_calls: false }).invoke(messages);
   check("langchain bindTools any (required)", any.tool_calls?.length >= 1 &&
         any.tool_calls.every((c) => valid[c.name] && valid[c.name](c.args)), any.tool_calls);
   const out = await llm.withStructuredOutput(zWeather, { method: "functionCalling", name: "weather" }).invoke(messages);
@@ -118,6 +124,7 @@ await attempt("ai-sdk", async () => {
   const r = await generateText({
     model: provider.chat(model), messages, temperature: 1.3, seed: 9, maxOutputTokens: 400, maxRetries: 0,
     tools: { get_weather: tool({ description: "Weather of a city", inputSchema: zWeather }) }, toolChoice: "required",
+    providerOptions: { openai: { parallelToolCalls: false } },
   });
   check("ai-sdk generateText toolChoice required", r.toolCalls.length >= 1 && r.toolCalls.every((c) =>
         c.toolName === "get_weather" && valid.get_weather(c.input)) && r.finishReason === "tool-calls",
