@@ -57,11 +57,25 @@ static int extend(sbuf *sent, const char *now, bool hold, const char **new_p, si
     return 0;
 }
 
+/* n, less a UTF-8 sequence cut short at the end (a JSON parser would call
+ * the text malformed where it is only unfinished). */
+static size_t whole_chars(const char *p, size_t n)
+{
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char)p[n - k];
+        if ((c & 0xC0) == 0x80) continue; /* a continuation byte */
+        size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return len > k ? n - k : n;
+    }
+    return n;
+}
+
 int tc_stream_push(tc_stream *s, const char *t, size_t n, bool final, tc_delta *d)
 {
     memset(d, 0, sizeof *d);
     if (n && !sbuf_add(&s->text, t, n)) return -1;
-    if (tc_parse(&s->o, s->text.p ? s->text.p : "", s->text.n, !final, &d->r)) return -1;
+    size_t upto = final ? s->text.n : whole_chars(s->text.p, s->text.n);
+    if (tc_parse(&s->o, s->text.p ? s->text.p : "", upto, !final, &d->r)) return -1;
     if (s->single) keep_first(&d->r);
     if (extend(&s->content, d->r.content, !final, &d->content, &d->content_n) ||
         extend(&s->reasoning, d->r.reasoning, false, &d->reasoning, &d->reasoning_n)) {

@@ -101,7 +101,8 @@ static bool add_call(json_t *calls, const json_t *name, json_t *args)
         json_decref(args);
         args = o;
     }
-    if (!json_is_string(name) || !json_string_length(name) || !json_is_object(args)) {
+    if (!json_is_string(name) || !json_string_length(name) || strlen(json_string_value(name)) != json_string_length(name) ||
+        !json_is_object(args)) { /* no name, or one with a NUL byte */
         json_decref(args);
         return false;
     }
@@ -285,12 +286,11 @@ static char *dup_range(const char *s, size_t n)
     return p;
 }
 
-/* Content without surrounding whitespace when calls are present. */
+/* Content around calls, without the whitespace next to them. */
 static char *join_content(const char *a, size_t an, const char *b, size_t bn, bool trim)
 {
     if (trim) {
-        while (an && is_ws(a[an - 1])) an--;
-        while (an && is_ws(a[0])) a++, an--;
+        while (an && is_ws(a[an - 1])) an--; /* (leading whitespace stays: a stream has sent it) */
         while (bn && is_ws(b[bn - 1])) bn--;
     }
     char *p = malloc(an + bn + 1);
@@ -345,6 +345,10 @@ static size_t marker_tail(const char *s, size_t n, const char *marker)
 static size_t region_start(const tc_opts *o, const char *s, size_t n, size_t *mlen)
 {
     *mlen = 0;
+    if (o->fmt == TC_LLAMA3) { /* a reply that is one JSON object (whatever comes later) */
+        size_t i = skip_ws(s, n, 0);
+        if (i < n && s[i] == '{') return i;
+    }
     const char *m = MARKER[o->fmt];
     if (m) {
         const char *p = find(s, n, m);
@@ -352,10 +356,6 @@ static size_t region_start(const tc_opts *o, const char *s, size_t n, size_t *ml
             *mlen = strlen(m);
             return (size_t)(p - s);
         }
-    }
-    if (o->fmt == TC_LLAMA3) { /* a reply that is one JSON object */
-        size_t i = skip_ws(s, n, 0);
-        if (i < n && s[i] == '{') return i;
     }
     return n;
 }
@@ -448,14 +448,15 @@ static int split_think(const tc_opts *o, const char *s, size_t n, bool partial, 
     if (!o->thinking && !o->think_open) return 0;
     size_t i = skip_ws(s, n, 0);
     bool open = o->think_open;
+    if (partial && n - i < 7 && !strncmp(s + i, "<think>", n - i)) {
+        out->pending = true; /* the block may be beginning */
+        *body = n;
+        return 0;
+    }
     if (starts(s, n, i, "<think>")) {
         open = true;
         i += 7;
     } else if (!open) {
-        if (partial && o->thinking && n - i < 7 && !strncmp(s + i, "<think>", n - i)) {
-            out->pending = true; /* the block may be beginning */
-            *body = n;
-        }
         return 0;
     }
     const char *e = find(s + i, n - i, "</think>");
