@@ -26,6 +26,7 @@
 #include "request.h"
 #include "server.h"
 #include "stream.h"
+#include "tool_reply.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,8 +84,13 @@ static void deliver(job *j, bool force)
 {
     size_t n;
     const char *t = textbuf_take(j->tb, &n);
-    if (j->stream) stream_text(j, t, n, force);
-    else if (n) sbuf_add(&j->text, t, n);
+    if (j->stream && j->tcs) {
+        if (n || force) tool_reply_stream(j, t, n, force);
+    } else if (j->stream) {
+        stream_text(j, t, n, force);
+    } else if (n) {
+        sbuf_add(&j->text, t, n);
+    }
 }
 
 /* The counts of the whole group: each prompt once (its leader's), every
@@ -150,8 +156,11 @@ static void reply_all(group *g, const reply_counts *c)
         sbuf_add(&t, j->text.p ? j->text.p : "", j->text.n);
         reply_head h = job_head(j);
         json_t *lp = j->n_logprobs >= 0 ? job_logprobs_json(j, 0, j->n_lps) : NULL;
-        json_t *one = reply_completion(&h, t.p ? t.p : "", t.n, lp, job_finish(j), c,
-                                       i ? NULL : job_orthorank_json(j));
+        json_t *m = j->tcs ? tool_reply_message(j, t.p, t.n) : NULL; /* tool calls, reasoning */
+        json_t *one = m ? reply_completion_msg(&h, m, NULL, 0, lp, tool_reply_finish(j), c,
+                                               i ? NULL : job_orthorank_json(j))
+                        : reply_completion(&h, t.p ? t.p : "", t.n, lp, job_finish(j), c,
+                                           i ? NULL : job_orthorank_json(j));
         free(t.p);
         if (!o) {
             o = one;
@@ -179,7 +188,7 @@ static void answer(group *g, job *last)
     } else if (g->stream) {
         reply_head h = job_head(last);
         json_t *chunks = json_array();
-        reply_stream_end(&h, job_finish(last), &c, job_orthorank_json(g->jobs[0]), chunks);
+        reply_stream_end(&h, tool_reply_finish(last), &c, job_orthorank_json(g->jobs[0]), chunks);
         for (size_t i = 0; i < json_array_size(chunks); i++) stream_record(last, json_incref(json_array_get(chunks, i)));
         json_decref(chunks);
         stream_done(g->jobs[0]);
@@ -206,7 +215,7 @@ static void choice_done(group *g, job *j, const eng_event *ev)
         deliver(j, true);
         if (g->stream && !failed(j) && g->n_done < g->n) {
             reply_head h = job_head(j);
-            stream_record(j, reply_chunk(&h, NULL, 0, false, job_finish(j), NULL));
+            stream_record(j, reply_chunk(&h, NULL, 0, false, tool_reply_finish(j), NULL));
         }
         if (g->n_done == g->n) answer(g, j);
     }

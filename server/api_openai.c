@@ -19,6 +19,7 @@
 #include "request.h"
 #include "server.h"
 #include "stream.h"
+#include "tool_reply.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,8 @@ static void deliver_text(job *j, bool force)
     const char *t = textbuf_take(j->tb, &n);
     if (j->stream && j->out) {
         if (n) j->out->text(j, t, n);
+    } else if (j->stream && j->tcs) {
+        if (n) tool_reply_stream(j, t, n, false);
     } else if (j->stream) {
         stream_text(j, t, n, force);
     } else if (n) {
@@ -55,6 +58,12 @@ static void reply_whole(job *j)
     reply_head h = job_head(j);
     reply_counts c = job_counts(j);
     json_t *lp = j->n_logprobs >= 0 ? job_logprobs_json(j, 0, j->n_lps) : NULL;
+    if (j->tcs) { /* tool calls, reasoning_content */
+        json_t *m = tool_reply_message(j, j->text.p, j->text.n);
+        http_reply_json(j->hr, 200, reply_completion_msg(&h, m, NULL, 0, lp, tool_reply_finish(j), &c,
+                                                         job_orthorank_json(j)));
+        return;
+    }
     http_reply_json(j->hr, 200, reply_completion(&h, j->text.p, j->text.n, lp, job_finish(j), &c,
                                                  job_orthorank_json(j)));
 }
@@ -118,9 +127,10 @@ static void answer(job *j)
     if (!j->stop_hit && !job_cancelled(j)) textbuf_finish(j->tb);
     if (j->stream && !j->echo_sent) stream_text(j, "", 0, true);
     deliver_text(j, true);
+    if (!failed && j->stream && j->tcs && !j->out) tool_reply_stream(j, "", 0, true);
     if (failed) reply_failure(j);
     else if (j->out) j->out->finish(j);
-    else if (j->stream) stream_finish(j, job_finish(j));
+    else if (j->stream) stream_finish(j, tool_reply_finish(j));
     else reply_whole(j);
 }
 

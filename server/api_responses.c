@@ -41,6 +41,12 @@ typedef struct {
     bool store;       /* rq.store and the server stores */
     int seq;          /* the next event's sequence_number */
     sbuf text;        /* streamed so far */
+    /* A reply split into reasoning, text and function calls (job.tcs: tool
+     * calling, thinking templates): output items in order of appearance. */
+    int msg_index;    /* the message's output_index; -1: not announced yet */
+    json_t *output;   /* the items so far (the message's place is null until it closes) */
+    sbuf reasoning;   /* streamed think text, one reasoning item once it ends */
+    bool reasoning_sent;
     /* The write of the finished response (uv_queue_work). */
     uv_work_t w;
     job *j;
@@ -78,6 +84,8 @@ static void state_free(resp_state *st)
     if (!st) return;
     resp_request_free(&st->rq);
     free(st->text.p);
+    free(st->reasoning.p);
+    json_decref(st->output);
     json_decref(st->final);
     free(st->final_text);
     free(st->items_text);
@@ -115,8 +123,20 @@ static resp_head head_of(resp_state *st, const char *status, const char *incompl
 /* An event about the output message's text part. */
 static json_t *part_event(resp_state *st, const char *type)
 {
-    return json_pack("{s:s, s:s, s:i, s:i}", "type", type, "item_id", st->msg_id, "output_index", 0,
+    return json_pack("{s:s, s:s, s:i, s:i}", "type", type, "item_id", st->msg_id, "output_index", st->msg_index,
                      "content_index", 0);
+}
+
+/* The message item announced at the next output_index, its part added. */
+static void open_message(resp_state *st, job *j)
+{
+    st->msg_index = (int)json_array_size(st->output);
+    json_array_append_new(st->output, json_null());
+    emit(st, j, json_pack("{s:s, s:i, s:o}", "type", "response.output_item.added", "output_index", st->msg_index,
+                          "item", resp_reply_message(st->msg_id, "in_progress", NULL, 0)));
+    json_t *ev = part_event(st, "response.content_part.added");
+    json_object_set_new(ev, "part", resp_reply_text_part("", 0));
+    emit(st, j, ev);
 }
 
 static void out_begin(job *j)
@@ -126,16 +146,12 @@ static void out_begin(job *j)
     emit(st, j, json_pack("{s:s, s:o}", "type", "response.created", "response", resp_reply_object(&h, NULL, NULL, NULL)));
     emit(st, j, json_pack("{s:s, s:o}", "type", "response.in_progress", "response",
                           resp_reply_object(&h, NULL, NULL, NULL)));
-    emit(st, j, json_pack("{s:s, s:i, s:o}", "type", "response.output_item.added", "output_index", 0, "item",
-                          resp_reply_message(st->msg_id, "in_progress", NULL, 0)));
-    json_t *ev = part_event(st, "response.content_part.added");
-    json_object_set_new(ev, "part", resp_reply_text_part("", 0));
-    emit(st, j, ev);
+    st->msg_index = -1;
+    if (!j->tcs) open_message(st, j); /* a split reply announces its items as they come */
 }
 
-static void out_text(job *j, const char *t, size_t n)
+static void text_delta(resp_state *st, job *j, const char *t, size_t n)
 {
-    resp_state *st = j->out_ctx;
     sbuf_add(&st->text, t, n);
     json_t *part = resp_reply_text_part(t, n); /* the delta made valid UTF-8 */
     json_t *ev = part_event(st, "response.output_text.delta");
@@ -143,6 +159,94 @@ static void out_text(job *j, const char *t, size_t n)
     json_object_set_new(ev, "logprobs", json_array());
     json_decref(part);
     emit(st, j, ev);
+}
+
+/* ---- a split reply: reasoning, text, function calls ---------------------- */
+
+/* An item that is complete when announced: added, then done. */
+static void emit_whole_item(resp_state *st, job *j, json_t *item)
+{
+    int k = (int)json_array_size(st->output);
+    emit(st, j, json_pack("{s:s, s:i, s:O}", "type", "response.output_item.added", "output_index", k, "item", item));
+    emit(st, j, json_pack("{s:s, s:i, s:O}", "type", "response.output_item.done", "output_index", k, "item", item));
+    json_array_append_new(st->output, item);
+}
+
+/* Item ids carry their response's ("<type>_<48 hex>..."): an item_reference
+ * to one finds the stored response (resolve_references). */
+static void item_id(const resp_state *st, const char *type, size_t k, char *out, size_t cap)
+{
+    if (!strcmp(type, "fc")) snprintf(out, cap, "fc_%s_%zu", st->id + 5, k);
+    else snprintf(out, cap, "%s_%s", type, st->id + 5);
+}
+
+static void emit_reasoning(resp_state *st, job *j)
+{
+    if (st->reasoning_sent || !st->reasoning.n) return;
+    st->reasoning_sent = true;
+    char id[80];
+    item_id(st, "rs", 0, id, sizeof id);
+    emit_whole_item(st, j, resp_reply_reasoning(id, st->reasoning.p, st->reasoning.n));
+}
+
+/* A complete call: the item added with empty arguments, the arguments as
+ * one delta and done, the item done. */
+static void emit_call(resp_state *st, job *j, const tc_call *c, size_t k)
+{
+    char id[80];
+    item_id(st, "fc", k, id, sizeof id);
+    int idx = (int)json_array_size(st->output);
+    emit(st, j, json_pack("{s:s, s:i, s:o}", "type", "response.output_item.added", "output_index", idx, "item",
+                          resp_reply_function_call(id, c->id, c->name, "", "in_progress")));
+    emit(st, j, json_pack("{s:s, s:s, s:i, s:s}", "type", "response.function_call_arguments.delta", "item_id", id,
+                          "output_index", idx, "delta", c->arguments));
+    emit(st, j, json_pack("{s:s, s:s, s:i, s:s, s:s}", "type", "response.function_call_arguments.done", "item_id",
+                          id, "output_index", idx, "name", c->name, "arguments", c->arguments));
+    json_t *item = resp_reply_function_call(id, c->id, c->name, c->arguments, "completed");
+    emit(st, j, json_pack("{s:s, s:i, s:O}", "type", "response.output_item.done", "output_index", idx, "item", item));
+    json_array_append_new(st->output, item);
+}
+
+static void split_text(resp_state *st, job *j, const char *t, size_t n, bool final)
+{
+    tc_delta d;
+    if (tc_stream_push(j->tcs, t, n, final, &d)) return;
+    if (d.reasoning_n) sbuf_add(&st->reasoning, d.reasoning, d.reasoning_n);
+    if (d.content_n || d.n || final) emit_reasoning(st, j);
+    if (d.content_n) {
+        if (st->msg_index < 0) open_message(st, j);
+        text_delta(st, j, d.content, d.content_n);
+    }
+    for (size_t k = d.first; k < d.first + d.n; k++) emit_call(st, j, &d.r.calls[k], k);
+    tc_delta_free(&d);
+}
+
+static void out_text(job *j, const char *t, size_t n)
+{
+    resp_state *st = j->out_ctx;
+    if (j->tcs) split_text(st, j, t, n, false);
+    else text_delta(st, j, t, n);
+}
+
+/* The output of a split reply that was not streamed: reasoning, the
+ * message (unless calls came without text), the calls. */
+static json_t *split_output(resp_state *st, job *j, const char *msg_status)
+{
+    tc_result r;
+    json_t *out = json_array();
+    if (tc_parse_reply(&j->tcs->o, j->tcs->single, j->text.p ? j->text.p : "", j->text.n, &r)) return out;
+    char id[80];
+    item_id(st, "rs", 0, id, sizeof id);
+    if (r.reasoning) json_array_append_new(out, resp_reply_reasoning(id, r.reasoning, strlen(r.reasoning)));
+    if (r.content[0] || !r.n_calls)
+        json_array_append_new(out, resp_reply_message(st->msg_id, msg_status, r.content, strlen(r.content)));
+    for (size_t k = 0; k < r.n_calls; k++) {
+        item_id(st, "fc", k, id, sizeof id);
+        json_array_append_new(out, resp_reply_function_call(id, r.calls[k].id, r.calls[k].name, r.calls[k].arguments,
+                                                            "completed"));
+    }
+    tc_result_free(&r);
+    return out;
 }
 
 /* The message's closing events: its text, its part, the item. */
@@ -156,7 +260,8 @@ static void stream_close_message(resp_state *st, job *j, json_t *msg)
     ev = part_event(st, "response.content_part.done");
     json_object_set(ev, "part", part);
     emit(st, j, ev);
-    emit(st, j, json_pack("{s:s, s:i, s:O}", "type", "response.output_item.done", "output_index", 0, "item", msg));
+    emit(st, j, json_pack("{s:s, s:i, s:O}", "type", "response.output_item.done", "output_index", st->msg_index,
+                          "item", msg));
 }
 
 /* The finished response to the client (steals obj). */
@@ -245,11 +350,27 @@ static void out_finish(job *j)
     bool incomplete = !strcmp(job_finish(j), "length");
     const char *text = j->stream ? st->text.p : j->text.p;
     size_t n = j->stream ? st->text.n : j->text.n;
-    json_t *msg = resp_reply_message(st->msg_id, incomplete ? "incomplete" : "completed", text ? text : "", n);
-    if (j->stream) stream_close_message(st, j, msg);
+    const char *mst = incomplete ? "incomplete" : "completed";
+    json_t *output;
+    if (j->tcs && !j->stream) {
+        output = split_output(st, j, mst);
+    } else {
+        if (j->tcs) split_text(st, j, "", 0, true);
+        if (j->tcs && st->msg_index < 0 && !j->tcs->n_calls) open_message(st, j);
+        text = j->stream ? st->text.p : text; /* split_text may have added the last text */
+        n = j->stream ? st->text.n : n;
+        if (st->msg_index >= 0 || !j->stream) {
+            json_t *msg = resp_reply_message(st->msg_id, mst, text ? text : "", n);
+            if (j->stream) stream_close_message(st, j, msg);
+            if (j->stream) json_array_set(st->output, (size_t)st->msg_index, msg);
+            else json_array_append(st->output, msg);
+            json_decref(msg);
+        }
+        output = json_incref(st->output);
+    }
     reply_counts c = job_counts(j);
     resp_head h = head_of(st, incomplete ? "incomplete" : "completed", incomplete ? "max_output_tokens" : NULL, &c);
-    json_t *obj = resp_reply_object(&h, json_pack("[o]", msg), NULL, job_orthorank_json(j));
+    json_t *obj = resp_reply_object(&h, output, NULL, job_orthorank_json(j));
     if (!obj) {
         out_fail(j, 500, "server_error", NULL, "out of memory");
         return;
@@ -424,6 +545,7 @@ void api_responses_create(hreq *r)
     }
     st->s = r->s;
     st->created_at = (long long)time(NULL);
+    st->output = json_array();
     new_id(st->id, sizeof st->id, "resp_");
     /* The message's id carries its response's: an item_reference to it
      * finds the stored response (resolve_references). */

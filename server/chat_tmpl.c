@@ -13,6 +13,8 @@
 struct chat_tmpl {
     eng_jinja *t;
     char *bos, *eos;
+    tc_format tool_fmt;
+    bool thinking;
 };
 
 chat_tmpl *chat_tmpl_new(const char *src, size_t len, const char *bos, const char *eos, char *err, size_t errlen)
@@ -26,7 +28,17 @@ chat_tmpl *chat_tmpl_new(const char *src, size_t len, const char *bos, const cha
         free(c);
         return NULL;
     }
-    if ((bos && !(c->bos = strdup(bos))) || (eos && !(c->eos = strdup(eos)))) {
+    /* the markers are looked for in the source (NUL-terminated copy) */
+    char *copy = malloc(len + 1);
+    bool copied = copy != NULL;
+    if (copied) {
+        memcpy(copy, src, len);
+        copy[len] = 0;
+        c->tool_fmt = tc_detect(copy);
+        c->thinking = tc_detect_thinking(copy);
+        free(copy);
+    }
+    if (!copied || (bos && !(c->bos = strdup(bos))) || (eos && !(c->eos = strdup(eos)))) {
         chat_tmpl_free(c);
         goto oom;
     }
@@ -46,6 +58,8 @@ void chat_tmpl_free(chat_tmpl *t)
 }
 
 const char *chat_tmpl_bos(const chat_tmpl *t) { return t->bos; }
+tc_format chat_tmpl_tool_format(const chat_tmpl *t) { return t->tool_fmt; }
+bool chat_tmpl_thinking(const chat_tmpl *t) { return t->thinking; }
 
 /* content as an array of {"type": "text", "text"} parts -> one string;
  * NULL after filling msg when a part is not text. */

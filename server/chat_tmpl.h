@@ -6,6 +6,8 @@
 #ifndef ORTHOSERVE_CHAT_TMPL_H
 #define ORTHOSERVE_CHAT_TMPL_H
 
+#include "toolcall.h"
+
 #include <jansson.h>
 #include <orthoserve/engine.h>
 #include <stdbool.h>
@@ -19,6 +21,10 @@ typedef struct chat_tmpl chat_tmpl;
 chat_tmpl *chat_tmpl_new(const char *src, size_t len, const char *bos, const char *eos, char *err, size_t errlen);
 void chat_tmpl_free(chat_tmpl *t);
 const char *chat_tmpl_bos(const chat_tmpl *t); /* the bos_token passed, or NULL */
+/* The tool-call format of the template's family (toolcall.h: tc_detect) and
+ * whether it writes <think> blocks, detected from its source once. */
+tc_format chat_tmpl_tool_format(const chat_tmpl *t);
+bool chat_tmpl_thinking(const chat_tmpl *t);
 
 /*
  * Render a request body: messages (content-part arrays flattened to their

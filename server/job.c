@@ -84,6 +84,15 @@ job *job_new(hreq *r, api_request *req)
         lp_push(j, &e);
         j->tok_chars = piece_chars(s, req->prompt[0]);
     }
+    if (req->parse_reply) { /* tool calls and reasoning: call ids drawn per reply */
+        tc_opts o = req->tc;
+        o.id_seed = rng_next(s);
+        if (!(j->tcs = malloc(sizeof *j->tcs))) {
+            job_free(j);
+            return NULL;
+        }
+        tc_stream_init(j->tcs, &o, req->single_call);
+    }
     if (!req->seeded) req->p.sampling.seed = rng_next(s);
     return j;
 }
@@ -94,6 +103,8 @@ void job_free(job *j)
     if (j->er) eng_request_release(j->er);
     if (j->out && j->out->release) j->out->release(j->out_ctx);
     textbuf_free(j->tb);
+    tc_stream_free(j->tcs);
+    free(j->tcs);
     free(j->text.p);
     free(j->lps);
     free(j->sse.p);

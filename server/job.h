@@ -17,6 +17,7 @@
 #include "reply.h"
 #include "request.h"
 #include "sbuf.h"
+#include "tc_stream.h"
 #include "textbuf.h"
 #include "orthoserve/engine.h"
 
@@ -71,6 +72,7 @@ struct job {
     double t_start;             /* monotonic: the HTTP request's arrival */
     double t_first, t_last;     /* monotonic: first / latest token event on the loop; 0: none yet */
     eng_orthorank_stats orthorank; /* what the engine reported at DONE */
+    tc_stream *tcs;             /* the reply split into content, reasoning, tool calls (tool_reply.c), or NULL */
     const job_output *out;      /* NULL: a completion (stream.c / reply.c) */
     void *out_ctx;              /* out's, released by job_free */
     /* One of several engine requests answered as one HTTP response

@@ -152,18 +152,24 @@ static void set_choice(json_t *o, json_t *choice)
 json_t *reply_completion(const reply_head *h, const char *text, size_t n, json_t *logprobs, const char *finish,
                          const reply_counts *c, json_t *orthorank)
 {
-    json_t *o = envelope(h, false);
-    json_t *ch = json_object();
-    json_object_set_new(ch, "index", json_integer(h->index));
+    json_t *m = NULL;
     if (h->chat) {
-        json_t *m = json_object();
+        m = json_object();
         json_object_set_new(m, "role", json_string("assistant"));
         json_object_set_new(m, "content", clean_string(text, n));
         json_object_set_new(m, "refusal", json_null());
-        json_object_set_new(ch, "message", m);
-    } else {
-        json_object_set_new(ch, "text", clean_string(text, n));
     }
+    return reply_completion_msg(h, m, text, n, logprobs, finish, c, orthorank);
+}
+
+json_t *reply_completion_msg(const reply_head *h, json_t *message, const char *text, size_t n, json_t *logprobs,
+                             const char *finish, const reply_counts *c, json_t *orthorank)
+{
+    json_t *o = envelope(h, false);
+    json_t *ch = json_object();
+    json_object_set_new(ch, "index", json_integer(h->index));
+    if (h->chat) json_object_set_new(ch, "message", message);
+    else json_object_set_new(ch, "text", clean_string(text, n));
     json_object_set_new(ch, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(ch, "finish_reason", json_string(finish));
     set_choice(o, ch);
@@ -175,17 +181,23 @@ json_t *reply_completion(const reply_head *h, const char *text, size_t n, json_t
 
 json_t *reply_chunk(const reply_head *h, const char *text, size_t n, bool role, const char *finish, json_t *logprobs)
 {
+    json_t *d = NULL;
+    if (h->chat) {
+        d = json_object();
+        if (role) json_object_set_new(d, "role", json_string("assistant"));
+        if (text) json_object_set_new(d, "content", json_stringn(text, n));
+    }
+    return reply_chunk_delta(h, d, text, n, finish, logprobs);
+}
+
+json_t *reply_chunk_delta(const reply_head *h, json_t *delta, const char *text, size_t n, const char *finish,
+                          json_t *logprobs)
+{
     json_t *o = envelope(h, true);
     json_t *ch = json_object();
     json_object_set_new(ch, "index", json_integer(h->index));
-    if (h->chat) {
-        json_t *d = json_object();
-        if (role) json_object_set_new(d, "role", json_string("assistant"));
-        if (text) json_object_set_new(d, "content", json_stringn(text, n));
-        json_object_set_new(ch, "delta", d);
-    } else {
-        json_object_set_new(ch, "text", json_stringn(text ? text : "", text ? n : 0));
-    }
+    if (h->chat) json_object_set_new(ch, "delta", delta);
+    else json_object_set_new(ch, "text", json_stringn(text ? text : "", text ? n : 0));
     json_object_set_new(ch, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
     set_choice(o, ch);

@@ -59,10 +59,17 @@ json_t *reply_logprobs(const eng_vocab *v, bool chat, const lp_entry *e, size_t 
  * bytes; made valid UTF-8), then usage, orthorank and timings. */
 json_t *reply_completion(const reply_head *h, const char *text, size_t n, json_t *logprobs, const char *finish,
                          const reply_counts *c, json_t *orthorank);
+/* The same with chat's "message" built by the caller (stolen; tool calls,
+ * reasoning_content: tool_reply.c); text is used by completions only. */
+json_t *reply_completion_msg(const reply_head *h, json_t *message, const char *text, size_t n, json_t *logprobs,
+                             const char *finish, const reply_counts *c, json_t *orthorank);
 /* A chunk with one choice: text (chat: delta.content; NULL: none), the
  * assistant role (chat's first chunk), logprobs, finish_reason (NULL: null). */
 json_t *reply_chunk(const reply_head *h, const char *text, size_t n, bool role, const char *finish,
                     json_t *logprobs);
+/* The same with chat's "delta" built by the caller (stolen). */
+json_t *reply_chunk_delta(const reply_head *h, json_t *delta, const char *text, size_t n, const char *finish,
+                          json_t *logprobs);
 /* The stream's last chunks: with include_usage, c's usage rides on an
  * extra chunk with "choices": []; either way the last chunk carries the
  * orthorank object and timings. Appends one or two chunks to out (an array). */

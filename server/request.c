@@ -10,6 +10,8 @@
 #include "rformat.h"
 #include "sbuf.h"
 #include "textbuf.h"
+#include "tool_grammar.h"
+#include "tool_request.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -609,11 +611,62 @@ static void chat_prompt(vctx *v, api_request *out, const eng_chat_msg *cm, size_
 
 /* The model's Jinja template rendered from the body, tokenized. A BOS the
  * template wrote itself is left to the tokenizer, which adds it anyway. */
+/* tool_choice required / named: the grammar of a call (tool_grammar.c),
+ * compiled by the submitter like a response_format's. */
+static void forced_call(vctx *v, api_request *out, const tool_req *tr, tc_format fmt, bool open)
+{
+    const char *what = tr->choice == TOOL_CHOICE_REQUIRED ? "required" : "function";
+    if (fmt == TC_NONE || fmt == TC_QWEN3_CODER)
+        VFAIL(v, "tool_choice", "not_supported", "'tool_choice' %s needs a chat template whose tool-call format the "
+              "server can constrain (this one's: %s)", what, tc_format_name(fmt));
+    if (out->grammar_text)
+        VFAIL(v, "tool_choice", "invalid_value", "'tool_choice' %s cannot be combined with '%s' (both constrain the "
+              "output)", what, out->grammar_param);
+    const srv_config *cfg = v->lim->cfg;
+    schema_limits sl = {.max_depth = (int)cfg->schema_max_depth, .max_rules = (int)cfg->grammar_max_rules,
+                        .max_bytes = (size_t)cfg->grammar_max_bytes, .max_count = cfg->schema_max_count};
+    tool_grammar_opts go = {.fmt = fmt, .think_open = open, .parallel = tr->parallel,
+                            .name = tr->choice == TOOL_CHOICE_NAMED ? tr->name : NULL};
+    char param[64], msg[500], *g = NULL;
+    const char *code = NULL;
+    if (tool_grammar(v->body, &go, &sl, &g, param, sizeof param, &code, msg, sizeof msg)) {
+        if (!strcmp(code, "server_error")) {
+            set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+            v->failed = true;
+            return;
+        }
+        VFAIL(v, param, code, "%s", msg);
+    }
+    out->grammar_text = g;
+    out->grammar_len = strlen(g);
+    out->grammar_param = "tool_choice";
+}
+
+/* Tools, tool_choice and parallel_tool_calls (tool_request.c), and how the
+ * reply of the rendered prompt (text, len) is split: calls in the
+ * template's format unless tool_choice is none; reasoning for a thinking
+ * template, open from the start when the prompt ends inside <think>. */
+static void tool_setup(vctx *v, api_request *out, const tool_req *tr, const char *text, size_t len)
+{
+    const chat_tmpl *t = v->lim->tmpl;
+    tc_format fmt = tr->choice == TOOL_CHOICE_NONE ? TC_NONE : chat_tmpl_tool_format(t);
+    size_t k = len;
+    while (k && strchr(" \t\r\n", text[k - 1])) k--;
+    bool open = k >= 7 && !memcmp(text + k - 7, "<think>", 7);
+    out->tc = (tc_opts){.fmt = fmt, .thinking = chat_tmpl_thinking(t), .think_open = open};
+    out->parse_reply = fmt != TC_NONE || out->tc.thinking || open;
+    out->single_call = !tr->parallel;
+    out->forced_tool = tr->choice == TOOL_CHOICE_REQUIRED ? "" : tr->choice == TOOL_CHOICE_NAMED ? tr->name : NULL;
+    if (out->forced_tool) forced_call(v, out, tr, fmt, open);
+}
+
 static void jinja_prompt(vctx *v, api_request *out)
 {
-    json_t *tc = opt(v, "tool_choice");
-    if (tc && !(json_is_string(tc) && (!strcmp(json_string_value(tc), "auto") || !strcmp(json_string_value(tc), "none")))) {
-        vfail(v, "tool_choice", "not_supported", "'tool_choice' may be 'auto' or 'none' (forced calls are not supported yet)");
+    tool_req tr;
+    char tparam[64], tmsg[300];
+    const char *tcode = NULL;
+    if (tool_request_parse(v->body, &tr, tparam, sizeof tparam, &tcode, tmsg, sizeof tmsg)) {
+        vfail(v, tparam, tcode, "%s", tmsg);
         return;
     }
     char *text = NULL, msg[512];
@@ -627,6 +680,11 @@ static void jinja_prompt(vctx *v, api_request *out)
     }
     if (rc) {
         vfail(v, param, "invalid_value", "%s", msg);
+        return;
+    }
+    tool_setup(v, out, &tr, text, len);
+    if (v->failed) {
+        eng_free(text);
         return;
     }
     const char *bos = chat_tmpl_bos(v->lim->tmpl);

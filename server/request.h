@@ -69,6 +69,16 @@ typedef struct {
     const char *cache_salt;     /* "cache_salt" (a view into the body), or NULL */
     size_t cache_salt_len;
     int32_t n_choices;          /* "n": choices of this prompt, 1..max_n (api_choices.c) */
+    /* Tool calling and reasoning (a Jinja template's reply, toolcall.h):
+     * parse_reply when the reply is split into content, reasoning_content
+     * and tool_calls; tc.fmt is TC_NONE when no calls are looked for
+     * (no tools, or tool_choice none); single_call: parallel_tool_calls
+     * false. forced_tool: tool_choice required ("") or named (the name, a
+     * view into the body), else NULL. */
+    bool parse_reply;
+    tc_opts tc;
+    bool single_call;
+    const char *forced_tool;
     /* Structured output (rformat.h): the GBNF text to enforce, or NULL; the
      * submitter compiles it into p.grammar (a reference this request owns). */
     char *grammar_text;

@@ -34,6 +34,23 @@ json_t *resp_reply_message(const char *id, const char *status, const char *text,
                      "assistant", "content", content);
 }
 
+json_t *resp_reply_function_call(const char *id, const char *call_id, const char *name, const char *arguments,
+                                 const char *status)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "id", id, "type", "function_call", "status", status, "call_id",
+                     call_id, "name", name, "arguments", arguments);
+}
+
+json_t *resp_reply_reasoning(const char *id, const char *text, size_t n)
+{
+    size_t len = 0;
+    char *clean = utf8_sanitize(text ? text : "", n, &len);
+    json_t *r = json_pack("{s:s, s:s, s:s, s:[], s:[{s:s, s:s%}]}", "id", id, "type", "reasoning", "status",
+                          "completed", "summary", "content", "type", "reasoning_text", "text", clean ? clean : "", len);
+    free(clean);
+    return r;
+}
+
 json_t *resp_reply_object(const resp_head *h, json_t *output, json_t *error, json_t *orthorank)
 {
     json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:s}", "id", h->id, "object", "response", "created_at",

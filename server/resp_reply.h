@@ -33,6 +33,12 @@ json_t *resp_reply_object(const resp_head *h, json_t *output, json_t *error, jso
  * no content part yet, else one output_text part holding text[0..n)
  * (made valid UTF-8). */
 json_t *resp_reply_message(const char *id, const char *status, const char *text, size_t n);
+/* A function_call output item (arguments: a JSON text; status
+ * "in_progress" or "completed"). */
+json_t *resp_reply_function_call(const char *id, const char *call_id, const char *name, const char *arguments,
+                                 const char *status);
+/* A reasoning output item: the text of a thinking model's think block. */
+json_t *resp_reply_reasoning(const char *id, const char *text, size_t n);
 /* An output_text content part. */
 json_t *resp_reply_text_part(const char *text, size_t n);
 

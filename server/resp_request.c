@@ -254,7 +254,7 @@ static int add_items(conv *c, json_t *items, const char *prefix, bool indexed)
 static const char *const SAME[] = {"model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "top_k",
                                    "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
                                    "repeat_penalty", "repeat_last_n", "stop", "logit_bias", "min_tokens",
-                                   "ignore_eos", "cache_salt", "orthorank"};
+                                   "ignore_eos", "cache_salt", "orthorank", "grammar"};
 
 /* text.format -> response_format (json_schema's fields move under "json_schema"). */
 static int text_format(json_t *chat, json_t *body, api_error *err)

@@ -76,6 +76,13 @@ void stream_text(job *j, const char *text, size_t n, bool force)
     append_event(j, reply_chunk(&h, text, n, false, NULL, pending_logprobs(j)));
 }
 
+void stream_delta(job *j, json_t *delta)
+{
+    reply_head h = job_head(j);
+    j->echo_sent = true;
+    append_event(j, reply_chunk_delta(&h, delta, NULL, 0, NULL, pending_logprobs(j)));
+}
+
 void stream_finish(job *j, const char *finish_reason)
 {
     reply_head h = job_head(j);

@@ -14,11 +14,15 @@
 
 #include "job.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 void stream_begin(job *j);
 void stream_text(job *j, const char *text, size_t n, bool force);
+/* A chat chunk with this delta (stolen: reasoning_content, tool_calls;
+ * tool_reply.c) and the pending log-probabilities. */
+void stream_delta(job *j, json_t *delta);
 void stream_finish(job *j, const char *finish_reason);
 void stream_error(job *j, const char *type, const char *code, const char *msg);
 /* One record (steals chunk), and [DONE]: for groups of choices, which end

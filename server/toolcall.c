@@ -101,7 +101,8 @@ static bool add_call(json_t *calls, const json_t *name, json_t *args)
         json_decref(args);
         args = o;
     }
-    if (!json_is_string(name) || !json_string_length(name) || !json_is_object(args)) {
+    if (!json_is_string(name) || !json_string_length(name) || strlen(json_string_value(name)) != json_string_length(name) ||
+        !json_is_object(args)) { /* no name, or one with a NUL byte */
         json_decref(args);
         return false;
     }
@@ -249,6 +250,7 @@ static rstat region_deepseek(const char *s, size_t n, json_t *calls, size_t *use
         json_decref(name);
         if (!ok) return R_BAD;
         i = skip_ws(s, n, close + strlen(DS_CALL_END));
+        *used = i;
     }
     if (!starts(s, n, i, DS_CALLS_END)) { /* the text may stop inside the next marker */
         bool more = (n - i < strlen(DS_CALLS_END) && !strncmp(s + i, DS_CALLS_END, n - i)) ||
@@ -284,12 +286,11 @@ static char *dup_range(const char *s, size_t n)
     return p;
 }
 
-/* Content without surrounding whitespace when calls are present. */
+/* Content around calls, without the whitespace next to them. */
 static char *join_content(const char *a, size_t an, const char *b, size_t bn, bool trim)
 {
     if (trim) {
-        while (an && is_ws(a[an - 1])) an--;
-        while (an && is_ws(a[0])) a++, an--;
+        while (an && is_ws(a[an - 1])) an--; /* (leading whitespace stays: a stream has sent it) */
         while (bn && is_ws(b[bn - 1])) bn--;
     }
     char *p = malloc(an + bn + 1);
@@ -344,6 +345,10 @@ static size_t marker_tail(const char *s, size_t n, const char *marker)
 static size_t region_start(const tc_opts *o, const char *s, size_t n, size_t *mlen)
 {
     *mlen = 0;
+    if (o->fmt == TC_LLAMA3) { /* a reply that is one JSON object (whatever comes later) */
+        size_t i = skip_ws(s, n, 0);
+        if (i < n && s[i] == '{') return i;
+    }
     const char *m = MARKER[o->fmt];
     if (m) {
         const char *p = find(s, n, m);
@@ -352,11 +357,14 @@ static size_t region_start(const tc_opts *o, const char *s, size_t n, size_t *ml
             return (size_t)(p - s);
         }
     }
-    if (o->fmt == TC_LLAMA3) { /* a reply that is one JSON object */
-        size_t i = skip_ws(s, n, 0);
-        if (i < n && s[i] == '{') return i;
-    }
     return n;
+}
+
+/* Formats whose calls are framed one by one (a malformed call after good
+ * ones does not spoil them), unlike one JSON list or object. */
+static bool framed(tc_format f)
+{
+    return f == TC_HERMES || f == TC_QWEN3_CODER || f == TC_MISTRAL_ARGS || f == TC_DEEPSEEK;
 }
 
 static rstat parse_region(const tc_opts *o, const char *s, size_t n, size_t mlen, json_t *calls, size_t *used)
@@ -372,15 +380,37 @@ static rstat parse_region(const tc_opts *o, const char *s, size_t n, size_t mlen
     }
 }
 
+/* A functionary "name\nbody" segment [i, e) (b: where the body starts): the
+ * body's JSON object is the call, text after it is content (at the end of a
+ * partial reply a ">" or ">>" is held: it may begin the next ">>>"). */
+static rstat functionary_call(const char *s, size_t i, size_t b, size_t e, bool last_partial, json_t *calls, char *c,
+                              size_t *cn)
+{
+    size_t end;
+    rstat st;
+    json_t *args = json_at(s, e, b, &end, &st);
+    if (!args) return last_partial && st == R_INCOMPLETE ? R_INCOMPLETE : R_BAD;
+    json_t *name = json_stringn(s + i, b - 1 - i);
+    bool ok = add_call(calls, name, args);
+    json_decref(name);
+    if (!ok) return R_BAD;
+    size_t k = skip_ws(s, e, end), keep = e - k;
+    while (last_partial && keep && (e - k) - keep < 2 && s[k + keep - 1] == '>') keep--;
+    memcpy(c + *cn, s + k, keep);
+    *cn += keep;
+    return keep < e - k ? R_INCOMPLETE : R_OK;
+}
+
 /* functionary v3.2: the prompt ends with ">>>"; each segment is
  * "recipient\nbody" and the segments are joined by ">>>". */
 static rstat parse_functionary(const char *s, size_t n, bool partial, json_t *calls, char **content)
 {
-    size_t i = 0, cn = 0;
+    size_t i = 0, cn = 0, seg = 0;
     char *c = malloc(n + 1);
     if (!c) return R_BAD;
     rstat st = R_OK;
     while (i < n && st == R_OK) {
+        seg = i;
         const char *next = find(s + i, n - i, ">>>");
         size_t e = next ? (size_t)(next - s) : n;
         const char *nl = memchr(s + i, '\n', e - i);
@@ -396,17 +426,15 @@ static rstat parse_functionary(const char *s, size_t n, bool partial, json_t *ca
             memcpy(c + cn, s + b, keep);
             cn += keep;
         } else {
-            size_t e2 = e; /* a ">" or ">>" at the end may begin the next ">>>" */
-            while (partial && !next && e2 > b && e - e2 < 2 && s[e2 - 1] == '>') e2--;
-            json_t *name = json_stringn(s + i, rl);
-            json_error_t je;
-            json_t *args = json_loadb(s + b, e2 - b, 0, &je);
-            if (!args) st = partial && !next && (size_t)je.position >= e2 - b ? R_INCOMPLETE : R_BAD;
-            else if (!add_call(calls, name, args)) st = R_BAD;
-            else if (e2 < e) st = R_INCOMPLETE;
-            json_decref(name);
+            st = functionary_call(s, i, b, e, partial && !next, calls, c, &cn);
         }
         i = next ? e + 3 : n;
+    }
+    if (st == R_BAD && seg > 0) { /* what came before it stays; from its ">>>" on, the text is content */
+        memcpy(c + cn, ">>>", 3);
+        memcpy(c + cn + 3, s + seg, n - seg);
+        cn += 3 + n - seg;
+        st = R_OK;
     }
     c[cn] = 0;
     *content = c;
@@ -420,6 +448,11 @@ static int split_think(const tc_opts *o, const char *s, size_t n, bool partial, 
     if (!o->thinking && !o->think_open) return 0;
     size_t i = skip_ws(s, n, 0);
     bool open = o->think_open;
+    if (partial && n - i < 7 && !strncmp(s + i, "<think>", n - i)) {
+        out->pending = true; /* the block may be beginning */
+        *body = n;
+        return 0;
+    }
     if (starts(s, n, i, "<think>")) {
         open = true;
         i += 7;
@@ -471,6 +504,10 @@ int tc_parse(const tc_opts *o, const char *text, size_t len, bool partial, tc_re
         } else if (st == R_INCOMPLETE && partial) { /* the calls complete so far stay */
             out->content = join_content(s, r, "", 0, json_array_size(calls) > 0);
             out->pending = true;
+        } else if (json_array_size(calls) && used && framed(o->fmt) && (st == R_BAD || !partial)) {
+            /* the calls before a malformed or unfinished one stay calls
+             * (a stream has sent them); from it on, the text is content */
+            out->content = join_content(s, r, s + r + used, n - r - used, true);
         } else if (r == n && partial && MARKER[o->fmt]) {
             size_t hold = marker_tail(s, n, MARKER[o->fmt]);
             out->content = dup_range(s, n - hold);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/fuzz.sh [SECONDS] [HARNESS...] - build the libFuzzer harnesses with
 # clang + ASan + UBSan in build-fuzz (-DORTHOSERVE_FUZZ=ON), generate the seed
-# corpora from the test data, and run each harness (default: all eight) for
+# corpora from the test data, and run each harness (default: all nine) for
 # SECONDS (default 60). Exits non-zero if any harness finds a crash, leak,
 # timeout or out-of-memory; the reproducer is left in
 # build-fuzz/fuzz-artifacts/<harness>/ (see docs/SECURITY.md for what to do
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 harnesses=("$@")
-[ ${#harnesses[@]} -eq 0 ] && harnesses=(fuzz_gguf fuzz_model fuzz_tokenizer fuzz_request fuzz_textbuf fuzz_jinja fuzz_gbnf fuzz_schema)
+[ ${#harnesses[@]} -eq 0 ] && harnesses=(fuzz_gguf fuzz_model fuzz_tokenizer fuzz_request fuzz_textbuf fuzz_jinja fuzz_gbnf fuzz_schema fuzz_toolcall)
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 jobs=${FUZZ_JOBS:-1}
 

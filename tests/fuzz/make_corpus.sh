@@ -130,6 +130,29 @@ tb stop-at-start '\001\001O\000Once'
 tb echo-usage '\070\000\002\004\002Hello <|im_end|> world'
 tb take-at-end '\101\003end\001\002the end is near'
 
+# --- fuzz_toolcall ----------------------------------------------------------
+# Layout (see fuzz_toolcall.c): flag byte (bits 0-3 call format: 1 hermes,
+# 2 qwen3_coder, 3 llama3, 4 mistral, 5 mistral_args, 6 granite, 7
+# functionary, 8 deepseek; 4 thinking, 5 think open, 6 one call), push size,
+# the reply.
+mkdir -p "$out.tmp/fuzz_toolcall"
+tcs() { # NAME, then printf format and arguments
+    n=$1
+    shift
+    # shellcheck disable=SC2059
+    printf "$@" > "$out.tmp/fuzz_toolcall/$n"
+}
+tcs hermes '\001\003Sure.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n<tool_call>\n{"name": "g", "arguments": "{}"}\n</tool_call>'
+tcs hermes-bad '\001\002<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>{"name": 3}</tool_call> x'
+tcs qwen3-think '\021\005<think>\nhm\n</think>\n\nOK <tool_call>{"name": "f", "arguments": {}}</tool_call>'
+tcs coder '\002\004<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n<parameter=b>\ntext\n</parameter>\n</function>\n</tool_call>'
+tcs llama3 '\003\001{"name": "f", "parameters": {"x": [1, 2]}} trailing'
+tcs mistral '\004\007[TOOL_CALLS][{"name": "f", "arguments": {}, "id": "abcdefghi"}, {"name": "g", "arguments": {"k": null}}]'
+tcs mistral-args '\105\002[TOOL_CALLS]f[CALL_ID]x1[ARGS]{"a": "b"}[TOOL_CALLS]g[ARGS]{}'
+tcs granite '\026\003<think>a</think><|tool_call|>[{"name": "f", "arguments": {}}]'
+tcs functionary '\007\002all\nHello>>>f\n{"x": 1}>>>g\n{"y": 2}>'
+tcs deepseek '\050\011why\n</think>\n\n\357\275\234tool\342\226\201calls\342\226\201begin\357\275\234<\357\275\234tool\342\226\201call\342\226\201begin\357\275\234>function<\357\275\234tool\342\226\201sep\357\275\234>f\n```json\n{}\n```'
+
 # --- fuzz_jinja -------------------------------------------------------------
 # Flag byte (fuzz_jinja.c: bit 0 add_generation_prompt, 1 tools, 2-3
 # enable_thinking), then a real chat template of the conformance suite.
@@ -165,4 +188,4 @@ sc refused '{"type":"object","properties":{"a":{"type":"string","contentEncoding
 
 rm -rf "$out.tmp/seeds" "$out"
 mv "$out.tmp" "$out"
-echo "corpus: $(ls "$out/fuzz_jinja" | wc -l) jinja, $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf, $(ls "$out/fuzz_gbnf" | wc -l) gbnf, $(ls "$out/fuzz_schema" | wc -l) schema inputs in $out"
+echo "corpus: $(ls "$out/fuzz_jinja" | wc -l) jinja, $(ls "$out/fuzz_gguf" | wc -l) gguf, $(ls "$out/fuzz_model" | wc -l) model, $(ls "$out/fuzz_tokenizer" | wc -l) tokenizer, $(ls "$out/fuzz_request" | wc -l) request, $(ls "$out/fuzz_textbuf" | wc -l) textbuf, $(ls "$out/fuzz_gbnf" | wc -l) gbnf, $(ls "$out/fuzz_schema" | wc -l) schema, $(ls "$out/fuzz_toolcall" | wc -l) toolcall inputs in $out"

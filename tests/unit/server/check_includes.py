@@ -19,6 +19,7 @@ LAYERS = [
     ["api_responses"],                             # /v1/responses (submits through api_openai)
     ["api_openai", "api_ops", "api_template", "api_embeddings"],  # route handlers
     ["api_choices"],                               # several choices (n > 1, prompt lists) as one response
+    ["tool_reply"],                                # a chat reply's tool calls / reasoning as message and deltas
     ["stream"],                                    # SSE records of a job
     ["job"],                                       # a generation's state and lifetime
     ["orthorank_json"],                            # the orthorank object; GET /v1/orthorank
@@ -26,12 +27,13 @@ LAYERS = [
     ["http"],                                      # MHD in libuv, routing by table, hooks
     ["srv_metrics", "log"],                        # the server's metrics; log lines
     ["resp_request"],                              # /v1/responses bodies -> chat bodies
-    ["request", "plan", "resp_reply"],             # request bodies -> engine parameters; plan files; Responses JSON
-    ["rformat", "grammar_cache"],                  # structured-output fields -> GBNF; compiled grammars
+    ["request", "plan", "resp_reply", "tc_stream"],  # request bodies -> engine parameters; plan files; Responses JSON; reply deltas
+    ["rformat", "grammar_cache", "tool_grammar"],  # structured-output fields -> GBNF; compiled grammars; forced tool calls
     ["schema_gbnf"],                               # JSON Schema -> GBNF
     ["regex_gbnf"],                                # "pattern" -> GBNF
     ["reply"],                                     # JSON bodies, errors, eng_status -> HTTP
-    ["metrics", "bridge", "textbuf", "config", "resp_store", "chat_tmpl", "toolcall"],
+    ["metrics", "bridge", "textbuf", "config", "resp_store", "chat_tmpl"],
+    ["toolcall", "tool_request"],
     ["sbuf", "jsoncount", "jinja_json"],
 ]
 __doc__ += "".join("  %d. %s\n" % (i, ", ".join(l)) for i, l in enumerate(LAYERS))
