@@ -631,7 +631,7 @@ static void forced_call(vctx *v, api_request *out, const tool_req *tr, tc_format
     const char *code = NULL;
     if (tool_grammar(v->body, &go, &sl, &g, param, sizeof param, &code, msg, sizeof msg)) {
         if (!strcmp(code, "server_error")) {
-            set_error(v->err, 500, "server_error", NULL, NULL, "out of memory");
+            api_error_set(v->err, 500, "server_error", NULL, NULL, "out of memory");
             v->failed = true;
             return;
         }
