@@ -4,7 +4,8 @@
 // streamed (the SDK's chat.completions.stream() helper reassembles the
 // deltas), a role "tool" round trip; LangChain bindTools and
 // withStructuredOutput({method: "functionCalling"}); AI SDK generateText with
-// tools and toolChoice "required". Forced calls must come back with arguments
+// tools and toolChoice "required"; openai responses.create with a function
+// tool (a forced function_call item, then its function_call_output). Forced calls must come back with arguments
 // that ajv validates against the tool's schema; auto on a random-weight model
 // only has to be well-formed.
 // Env: ORTHOSERVE_URL (http://127.0.0.1:PORT/v1), ORTHOSERVE_MODEL,
@@ -129,6 +130,29 @@ await attempt("ai-sdk", async () => {
   check("ai-sdk generateText toolChoice required", r.toolCalls.length >= 1 && r.toolCalls.every((c) =>
         c.toolName === "get_weather" && valid.get_weather(c.input)) && r.finishReason === "tool-calls",
         { calls: r.toolCalls, finish: r.finishReason });
+});
+
+await attempt("openai responses function tool round trip", async () => {
+  // The Responses API: a forced call comes back as a function_call item; its
+  // function_call_output sent back (with the call, store off) gets an answer.
+  const rtools = [{ type: "function", name: "get_weather", description: "Weather of a city",
+                    parameters: weatherSchema, strict: true }];
+  const input = [{ role: "user", content: "Weather in Paris for 3 days?" }];
+  const r = await client.responses.create({ model, input, tools: rtools, tool_choice: "required", store: false,
+                                            parallel_tool_calls: false, max_output_tokens: 400, temperature: 1.3,
+                                            seed: 2 });
+  const calls = r.output.filter((o) => o.type === "function_call");
+  const c = calls[0];
+  let args = null;
+  try { args = JSON.parse(c.arguments); } catch { /* checked below */ }
+  check("responses function_call item", r.status === "completed" && calls.length === 1 && c.name === "get_weather" &&
+        /^call_/.test(c.call_id) && /^fc_/.test(c.id) && args !== null && valid.get_weather(args), r.output);
+  const r2 = await client.responses.create({
+    model, store: false, max_output_tokens: 16, temperature: 0, tools: rtools,
+    input: [...input, c, { type: "function_call_output", call_id: c.call_id, output: '{"temp_c": 21}' }],
+  });
+  check("responses function_call_output round trip", r2.object === "response" &&
+        ["completed", "incomplete"].includes(r2.status) && Array.isArray(r2.output) && r2.output.length > 0, r2);
 });
 
 console.log(`${passed} passed, ${failed} failed`);
