@@ -458,21 +458,37 @@ static bool bound(sc *c, json_t *s, const char *key, const char *ptr, double *v)
     return true;
 }
 
+/* A bound as an integer, clamped one past the 15-digit range (the cast of a
+ * double beyond long long would be undefined). */
+static long long int_bound(double v, bool up)
+{
+    double r = up ? ceil(v) : floor(v);
+    if (r > (double)INT_LIMIT) return INT_LIMIT + 1;
+    if (r < -(double)INT_LIMIT) return -INT_LIMIT - 1;
+    return (long long)r;
+}
+
 static void gen_integer(sc *c, json_t *s, const char *ptr, sbuf *b)
 {
     double v;
-    long long lo = -INT_LIMIT, hi = INT_LIMIT;
+    long long lo = -INT_LIMIT, hi = INT_LIMIT, x;
     bool ex_lo = json_is_true(json_object_get(s, "exclusiveMinimum")); /* draft 4 */
     bool ex_hi = json_is_true(json_object_get(s, "exclusiveMaximum"));
-    if (bound(c, s, "minimum", ptr, &v) && v > -INT_LIMIT)
-        lo = ex_lo ? (long long)floor(v) + 1 : (long long)ceil(v);
-    if (bound(c, s, "maximum", ptr, &v) && v < INT_LIMIT)
-        hi = ex_hi ? (long long)ceil(v) - 1 : (long long)floor(v);
-    if (bound(c, s, "exclusiveMinimum", ptr, &v) && v > -INT_LIMIT && (long long)floor(v) + 1 > lo)
-        lo = (long long)floor(v) + 1;
-    if (bound(c, s, "exclusiveMaximum", ptr, &v) && v < INT_LIMIT && (long long)ceil(v) - 1 < hi)
-        hi = (long long)ceil(v) - 1;
+    if (bound(c, s, "minimum", ptr, &v)) {
+        x = ex_lo ? int_bound(v, false) + 1 : int_bound(v, true);
+        if (x > lo) lo = x;
+    }
+    if (bound(c, s, "maximum", ptr, &v)) {
+        x = ex_hi ? int_bound(v, true) - 1 : int_bound(v, false);
+        if (x < hi) hi = x;
+    }
+    if (bound(c, s, "exclusiveMinimum", ptr, &v) && (x = int_bound(v, false) + 1) > lo) lo = x;
+    if (bound(c, s, "exclusiveMaximum", ptr, &v) && (x = int_bound(v, true) - 1) < hi) hi = x;
     if (c->failed) return;
+    if (lo > INT_LIMIT || hi < -INT_LIMIT) {
+        fail(c, ptr, "integer bounds beyond 15 digits are not supported");
+        return;
+    }
     if (lo > hi) {
         fail(c, ptr, "no integer lies within 'minimum' / 'maximum' (and their exclusive forms)");
         return;
