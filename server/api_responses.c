@@ -237,9 +237,9 @@ static json_t *split_output(resp_state *st, job *j, const char *msg_status)
     if (tc_parse_reply(&j->tcs->o, j->tcs->single, j->text.p ? j->text.p : "", j->text.n, &r)) return out;
     char id[80];
     item_id(st, "rs", 0, id, sizeof id);
-    if (r.reasoning) json_array_append_new(out, resp_reply_reasoning(id, r.reasoning, strlen(r.reasoning)));
-    if (r.content[0] || !r.n_calls)
-        json_array_append_new(out, resp_reply_message(st->msg_id, msg_status, r.content, strlen(r.content)));
+    if (r.reasoning) json_array_append_new(out, resp_reply_reasoning(id, r.reasoning, r.reasoning_n));
+    if (r.content_n || !r.n_calls)
+        json_array_append_new(out, resp_reply_message(st->msg_id, msg_status, r.content, r.content_n));
     for (size_t k = 0; k < r.n_calls; k++) {
         item_id(st, "fc", k, id, sizeof id);
         json_array_append_new(out, resp_reply_function_call(id, r.calls[k].id, r.calls[k].name, r.calls[k].arguments,

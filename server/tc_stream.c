@@ -43,12 +43,11 @@ int tc_parse_reply(const tc_opts *o, bool single, const char *text, size_t n, tc
 
 /* What now extends sent: appended to sent, *new_p / *new_n point at it.
  * hold: trailing whitespace waits (a call after it would trim it). */
-static int extend(sbuf *sent, const char *now, bool hold, const char **new_p, size_t *new_n)
+static int extend(sbuf *sent, const char *now, size_t k, bool hold, const char **new_p, size_t *new_n)
 {
     *new_p = NULL;
     *new_n = 0;
-    size_t k = now ? strlen(now) : 0;
-    while (hold && k && strchr(" \t\r\n", now[k - 1])) k--;
+    while (hold && k && memchr(" \t\r\n", now[k - 1], 4)) k--; /* (not strchr: NUL is no space) */
     if (k <= sent->n || (sent->n && memcmp(now, sent->p, sent->n))) return 0;
     size_t old = sent->n;
     if (!sbuf_add(sent, now + old, k - old)) return -1;
@@ -77,8 +76,8 @@ int tc_stream_push(tc_stream *s, const char *t, size_t n, bool final, tc_delta *
     size_t upto = final ? s->text.n : whole_chars(s->text.p, s->text.n);
     if (tc_parse(&s->o, s->text.p ? s->text.p : "", upto, !final, &d->r)) return -1;
     if (s->single) keep_first(&d->r);
-    if (extend(&s->content, d->r.content, !final, &d->content, &d->content_n) ||
-        extend(&s->reasoning, d->r.reasoning, false, &d->reasoning, &d->reasoning_n)) {
+    if (extend(&s->content, d->r.content, d->r.content_n, !final, &d->content, &d->content_n) ||
+        extend(&s->reasoning, d->r.reasoning, d->r.reasoning_n, false, &d->reasoning, &d->reasoning_n)) {
         tc_delta_free(d);
         return -1;
     }

@@ -26,9 +26,9 @@ json_t *tool_reply_message(job *j, const char *text, size_t n)
     j->tcs->n_calls = r.n_calls;
     json_t *m = json_object();
     json_object_set_new(m, "role", json_string("assistant"));
-    json_object_set_new(m, "content", r.n_calls && !r.content[0] ? json_null() : json_string(r.content));
+    json_object_set_new(m, "content", r.n_calls && !r.content_n ? json_null() : json_stringn(r.content, r.content_n));
     json_object_set_new(m, "refusal", json_null());
-    if (r.reasoning) json_object_set_new(m, "reasoning_content", json_string(r.reasoning));
+    if (r.reasoning) json_object_set_new(m, "reasoning_content", json_stringn(r.reasoning, r.reasoning_n));
     if (r.n_calls) json_object_set_new(m, "tool_calls", tool_reply_calls(r.calls, 0, r.n_calls));
     tc_result_free(&r);
     return m;

@@ -73,7 +73,9 @@ static const char *find(const char *s, size_t n, const char *lit)
 }
 
 /* A JSON value at s[i..n): *end is where it stops. NULL with *st set:
- * R_INCOMPLETE when the text ends inside it, R_BAD otherwise. */
+ * R_INCOMPLETE when the text ends inside it, R_BAD otherwise. A NUL byte
+ * ends what is parsed (jansson would skip some raw NULs, where no JSON text
+ * may hold one): a value it cuts short is bad, not unfinished. */
 static json_t *json_at(const char *s, size_t n, size_t i, size_t *end, rstat *st)
 {
     i = skip_ws(s, n, i);
@@ -81,10 +83,12 @@ static json_t *json_at(const char *s, size_t n, size_t i, size_t *end, rstat *st
         *st = R_INCOMPLETE;
         return NULL;
     }
+    const char *nul = memchr(s + i, 0, n - i);
+    const size_t lim = nul ? (size_t)(nul - (s + i)) : n - i;
     json_error_t e;
-    json_t *j = json_loadb(s + i, n - i, JSON_DECODE_ANY | JSON_DISABLE_EOF_CHECK | JSON_ALLOW_NUL, &e);
+    json_t *j = lim ? json_loadb(s + i, lim, JSON_DECODE_ANY | JSON_DISABLE_EOF_CHECK | JSON_ALLOW_NUL, &e) : NULL;
     if (!j) {
-        *st = (size_t)e.position >= n - i ? R_INCOMPLETE : R_BAD;
+        *st = !nul && (size_t)e.position >= lim ? R_INCOMPLETE : R_BAD;
         return NULL;
     }
     *end = i + (size_t)e.position;
@@ -147,7 +151,7 @@ static json_t *param_value(const char *v, size_t n)
 {
     if (n && v[0] == '\n') v++, n--;
     if (n && v[n - 1] == '\n') n--;
-    json_t *j = json_loadb(v, n, JSON_DECODE_ANY, NULL);
+    json_t *j = memchr(v, 0, n) ? NULL : json_loadb(v, n, JSON_DECODE_ANY, NULL); /* (raw NUL: text) */
     return j ? j : json_stringn(v, n);
 }
 
@@ -287,7 +291,7 @@ static char *dup_range(const char *s, size_t n)
 }
 
 /* Content around calls, without the whitespace next to them. */
-static char *join_content(const char *a, size_t an, const char *b, size_t bn, bool trim)
+static char *join_content(const char *a, size_t an, const char *b, size_t bn, bool trim, size_t *len)
 {
     if (trim) {
         while (an && is_ws(a[an - 1])) an--; /* (leading whitespace stays: a stream has sent it) */
@@ -298,6 +302,7 @@ static char *join_content(const char *a, size_t an, const char *b, size_t bn, bo
     memcpy(p, a, an);
     memcpy(p + an, b, bn);
     p[an + bn] = 0;
+    *len = an + bn;
     return p;
 }
 
@@ -403,7 +408,8 @@ static rstat functionary_call(const char *s, size_t i, size_t b, size_t e, bool 
 
 /* functionary v3.2: the prompt ends with ">>>"; each segment is
  * "recipient\nbody" and the segments are joined by ">>>". */
-static rstat parse_functionary(const char *s, size_t n, bool partial, json_t *calls, char **content)
+static rstat parse_functionary(const char *s, size_t n, bool partial, json_t *calls, char **content,
+                               size_t *content_n)
 {
     size_t i = 0, cn = 0, seg = 0;
     char *c = malloc(n + 1);
@@ -438,6 +444,7 @@ static rstat parse_functionary(const char *s, size_t n, bool partial, json_t *ca
     }
     c[cn] = 0;
     *content = c;
+    *content_n = cn;
     return st;
 }
 
@@ -466,6 +473,7 @@ static int split_think(const tc_opts *o, const char *s, size_t n, bool partial, 
     while (z > a && is_ws(s[z - 1])) z--;
     out->reasoning = dup_range(s + a, z - a);
     if (!out->reasoning) return -1;
+    out->reasoning_n = z - a;
     if (!e) {
         out->pending = partial;
         *body = n;
@@ -486,9 +494,11 @@ int tc_parse(const tc_opts *o, const char *text, size_t len, bool partial, tc_re
     if (!calls) goto oom;
     if (o->fmt == TC_FUNCTIONARY && n) {
         char *c = NULL;
-        rstat st = parse_functionary(s, n, partial, calls, &c);
+        size_t cn = 0;
+        rstat st = parse_functionary(s, n, partial, calls, &c, &cn);
         if (st == R_OK || st == R_INCOMPLETE) {
             out->content = c;
+            out->content_n = cn;
             out->pending = out->pending || st == R_INCOMPLETE;
         } else {
             free(c);
@@ -499,23 +509,27 @@ int tc_parse(const tc_opts *o, const char *text, size_t len, bool partial, tc_re
         rstat st = r < n ? parse_region(o, s + r, n - r, mlen, calls, &used) : R_OK;
         if (st == R_OK && json_array_size(calls)) {
             size_t tail = n - r - used, hold = partial && MARKER[o->fmt] ? marker_tail(s + r + used, tail, MARKER[o->fmt]) : 0;
-            out->content = join_content(s, r, s + r + used, tail - hold, true);
+            out->content = join_content(s, r, s + r + used, tail - hold, true, &out->content_n);
             out->pending = out->pending || hold > 0;
         } else if (st == R_INCOMPLETE && partial) { /* the calls complete so far stay */
-            out->content = join_content(s, r, "", 0, json_array_size(calls) > 0);
+            out->content = join_content(s, r, "", 0, json_array_size(calls) > 0, &out->content_n);
             out->pending = true;
         } else if (json_array_size(calls) && used && framed(o->fmt) && (st == R_BAD || !partial)) {
             /* the calls before a malformed or unfinished one stay calls
              * (a stream has sent them); from it on, the text is content */
-            out->content = join_content(s, r, s + r + used, n - r - used, true);
+            out->content = join_content(s, r, s + r + used, n - r - used, true, &out->content_n);
         } else if (r == n && partial && MARKER[o->fmt]) {
             size_t hold = marker_tail(s, n, MARKER[o->fmt]);
             out->content = dup_range(s, n - hold);
+            out->content_n = n - hold;
             out->pending = out->pending || hold > 0;
         }
         if (!out->content) json_array_clear(calls);
     }
-    if (!out->content && !(out->content = dup_range(s, n))) goto oom_calls;
+    if (!out->content) {
+        if (!(out->content = dup_range(s, n))) goto oom_calls;
+        out->content_n = n;
+    }
     if (export_calls(o, calls, out)) goto oom_calls;
     json_decref(calls);
     return 0;

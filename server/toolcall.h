@@ -38,6 +38,7 @@ typedef struct {
 typedef struct {
     char *content;   /* text outside calls and reasoning; "" when none */
     char *reasoning; /* text inside <think>...</think>, or NULL */
+    size_t content_n, reasoning_n; /* their lengths (generated text may hold NUL bytes) */
     tc_call *calls;
     size_t n_calls;
     bool pending;    /* partial: text held back (a call or a marker has begun) */

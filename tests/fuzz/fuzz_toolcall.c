@@ -77,9 +77,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         tc_delta_free(&d);
     }
     CHECK(n_calls == whole.n_calls);
-    CHECK(content.n == strlen(whole.content) && !memcmp(content.p ? content.p : "", whole.content, content.n));
+    CHECK(whole.content[whole.content_n] == 0 && (!whole.reasoning || whole.reasoning[whole.reasoning_n] == 0));
+    CHECK(content.n == whole.content_n && !memcmp(content.p ? content.p : "", whole.content, content.n));
     const char *wr = whole.reasoning ? whole.reasoning : "";
-    CHECK(reasoning.n == strlen(wr) && !memcmp(reasoning.p ? reasoning.p : "", wr, reasoning.n));
+    CHECK(reasoning.n == whole.reasoning_n && !memcmp(reasoning.p ? reasoning.p : "", wr, reasoning.n));
     free(content.p);
     free(reasoning.p);
     tc_stream_free(&s);

@@ -163,3 +163,37 @@ Test(tc_stream, a_call_in_progress_is_held)
     tc_delta_free(&d);
     tc_stream_free(&s);
 }
+
+/* Generated text may hold NUL bytes (a byte token <0x00>): they are content
+ * like any other byte, in the whole parse and in the stream, not its end and
+ * not whitespace (the fuzzer's find: the stream lost what followed one). */
+Test(tc_stream, nul_bytes_are_content)
+{
+    static const char reply[] = "a\0b <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>\0 c\0";
+    const size_t n = sizeof reply - 1;
+    tc_result w;
+    cr_assert_eq(tc_parse_reply(&R[0].o, false, reply, n, &w), 0);
+    cr_assert_eq(w.n_calls, 1);
+    cr_assert_eq(w.content_n, 7);
+    cr_assert_eq(memcmp(w.content, "a\0b\0 c\0", 7), 0);
+    for (size_t step = 1; step <= 9; step++) {
+        tc_stream s;
+        tc_stream_init(&s, &R[0].o, false);
+        char got[64];
+        size_t got_n = 0, calls = 0;
+        for (size_t at = 0; at <= n; at += step) {
+            tc_delta d;
+            cr_assert_eq(tc_stream_push(&s, reply + at, at + step <= n ? step : n - at, at + step > n, &d), 0);
+            cr_assert_leq(got_n + d.content_n, sizeof got);
+            memcpy(got + got_n, d.content, d.content_n);
+            got_n += d.content_n;
+            calls += d.n;
+            tc_delta_free(&d);
+        }
+        cr_assert_eq(calls, 1, "step %zu", step);
+        cr_assert_eq(got_n, w.content_n, "step %zu: %zu bytes streamed", step, got_n);
+        cr_assert_eq(memcmp(got, w.content, got_n), 0, "step %zu", step);
+        tc_stream_free(&s);
+    }
+    tc_result_free(&w);
+}
