@@ -29,8 +29,7 @@
  * vcvtdq2ps), as in attn_avx2.c: a Q8_0 key's score sums scale * (its
  * group's FMA chain on the quants) over its groups of 32 dims (one block at
  * a time, for the registers), a Q8_0 value's scale is folded into the
- * weight of its key. Each of the 9 (K type, V type) pairs is its own
- * instance.
+ * weight of its key.
  */
 #include "internal.h"
 
@@ -235,9 +234,52 @@ AI void prefetch_block(const eng__attn_args *a, int32_t b)
     for (size_t o = 0; o < vbytes; o += 64) _mm_prefetch(v + o, _MM_HINT_T1);
 }
 
+/* The hot loops of a step of two blocks, each compiled once per (cache
+ * type, tile size): the scores of NT queries (per K type) and their value
+ * update (per V type). 48 instances rather than one whole tile per (K type,
+ * V type, size): the same code at a call per 32 keys, and a tenth of the
+ * compile time (the sanitizer builds took minutes on this file). */
+typedef void scores_fn(int hd, const float *const *q, const void *K0, const void *K1, int two, __m512 (*s)[2]);
+typedef void pv_fn(int hd, float *const *acc, const float (*p)[2 * B], const float *alpha, int cnt, const void *V0,
+                   const void *V1);
+
+AI void step_scores(int NT, int TK, int hd, const float *const *q, const void *K0, const void *K1, int two,
+                    __m512 (*s)[2])
+{
+    if (TK == ENG_TYPE_Q8_0) {
+        scores_q8(NT, 0, hd, q, K0, s);
+        if (two) scores_q8(NT, 1, hd, q, K1, s);
+        else
+            UNROLL for (int t = 0; t < NT; t++) s[t][1] = _mm512_setzero_ps();
+    } else if (two) {
+        scores(NT, 1, TK, hd, q, K0, K1, s);
+    } else {
+        scores(NT, 0, TK, hd, q, K0, K1, s);
+    }
+}
+
+#define STEP_FNS(T, NT) \
+    static __attribute__((noinline)) void scores_##T##_##NT(int hd, const float *const *q, const void *K0, \
+                                                             const void *K1, int two, __m512 (*s)[2]) \
+    { \
+        step_scores(NT, ENG_TYPE_##T, hd, q, K0, K1, two, s); \
+    } \
+    static __attribute__((noinline)) void pv_##T##_##NT(int hd, float *const *acc, const float (*p)[2 * B], \
+                                                         const float *alpha, int cnt, const void *V0, const void *V1) \
+    { \
+        pv(NT, ENG_TYPE_##T, hd, acc, p, alpha, cnt, V0, V1); \
+    }
+#define EACH_NT(X, T) X(T, 1) X(T, 2) X(T, 3) X(T, 4) X(T, 5) X(T, 6) X(T, 7) X(T, 8)
+#define NT_TABLE(f, T) {f##_##T##_1, f##_##T##_2, f##_##T##_3, f##_##T##_4, f##_##T##_5, f##_##T##_6, f##_##T##_7, f##_##T##_8}
+EACH_NT(STEP_FNS, F32)
+EACH_NT(STEP_FNS, F16)
+EACH_NT(STEP_FNS, Q8_0)
+static scores_fn *const SCORES[3][TILE] = {NT_TABLE(scores, F32), NT_TABLE(scores, F16), NT_TABLE(scores, Q8_0)};
+static pv_fn *const PV[3][TILE] = {NT_TABLE(pv, F32), NT_TABLE(pv, F16), NT_TABLE(pv, Q8_0)};
+
 /* The queries q0..q0+NT-1; seen: keys an earlier tile of the call read (in
  * cache now, so not prefetched again). Returns the keys this tile read. */
-AI int32_t tile(int NT, int TK, int TV, const eng__attn_args *a, int32_t q0, int32_t seen)
+static int32_t tile(int NT, scores_fn *score, pv_fn *pv_step, const eng__attn_args *a, int32_t q0, int32_t seen)
 {
     const int hd = a->hd;
     const float c = a->scale * 1.44269504088896341f; /* scores in base-2 units */
@@ -270,18 +312,9 @@ AI int32_t tile(int NT, int TK, int TV, const eng__attn_args *a, int32_t q0, int
         for (int32_t n = b + 2; n < b + 4 && n * B < nk_max; n++)
             if (n * B >= seen) prefetch_block(a, n);
         __m512 s[TILE][2];
-        if (TK == ENG_TYPE_Q8_0) {
-            scores_q8(NT, 0, hd, q, K0, s);
-            if (two) scores_q8(NT, 1, hd, q, K1, s);
-            else
-                UNROLL for (int t = 0; t < NT; t++) s[t][1] = _mm512_setzero_ps();
-        } else if (two) {
-            scores(NT, 1, TK, hd, q, K0, K1, s);
-        } else {
-            scores(NT, 0, TK, hd, q, K0, K1, s);
-        }
+        score(hd, q, K0, K1, two, s);
         int cnt_max = 0;
-        UNROLL for (int t = 0; t < NT; t++) {
+        for (int t = 0; t < NT; t++) {
             const int32_t cnt = nk[t] - b * B, lo = k0[t] - b * B;
             if (cnt <= 0 || lo >= 2 * B) { /* this query's keys ended in an earlier step, or start later */
                 _mm512_storeu_ps(p[t], _mm512_setzero_ps());
@@ -293,7 +326,7 @@ AI int32_t tile(int NT, int TK, int TV, const eng__attn_args *a, int32_t q0, int
             softmax_step(s[t], lo > 0 ? (int)lo : 0, cb, c, &m[t], &l[t], p[t], &alpha[t]);
             if (cb > cnt_max) cnt_max = cb;
         }
-        pv(NT, TV, hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);
+        pv_step(hd, acc, (const float(*)[2 * B])p, alpha, cnt_max, V0, V1);
     }
     for (int t = 0; t < NT; t++) {
         const int32_t i = (q0 + t) / a->n_rep, r = (q0 + t) % a->n_rep;
@@ -304,25 +337,15 @@ AI int32_t tile(int NT, int TK, int TV, const eng__attn_args *a, int32_t q0, int
     return nk_max;
 }
 
-/* Every query of the call, in tiles, for one (K type, V type) pair. */
-AI void run(int TK, int TV, const eng__attn_args *a)
+/* Every query of the call, in tiles. */
+void eng__attn_avx512(const eng__attn_args *a)
 {
+    const int kt = eng__kv_index(a->type_k), vt = eng__kv_index(a->type_v);
     const int32_t n = a->nq * a->n_rep;
-    int32_t seen = 0, r = 0;
-    for (int32_t q0 = 0; q0 < n; q0 += TILE, seen = r > seen ? r : seen) {
-        switch (n - q0 < TILE ? (int)(n - q0) : TILE) {
-        case 1: r = tile(1, TK, TV, a, q0, seen); break;
-        case 2: r = tile(2, TK, TV, a, q0, seen); break;
-        case 3: r = tile(3, TK, TV, a, q0, seen); break;
-        case 4: r = tile(4, TK, TV, a, q0, seen); break;
-        case 5: r = tile(5, TK, TV, a, q0, seen); break;
-        case 6: r = tile(6, TK, TV, a, q0, seen); break;
-        case 7: r = tile(7, TK, TV, a, q0, seen); break;
-        default: r = tile(8, TK, TV, a, q0, seen); break;
-        }
+    int32_t seen = 0;
+    for (int32_t q0 = 0; q0 < n; q0 += TILE) {
+        const int nt = n - q0 < TILE ? (int)(n - q0) : TILE;
+        const int32_t r = tile(nt, SCORES[kt][nt - 1], PV[vt][nt - 1], a, q0, seen);
+        if (r > seen) seen = r;
     }
 }
-
-ENG_ATTN_INSTANCES(run)
-
-void eng__attn_avx512(const eng__attn_args *a) { ENG_ATTN_DISPATCH(run, a) }

@@ -262,30 +262,9 @@ typedef void (*eng__quant_fn)(const float *src, void *dst, int64_t n);
 #define ENG_KV_BLOCK 16
 #define ENG_KV_GROUP 32 /* Q8_0: dims per scale */
 #define ENG_KV_GROUPS(hd) (((hd) + ENG_KV_GROUP - 1) / ENG_KV_GROUP)
-/* A SIMD attention kernel file instantiates its body once per (K type, V
- * type) pair and picks the instance at run time: ENG_ATTN_INSTANCES(run)
- * defines run_K_V for every pair from a function run(TK, TV, a) that takes
- * the types as compile-time constants, and ENG_ATTN_DISPATCH(a) calls the
- * one for a's types. */
-#define ENG_ATTN_INSTANCE(run, k, v) \
-    static __attribute__((noinline)) void run##_##k##_##v(const eng__attn_args *a) { run(ENG_TYPE_##k, ENG_TYPE_##v, a); }
-#define ENG_ATTN_INSTANCES(run) \
-    ENG_ATTN_INSTANCE(run, F32, F32) ENG_ATTN_INSTANCE(run, F32, F16) ENG_ATTN_INSTANCE(run, F32, Q8_0) \
-    ENG_ATTN_INSTANCE(run, F16, F32) ENG_ATTN_INSTANCE(run, F16, F16) ENG_ATTN_INSTANCE(run, F16, Q8_0) \
-    ENG_ATTN_INSTANCE(run, Q8_0, F32) ENG_ATTN_INSTANCE(run, Q8_0, F16) ENG_ATTN_INSTANCE(run, Q8_0, Q8_0)
-#define ENG_ATTN_PAIR(k, v) (ENG_TYPE_##k * 16 + ENG_TYPE_##v)
-#define ENG_ATTN_DISPATCH(run, a) \
-    switch ((a)->type_k * 16 + (a)->type_v) { \
-    case ENG_ATTN_PAIR(F32, F32): run##_F32_F32(a); break; \
-    case ENG_ATTN_PAIR(F32, F16): run##_F32_F16(a); break; \
-    case ENG_ATTN_PAIR(F32, Q8_0): run##_F32_Q8_0(a); break; \
-    case ENG_ATTN_PAIR(F16, F32): run##_F16_F32(a); break; \
-    case ENG_ATTN_PAIR(F16, F16): run##_F16_F16(a); break; \
-    case ENG_ATTN_PAIR(F16, Q8_0): run##_F16_Q8_0(a); break; \
-    case ENG_ATTN_PAIR(Q8_0, F32): run##_Q8_0_F32(a); break; \
-    case ENG_ATTN_PAIR(Q8_0, F16): run##_Q8_0_F16(a); break; \
-    default: run##_Q8_0_Q8_0(a); break; \
-    }
+/* The index of a cache type in the SIMD attention files' tables of
+ * instances: 0 F32, 1 F16, 2 Q8_0. */
+static inline int eng__kv_index(int type) { return type == ENG_TYPE_F32 ? 0 : type == ENG_TYPE_F16 ? 1 : 2; }
 
 typedef struct {
     int hd, n_rep;
