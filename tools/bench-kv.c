@@ -64,7 +64,11 @@ static void set_len(eng_context *c, int32_t p)
     float k[1024], v[1024];
     uint64_t s = 99;
     for (int32_t pos = c->seq_len[0]; pos < p; pos++) {
-        if (pos % KV_BLOCK == 0) c->seq_blocks[pos / KV_BLOCK] = c->free_blocks[--c->n_free];
+        if (pos % KV_BLOCK == 0) { /* a block as forward.c takes one: one reference */
+            const int32_t b = c->free_blocks[--c->n_free];
+            c->blk_ref[b] = 1;
+            c->seq_blocks[pos / KV_BLOCK] = b;
+        }
         const size_t blk = (size_t)c->seq_blocks[pos / KV_BLOCK];
         for (int il = 0; il < c->m->n_layer; il++)
             for (int kh = 0; kh < c->m->n_head_kv; kh++) {
