@@ -3,14 +3,14 @@
  *
  * Micro-kernels only (the driver that cuts a product into them is gemm.c).
  *
- * F32, BF16, Q4_0, Q5_K, and F16 in the file layout: a register-tile routine
- * TILE(MR, NX) over MR weight rows and NX activation rows; MR and NX are
- * compile-time constants in each instantiation. The arithmetic done for one
- * (row, x) pair never depends on MR / NX (each pair has its own accumulator,
- * updated in the same order), so gemm results are bit-identical to vec_dot,
- * which is TILE(1, 1). Q5_K weights are unpacked per superblock into a small
- * scratch (bytes of 0..63 plus int16 scale vectors) shared by all activation
- * rows of the tile.
+ * F32, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q5_K, and F16 in the file layout: a
+ * register-tile routine TILE(MR, NX) over MR weight rows and NX activation
+ * rows; MR and NX are compile-time constants in each instantiation. The
+ * arithmetic done for one (row, x) pair never depends on MR / NX (each pair
+ * has its own accumulator, updated in the same order), so gemm results are
+ * bit-identical to vec_dot, which is TILE(1, 1). Q5_K weights are unpacked
+ * per superblock into a small scratch (bytes of 0..63 plus int16 scale
+ * vectors) shared by all activation rows of the tile.
  *
  * Packed F16 (16-row groups, internal.h): decode reads the groups in place
  * with f16_tile's per-pair recipe; prefill unpacks them back to the tiles.
@@ -254,40 +254,80 @@ AI void bf16_tile(TILE_ARGS)
 TILE_KERNELS(bf16, BF16)
 
 /* ------------------------------------------------------------------------ */
-/* Q8_0 x Q8_0, Q4_0 x Q8_0                                                 */
+/* Q4_0, Q5_0 x Q8_0; Q4_1, Q5_1 x Q8_1                                     */
 /* ------------------------------------------------------------------------ */
 
-AI void q4_0_tile(TILE_ARGS)
+/* The fifth bits of a Q5_0 / Q5_1 block (qh: bit i for element i) as 0x10
+ * in byte i, the bytes in the order of the nibbles below (low nibbles are
+ * elements 0..15, high ones 16..31). */
+AI __m256i fifth_bits(const uint8_t *qh)
 {
-    __m256 acc[MRMAX][NXMAX];
-    ZERO_ACC(acc);
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, /* qh byte i / 8 */
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL); /* bit i % 8 */
+    __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)h), spread), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
+}
+
+/* The legacy 4- and 5-bit quants, one routine: per block the quants as
+ * unsigned bytes (nibble, plus 0x10 for a set fifth bit) against the signed
+ * activations (vpmaddubsw, then vpmaddwd to int32 lanes: exact), and
+ *   Q4_0 / Q5_0: less 8 / 16 times the activations' sum (the quants'
+ *                offset), lanes scaled by d_w * d_x into the accumulator;
+ *   Q4_1 / Q5_1: no offset; the block's m_w * s_x (s_x: the Q8_1 block's
+ *                d_x * its sum) added to a per-pair float.
+ * One recipe per (row, x) pair whatever MR / NX. */
+AI void legacy_tile(const int T, TILE_ARGS)
+{
+    const bool five = T == ENG_TYPE_Q5_0 || T == ENG_TYPE_Q5_1, one = T == ENG_TYPE_Q4_1 || T == ENG_TYPE_Q5_1;
+    const int wb = T == ENG_TYPE_Q4_0 ? 18 : T == ENG_TYPE_Q4_1 ? 20 : T == ENG_TYPE_Q5_0 ? 22 : 24;
+    const int qo = wb - 16, xb = one ? 36 : 34, xo = one ? 4 : 2; /* quants at qo, qh at qo - 4 */
     const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xf),
-                  eights = _mm256_set1_epi8(8);
+                  offset = _mm256_set1_epi8(T == ENG_TYPE_Q4_0 ? 8 : 16);
+    __m256 acc[MRMAX][NXMAX];
+    float ms[MRMAX][NXMAX];
+    ZERO_ACC(acc);
+    UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) ms[r][j] = 0.0f;
     for (int64_t b = 0; b < n / 32; b++) {
         __m256i wq[MRMAX], xq[NXMAX], cx[NXMAX];
         __m256 dw[MRMAX], dx[NXMAX];
+        float mw[MRMAX], sx[NXMAX];
         UNROLL for (int r = 0; r < MR; r++) {
-            const uint8_t *p = w + r * ws + 18 * b;
-            __m128i t = lu128(p + 2);
+            const uint8_t *p = w + r * ws + (size_t)wb * b;
+            __m128i t = lu128(p + qo);
             wq[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);
+            if (five) wq[r] = _mm256_or_si256(wq[r], fifth_bits(p + qo - 4));
             dw[r] = _mm256_set1_ps(ldh(p));
+            if (one) mw[r] = ldh(p + 2);
         }
         UNROLL for (int j = 0; j < NX; j++) {
-            const uint8_t *p = x + j * xs + 34 * b;
-            xq[j] = lu(p + 2);
-            cx[j] = _mm256_maddubs_epi16(eights, xq[j]);
+            const uint8_t *p = x + j * xs + (size_t)xb * b;
+            xq[j] = lu(p + xo);
+            if (!one) cx[j] = _mm256_maddubs_epi16(offset, xq[j]);
             dx[j] = _mm256_set1_ps(ldh(p));
+            if (one) sx[j] = ldh(p + 2);
         }
         UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) {
-            __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wq[r], xq[j]), cx[j]);
+            __m256i p16 = _mm256_maddubs_epi16(wq[r], xq[j]);
+            if (!one) p16 = _mm256_sub_epi16(p16, cx[j]);
             __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
             acc[r][j] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[r], dx[j]), acc[r][j]);
+            if (one) ms[r][j] += mw[r] * sx[j];
         }
     }
     UNROLL for (int r = 0; r < MR; r++) UNROLL for (int j = 0; j < NX; j++) y[j * ys + r] =
-        hsum8(acc[r][j]);
+        one ? hsum8(acc[r][j]) + ms[r][j] : hsum8(acc[r][j]);
 }
+AI void q4_0_tile(TILE_ARGS) { legacy_tile(ENG_TYPE_Q4_0, MR, NX, n, w, ws, x, xs, y, ys); }
+AI void q4_1_tile(TILE_ARGS) { legacy_tile(ENG_TYPE_Q4_1, MR, NX, n, w, ws, x, xs, y, ys); }
+AI void q5_0_tile(TILE_ARGS) { legacy_tile(ENG_TYPE_Q5_0, MR, NX, n, w, ws, x, xs, y, ys); }
+AI void q5_1_tile(TILE_ARGS) { legacy_tile(ENG_TYPE_Q5_1, MR, NX, n, w, ws, x, xs, y, ys); }
 TILE_KERNELS(q4_0, Q4_0)
+TILE_KERNELS(q4_1, Q4_1)
+TILE_KERNELS(q5_0, Q5_0)
+TILE_KERNELS(q5_1, Q5_1)
 
 /* ------------------------------------------------------------------------ */
 /* Q5_K x Q8_K                                                              */
@@ -542,6 +582,9 @@ void eng__quant_avx2_init(eng__kernels *k, bool vnni)
     f16_install(k);
     bf16_install(k);
     q4_0_install(k);
+    q4_1_install(k);
+    q5_0_install(k);
+    q5_1_install(k);
     q5_k_install(k);
     if (vnni) eng__quant_avx2vnni_install(k);
     else pk_install(k);
