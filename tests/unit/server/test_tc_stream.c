@@ -185,7 +185,7 @@ Test(tc_stream, nul_bytes_are_content)
             tc_delta d;
             cr_assert_eq(tc_stream_push(&s, reply + at, at + step <= n ? step : n - at, at + step > n, &d), 0);
             cr_assert_leq(got_n + d.content_n, sizeof got);
-            memcpy(got + got_n, d.content, d.content_n);
+            if (d.content_n) memcpy(got + got_n, d.content, d.content_n);
             got_n += d.content_n;
             calls += d.n;
             tc_delta_free(&d);
